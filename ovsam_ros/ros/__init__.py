@@ -1,0 +1,1 @@
+"""ROS 2 glue: message conversion, the perception node, test isolation. Thin by design."""

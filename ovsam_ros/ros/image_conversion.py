@@ -1,0 +1,131 @@
+"""sensor_msgs/Image <-> numpy without cv_bridge.
+
+cv_bridge is not installable from PyPI for ROS 2, and the conversion is only a
+few lines over the message fields, so it lives here with strict validation:
+a camera driver that lies about ``step`` or sends truncated data must produce a
+clear error, never a garbage frame or a crash of the node.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+# encoding -> (numpy dtype, channels)
+ENCODINGS: dict[str, tuple[np.dtype, int]] = {
+    "mono8": (np.dtype(np.uint8), 1),
+    "8UC1": (np.dtype(np.uint8), 1),
+    "mono16": (np.dtype(np.uint16), 1),
+    "16UC1": (np.dtype(np.uint16), 1),
+    "rgb8": (np.dtype(np.uint8), 3),
+    "bgr8": (np.dtype(np.uint8), 3),
+    "8UC3": (np.dtype(np.uint8), 3),
+    "rgba8": (np.dtype(np.uint8), 4),
+    "bgra8": (np.dtype(np.uint8), 4),
+    "8UC4": (np.dtype(np.uint8), 4),
+    "rgb16": (np.dtype(np.uint16), 3),
+    "bgr16": (np.dtype(np.uint16), 3),
+    "rgba16": (np.dtype(np.uint16), 4),
+    "bgra16": (np.dtype(np.uint16), 4),
+    "32FC1": (np.dtype(np.float32), 1),
+}
+
+# Guard against absurd headers before allocating (a 16k x 16k RGBA image is 1 GiB).
+MAX_PIXELS = 16384 * 16384
+
+
+class ImageConversionError(ValueError):
+    """An image message that cannot be turned into an array (or back)."""
+
+
+def image_to_numpy(msg: Any) -> np.ndarray:
+    """Return the pixels of a ``sensor_msgs/Image`` as an (H, W) or (H, W, C) array.
+
+    Channel order is kept as encoded (``bgr8`` stays BGR); use :func:`to_rgb`
+    for model input. The result is a copy that owns its memory.
+    """
+    encoding = msg.encoding
+    if encoding not in ENCODINGS:
+        raise ImageConversionError(
+            f"unsupported image encoding {encoding!r}; supported: {', '.join(sorted(ENCODINGS))}"
+        )
+    dtype, channels = ENCODINGS[encoding]
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height <= 0 or width <= 0:
+        raise ImageConversionError(f"image has zero size ({width}x{height})")
+    if height * width > MAX_PIXELS:
+        raise ImageConversionError(f"image of {width}x{height} pixels exceeds the limit of {MAX_PIXELS}")
+    row_bytes = width * channels * dtype.itemsize
+    if step < row_bytes:
+        raise ImageConversionError(
+            f"step {step} is smaller than one row of {width} x {encoding} pixels ({row_bytes} bytes)"
+        )
+    data = msg.data
+    buffer = data if isinstance(data, (bytes, bytearray, memoryview)) else np.asarray(data, np.uint8)
+    flat = np.frombuffer(buffer, dtype=np.uint8)
+    if flat.size < step * height:
+        raise ImageConversionError(
+            f"image data is truncated: {flat.size} bytes for {height} rows of step {step} "
+            f"(expected {step * height})"
+        )
+    rows = flat[: step * height].reshape(height, step)[:, :row_bytes]
+    big_endian_data = bool(msg.is_bigendian)
+    array_dtype = dtype.newbyteorder(">" if big_endian_data else "<") if dtype.itemsize > 1 else dtype
+    pixels = np.ascontiguousarray(rows).view(array_dtype).reshape(height, width, channels)
+    pixels = pixels.astype(dtype, copy=True)  # native byte order, owned memory
+    return pixels[:, :, 0] if channels == 1 else pixels
+
+
+def to_rgb(pixels: np.ndarray, encoding: str) -> np.ndarray:
+    """Convert decoded pixels of ``encoding`` to an (H, W, 3) RGB array of the same dtype."""
+    if pixels.ndim == 2:
+        return np.repeat(pixels[:, :, None], 3, axis=2)
+    if encoding.startswith("bgr"):
+        pixels = pixels[:, :, [2, 1, 0]] if pixels.shape[2] == 3 else pixels[:, :, [2, 1, 0, 3]]
+    return np.ascontiguousarray(pixels[:, :, :3])
+
+
+def numpy_to_image(pixels: np.ndarray, encoding: str, header: Any = None) -> Any:
+    """Build a ``sensor_msgs/Image`` from an array laid out as ``encoding`` expects."""
+    from sensor_msgs.msg import Image  # imported late: this module is usable without ROS
+
+    if encoding not in ENCODINGS:
+        raise ImageConversionError(f"unsupported image encoding {encoding!r}")
+    dtype, channels = ENCODINGS[encoding]
+    array = np.asarray(pixels)
+    expected_ndim = 2 if channels == 1 else 3
+    if array.ndim == 3 and channels == 1 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim != expected_ndim or (channels > 1 and array.shape[2] != channels):
+        raise ImageConversionError(
+            f"array of shape {array.shape} does not fit encoding {encoding!r} ({channels} channel(s))"
+        )
+    if array.dtype != dtype:
+        raise ImageConversionError(f"array dtype {array.dtype} does not fit encoding {encoding!r} ({dtype})")
+    msg = Image()
+    if header is not None:
+        msg.header = header
+    msg.height, msg.width = int(array.shape[0]), int(array.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = int(sys.byteorder == "big" and dtype.itemsize > 1)
+    msg.step = msg.width * channels * dtype.itemsize
+    msg.data = np.ascontiguousarray(array).tobytes()
+    return msg
+
+
+def compressed_to_numpy(msg: Any) -> tuple[np.ndarray, str]:
+    """Decode a ``sensor_msgs/CompressedImage`` (JPEG/PNG) to (pixels, encoding)."""
+    import cv2
+
+    raw = np.frombuffer(bytes(msg.data), dtype=np.uint8)
+    if raw.size == 0:
+        raise ImageConversionError("compressed image has no data")
+    decoded = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
+    if decoded is None:
+        raise ImageConversionError(f"could not decode compressed image (format {msg.format!r}, {raw.size} bytes)")
+    if decoded.ndim == 2:
+        return decoded, "mono16" if decoded.dtype == np.uint16 else "mono8"
+    suffix = "16" if decoded.dtype == np.uint16 else "8"
+    return decoded, ("bgra" if decoded.shape[2] == 4 else "bgr") + suffix

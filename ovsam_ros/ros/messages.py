@@ -1,0 +1,84 @@
+"""Build and read ovsam_ros messages from numpy masks.
+
+Masks travel cropped to their box as lossless mono8 images; the helpers here
+are the only place that knows that layout, so producers and consumers agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ovsam_ros.ros.image_conversion import image_to_numpy, numpy_to_image
+
+
+def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """Tight (x, y, width, height) of a boolean mask; (0, 0, 0, 0) when empty."""
+    ys = np.flatnonzero(mask.any(axis=1))
+    xs = np.flatnonzero(mask.any(axis=0))
+    if ys.size == 0:
+        return 0, 0, 0, 0
+    return int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1)
+
+
+def labeled_mask_msg(
+    mask: np.ndarray,
+    *,
+    instance_id: int,
+    prompt_index: int = -1,
+    labels: Sequence[tuple[int, str, float]] = (),
+    predicted_iou: float = float("nan"),
+    stability_score: float = float("nan"),
+) -> Any:
+    """A ``LabeledMask`` for a full-frame boolean ``mask``.
+
+    ``labels`` are (class_index, name, score) candidates, best first; the first
+    becomes the instance's label.
+    """
+    from ovsam_ros.msg import LabeledMask, LabelScore
+    from sensor_msgs.msg import RegionOfInterest
+
+    mask = np.asarray(mask, dtype=bool)
+    x, y, w, h = mask_bbox(mask)
+    msg = LabeledMask()
+    msg.instance_id = int(instance_id)
+    msg.prompt_index = int(prompt_index)
+    msg.alternatives = [LabelScore(label=name, class_index=int(idx), score=float(score)) for idx, name, score in labels]
+    if msg.alternatives:
+        best = msg.alternatives[0]
+        msg.label, msg.class_index, msg.score = best.label, best.class_index, best.score
+    else:
+        msg.label, msg.class_index, msg.score = "", -1, 0.0
+    msg.predicted_iou = float(predicted_iou)
+    msg.stability_score = float(stability_score)
+    msg.bbox = RegionOfInterest(x_offset=x, y_offset=y, width=w, height=h, do_rectify=False)
+    crop = mask[y : y + h, x : x + w].astype(np.uint8) * 255
+    msg.mask = numpy_to_image(crop, "mono8")
+    return msg
+
+
+def mask_from_msg(instance: Any, height: int, width: int) -> np.ndarray:
+    """Paste a ``LabeledMask``'s cropped mask into a full (height, width) boolean image."""
+    full = np.zeros((height, width), dtype=bool)
+    box = instance.bbox
+    if box.width == 0 or box.height == 0:
+        return full
+    crop = image_to_numpy(instance.mask) > 0
+    if crop.shape != (box.height, box.width):
+        raise ValueError(f"mask of shape {crop.shape} does not match its box {box.width}x{box.height}")
+    full[box.y_offset : box.y_offset + box.height, box.x_offset : box.x_offset + box.width] = crop
+    return full
+
+
+def instance_id_image(masks: Sequence[np.ndarray], height: int, width: int) -> np.ndarray:
+    """uint16 image with ``i + 1`` where mask ``i`` is set (0 = no instance).
+
+    Where masks overlap, the later (usually lower-scored) mask does not
+    overwrite an earlier one, so the best instance owns contested pixels.
+    """
+    ids = np.zeros((height, width), dtype=np.uint16)
+    for index, mask in enumerate(masks):
+        ids[(ids == 0) & np.asarray(mask, dtype=bool)] = index + 1
+    return ids

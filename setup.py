@@ -1,0 +1,43 @@
+"""pip install for the ovsam_ros Python library (model, predictor, training, node code).
+
+Training machines need no ROS: `pip install .` gives the model, predictor, CLI and
+training pipeline. The ROS messages are built by CMake (colcon, or tools/setup.sh).
+Pinned versions live in requirements.txt; the ranges here are only what the code needs.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="ovsam_ros",
+    version="0.1.0",
+    description="Open-Vocabulary SAM (OVSAM) for ROS 2: prompted, named instance masks",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["ovsam_ros", "ovsam_ros.*", "training", "training.*"]),
+    package_data={"ovsam_ros": ["data/vocabularies/*.json", "data/samples/*"],
+                  "training": ["configs/*.yaml"]},
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "open_clip_torch>=2.24",
+        "segment-anything>=1.0",
+        "timm>=0.9",
+        "numpy",
+        "opencv-python-headless",
+        "pycocotools",
+        "pyyaml",
+        "tqdm",
+    ],
+    extras_require={
+        "train": ["tensorboard", "rosbags"],
+        "export": ["onnx", "onnxruntime"],
+        "test": ["pytest", "pytest-timeout"],
+    },
+    entry_points={
+        "console_scripts": [
+            "ovsam = ovsam_ros.cli:main",
+        ],
+    },
+)

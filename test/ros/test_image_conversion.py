@@ -1,0 +1,100 @@
+"""sensor_msgs/Image <-> numpy: every supported layout round-trips; lying headers fail clearly."""
+
+import numpy as np
+import pytest
+
+from ovsam_ros.ros.image_conversion import (
+    ImageConversionError,
+    compressed_to_numpy,
+    image_to_numpy,
+    numpy_to_image,
+    to_rgb,
+)
+
+rng = np.random.default_rng(0)
+
+
+@pytest.mark.parametrize(
+    "encoding, shape, dtype",
+    [
+        ("rgb8", (5, 7, 3), np.uint8),
+        ("bgr8", (5, 7, 3), np.uint8),
+        ("rgba8", (5, 7, 4), np.uint8),
+        ("bgra8", (5, 7, 4), np.uint8),
+        ("mono8", (5, 7), np.uint8),
+        ("mono16", (5, 7), np.uint16),
+        ("rgb16", (5, 7, 3), np.uint16),
+        ("32FC1", (5, 7), np.float32),
+    ],
+)
+def test_roundtrip(encoding, shape, dtype):
+    pixels = (rng.random(shape) * 1000).astype(dtype)
+    msg = numpy_to_image(pixels, encoding)
+    assert msg.step == shape[1] * (shape[2] if len(shape) == 3 else 1) * np.dtype(dtype).itemsize
+    back = image_to_numpy(msg)
+    assert back.dtype == dtype and np.array_equal(back, pixels)
+
+
+def test_padded_rows_are_skipped():
+    pixels = rng.integers(0, 255, (4, 3, 3), dtype=np.uint8)
+    msg = numpy_to_image(pixels, "rgb8")
+    padded = np.zeros((4, 16), np.uint8)  # step 16 > 9 bytes of pixels per row
+    padded[:, :9] = pixels.reshape(4, 9)
+    msg.step, msg.data = 16, padded.tobytes()
+    assert np.array_equal(image_to_numpy(msg), pixels)
+
+
+def test_big_endian_16_bit():
+    pixels = np.array([[1, 256], [4095, 65535]], dtype=np.uint16)
+    msg = numpy_to_image(pixels, "mono16")
+    msg.is_bigendian, msg.data = 1, pixels.astype(">u2").tobytes()
+    assert np.array_equal(image_to_numpy(msg), pixels)
+
+
+def test_bgr_to_rgb_and_mono_to_rgb():
+    bgr = np.zeros((1, 1, 3), np.uint8)
+    bgr[0, 0] = (10, 20, 30)
+    assert to_rgb(bgr, "bgr8")[0, 0].tolist() == [30, 20, 10]
+    assert to_rgb(np.full((2, 2), 7, np.uint8), "mono8").shape == (2, 2, 3)
+    bgra = np.zeros((1, 1, 4), np.uint8)
+    bgra[0, 0] = (1, 2, 3, 4)
+    assert to_rgb(bgra, "bgra8")[0, 0].tolist() == [3, 2, 1]
+
+
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda m: setattr(m, "encoding", "yuv422"), "unsupported image encoding"),
+        (lambda m: setattr(m, "width", 0), "zero size"),
+        (lambda m: setattr(m, "step", 3), "step 3 is smaller"),
+        (lambda m: setattr(m, "data", bytes(m.data)[:-1]), "truncated"),
+        (lambda m: setattr(m, "height", 100000), "truncated|exceeds"),
+    ],
+)
+def test_lying_headers_fail_clearly(mutate, match):
+    msg = numpy_to_image(np.zeros((4, 4, 3), np.uint8), "rgb8")
+    mutate(msg)
+    with pytest.raises(ImageConversionError, match=match):
+        image_to_numpy(msg)
+
+
+def test_numpy_to_image_rejects_mismatched_arrays():
+    with pytest.raises(ImageConversionError, match="does not fit"):
+        numpy_to_image(np.zeros((4, 4), np.uint8), "rgb8")
+    with pytest.raises(ImageConversionError, match="dtype"):
+        numpy_to_image(np.zeros((4, 4), np.float64), "mono8")
+
+
+def test_compressed_png_and_corrupt_data():
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+
+    bgr = rng.integers(0, 255, (6, 9, 3), dtype=np.uint8)
+    ok, png = cv2.imencode(".png", bgr)
+    assert ok
+    pixels, encoding = compressed_to_numpy(CompressedImage(format="png", data=png.tobytes()))
+    assert encoding == "bgr8" and np.array_equal(pixels, bgr)
+    with pytest.raises(ImageConversionError, match="could not decode"):
+        compressed_to_numpy(CompressedImage(format="jpeg", data=b"\xff\xd8garbage"))
+    with pytest.raises(ImageConversionError, match="no data"):
+        compressed_to_numpy(CompressedImage(format="jpeg", data=b""))
