@@ -1,0 +1,265 @@
+"""Frozen open_clip CLIP model exposing OVSAM's four multi-scale image taps.
+
+OVSAM runs ONE CNN CLIP image tower on the padded 1024x1024 image and reads
+its four stages (strides 4/8/16/32). Two trunk families are supported:
+
+* open_clip ``ModifiedResNet`` (``RN50x16``): ``stem -> layer1..layer4``.
+* open_clip ``TimmModel`` around a timm ConvNeXt: ``trunk.stem -> trunk.stages[0..3]``.
+
+Both trunks are fully convolutional, so they accept any input size. The
+image-level heads (RN attention pool with its size-specific positional
+embedding, ConvNeXt head + projection) are only used by :meth:`encode_image`
+(crop baseline, native CLIP resolution) and :meth:`pool_regions` (frozen
+CLIP region branch of the evaluation ensemble).
+
+Inputs to :meth:`CLIPBackbone.forward` are normalised like SAM (ImageNet
+mean/std in 0-255 space), as in the reference; :meth:`encode_image` expects
+CLIP's own normalisation (see :meth:`CLIPBackbone.normalize_for_clip`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import roi_align
+
+import open_clip
+from open_clip import factory as _open_clip_factory
+from open_clip.modified_resnet import ModifiedResNet
+from open_clip.timm_model import TimmModel
+
+from .checkpoints import CheckpointError
+from .config import TINY_CONVNEXT_CLIP, TINY_RN_CLIP, BackboneConfig
+
+_TINY_TEXT_CFG = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}
+
+# Tiny CLIP architectures for tests/demos. Registered into open_clip's config
+# table so ``open_clip.create_model`` / ``get_tokenizer`` treat them like
+# built-in names (the text tower and tokenizer are the real CLIP ones).
+TINY_CLIP_CONFIGS = {
+    TINY_RN_CLIP: {
+        "embed_dim": 64,
+        "vision_cfg": {"image_size": 256, "layers": [1, 1, 1, 1], "width": 16, "patch_size": None},
+        "text_cfg": dict(_TINY_TEXT_CFG),
+    },
+    TINY_CONVNEXT_CLIP: {
+        "embed_dim": 64,
+        "vision_cfg": {
+            "timm_model_name": "convnext_atto",
+            "timm_model_pretrained": False,
+            "timm_pool": "",
+            "timm_proj": "mlp",
+            "timm_drop": 0.0,
+            "timm_drop_path": 0.0,
+            "image_size": 256,
+        },
+        "text_cfg": dict(_TINY_TEXT_CFG),
+    },
+}
+
+
+def register_tiny_clip_configs() -> None:
+    """Make the tiny test architectures known to open_clip (idempotent)."""
+    for name, cfg in TINY_CLIP_CONFIGS.items():
+        if name not in _open_clip_factory._MODEL_CONFIGS:
+            _open_clip_factory._MODEL_CONFIGS[name] = dict(cfg)
+
+
+class CLIPBackbone(nn.Module):
+    """Wraps a complete open_clip ``CLIP`` model (image + text towers), frozen."""
+
+    def __init__(self, clip_model: nn.Module, model_name: str, frozen: bool = True) -> None:
+        super().__init__()
+        self.clip = clip_model
+        self.model_name = model_name
+        visual = clip_model.visual
+        if isinstance(visual, ModifiedResNet):
+            self.trunk_type = "resnet"
+            self.channels: List[int] = [
+                layer[-1].bn3.num_features for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4)
+            ]
+        elif isinstance(visual, TimmModel) and hasattr(visual.trunk, "stages") and hasattr(visual.trunk, "stem"):
+            self.trunk_type = "timm"
+            info = visual.trunk.feature_info
+            if len(info) != 4 or [i["reduction"] for i in info] != [4, 8, 16, 32]:
+                raise ValueError(f"{model_name}: expected 4 timm stages at strides 4/8/16/32, got {info}")
+            self.channels = [int(i["num_chs"]) for i in info]
+        else:
+            raise ValueError(
+                f"open_clip model {model_name!r} has a {type(visual).__name__} image tower; OVSAM needs a "
+                "CNN with four stages (ModifiedResNet 'RN*' or a timm ConvNeXt 'convnext_*')"
+            )
+        self.strides: List[int] = [4, 8, 16, 32]
+        pp = open_clip.get_model_preprocess_cfg(clip_model)
+        size = pp.get("size", getattr(visual, "image_size", 224))
+        self.clip_image_size: int = int(size[0] if isinstance(size, (tuple, list)) else size)
+        # CLIP's own normalisation, in 0-255 space, for encode_image inputs.
+        self.register_buffer(
+            "clip_pixel_mean", torch.tensor(pp.get("mean", open_clip.OPENAI_DATASET_MEAN)).view(1, 3, 1, 1) * 255, False
+        )
+        self.register_buffer(
+            "clip_pixel_std", torch.tensor(pp.get("std", open_clip.OPENAI_DATASET_STD)).view(1, 3, 1, 1) * 255, False
+        )
+        self._tokenizer: Optional[Callable] = None
+        self._embed_dim = _joint_dim(clip_model)
+        self.frozen = frozen
+        if frozen:
+            for p in self.clip.parameters():
+                p.requires_grad_(False)
+        self.train(False)
+
+    # -- nn.Module --------------------------------------------------------
+    def train(self, mode: bool = True) -> "CLIPBackbone":
+        # A frozen CLIP must keep BatchNorm statistics fixed, whatever the parent does.
+        return super().train(mode and not self.frozen)
+
+    # -- dense taps -------------------------------------------------------
+    def forward(self, images: torch.Tensor) -> List[torch.Tensor]:
+        """``images`` [B,3,H,W] (SAM-normalised) -> 4 maps at strides 4/8/16/32."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            visual = self.clip.visual
+            x = images.to(self.dtype)
+            feats: List[torch.Tensor] = []
+            if self.trunk_type == "resnet":
+                x = visual.stem(x)
+                for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
+                    x = layer(x)
+                    feats.append(x)
+            else:
+                trunk = visual.trunk
+                x = trunk.stem(x)
+                for stage in trunk.stages:
+                    x = stage(x)
+                    feats.append(x)
+            return feats
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.clip.visual.parameters()).dtype
+
+    @property
+    def embed_dim(self) -> int:
+        """Dimension of CLIP's joint image/text embedding space."""
+        return self._embed_dim
+
+    # -- text ---------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Callable[..., torch.Tensor]:
+        """open_clip tokenizer for this model (lazily built; offline BPE vocab)."""
+        if self._tokenizer is None:
+            register_tiny_clip_configs()
+            self._tokenizer = open_clip.get_tokenizer(self.model_name)
+        return self._tokenizer
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Token ids [N, L] -> text embeddings [N, embed_dim]."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            return self.clip.encode_text(tokens.to(self.clip_pixel_mean.device), normalize=normalize)
+
+    # -- image-level CLIP (baselines / eval ensemble) -----------------------
+    def normalize_for_clip(self, images: torch.Tensor) -> torch.Tensor:
+        """RGB 0-255 crops [B,3,h,w] -> CLIP-normalised [B,3,S,S] at CLIP's native size.
+
+        Squashes to the square native size (the attention pool of RN models
+        only accepts that size).
+        """
+        s = self.clip_image_size
+        x = F.interpolate(images.float(), size=(s, s), mode="bicubic", align_corners=False)
+        return (x - self.clip_pixel_mean) / self.clip_pixel_std
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Whole-image CLIP embedding (crop baseline). ``images`` from :meth:`normalize_for_clip`."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            return self.clip.encode_image(images.to(self.dtype), normalize=normalize)
+
+    def pool_regions(
+        self,
+        c5: torch.Tensor,
+        boxes: torch.Tensor,
+        batch_indices: Optional[torch.Tensor] = None,
+        normalize: bool = False,
+    ) -> torch.Tensor:
+        """Frozen-CLIP region embeddings from the stride-32 map ``c5``.
+
+        RoIAlign each box (input-image pixels, xyxy) to the grid CLIP's image
+        head was trained on (``clip_image_size // 32``: 12x12 for RN50x16, as
+        in the reference eval ensemble) and run that head (RN attention pool,
+        or ConvNeXt head + projection). Returns [N, embed_dim].
+        """
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            grid = self.clip_image_size // 32
+            rois = boxes_to_rois(boxes, batch_indices).to(c5.dtype)
+            feats = roi_align(c5, rois, output_size=grid, spatial_scale=1.0 / 32, sampling_ratio=0, aligned=True)
+            visual = self.clip.visual
+            if self.trunk_type == "resnet":
+                out = visual.attnpool(feats)
+            else:
+                out = visual.head(visual.trunk.forward_head(feats))
+            return F.normalize(out, dim=-1) if normalize else out
+
+
+def boxes_to_rois(boxes: torch.Tensor, batch_indices: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """[N,4] xyxy boxes (+ optional [N] image indices, default 0) -> [N,5] RoIs."""
+    if boxes.ndim != 2 or boxes.shape[-1] != 4:
+        raise ValueError(f"boxes must be [N, 4] xyxy, got {tuple(boxes.shape)}")
+    if batch_indices is None:
+        batch_indices = torch.zeros(boxes.shape[0], device=boxes.device)
+    return torch.cat([batch_indices.to(boxes).view(-1, 1), boxes], dim=1)
+
+
+def build_backbone(cfg: BackboneConfig, device: torch.device | str = "cpu") -> CLIPBackbone:
+    """Create the open_clip model named in ``cfg`` with LOCAL weights (or random init).
+
+    Raises ``FileNotFoundError`` naming the path when ``cfg.pretrained`` is
+    not an existing file (download tags such as ``'openai'`` are refused on
+    purpose: this package never downloads weights).
+    """
+    register_tiny_clip_configs()
+    pretrained = cfg.pretrained
+    if pretrained is not None:
+        pretrained = os.path.expanduser(str(pretrained))
+        if not os.path.isfile(pretrained):
+            raise FileNotFoundError(
+                f"open_clip weights for {cfg.model_name!r} not found: {pretrained!r} "
+                "(BackboneConfig.pretrained must be a local file; tags like 'openai' are not downloaded)"
+            )
+    if _open_clip_factory.get_model_config(cfg.model_name) is None:
+        raise ValueError(f"unknown open_clip model {cfg.model_name!r}")
+    try:
+        model = open_clip.create_model(cfg.model_name, pretrained=pretrained, device=device)
+    except RuntimeError as err:
+        if pretrained is None:
+            raise
+        # open_clip raises a bare RuntimeError on key/shape mismatches.
+        raise CheckpointError(
+            f"{pretrained}: not a valid open_clip {cfg.model_name!r} weights file: {_shorten(str(err))}"
+        ) from err
+    return CLIPBackbone(model, cfg.model_name)
+
+
+def _joint_dim(clip_model: nn.Module) -> int:
+    proj = getattr(clip_model, "text_projection", None)
+    if isinstance(proj, nn.Linear):
+        return int(proj.out_features)
+    if isinstance(proj, torch.Tensor):
+        return int(proj.shape[1])
+    with torch.no_grad():  # custom text towers: probe once
+        tokens = torch.zeros(1, 77, dtype=torch.long)
+        return int(clip_model.encode_text(tokens).shape[-1])
+
+
+def _shorten(text: str, limit: int = 1500) -> str:
+    return text if len(text) <= limit else text[:limit] + " ...[truncated]"
+
+
+__all__: Sequence[str] = [
+    "CLIPBackbone",
+    "TINY_CLIP_CONFIGS",
+    "boxes_to_rois",
+    "build_backbone",
+    "register_tiny_clip_configs",
+]

@@ -1,0 +1,500 @@
+"""Loading and saving weights, from LOCAL files only.
+
+Four sources:
+
+(a) reference OVSAM files (``HarborYuan/ovsam``): ``sam2clip_vith_rn50x16.pth``
+    (prefix ``neck_student.``) and ``clip2sam_{coco,lvis}_rn50x16.pth``
+    (prefixes ``fpn_neck.`` and ``mask_decoder.``). As in the reference
+    loader: take ``state_dict`` if present, keep the prefixed keys, strip the
+    prefix, load strictly (after renaming, table below);
+(b) Meta SAM ``sam_vit_{b,l,h}_*.pth``: ``prompt_encoder.*`` / ``mask_decoder.*``
+    into :class:`OVSAMDecoder` (label token params untouched), ``image_encoder.*``
+    into a ``segment_anything`` ``ImageEncoderViT`` teacher;
+(c) ``ovsam_ros`` checkpoints: ``{'format': 'ovsam_ros', 'version': 1,
+    'config': cfg.to_dict(), 'model': state_dict}``, written atomically;
+(d) open_clip weights: :func:`ovsam_ros.model.backbone.build_backbone`
+    (``open_clip.create_model(name, pretrained=<local path>)``).
+
+Every failure is a :class:`CheckpointError` (a ``ValueError``) whose message
+names the file and lists missing / unexpected / shape-mismatched keys; a
+missing file is a :class:`CheckpointNotFoundError` (also a ``FileNotFoundError``).
+
+Reference clip2sam key mapping (reference -> ours, ours relative to ``OVSAM``):
+
+=============================================  ==============================================
+``fpn_neck.lateral_convs.{i}.conv.{w,b}``      ``clip2sam.fpn.inner_blocks.{i}.0.{w,b}``
+``fpn_neck.fpn_convs.{i}.conv.{w,b}``          ``clip2sam.fpn.layer_blocks.{i}.0.{w,b}``
+``mask_decoder.roi_conv.0.conv.weight``        ``clip2sam.roi_conv.0.weight``
+``mask_decoder.label_token.weight``            ``decoder.label_token.weight``
+``mask_decoder.label_mlp.*``                   ``decoder.label_mlp.*``
+``mask_decoder.mask_decoder.*``                ``decoder.mask_decoder.*``
+``neck_student.*`` (sam2clip file)             ``sam2clip.*``
+=============================================  ==============================================
+
+The reference decoder has ONE mask token and no IoU head: its
+``mask_tokens.weight`` [1, D] fills row 0 of ours and its hypernetwork MLP 0
+ours; our IoU token/head and mask tokens/MLPs 1..K keep their current values
+(from a Meta SAM checkpoint if one was loaded first, see ``build_ovsam``).
+The prompt encoder is not in the reference files (frozen SAM ViT-H one).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+from dataclasses import replace
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from .config import OVSAMConfig
+
+if TYPE_CHECKING:  # import cycles: ovsam -> backbone -> checkpoints
+    from .decoder import OVSAMDecoder
+    from .ovsam import OVSAM
+
+FORMAT_NAME = "ovsam_ros"
+FORMAT_VERSION = 1
+PathLike = Union[str, "os.PathLike[str]"]
+StateDict = Dict[str, torch.Tensor]
+
+
+class CheckpointError(ValueError):
+    """A weights file could not be used; the message names the file and the keys."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The weights file does not exist."""
+
+
+# ---------------------------------------------------------------------------
+# reading / reporting helpers
+# ---------------------------------------------------------------------------
+def _fmt_keys(keys: Iterable[str], limit: int = 10) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def _report(
+    path: PathLike,
+    what: str,
+    missing: Iterable[str] = (),
+    unexpected: Iterable[str] = (),
+    mismatched: Iterable[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = (),
+) -> str:
+    missing, unexpected, mismatched = list(missing), list(unexpected), list(mismatched)
+    lines = [f"{path}: cannot load {what}"]
+    if missing:
+        lines.append(f"  {len(missing)} missing key(s): {_fmt_keys(missing)}")
+    if unexpected:
+        lines.append(f"  {len(unexpected)} unexpected key(s): {_fmt_keys(unexpected)}")
+    if mismatched:
+        shown = [f"{k} (file {tuple(a)} vs model {tuple(b)})" for k, a, b in sorted(mismatched)[:10]]
+        more = f", ... (+{len(mismatched) - 10} more)" if len(mismatched) > 10 else ""
+        lines.append(f"  {len(mismatched)} shape mismatch(es): {', '.join(shown)}{more}")
+    return "\n".join(lines)
+
+
+def read_checkpoint(path: PathLike, weights_only: bool = True) -> Any:
+    """``torch.load`` on CPU with clear errors. ``weights_only=False`` only for trusted files."""
+    path = os.path.expanduser(os.fspath(path))
+    if not os.path.exists(path):
+        raise CheckpointNotFoundError(f"checkpoint file not found: {path}")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: not a file")
+    if path.endswith(".safetensors"):
+        try:
+            from safetensors.torch import load_file
+        except ImportError as err:  # pragma: no cover - optional dependency
+            raise CheckpointError(f"{path}: reading .safetensors needs the 'safetensors' package") from err
+        try:
+            return load_file(path, device="cpu")
+        except Exception as err:
+            raise CheckpointError(f"{path}: not a readable safetensors file: {err}") from err
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path}: refused to unpickle non-tensor objects with weights_only=True "
+            f"(pass weights_only=False only if you trust this file): {str(err).splitlines()[0]}"
+        ) from err
+    except Exception as err:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: {type(err).__name__}: {err}") from err
+
+
+def extract_state_dict(obj: Any, path: PathLike) -> StateDict:
+    """The tensor mapping inside a checkpoint (``state_dict`` / ``model`` / plain)."""
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: expected a state dict, found {type(obj).__name__}")
+    sd = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not sd:
+        raise CheckpointError(f"{path}: contains no tensors (keys: {_fmt_keys(map(str, obj.keys()))})")
+    if all(k.startswith("module.") for k in sd):  # saved from DistributedDataParallel
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
+    return sd
+
+
+def load_state_dict_file(path: PathLike, weights_only: bool = True) -> StateDict:
+    return extract_state_dict(read_checkpoint(path, weights_only=weights_only), path)
+
+
+def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> StateDict:
+    """Keys starting with ``prefix`` (a trailing dot is implied), prefix removed."""
+    prefix = prefix if prefix.endswith(".") else prefix + "."
+    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def _apply(
+    module: nn.Module,
+    path: PathLike,
+    what: str,
+    provided: Mapping[str, torch.Tensor],
+    required: Iterable[str],
+    unexpected: Iterable[str] = (),
+    partial_rows: Iterable[str] = (),
+    display: Callable[[str], str] = lambda k: k,
+) -> None:
+    """Validate everything first, then copy: a failed load leaves ``module`` untouched.
+
+    ``partial_rows``: keys whose file tensor may have FEWER rows (dim 0) than
+    ours; those rows are copied and the rest kept. ``display`` turns our key
+    names into the file's names for error messages.
+    """
+    own = module.state_dict()
+    extra = [display(k) for k in provided if k not in own]
+    missing = set(required) - set(provided)
+    mismatched = []
+    partial_rows = set(partial_rows)
+    for k, v in provided.items():
+        if k not in own:
+            continue
+        target = own[k]
+        ok = tuple(v.shape) == tuple(target.shape) or (
+            k in partial_rows and v.ndim == target.ndim and v.shape[1:] == target.shape[1:] and 0 < v.shape[0] <= target.shape[0]
+        )
+        if not ok:
+            mismatched.append((k, tuple(v.shape), tuple(target.shape)))
+    unexpected = sorted(set(unexpected) | set(extra))
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            _report(path, what, [display(k) for k in missing], unexpected, [(display(k), a, b) for k, a, b in mismatched])
+        )
+    new = {}
+    for k, v in provided.items():
+        target = own[k]
+        if v.shape != target.shape:
+            merged = target.clone()
+            merged[: v.shape[0]] = v.to(target.dtype)
+            v = merged
+        new[k] = v.to(dtype=target.dtype)
+    with torch.no_grad():
+        module.load_state_dict(new, strict=False)
+
+
+# ---------------------------------------------------------------------------
+# (a) reference OVSAM checkpoints
+# ---------------------------------------------------------------------------
+# (reference regex, our key template) pairs for the clip2sam file.
+_CLIP2SAM_RULES: List[Tuple[re.Pattern, str]] = [
+    (re.compile(r"^fpn_neck\.lateral_convs\.(\d+)\.conv\.(weight|bias)$"), r"clip2sam.fpn.inner_blocks.\1.0.\2"),
+    (re.compile(r"^fpn_neck\.fpn_convs\.(\d+)\.conv\.(weight|bias)$"), r"clip2sam.fpn.layer_blocks.\1.0.\2"),
+    (re.compile(r"^mask_decoder\.roi_conv\.0\.conv\.weight$"), r"clip2sam.roi_conv.0.weight"),
+    (re.compile(r"^mask_decoder\.label_token\.weight$"), r"decoder.label_token.weight"),
+    (re.compile(r"^mask_decoder\.label_mlp\.(.+)$"), r"decoder.label_mlp.\1"),
+    (re.compile(r"^mask_decoder\.mask_decoder\.(.+)$"), r"decoder.mask_decoder.\1"),
+]
+_CLIP2SAM_PREFIXES = ("fpn_neck.", "mask_decoder.")
+# Ours, not in the reference decoder (1 mask token, no IoU head): loaded if present, else kept.
+_OPTIONAL_DECODER = re.compile(
+    r"^decoder\.mask_decoder\.(iou_token\..*|iou_prediction_head\..*|output_hypernetworks_mlps\.([1-9]\d*)\..*)$"
+)
+
+
+_CLIP2SAM_INVERSE: List[Tuple[re.Pattern, str]] = [
+    (re.compile(r"^clip2sam\.fpn\.inner_blocks\.(\d+)\.0\.(weight|bias)$"), r"fpn_neck.lateral_convs.\1.conv.\2"),
+    (re.compile(r"^clip2sam\.fpn\.layer_blocks\.(\d+)\.0\.(weight|bias)$"), r"fpn_neck.fpn_convs.\1.conv.\2"),
+    (re.compile(r"^clip2sam\.roi_conv\.0\.weight$"), r"mask_decoder.roi_conv.0.conv.weight"),
+    (re.compile(r"^decoder\.label_token\.weight$"), r"mask_decoder.label_token.weight"),
+    (re.compile(r"^decoder\.label_mlp\.(.+)$"), r"mask_decoder.label_mlp.\1"),
+    (re.compile(r"^decoder\.mask_decoder\.(.+)$"), r"mask_decoder.mask_decoder.\1"),
+]
+
+
+def ours_to_reference_key(key: str) -> Optional[str]:
+    """Reference clip2sam-file name of one of our ``OVSAM`` keys (None if not in that file)."""
+    for pattern, template in _CLIP2SAM_INVERSE:
+        if pattern.match(key):
+            return pattern.sub(template, key)
+    return None
+
+
+def _clip2sam_required(own_keys: Iterable[str]) -> List[str]:
+    req = []
+    for k in own_keys:
+        if k.startswith("clip2sam.") or k.startswith("decoder.label_"):
+            req.append(k)
+        elif k.startswith("decoder.mask_decoder.") and not _OPTIONAL_DECODER.match(k):
+            req.append(k)
+    return req
+
+
+def reference_clip2sam_to_ours(ref: Mapping[str, torch.Tensor]) -> Tuple[StateDict, List[str]]:
+    """Rename the reference's ``fpn_neck.*`` / ``mask_decoder.*`` keys; returns (ours, unmapped)."""
+    ours, unmapped = {}, []
+    for k, v in ref.items():
+        if not k.startswith(_CLIP2SAM_PREFIXES):
+            continue  # other prefixes in the file are not this loader's business (as in the reference)
+        for pattern, template in _CLIP2SAM_RULES:
+            if pattern.match(k):
+                ours[pattern.sub(template, k)] = v
+                break
+        else:
+            unmapped.append(k)
+    return ours, unmapped
+
+
+def load_reference_sam2clip(model: "OVSAM", path: PathLike, weights_only: bool = True) -> None:
+    """Load a reference SAM2CLIP neck file (``neck_student.*``) into ``model.sam2clip``."""
+    sd = strip_prefix(load_state_dict_file(path, weights_only), "neck_student")
+    if not sd:
+        raise CheckpointError(f"{path}: no 'neck_student.*' keys: not a reference SAM2CLIP checkpoint")
+    _apply(
+        model.sam2clip,
+        path,
+        "reference SAM2CLIP (neck_student.*)",
+        sd,
+        model.sam2clip.state_dict().keys(),
+        display=lambda k: f"neck_student.{k}",
+    )
+
+
+def load_reference_clip2sam(model: "OVSAM", path: PathLike, weights_only: bool = True) -> None:
+    """Load a reference CLIP2SAM file (``fpn_neck.*`` + ``mask_decoder.*``) into ``model``."""
+    ref = load_state_dict_file(path, weights_only)
+    ours, unmapped = reference_clip2sam_to_ours(ref)
+    if not ours and not unmapped:
+        raise CheckpointError(f"{path}: no 'fpn_neck.*' / 'mask_decoder.*' keys: not a reference CLIP2SAM checkpoint")
+    # Validate against the parts of OVSAM this file covers (backbone, sam2clip, prompt encoder excluded).
+    covered = {k for k in model.state_dict() if k.startswith(("clip2sam.", "decoder.label_", "decoder.mask_decoder."))}
+    _apply(
+        model,
+        path,
+        "reference CLIP2SAM (fpn_neck.*, mask_decoder.*)",
+        ours,
+        _clip2sam_required(covered),
+        unexpected=[f"{k} (no counterpart)" for k in unmapped]
+        + [ours_to_reference_key(k) or k for k in ours if k not in covered],
+        partial_rows=["decoder.mask_decoder.mask_tokens.weight"],
+        display=lambda k: ours_to_reference_key(k) or k,
+    )
+
+
+def export_reference_checkpoints(model: "OVSAM") -> Tuple[StateDict, StateDict]:
+    """Our weights in the reference key layout: (sam2clip file dict, clip2sam file dict).
+
+    The decoder is exported like the reference's: mask token 0 and
+    hypernetwork MLP 0 only, no IoU head. Used by tests; also lets our
+    fine-tuned weights run in the reference code base.
+    """
+    sam2clip = {f"neck_student.{k}": v.clone() for k, v in model.sam2clip.state_dict().items()}
+    clip2sam: StateDict = {}
+    for k, v in model.state_dict().items():
+        if _OPTIONAL_DECODER.match(k):
+            continue
+        ref = ours_to_reference_key(k)
+        if ref is not None:
+            v = v[:1] if k == "decoder.mask_decoder.mask_tokens.weight" else v
+            clip2sam[ref] = v.clone()
+    return sam2clip, clip2sam
+
+
+# ---------------------------------------------------------------------------
+# (b) Meta SAM checkpoints
+# ---------------------------------------------------------------------------
+def load_sam_decoder(decoder: "OVSAMDecoder", path: PathLike, weights_only: bool = True) -> None:
+    """Meta SAM ``prompt_encoder.*`` + ``mask_decoder.*`` -> ``decoder`` (strict on those).
+
+    The label token / label MLP are not in SAM files and keep their values.
+    """
+    sd = load_state_dict_file(path, weights_only)
+    provided = {k: v for k, v in sd.items() if k.startswith(("prompt_encoder.", "mask_decoder."))}
+    if not any(k.startswith("prompt_encoder.") for k in provided):
+        raise CheckpointError(f"{path}: no 'prompt_encoder.*' keys: not a SAM checkpoint")
+    required = [k for k in decoder.state_dict() if k.startswith(("prompt_encoder.", "mask_decoder."))]
+    _apply(decoder, path, "SAM prompt encoder / mask decoder", provided, required)
+
+
+def load_sam_image_encoder(encoder: nn.Module, path: PathLike, weights_only: bool = True) -> None:
+    """Meta SAM ``image_encoder.*`` -> a ``segment_anything`` ``ImageEncoderViT`` (strict)."""
+    sd = strip_prefix(load_state_dict_file(path, weights_only), "image_encoder")
+    if not sd:
+        raise CheckpointError(f"{path}: no 'image_encoder.*' keys: not a SAM checkpoint")
+    _apply(encoder, path, "SAM image encoder", sd, encoder.state_dict().keys(), display=lambda k: f"image_encoder.{k}")
+
+
+# A small SAM-family encoder with the tiny OVSAM preset's geometry (256 px in, 16x16x32 out).
+TINY_TEACHER_KWARGS: Dict[str, Any] = dict(
+    img_size=256,
+    patch_size=16,
+    embed_dim=32,
+    depth=2,
+    num_heads=2,
+    mlp_ratio=4.0,
+    out_chans=32,
+    qkv_bias=True,
+    use_rel_pos=True,
+    window_size=4,
+    global_attn_indexes=(1,),
+)
+
+
+def build_sam_teacher(kind: str, checkpoint: Optional[PathLike] = None, **tiny_overrides: Any) -> nn.Module:
+    """Frozen SAM image encoder for SAM2CLIP distillation.
+
+    ``kind``: ``'vit_b'``, ``'vit_l'``, ``'vit_h'`` (built by
+    ``segment_anything.sam_model_registry``) or ``'tiny'``
+    (:data:`TINY_TEACHER_KWARGS`, overridable via keyword arguments).
+    """
+    from segment_anything import sam_model_registry
+    from segment_anything.modeling import ImageEncoderViT
+
+    if kind == "tiny":
+        kwargs = {**TINY_TEACHER_KWARGS, **tiny_overrides}
+        encoder = ImageEncoderViT(norm_layer=partial(nn.LayerNorm, eps=1e-6), **kwargs)
+    elif kind in ("vit_b", "vit_l", "vit_h"):
+        if tiny_overrides:
+            raise ValueError(f"overrides {sorted(tiny_overrides)} only apply to kind='tiny'")
+        encoder = sam_model_registry[kind](checkpoint=None).image_encoder
+    else:
+        raise ValueError(f"unknown SAM teacher kind {kind!r}; use 'vit_b', 'vit_l', 'vit_h' or 'tiny'")
+    if checkpoint is not None:
+        load_sam_image_encoder(encoder, checkpoint)
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    return encoder.eval()
+
+
+# ---------------------------------------------------------------------------
+# (c) ovsam_ros checkpoints
+# ---------------------------------------------------------------------------
+def save_ovsam(
+    model: "OVSAM",
+    path: PathLike,
+    include_backbone: bool = True,
+    extra: Optional[Mapping[str, Any]] = None,
+) -> None:
+    """Write ``model`` atomically (temp file in the same folder + ``os.replace``).
+
+    ``include_backbone=False`` leaves out the frozen CLIP weights (~300 MB for
+    RN50x16); loading then needs ``cfg.backbone.pretrained`` or ``clip_pretrained``.
+    """
+    path = os.path.expanduser(os.fspath(path))
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if not include_backbone:
+        state = {k: v for k, v in state.items() if not k.startswith("backbone.")}
+    payload: Dict[str, Any] = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "config": model.current_config().to_dict(),
+        "includes_backbone": include_backbone,
+        "model": state,
+    }
+    if extra:
+        payload["extra"] = dict(extra)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_ovsam_checkpoint(path: PathLike) -> Tuple[OVSAMConfig, StateDict, Dict[str, Any]]:
+    """(config, state dict, whole payload) of an ``ovsam_ros`` file, validated."""
+    obj = read_checkpoint(path)
+    if not isinstance(obj, Mapping) or obj.get("format") != FORMAT_NAME:
+        hint = ""
+        if isinstance(obj, Mapping):
+            keys = [str(k) for k in obj]
+            if any(k.startswith("neck_student.") for k in keys) or "state_dict" in obj:
+                hint = " (looks like a reference OVSAM file: use build_ovsam(..., sam2clip_checkpoint=/clip2sam_checkpoint=))"
+            elif any(k.startswith("prompt_encoder.") for k in keys):
+                hint = " (looks like a Meta SAM file: use build_ovsam(..., sam_checkpoint=))"
+        raise CheckpointError(f"{path}: not an {FORMAT_NAME} checkpoint (no format={FORMAT_NAME!r} marker){hint}")
+    version = obj.get("version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: {FORMAT_NAME} format version {version!r} is not supported (need {FORMAT_VERSION})")
+    try:
+        cfg = OVSAMConfig.from_dict(obj["config"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: invalid model config: {err}") from err
+    state = obj.get("model")
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path}: 'model' entry is not a state dict")
+    return cfg, dict(state), dict(obj)
+
+
+def load_ovsam(
+    path: PathLike,
+    device: Union[str, torch.device] = "cpu",
+    clip_pretrained: Optional[PathLike] = None,
+) -> "OVSAM":
+    """Rebuild an :class:`OVSAM` from an ``ovsam_ros`` checkpoint (strict)."""
+    from .backbone import build_backbone
+    from .ovsam import OVSAM
+
+    cfg, state, _ = read_ovsam_checkpoint(path)
+    has_backbone = any(k.startswith("backbone.") for k in state)
+    if has_backbone:
+        backbone_cfg = replace(cfg.backbone, pretrained=None)  # weights come from this file
+    else:
+        pretrained = clip_pretrained if clip_pretrained is not None else cfg.backbone.pretrained
+        if pretrained is None:
+            raise CheckpointError(
+                f"{path}: saved without CLIP backbone weights and no open_clip weights file given "
+                "(set clip_pretrained= or config backbone.pretrained)"
+            )
+        backbone_cfg = replace(cfg.backbone, pretrained=os.fspath(pretrained))
+    model = OVSAM(cfg, backbone=build_backbone(backbone_cfg))
+    required = [k for k in model.state_dict() if has_backbone or not k.startswith("backbone.")]
+    _apply(model, path, f"{FORMAT_NAME} model", state, required)
+    return model.to(device).eval()
+
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "TINY_TEACHER_KWARGS",
+    "build_sam_teacher",
+    "export_reference_checkpoints",
+    "extract_state_dict",
+    "load_ovsam",
+    "load_reference_clip2sam",
+    "load_reference_sam2clip",
+    "load_sam_decoder",
+    "load_sam_image_encoder",
+    "load_state_dict_file",
+    "ours_to_reference_key",
+    "read_checkpoint",
+    "read_ovsam_checkpoint",
+    "reference_clip2sam_to_ours",
+    "save_ovsam",
+    "strip_prefix",
+]

@@ -1,0 +1,226 @@
+"""Model configuration: plain dataclasses that round-trip through dicts.
+
+One :class:`OVSAMConfig` describes a whole model: which open_clip backbone,
+the SAM2CLIP neck, the CLIP2SAM recognition head and the SAM-style decoder.
+Dimensions that follow from the CLIP backbone (its stage channels and its
+joint embedding size) are left as ``None`` and filled in when the model is
+built, so a config only has to name the backbone.
+
+``to_dict`` / ``from_dict`` give plain Python containers (lists, not tuples),
+which is what YAML files and checkpoint files store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, Optional, Tuple, Type, TypeVar
+
+# Registered with open_clip at runtime by ``backbone.register_tiny_clip_configs``.
+TINY_RN_CLIP = "ovsam-tiny-rn"
+TINY_CONVNEXT_CLIP = "ovsam-tiny-convnext"
+
+# Output stride of the SAM image embedding relative to the padded input image.
+EMBEDDING_STRIDE = 16
+
+
+@dataclass
+class BackboneConfig:
+    """Frozen open_clip CLIP model providing the four multi-scale taps.
+
+    ``pretrained`` is a LOCAL weights file for that open_clip model (never a
+    download tag); ``None`` means random init (tests, or weights that come
+    from an ``ovsam_ros`` checkpoint). The input image size is
+    :attr:`OVSAMConfig.image_size`, kept in one place on purpose.
+    """
+
+    model_name: str = "RN50x16"
+    pretrained: Optional[str] = None
+
+
+@dataclass
+class SAM2CLIPConfig:
+    """SAM2CLIP neck: CLIP stages -> SAM-compatible image embedding."""
+
+    embed_dim: int = 1280
+    depth: int = 5
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    window_size: int = 14
+    global_attn_indexes: Tuple[int, ...] = (4,)
+    out_chans: int = 256
+    strides: Tuple[int, ...] = (4, 8, 16, 32)
+    in_channels: Optional[Tuple[int, ...]] = None  # None: taken from the backbone
+
+
+@dataclass
+class CLIP2SAMConfig:
+    """CLIP2SAM: FPN over the CLIP stages + RoIAlign + 1x1 conv -> region embedding.
+
+    ``roi_level=None`` assigns each box to an FPN level by its size, like the
+    reference (mmdet ``SingleRoIExtractor``, ``finest_scale`` 56); an int pins
+    one level. ``label_weight`` scales the decoder's label-token embedding
+    added to the RoI embedding (the reference multiplies it by 0).
+    """
+
+    fpn_channels: int = 256
+    roi_size: int = 7
+    roi_level: Optional[int] = None
+    finest_scale: float = 56.0
+    strides: Tuple[int, ...] = (4, 8, 16, 32)
+    embed_dim: Optional[int] = None  # CLIP joint (text) dim; None: from the backbone
+    label_weight: float = 0.0
+
+
+@dataclass
+class DecoderConfig:
+    """SAM prompt encoder + mask decoder, plus OVSAM's label token.
+
+    ``output_tokens``:
+      * ``"sam"``: SAM's IoU token and 1 + ``num_multimask_outputs`` mask
+        tokens (multimask output and IoU predictions available).
+      * ``"reference"``: only mask token 0 and no IoU token, exactly the
+        token set the published OVSAM decoder was trained with (single
+        mask, IoU predictions are NaN).
+    ``label_token``: prepend OVSAM's learned label token. The two-way
+    transformer attends across all tokens, so this changes the masks
+    slightly; switch it off for bit-exact SAM behaviour.
+    """
+
+    transformer_dim: int = 256
+    depth: int = 2
+    mlp_dim: int = 2048
+    num_heads: int = 8
+    num_multimask_outputs: int = 3
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
+    mask_in_chans: int = 16
+    label_token: bool = True
+    label_mlp_depth: int = 3
+    output_tokens: str = "sam"
+
+
+C = TypeVar("C")
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _from_plain(cls: Type[C], data: Dict[str, Any], where: str) -> C:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in data.items():
+        default = getattr(cls(), name) if name not in _NESTED.get(cls, {}) else None
+        if name in _NESTED.get(cls, {}):
+            value = _from_plain(_NESTED[cls][name], value, f"{where}.{name}")
+        elif isinstance(value, list) and (isinstance(default, tuple) or default is None):
+            # YAML has no tuples; the dataclasses use them for immutable defaults.
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+@dataclass
+class OVSAMConfig:
+    """Everything needed to build an :class:`~ovsam_ros.model.ovsam.OVSAM`."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    sam2clip: SAM2CLIPConfig = field(default_factory=SAM2CLIPConfig)
+    clip2sam: CLIP2SAMConfig = field(default_factory=CLIP2SAMConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    image_size: int = 1024
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- derived sizes ----------------------------------------------------
+    @property
+    def embedding_size(self) -> int:
+        """Side of the square SAM image embedding grid (64 for 1024 input)."""
+        return self.image_size // EMBEDDING_STRIDE
+
+    @property
+    def low_res_mask_size(self) -> int:
+        """Side of the decoder's low-resolution mask logits (4x the grid)."""
+        return 4 * self.embedding_size
+
+    def validate(self) -> None:
+        if self.image_size % (EMBEDDING_STRIDE * 2) != 0:
+            # The stride-32 CLIP stage must tile the padded image exactly.
+            raise ValueError(f"image_size must be a multiple of 32, got {self.image_size}")
+        if self.sam2clip.out_chans != self.decoder.transformer_dim:
+            raise ValueError(
+                "sam2clip.out_chans must equal decoder.transformer_dim "
+                f"({self.sam2clip.out_chans} != {self.decoder.transformer_dim})"
+            )
+        if self.decoder.output_tokens not in ("sam", "reference"):
+            raise ValueError(
+                f"decoder.output_tokens must be 'sam' or 'reference', got {self.decoder.output_tokens!r}"
+            )
+        if len(self.sam2clip.strides) != 4 or len(self.clip2sam.strides) != 4:
+            raise ValueError("OVSAM uses exactly four CLIP stages (strides 4/8/16/32)")
+
+    # -- serialisation ----------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        return _to_plain(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "OVSAMConfig":
+        return _from_plain(cls, data, "OVSAMConfig")
+
+    # -- presets ----------------------------------------------------------
+    @classmethod
+    def rn50x16(cls, pretrained: Optional[str] = None) -> "OVSAMConfig":
+        """The published OVSAM: open_clip RN50x16 + SAM ViT-H sized neck/decoder."""
+        return cls(backbone=BackboneConfig("RN50x16", pretrained))
+
+    @classmethod
+    def convnext_large(cls, pretrained: Optional[str] = None) -> "OVSAMConfig":
+        """open_clip ConvNeXt-L (320px) backbone; no published OVSAM weights."""
+        return cls(backbone=BackboneConfig("convnext_large_d_320", pretrained))
+
+    @classmethod
+    def tiny(cls, backbone: str = "rn") -> "OVSAMConfig":
+        """A few-hundred-kB model for tests and demos (random init only).
+
+        ``backbone``: ``"rn"`` (tiny ModifiedResNet) or ``"convnext"``
+        (timm ``convnext_atto``). Both keep a real CLIP text tower.
+        """
+        names = {"rn": TINY_RN_CLIP, "convnext": TINY_CONVNEXT_CLIP}
+        if backbone not in names:
+            raise ValueError(f"tiny backbone must be one of {sorted(names)}, got {backbone!r}")
+        return cls(
+            backbone=BackboneConfig(names[backbone], None),
+            sam2clip=SAM2CLIPConfig(
+                embed_dim=64, depth=2, num_heads=2, window_size=4, global_attn_indexes=(1,), out_chans=32
+            ),
+            clip2sam=CLIP2SAMConfig(fpn_channels=32, roi_size=7),
+            decoder=DecoderConfig(
+                transformer_dim=32,
+                depth=2,
+                mlp_dim=64,
+                num_heads=2,
+                iou_head_hidden_dim=32,
+            ),
+            image_size=256,
+        )
+
+
+_NESTED: Dict[type, Dict[str, type]] = {
+    OVSAMConfig: {
+        "backbone": BackboneConfig,
+        "sam2clip": SAM2CLIPConfig,
+        "clip2sam": CLIP2SAMConfig,
+        "decoder": DecoderConfig,
+    }
+}

@@ -1,0 +1,135 @@
+"""Image / prompt / mask bookkeeping between original pixels and model input.
+
+OVSAM (like SAM) resizes the image so its long side is ``image_size``
+(``ResizeLongestSide``), normalises with ImageNet mean/std in 0-255 space
+and zero-pads bottom/right to a square. Three frames of reference:
+
+* original: the camera image, (H, W);
+* input: after resizing, (h, w) = ``get_input_size(H, W)``; prompts and
+  boxes given to the model are in this frame;
+* padded: (S, S) with S = ``image_size``; the decoder's low-res masks cover it.
+
+:func:`postprocess_masks` undoes the chain for masks, with exactly the math
+of ``segment_anything.modeling.Sam.postprocess_masks``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from segment_anything.utils.transforms import ResizeLongestSide
+
+# SAM / OVSAM normalisation (RGB, 0-255 space).
+PIXEL_MEAN: Tuple[float, float, float] = (123.675, 116.28, 103.53)
+PIXEL_STD: Tuple[float, float, float] = (58.395, 57.12, 57.375)
+
+ArrayLike = Union[np.ndarray, torch.Tensor, Sequence]
+
+
+def postprocess_masks(
+    masks: torch.Tensor, image_size: int, input_size: Tuple[int, int], original_size: Tuple[int, int]
+) -> torch.Tensor:
+    """Low-res logits [..., h, w] -> logits [..., H, W] at the original size.
+
+    Upsample to the padded square, crop the un-padded input region, resize
+    to the original size (bilinear, ``align_corners=False``; as SAM).
+    """
+    lead = masks.shape[:-2]
+    x = masks.reshape(-1, 1, *masks.shape[-2:]).float()
+    x = F.interpolate(x, (image_size, image_size), mode="bilinear", align_corners=False)
+    x = x[..., : int(input_size[0]), : int(input_size[1])]
+    x = F.interpolate(x, (int(original_size[0]), int(original_size[1])), mode="bilinear", align_corners=False)
+    return x.reshape(*lead, *x.shape[-2:])
+
+
+def _as_float_tensor(x: ArrayLike) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.to(torch.float32)
+    return torch.as_tensor(np.asarray(x, dtype=np.float32))
+
+
+class ImageTransform:
+    """All resize/normalise/pad bookkeeping for one model input size.
+
+    Methods take the original size explicitly; ``apply_image`` also records
+    ``original_size`` / ``input_size`` of the last image as a convenience for
+    single-threaded callers (pass sizes explicitly when sharing a transform
+    across threads).
+    """
+
+    def __init__(
+        self,
+        image_size: int = 1024,
+        pixel_mean: Sequence[float] = PIXEL_MEAN,
+        pixel_std: Sequence[float] = PIXEL_STD,
+    ) -> None:
+        self.image_size = int(image_size)
+        self.resizer = ResizeLongestSide(self.image_size)
+        self.pixel_mean = torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1)
+        self.pixel_std = torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1)
+        self.original_size: Optional[Tuple[int, int]] = None
+        self.input_size: Optional[Tuple[int, int]] = None
+
+    # -- sizes ------------------------------------------------------------------
+    def get_input_size(self, original_size: Tuple[int, int]) -> Tuple[int, int]:
+        """(H, W) of the resized image before padding."""
+        return ResizeLongestSide.get_preprocess_shape(int(original_size[0]), int(original_size[1]), self.image_size)
+
+    def _sizes(self, original_size: Optional[Tuple[int, int]]) -> Tuple[int, int]:
+        if original_size is None:
+            if self.original_size is None:
+                raise RuntimeError("original_size not given and no image has been transformed yet")
+            return self.original_size
+        return int(original_size[0]), int(original_size[1])
+
+    # -- image --------------------------------------------------------------------
+    def apply_image(self, image: np.ndarray, channel_order: str = "RGB") -> torch.Tensor:
+        """uint8 HxWx3 image -> normalised, padded float tensor [1, 3, S, S]."""
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an HxWx3 numpy image, got {getattr(image, 'shape', type(image))}")
+        if image.dtype != np.uint8:
+            raise ValueError(f"expected a uint8 image, got {image.dtype}")
+        if channel_order.upper() == "BGR":
+            image = image[..., ::-1]
+        elif channel_order.upper() != "RGB":
+            raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
+        original_size = (int(image.shape[0]), int(image.shape[1]))
+        resized = self.resizer.apply_image(np.ascontiguousarray(image))
+        x = torch.from_numpy(resized).permute(2, 0, 1).float()
+        x = (x - self.pixel_mean) / self.pixel_std
+        h, w = x.shape[-2:]
+        x = F.pad(x, (0, self.image_size - w, 0, self.image_size - h))  # pad after normalising -> zeros
+        self.original_size, self.input_size = original_size, (int(h), int(w))
+        return x.unsqueeze(0)
+
+    # -- prompts: original -> input --------------------------------------------------
+    def apply_coords(self, coords: ArrayLike, original_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        """xy points [..., 2] in original pixels -> input pixels (float tensor)."""
+        return self.resizer.apply_coords_torch(_as_float_tensor(coords), self._sizes(original_size))
+
+    def apply_boxes(self, boxes: ArrayLike, original_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        """xyxy boxes [N, 4] in original pixels -> input pixels."""
+        return self.resizer.apply_boxes_torch(_as_float_tensor(boxes).reshape(-1, 4), self._sizes(original_size))
+
+    # -- results: input -> original ----------------------------------------------------
+    def coords_to_original(self, coords: torch.Tensor, original_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        """Inverse of :meth:`apply_coords` (e.g. for boxes of predicted masks)."""
+        oh, ow = self._sizes(original_size)
+        h, w = self.get_input_size((oh, ow))
+        out = coords.to(torch.float32).clone()
+        out[..., 0] = out[..., 0] * (ow / w)
+        out[..., 1] = out[..., 1] * (oh / h)
+        return out
+
+    def boxes_to_original(self, boxes: torch.Tensor, original_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        """Inverse of :meth:`apply_boxes`; keeps the leading dimensions."""
+        return self.coords_to_original(boxes.reshape(*boxes.shape[:-1], 2, 2), original_size).reshape(boxes.shape)
+
+    def postprocess_masks(self, masks: torch.Tensor, original_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        """Low-res (or padded-size) logits [..., h, w] -> logits at the original size."""
+        size = self._sizes(original_size)
+        return postprocess_masks(masks, self.image_size, self.get_input_size(size), size)

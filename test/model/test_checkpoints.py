@@ -1,0 +1,264 @@
+from __future__ import annotations
+
+import os
+
+import open_clip
+import pytest
+import torch
+
+from ovsam_ros.model import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    OVSAMConfig,
+    build_ovsam,
+    build_sam_teacher,
+    load_ovsam,
+    load_reference_clip2sam,
+    load_reference_sam2clip,
+    load_sam_decoder,
+    save_ovsam,
+)
+from ovsam_ros.model.checkpoints import export_reference_checkpoints, read_ovsam_checkpoint
+
+BOXES = torch.tensor([[50.0, 20.0, 150.0, 110.0], [120.0, 100.0, 250.0, 250.0]])
+POINTS = torch.tensor([[[100.0, 60.0], [30.0, 30.0]], [[200.0, 180.0], [0.0, 0.0]]])
+LABELS = torch.tensor([[1, 0], [1, -1]])
+
+
+def _run(model, images):
+    with torch.no_grad():
+        f = model.encode_image(images)
+        a = model.decode(f, boxes=BOXES)
+        b = model.decode(f, POINTS, LABELS, multimask_output=False, image_index=1)
+    return [f.sam_embedding, *f.fpn_features] + [v for d in (a, b) for v in d.values() if v is not None]
+
+
+def _assert_same(xs, ys):
+    assert len(xs) == len(ys)
+    for x, y in zip(xs, ys):
+        torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True)  # bit-exact (IoU may be NaN)
+
+
+def _differs(xs, ys) -> bool:
+    return any(not torch.allclose(x, y) for x, y in zip(xs, ys))
+
+
+# --- (c) ovsam_ros format ------------------------------------------------------------------------
+def test_save_load_reproduces_outputs_exactly(tmp_path, tiny_model_factory, tiny_images):
+    model = tiny_model_factory("rn", seed=0)
+    path = tmp_path / "sub" / "tiny.pt"
+    save_ovsam(model, path, extra={"step": 7})
+    assert os.listdir(path.parent) == ["tiny.pt"]  # atomic write leaves no temp file
+    cfg, state, payload = read_ovsam_checkpoint(path)
+    assert (payload["format"], payload["version"], payload["extra"]) == ("ovsam_ros", 1, {"step": 7})
+    assert cfg == model.cfg and set(state) == set(model.state_dict())
+
+    loaded = load_ovsam(path)
+    other = tiny_model_factory("rn", seed=42)  # a differently initialised model really differs
+    _assert_same(_run(loaded, tiny_images), _run(model, tiny_images))
+    assert _differs(_run(other, tiny_images), _run(model, tiny_images))
+
+    other.clip2sam.label_weight = 0.25  # runtime switches are saved with the config
+    other.decoder.output_tokens = "reference"
+    save_ovsam(other, path)  # overwrite in place
+    reloaded = load_ovsam(path)
+    assert reloaded.clip2sam.label_weight == 0.25 and reloaded.decoder.output_tokens == "reference"
+    _assert_same(_run(reloaded, tiny_images), _run(other, tiny_images))
+
+
+def test_save_without_backbone_needs_clip_weights(tmp_path, tiny_model_factory, tiny_images):
+    model = tiny_model_factory("convnext", seed=0)
+    path = tmp_path / "nobb.pt"
+    save_ovsam(model, path, include_backbone=False)
+    assert not any(k.startswith("backbone.") for k in read_ovsam_checkpoint(path)[1])
+    with pytest.raises(CheckpointError, match="without CLIP backbone weights"):
+        load_ovsam(path)
+    clip_path = tmp_path / "clip.pt"
+    torch.save(model.backbone.clip.state_dict(), clip_path)
+    _assert_same(_run(load_ovsam(path, clip_pretrained=str(clip_path)), tiny_images), _run(model, tiny_images))
+
+
+def test_ovsam_format_errors(tmp_path, tiny_model_factory):
+    with pytest.raises(CheckpointNotFoundError, match="does-not-exist.pt") as info:
+        load_ovsam(tmp_path / "does-not-exist.pt")
+    assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, ValueError)
+
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00not a checkpoint" * 10)
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        load_ovsam(junk)
+
+    sam_like = tmp_path / "sam_like.pth"
+    torch.save({"prompt_encoder.x": torch.zeros(1)}, sam_like)
+    with pytest.raises(CheckpointError, match="Meta SAM"):
+        load_ovsam(sam_like)
+
+    model = tiny_model_factory("rn")
+    path = tmp_path / "tiny.pt"
+    save_ovsam(model, path)
+    payload = torch.load(path, weights_only=True)
+    payload["model"]["decoder.label_token.weight"] = torch.zeros(1, 5)
+    del payload["model"]["sam2clip.neck.0.weight"]
+    payload["model"]["decoder.bogus"] = torch.zeros(1)
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError) as err:
+        load_ovsam(path)
+    msg = str(err.value)
+    assert "tiny.pt" in msg and "sam2clip.neck.0.weight" in msg and "decoder.bogus" in msg
+    assert "decoder.label_token.weight (file (1, 5) vs model (1, 32))" in msg
+
+
+# --- (a) reference layout --------------------------------------------------------------------------
+def _write_reference(tmp_path, model):
+    sam2clip, clip2sam = export_reference_checkpoints(model)
+    # As published: an mmengine-style dict with 'state_dict' (+ other prefixes the loader must ignore).
+    p1, p2 = tmp_path / "sam2clip_vith_rn50x16.pth", tmp_path / "clip2sam_coco_rn50x16.pth"
+    torch.save({"meta": {"epoch": 24}, "state_dict": {**sam2clip, "backbone.foo": torch.zeros(1)}}, p1)
+    torch.save({"state_dict": clip2sam}, p2)
+    return p1, p2, sam2clip, clip2sam
+
+
+def test_reference_key_layout(tmp_path, tiny_model):
+    sam2clip, clip2sam = export_reference_checkpoints(tiny_model)
+    assert "neck_student.patch_embeds.3.projection.weight" in sam2clip and "neck_student.pos_embed" in sam2clip
+    for key in [
+        "fpn_neck.lateral_convs.0.conv.weight",
+        "fpn_neck.fpn_convs.3.conv.bias",
+        "mask_decoder.roi_conv.0.conv.weight",
+        "mask_decoder.label_token.weight",
+        "mask_decoder.label_mlp.layers.2.weight",
+        "mask_decoder.mask_decoder.transformer.layers.0.self_attn.q_proj.weight",
+        "mask_decoder.mask_decoder.output_hypernetworks_mlps.0.layers.0.weight",
+    ]:
+        assert key in clip2sam, key
+    assert clip2sam["mask_decoder.mask_decoder.mask_tokens.weight"].shape == (1, 32)  # one mask token
+    assert clip2sam["mask_decoder.label_mlp.layers.2.weight"].shape == (64, 32)  # -> CLIP dim
+    assert not any("iou_" in k or "hypernetworks_mlps.1" in k for k in clip2sam)
+    assert not any(k.startswith("mask_decoder.prompt_encoder") for k in clip2sam)
+
+
+def test_reference_files_load_and_run(tmp_path, tiny_model_factory, tiny_images):
+    source = tiny_model_factory("rn", seed=0, output_tokens="reference")
+    p1, p2, _, _ = _write_reference(tmp_path, source)
+    target = tiny_model_factory("rn", seed=9, output_tokens="reference")
+    # Prompt encoder and CLIP are not in the reference files: they come from SAM / open_clip.
+    target.decoder.prompt_encoder.load_state_dict(source.decoder.prompt_encoder.state_dict())
+    target.backbone.load_state_dict(source.backbone.state_dict())
+    rows_before = target.decoder.mask_decoder.mask_tokens.weight[1:].clone()
+    assert _differs(_run(target, tiny_images), _run(source, tiny_images))
+    load_reference_sam2clip(target, p1)
+    load_reference_clip2sam(target, p2)
+    _assert_same(_run(target, tiny_images), _run(source, tiny_images))
+    # Only mask token 0 comes from the reference file; SAM's multimask tokens are kept.
+    assert torch.equal(target.decoder.mask_decoder.mask_tokens.weight[1:], rows_before)
+    assert torch.equal(target.decoder.mask_decoder.mask_tokens.weight[0], source.decoder.mask_decoder.mask_tokens.weight[0])
+
+
+def test_reference_errors_name_key_and_file(tmp_path, tiny_model_factory):
+    source = tiny_model_factory("rn", seed=0)
+    target = tiny_model_factory("rn", seed=9)
+    _, _, sam2clip, clip2sam = _write_reference(tmp_path, source)
+    snapshot = {k: v.clone() for k, v in target.state_dict().items()}
+
+    bad = dict(clip2sam)
+    del bad["fpn_neck.fpn_convs.2.conv.bias"]
+    bad["mask_decoder.extra_head.weight"] = torch.zeros(3)
+    bad["mask_decoder.label_token.weight"] = torch.zeros(1, 31)
+    path = tmp_path / "broken_clip2sam.pth"
+    torch.save({"state_dict": bad}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_reference_clip2sam(target, path)
+    msg = str(err.value)
+    assert "broken_clip2sam.pth" in msg
+    assert "missing key(s): fpn_neck.fpn_convs.2.conv.bias" in msg
+    assert "mask_decoder.extra_head.weight" in msg
+    assert "mask_decoder.label_token.weight (file (1, 31) vs model (1, 32))" in msg
+    for k, v in target.state_dict().items():  # a failed load changes nothing
+        assert torch.equal(v, snapshot[k]), k
+
+    few = {k: v for k, v in sam2clip.items() if not k.startswith("neck_student.blocks.")}
+    path = tmp_path / "broken_sam2clip.pth"
+    torch.save(few, path)
+    with pytest.raises(CheckpointError) as err:
+        load_reference_sam2clip(target, path)
+    msg = str(err.value)
+    assert "broken_sam2clip.pth" in msg and "neck_student.blocks.0.attn.qkv.weight" in msg
+    assert "more)" in msg  # long key lists are truncated
+
+    with pytest.raises(CheckpointError, match="neck_student"):
+        load_reference_sam2clip(target, tmp_path / "clip2sam_coco_rn50x16.pth")
+    with pytest.raises(CheckpointNotFoundError, match="missing.pth"):
+        load_reference_clip2sam(target, tmp_path / "missing.pth")
+
+
+# --- (b) Meta SAM format -------------------------------------------------------------------------------
+def test_meta_sam_checkpoint_into_decoder_and_teacher(tmp_path, tiny_model_factory, tiny_sam_factory):
+    model = tiny_model_factory("rn")
+    sam = tiny_sam_factory(model.cfg.decoder)
+    path = tmp_path / "sam_vit_tiny.pth"
+    torch.save(sam.state_dict(), path)
+
+    label_before = model.decoder.label_mlp.layers[0].weight.clone()
+    load_sam_decoder(model.decoder, path)
+    for k, v in sam.prompt_encoder.state_dict().items():
+        assert torch.equal(model.decoder.prompt_encoder.state_dict()[k], v)
+    for k, v in sam.mask_decoder.state_dict().items():
+        assert torch.equal(model.decoder.mask_decoder.state_dict()[k], v)
+    assert torch.equal(model.decoder.label_mlp.layers[0].weight, label_before)
+
+    teacher = build_sam_teacher("tiny", path)
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        out = teacher(x)
+        torch.testing.assert_close(out, sam.image_encoder(x))
+    assert out.shape == (1, 32, 16, 16)  # same shape as SAM2CLIP's output: a valid distillation target
+
+    with pytest.raises(ValueError, match="vit_q"):
+        build_sam_teacher("vit_q")
+    sd = sam.state_dict()
+    del sd["mask_decoder.iou_token.weight"]
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError, match="mask_decoder.iou_token.weight"):
+        load_sam_decoder(model.decoder, path)
+
+
+def test_build_ovsam_from_published_pieces(tmp_path, tiny_model_factory, tiny_sam_factory, tiny_images):
+    """SAM decoder first, then reference files: fine-tuned mask token 0 wins, SAM keeps tokens 1..3."""
+    source = tiny_model_factory("rn", seed=0)
+    clip_path = tmp_path / "clip.pt"
+    torch.save(source.backbone.clip.state_dict(), clip_path)
+    sam = tiny_sam_factory(source.cfg.decoder, seed=5)
+    sam_path = tmp_path / "sam.pth"
+    torch.save(sam.state_dict(), sam_path)
+    p1, p2, _, _ = _write_reference(tmp_path, source)
+
+    cfg = OVSAMConfig.from_dict(source.cfg.to_dict())
+    cfg.backbone.pretrained = str(clip_path)
+    model = build_ovsam(cfg, sam_checkpoint=str(sam_path), sam2clip_checkpoint=str(p1), clip2sam_checkpoint=str(p2))
+    md = model.decoder.mask_decoder
+    assert torch.equal(md.mask_tokens.weight[0], source.decoder.mask_decoder.mask_tokens.weight[0])
+    assert torch.equal(md.mask_tokens.weight[1:], sam.mask_decoder.mask_tokens.weight[1:])
+    assert torch.equal(md.iou_token.weight, sam.mask_decoder.iou_token.weight)
+    assert torch.equal(model.decoder.prompt_encoder.point_embeddings[1].weight, sam.prompt_encoder.point_embeddings[1].weight)
+    for k, v in source.sam2clip.state_dict().items():
+        assert torch.equal(model.sam2clip.state_dict()[k], v)
+    with torch.no_grad():
+        f = model.encode_image(tiny_images)
+    torch.testing.assert_close(f.sam_embedding, source.encode_image(tiny_images).sam_embedding)
+
+    cfg.backbone.pretrained = str(tmp_path / "no_such_clip.bin")
+    with pytest.raises(FileNotFoundError, match="no_such_clip.bin"):
+        build_ovsam(cfg)
+
+
+def test_open_clip_weights_wrong_model(tmp_path):
+    """(d) open_clip weights of another architecture: CheckpointError naming the file."""
+    from ovsam_ros.model import BackboneConfig, build_backbone
+    from ovsam_ros.model.backbone import register_tiny_clip_configs
+
+    register_tiny_clip_configs()
+    path = tmp_path / "convnext_weights.pt"
+    torch.save(open_clip.create_model("ovsam-tiny-convnext").state_dict(), path)
+    with pytest.raises(CheckpointError, match="convnext_weights.pt"):
+        build_backbone(BackboneConfig("ovsam-tiny-rn", str(path)))

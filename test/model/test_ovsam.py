@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ovsam_ros.model import ImageTransform, OVSAM, OVSAMConfig, masks_to_boxes
+from ovsam_ros.model.config import BackboneConfig
+
+
+def test_config_round_trip_and_presets():
+    for cfg in (OVSAMConfig.tiny("rn"), OVSAMConfig.tiny("convnext"), OVSAMConfig.rn50x16("/x/rn.bin"), OVSAMConfig.convnext_large()):
+        plain = cfg.to_dict()
+        assert isinstance(plain["sam2clip"]["global_attn_indexes"], list)  # YAML-friendly
+        assert OVSAMConfig.from_dict(plain) == cfg
+    big = OVSAMConfig.rn50x16()
+    assert big.backbone == BackboneConfig("RN50x16", None)
+    assert (big.image_size, big.embedding_size, big.low_res_mask_size) == (1024, 64, 256)
+    assert (big.sam2clip.embed_dim, big.sam2clip.depth, big.sam2clip.num_heads, big.sam2clip.window_size) == (1280, 5, 16, 14)
+    assert OVSAMConfig.convnext_large().backbone.model_name == "convnext_large_d_320"
+    tiny = OVSAMConfig.tiny()
+    assert (tiny.image_size, tiny.embedding_size) == (256, 16)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="unknown key"):
+        OVSAMConfig.from_dict({"decoder": {"transformer_dims": 3}})
+    with pytest.raises(ValueError, match="transformer_dim"):
+        d = OVSAMConfig.tiny().to_dict()
+        d["decoder"]["transformer_dim"] = 64
+        OVSAMConfig.from_dict(d)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        OVSAMConfig(image_size=1000)
+
+
+@pytest.mark.parametrize("backbone", ["rn", "convnext"])
+def test_encode_image_shapes(tiny_model_factory, backbone):
+    model = tiny_model_factory(backbone)
+    with torch.no_grad():
+        f = model.encode_image(torch.randn(2, 3, 256, 256))
+    assert f.sam_embedding.shape == (2, 32, 16, 16)
+    assert [tuple(x.shape[-2:]) for x in f.clip_features] == [(64, 64), (32, 32), (16, 16), (8, 8)]
+    assert [tuple(x.shape) for x in f.fpn_features] == [(2, 32, 64 // 2**i, 64 // 2**i) for i in range(4)]
+    out = model.decode(f, boxes=torch.tensor([[10.0, 20.0, 120.0, 200.0]]))
+    assert out["region_embeddings"].shape == (1, 3, 64)
+
+
+def test_decode_outputs(tiny_model, tiny_features):
+    pts = torch.tensor([[[100.0, 60.0], [30.0, 30.0]], [[200.0, 180.0], [0.0, 0.0]]])
+    labels = torch.tensor([[1, 0], [1, -1]])
+    boxes = torch.tensor([[50.0, 20.0, 150.0, 110.0], [120.0, 100.0, 250.0, 250.0]])
+    with torch.no_grad():
+        multi = tiny_model.decode(tiny_features, pts, labels, boxes)
+        single = tiny_model.decode(tiny_features, pts, labels, boxes, multimask_output=False)
+        again = tiny_model.decode(tiny_features, pts, labels, boxes, mask_input=single["masks_lowres"])
+    assert multi["masks_lowres"].shape == (2, 3, 64, 64) and multi["iou"].shape == (2, 3)
+    assert single["masks_lowres"].shape == (2, 1, 64, 64) and single["iou"].shape == (2, 1)
+    assert multi["region_embeddings"].shape == (2, 3, 64) and single["region_embeddings"].shape == (2, 1, 64)
+    assert multi["label_embeddings"].shape == (2, 64)
+    assert again["masks_lowres"].shape == (2, 3, 64, 64)
+    # Region embeddings come from the box of each predicted mask (reference test-time behaviour).
+    expected_boxes = masks_to_boxes(multi["masks_lowres"]) * 4  # 64 px low-res -> 256 px input
+    torch.testing.assert_close(multi["roi_boxes"], expected_boxes)
+    direct = tiny_model.clip2sam([f[:1] for f in tiny_features.fpn_features], expected_boxes.view(-1, 4))
+    torch.testing.assert_close(multi["region_embeddings"], direct.view(2, 3, -1))
+
+
+def test_decode_with_given_roi_boxes(tiny_model, tiny_features):
+    boxes = torch.tensor([[50.0, 20.0, 150.0, 110.0]])
+    with torch.no_grad():
+        out = tiny_model.decode(tiny_features, boxes=boxes, roi_boxes=boxes, image_index=1)
+        direct = tiny_model.clip2sam(tiny_features.fpn_features, boxes, torch.tensor([1]))
+    for m in range(3):
+        torch.testing.assert_close(out["region_embeddings"][:, m], direct)
+
+
+def test_batched_image_index_equals_single_image_decode(tiny_model, tiny_features):
+    boxes = torch.tensor([[50.0, 20.0, 150.0, 110.0], [120.0, 100.0, 250.0, 250.0], [10.0, 10.0, 60.0, 90.0]])
+    index = torch.tensor([1, 0, 1])
+    with torch.no_grad():
+        batched = tiny_model.decode(tiny_features, boxes=boxes, image_index=index)
+        for i in range(3):
+            one = tiny_model.decode(tiny_features.select(int(index[i])), boxes=boxes[i : i + 1])
+            for key in ("masks_lowres", "iou", "region_embeddings", "label_embeddings"):
+                torch.testing.assert_close(batched[key][i : i + 1], one[key], atol=1e-5, rtol=1e-5)
+
+
+def test_label_weight_adds_label_embedding(tiny_model_factory):
+    model = tiny_model_factory("rn")
+    images = torch.randn(1, 3, 256, 256)
+    boxes = torch.tensor([[50.0, 20.0, 150.0, 110.0]])
+    with torch.no_grad():
+        f = model.encode_image(images)
+        base = model.decode(f, boxes=boxes)
+        model.clip2sam.label_weight = 0.5
+        mixed = model.decode(f, boxes=boxes)
+    torch.testing.assert_close(mixed["region_embeddings"], base["region_embeddings"] + 0.5 * base["label_embeddings"][:, None])
+
+
+def test_masks_to_boxes():
+    m = torch.full((3, 8, 10), -1.0)
+    m[0, 2:5, 3:7] = 1.0  # rows 2..4, cols 3..6
+    m[1, 7, 9] = 2.0
+    boxes = masks_to_boxes(m)
+    assert boxes.tolist() == [[3, 2, 7, 5], [9, 7, 10, 8], [0, 0, 0, 0]]
+
+
+def test_postprocess_and_input_checks(tiny_model, tiny_features):
+    with torch.no_grad():
+        out = tiny_model.decode(tiny_features, boxes=torch.tensor([[50.0, 20.0, 150.0, 110.0]]))
+    tr = ImageTransform(256)
+    full = tiny_model.postprocess_masks(out["masks_lowres"], tr.get_input_size((300, 500)), (300, 500))
+    assert full.shape == (1, 3, 300, 500)
+    torch.testing.assert_close(full, tr.postprocess_masks(out["masks_lowres"], (300, 500)))
+    with pytest.raises(ValueError, match="256"):
+        tiny_model.encode_image(torch.randn(1, 3, 224, 224))
+    with pytest.raises(IndexError):
+        tiny_model.decode(tiny_features, boxes=torch.zeros(1, 4), image_index=2)
+
+
+def test_train_mode_keeps_clip_frozen(tiny_model_factory):
+    model: OVSAM = tiny_model_factory("rn")
+    model.train()
+    assert model.decoder.training and model.sam2clip.training
+    assert not model.backbone.training
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    f = model.encode_image(torch.randn(1, 3, 256, 256))
+    out = model.decode(f, boxes=torch.tensor([[50.0, 20.0, 150.0, 110.0]]), multimask_output=False)
+    loss = out["masks_lowres"].mean() + out["region_embeddings"].mean()
+    loss.backward()
+    assert model.decoder.mask_decoder.mask_tokens.weight.grad is not None
+    assert model.clip2sam.roi_conv[0].weight.grad is not None
+    assert model.sam2clip.blocks[0].attn.qkv.weight.grad is not None
+
+
+def test_text_path(tiny_model):
+    tokens = tiny_model.tokenizer(["a cat", "a robot arm"])
+    emb = tiny_model.encode_text(tokens, normalize=True)
+    assert emb.shape == (2, tiny_model.clip_dim)

@@ -1,0 +1,400 @@
+"""Vocabularies, prompt templates, CLIP text embeddings and their on-disk cache."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ovsam_ros.model.vocabulary import (
+    SINGLE_TEMPLATES,
+    VILD_TEMPLATES,
+    VOCABULARY_DIR,
+    OpenCLIPTextEncoder,
+    TextEmbeddingCache,
+    TextEmbeddings,
+    Vocabulary,
+    VocabularyWarning,
+    check_truncation,
+    clean_name,
+    encode_vocabulary,
+    file_identity,
+    get_templates,
+    load_vocabulary,
+    split_synonyms,
+)
+
+open_clip = pytest.importorskip("open_clip")
+
+TINY = "ovsam-test-tiny-text"
+COCO_NOVEL = {"airplane", "bus", "cat", "dog", "cow", "elephant", "umbrella", "tie", "snowboard",
+              "skateboard", "cup", "knife", "cake", "couch", "keyboard", "sink", "scissors"}
+
+
+@pytest.fixture(scope="module")
+def tiny_clip():
+    """A randomly initialised open_clip CLIP with a 1-layer, 32-wide text tower (no weights)."""
+    from open_clip import factory
+
+    factory._MODEL_CONFIGS[TINY] = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
+    torch.manual_seed(0)
+    model = open_clip.create_model(TINY).eval()
+    tokenizer = open_clip.get_tokenizer(TINY)
+    return model, tokenizer
+
+
+def _manual_embedding(model, tokenizer, synonym, templates):
+    """Reference recipe by hand with open_clip's own encode_text on full 77-token prompts."""
+    tokens = tokenizer([t.replace("{}", synonym) for t in templates])
+    assert tokens.shape[1] == 77
+    with torch.no_grad():
+        feats = F.normalize(model.encode_text(tokens).float(), dim=-1)
+    return F.normalize(feats.mean(dim=0), dim=-1)
+
+
+# ------------------------------------------------------------------------------ names
+
+
+def test_clean_and_split_follow_reference_recipe():
+    assert clean_name("  Traffic_Light ") == "traffic light"
+    assert clean_name("bat_(animal)") == "bat (animal)"
+    assert split_synonyms("sofa/couch") == ["sofa", "couch"]
+    assert split_synonyms("cup_or_mug") == ["cup", "mug"]
+    assert split_synonyms("door_or_window, Gate / gate") == ["door", "window", "gate"]
+    assert split_synonyms(" , / ") == []
+
+
+def test_inline_lists():
+    v = load_vocabulary("red cup, person, door handle")
+    assert v.classes == ["red cup", "person", "door handle"]
+    assert v.synonyms == [["red cup"], ["person"], ["door handle"]]
+    assert v.split is None and v.name == "custom"
+    v = load_vocabulary("sofa/couch, tv_or_television")
+    assert v.synonyms == [["sofa", "couch"], ["tv", "television"]]
+    # with ';' classes are separated by ';' and ',' separates synonyms
+    v = load_vocabulary("sofa, couch; tv")
+    assert v.classes == ["sofa", "tv"] and v.synonyms[0] == ["sofa", "couch"]
+    assert load_vocabulary(["Cup", "door_handle"]).classes == ["cup", "door handle"]
+    assert len(load_vocabulary("person")) == 1
+
+
+def test_empty_vocabularies_raise_clear_errors(tmp_path):
+    for spec in ["", "   ", " , ,, ", " ; ; "]:
+        with pytest.raises(ValueError, match="empty|no class names"):
+            load_vocabulary(spec)
+    empty_txt = tmp_path / "empty.txt"
+    empty_txt.write_text("\n  \n# only a comment\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="empty"):
+        load_vocabulary(str(empty_txt))
+    empty_json = tmp_path / "empty.json"
+    empty_json.write_text(json.dumps({"classes": []}), encoding="utf-8")
+    with pytest.raises(ValueError, match="empty"):
+        load_vocabulary(str(empty_json))
+    with pytest.raises(ValueError, match="empty"):
+        Vocabulary(name="x", version="", classes=[], synonyms=[])
+
+
+def test_missing_file_names_it(tmp_path):
+    missing = tmp_path / "no_such_classes.txt"
+    with pytest.raises(FileNotFoundError, match="no_such_classes.txt"):
+        load_vocabulary(str(missing))
+    with pytest.raises(FileNotFoundError, match="nothing.json"):
+        load_vocabulary(tmp_path / "nothing.json")
+
+
+def test_txt_file_blank_lines_comments_synonyms_unicode(tmp_path):
+    path = tmp_path / "robot_classes.txt"
+    path.write_text("\ufeff# kitchen\nMug, cup\n\n  door_handle  \nÄpfel\n椅子\nsofa/couch\n", encoding="utf-8")
+    v = load_vocabulary(str(path))
+    assert v.name == "robot_classes"
+    assert v.classes == ["mug", "door handle", "äpfel", "椅子", "sofa"]
+    assert v.synonyms[0] == ["mug", "cup"] and v.synonyms[4] == ["sofa", "couch"]
+
+
+def test_non_ascii_names_survive_and_tokenize(tiny_clip):
+    _, tokenizer = tiny_clip
+    v = load_vocabulary("café table, 椅子, niño")
+    assert v.classes == ["café table", "椅子", "niño"]
+    tokens = tokenizer(v.classes)
+    assert ((tokens != 0).sum(dim=1) > 2).all()  # more than start/end tokens
+
+
+def test_duplicates_are_merged_into_first_with_warning(tmp_path):
+    with pytest.warns(VocabularyWarning, match="duplicate"):
+        v = load_vocabulary("cup, person, Cup/mug, person")
+    assert v.classes == ["cup", "person"]
+    assert v.synonyms == [["cup", "mug"], ["person"]]
+    path = tmp_path / "dup.json"
+    path.write_text(json.dumps({"name": "d", "classes": [
+        {"id": 7, "name": "cup", "split": "base"}, {"id": 9, "name": "CUP", "synonyms": ["cup", "beaker"],
+                                                   "split": "novel"}]}), encoding="utf-8")
+    with pytest.warns(VocabularyWarning):
+        v = load_vocabulary(str(path))
+    assert v.classes == ["cup"] and v.ids == [7] and v.split == ["base"] and v.synonyms == [["cup", "beaker"]]
+    # no warning when there is nothing to merge
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_vocabulary("cup, mug")
+
+
+def test_json_formats(tmp_path):
+    ours = tmp_path / "ours.json"
+    ours.write_text(json.dumps({"name": "mine", "version": "3", "classes": [
+        {"id": 1, "name": "wiper", "synonyms": ["wiper_(for_windshield/screen)", "windscreen_wiper"],
+         "split": "base"},
+        {"id": 2, "name": "gripper", "split": "novel"},
+        "tool_or_implement",
+    ]}), encoding="utf-8")
+    v = load_vocabulary(str(ours))
+    assert (v.name, v.version) == ("mine", "3")
+    # explicit synonym lists are cleaned, not split again on '/'
+    assert v.synonyms[0] == ["wiper (for windshield/screen)", "windscreen wiper"]
+    assert v.classes == ["wiper", "gripper", "tool"] and v.synonyms[2] == ["tool", "implement"]
+    assert v.split == ["base", "novel", "unused"] and v.ids == [1, 2, None]
+
+    coco_ann = tmp_path / "instances_val.json"
+    coco_ann.write_text(json.dumps({"info": {"version": "1.0"}, "images": [], "annotations": [], "categories": [
+        {"id": 3, "name": "car", "supercategory": "vehicle"},
+        {"id": 1, "name": "person", "supercategory": "person"},
+        {"id": 2, "name": "traffic_light", "supercategory": "outdoor"}]}), encoding="utf-8")
+    v = load_vocabulary(str(coco_ann))
+    assert v.classes == ["person", "traffic light", "car"] and v.ids == [1, 2, 3] and v.split is None
+
+    lvis_ann = tmp_path / "lvis_like.json"
+    lvis_ann.write_text(json.dumps({"categories": [
+        {"id": 1, "name": "aerosol_can", "synonyms": ["aerosol_can", "spray_can"], "frequency": "c"},
+        {"id": 2, "name": "applesauce", "synonyms": ["applesauce"], "frequency": "r"}]}), encoding="utf-8")
+    v = load_vocabulary(str(lvis_ann))
+    assert v.synonyms[0] == ["aerosol can", "spray can"] and v.split == ["base", "novel"]
+
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps(["cup", "door handle"]), encoding="utf-8")
+    assert load_vocabulary(str(plain)).classes == ["cup", "door handle"]
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json", encoding="utf-8")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_vocabulary(str(bad))
+
+
+def test_json_round_trip_and_fingerprint(tmp_path):
+    v = load_vocabulary("lvis").subset([0, 5, 161])
+    path = tmp_path / "sub.json"
+    v.save_json(path)
+    w = load_vocabulary(str(path))
+    assert w.classes == v.classes and w.synonyms == v.synonyms and w.split == v.split and w.ids == v.ids
+    assert w.fingerprint() == v.fingerprint()
+    assert load_vocabulary("coco").fingerprint() == load_vocabulary("coco").fingerprint()
+    changed = Vocabulary(v.name, v.version, v.classes, [s + ["extra"] for s in v.synonyms], v.split, v.ids)
+    assert changed.fingerprint() != v.fingerprint()
+    assert len(v.fingerprint()) == 64
+
+
+# ----------------------------------------------------------------------- built-ins
+
+
+def test_coco_vocabulary_and_open_vocabulary_split():
+    v = load_vocabulary("coco")
+    assert len(v) == 80 and v.version == "2017"
+    assert v.ids[0] == 1 and v.classes[0] == "person" and v.ids[-1] == 90 and v.classes[-1] == "toothbrush"
+    assert len(set(v.ids)) == 80 and max(v.ids) == 90
+    assert len(v.base_indices()) == 48 and len(v.novel_indices()) == 17 and len(v.unused_indices()) == 15
+    assert {v.classes[i] for i in v.novel_indices()} == COCO_NOVEL
+    base = {v.classes[i] for i in v.base_indices()}
+    assert {"person", "train", "bear", "toaster", "toothbrush", "mouse"} <= base
+    assert {"traffic light", "hair drier", "sports ball"} <= {v.classes[i] for i in v.unused_indices()}
+    assert int(v.split_mask("base").sum()) == 48
+    assert len(load_vocabulary("coco_base")) == 48
+    assert set(load_vocabulary("COCO_NOVEL").classes) == COCO_NOVEL
+    assert len(load_vocabulary("coco_ov")) == 65
+
+
+def test_lvis_vocabulary_counts_and_facts():
+    raw = json.loads((VOCABULARY_DIR / "lvis.json").read_text(encoding="utf-8"))
+    freq = [c["frequency"] for c in raw["classes"]]
+    assert (len(freq), freq.count("r"), freq.count("c"), freq.count("f")) == (1203, 337, 461, 405)
+    v = load_vocabulary("lvis")
+    assert len(v) == 1203 and v.ids == list(range(1, 1204)) and v.version == "v1"
+    assert len(v.novel_indices()) == 337 and len(v.base_indices()) == 866 and not v.unused_indices()
+    assert v.synonyms[0] == ["aerosol can", "spray can"]
+    i = v.find("bull")
+    assert v.classes[i] == "bull" and v.synonyms[i] == ["horned cow"]
+    assert v.split[v.find("applesauce")] == "novel" and v.split[v.find("person")] == "base"
+    assert len(load_vocabulary("lvis_rare")) == 337 and len(load_vocabulary("lvis_base")) == 866
+    assert load_vocabulary("lvis", max_synonyms=2).max_synonyms == 2
+
+
+def test_imagenet21k_from_timm_lists():
+    timm_data = pytest.importorskip("timm.data")
+    try:
+        timm_data.ImageNetInfo("imagenet-21k")
+    except Exception as exc:  # pragma: no cover - depends on the timm install
+        pytest.skip(f"timm ImageNet-21K lists unavailable: {exc}")
+    v = load_vocabulary("imagenet21k")
+    assert len(v) == 21843
+    assert v.ids[0] == "n00004475" and v.classes[0] == "organism" and v.synonyms[0] == ["organism", "being"]
+    assert all(isinstance(i, str) and i.startswith("n") for i in v.ids[:100])
+    assert v.max_synonyms >= 10
+    assert load_vocabulary("in21k", max_synonyms=3).max_synonyms == 3
+
+
+# ----------------------------------------------------------------------- templates
+
+
+def test_templates():
+    assert len(VILD_TEMPLATES) == 14 and len(set(VILD_TEMPLATES)) == 14
+    assert all(t.count("{}") == 1 for t in VILD_TEMPLATES)
+    assert get_templates("vild") == VILD_TEMPLATES and get_templates("single") == SINGLE_TEMPLATES
+    assert get_templates(["a {} here"]) == ("a {} here",)
+    with pytest.raises(ValueError):
+        get_templates(["no placeholder"])
+    with pytest.raises(ValueError):
+        get_templates("nonexistent")
+
+
+# ------------------------------------------------------------------------ encoding
+
+
+def test_embeddings_match_open_clip_by_hand_with_padding_and_mask(tiny_clip):
+    model, tokenizer = tiny_clip
+    vocab = Vocabulary("t", "", ["dog", "sofa", "cup"], [["dog"], ["sofa", "couch", "settee"], ["cup", "mug"]])
+    templates = VILD_TEMPLATES[:5]
+    emb = encode_vocabulary(model.encode_text, tokenizer, vocab, templates, batch_size=4, progress=False)
+    assert emb.embeddings.shape == (3, 3, 32) and emb.embeddings.dtype == torch.float32
+    assert emb.valid.tolist() == [[True, False, False], [True, True, True], [True, True, False]]
+    assert torch.equal(emb.embeddings[~emb.valid], torch.zeros(3, 32))
+    for c, syns in enumerate(vocab.synonyms):
+        for s, syn in enumerate(syns):
+            ref = _manual_embedding(model, tokenizer, syn, templates)
+            assert torch.allclose(emb.embeddings[c, s], ref, atol=1e-5), (c, s)
+    norms = emb.embeddings.norm(dim=-1)
+    assert torch.allclose(norms[emb.valid], torch.ones(int(emb.valid.sum())), atol=1e-5)
+    assert emb.templates == templates
+
+
+def test_truncated_context_equals_full_context(tiny_clip):
+    model, tokenizer = tiny_clip
+    enc = OpenCLIPTextEncoder(model)
+    assert enc.supports_truncation and enc.context_length == 77
+    prompts = [t.replace("{}", n) for t in VILD_TEMPLATES for n in ("fire hydrant", "dog")]
+    full = tokenizer(prompts)
+    short_len = int((full != 0).sum(dim=1).max())
+    assert short_len < 20
+    with torch.no_grad():
+        ref = model.encode_text(full)
+        out = enc(full[:, :short_len])
+        out_full = enc(full)
+    assert torch.allclose(out, ref, atol=1e-5) and torch.allclose(out_full, ref, atol=1e-5)
+    assert check_truncation(enc, tokenizer) < 1e-5
+
+    seen_lengths = []
+
+    def spy(tokens):
+        seen_lengths.append(tokens.shape[1])
+        return enc(tokens)
+
+    spy.supports_truncation = True
+    vocab = load_vocabulary("coco").subset(range(12))
+    auto = encode_vocabulary(spy, tokenizer, vocab, "vild", batch_size=64, progress=False)
+    plain = encode_vocabulary(model.encode_text, tokenizer, vocab, "vild", batch_size=64, progress=False)
+    assert max(seen_lengths) < 20  # prompts were cut well below 77
+    assert torch.allclose(auto.embeddings, plain.embeddings, atol=1e-5)
+    fixed = encode_vocabulary(enc, tokenizer, vocab, "single", context_length=16, progress=False)
+    assert fixed.embeddings.shape == (12, 1, 32)
+    with pytest.raises(ValueError, match="too short"):
+        encode_vocabulary(enc, tokenizer, vocab, "vild", context_length=4, progress=False)
+
+
+def test_encoder_without_causal_text_tower_does_not_truncate():
+    class Plain(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 3)
+
+        def encode_text(self, tokens):
+            return torch.ones(tokens.shape[0], 4) * tokens.shape[1]
+
+    enc = OpenCLIPTextEncoder(Plain())
+    assert not enc.supports_truncation
+    vocab = Vocabulary("p", "", ["a"], [["a"]])
+    emb = encode_vocabulary(enc, lambda texts: torch.ones(len(texts), 77, dtype=torch.long), vocab, "single",
+                            progress=False)
+    assert emb.embeddings.shape == (1, 1, 4)
+
+
+def test_text_embeddings_save_load_and_device(tiny_clip, tmp_path):
+    model, tokenizer = tiny_clip
+    vocab = load_vocabulary("sofa/couch, cup")
+    emb = encode_vocabulary(OpenCLIPTextEncoder(model), tokenizer, vocab, "single", progress=False, model_id=TINY)
+    path = tmp_path / "emb.pt"
+    emb.save(path)
+    back = TextEmbeddings.load(path)
+    assert torch.equal(back.embeddings, emb.embeddings) and torch.equal(back.valid, emb.valid)
+    assert back.vocab.fingerprint() == vocab.fingerprint() and back.templates == SINGLE_TEMPLATES
+    assert back.model_id == TINY
+    half = emb.to("cpu", torch.float16)
+    assert half.embeddings.dtype == torch.float16 and half.valid.dtype == torch.bool
+    flat, mask = emb.flat()
+    assert flat.shape == (4, 32) and mask.tolist() == [True, True, True, False]
+    assert [p.name for p in tmp_path.iterdir()] == ["emb.pt"]  # no temporary files left
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def test_cache_hits_keys_and_recovers_from_corruption(tiny_clip, tmp_path):
+    model, tokenizer = tiny_clip
+    enc = OpenCLIPTextEncoder(model)
+    calls = {"n": 0}
+
+    def counting(tokens):
+        calls["n"] += 1
+        return enc(tokens)
+
+    vocab = load_vocabulary("coco_novel")
+    cache = TextEmbeddingCache(tmp_path / "cache")
+
+    def get(templates, weights="w1"):
+        return cache.get_or_compute(
+            lambda: encode_vocabulary(counting, tokenizer, vocab, templates, progress=False),
+            model_id=TINY, weights_id=weights, vocab=vocab, templates=templates)
+
+    first = get("single")
+    n_first = calls["n"]
+    assert n_first > 0
+    second = get("single")
+    assert calls["n"] == n_first  # served from disk, encoder not called
+    assert torch.equal(first.embeddings, second.embeddings) and second.vocab is vocab
+
+    key_single = TextEmbeddingCache.key(TINY, "w1", vocab, "single")
+    assert key_single != TextEmbeddingCache.key(TINY, "w1", vocab, "vild")
+    assert key_single != TextEmbeddingCache.key(TINY, "w2", vocab, "single")
+    assert key_single != TextEmbeddingCache.key("other-model", "w1", vocab, "single")
+    assert key_single != TextEmbeddingCache.key(TINY, "w1", load_vocabulary("coco_base"), "single")
+    get(VILD_TEMPLATES[:2])
+    assert calls["n"] > n_first  # different templates -> computed
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
+
+    path = cache.path(TINY, "w1", vocab, "single")
+    path.write_bytes(b"definitely not a torch file")
+    n_before = calls["n"]
+    with pytest.warns(VocabularyWarning, match="unreadable"):
+        third = get("single")
+    assert calls["n"] > n_before
+    assert torch.allclose(third.embeddings, first.embeddings, atol=1e-6)
+    assert TextEmbeddings.load(path).num_classes == 17  # file rewritten and valid
+    assert not list((tmp_path / "cache").glob("*.tmp"))
+
+
+def test_file_identity(tmp_path):
+    f = tmp_path / "weights.bin"
+    f.write_bytes(b"abc")
+    assert file_identity(f).endswith(":3:" + str(f.stat().st_mtime_ns))
+    assert file_identity(f, hash_content=True).startswith("sha256:")
