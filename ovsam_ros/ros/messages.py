@@ -11,16 +11,14 @@ from typing import Any
 
 import numpy as np
 
+from ovsam_ros.results import mask_box
 from ovsam_ros.ros.image_conversion import image_to_numpy, numpy_to_image
 
 
 def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     """Tight (x, y, width, height) of a boolean mask; (0, 0, 0, 0) when empty."""
-    ys = np.flatnonzero(mask.any(axis=1))
-    xs = np.flatnonzero(mask.any(axis=0))
-    if ys.size == 0:
-        return 0, 0, 0, 0
-    return int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1)
+    x0, y0, x1, y1 = mask_box(mask)
+    return x0, y0, x1 - x0, y1 - y0
 
 
 def labeled_mask_msg(

@@ -1,0 +1,292 @@
+"""`ovsam`: segment and name objects in images from the command line.
+
+    ovsam segment IMAGE --point 120,80 --box 10,20,200,180 --out result.json --overlay out.png
+    ovsam everything IMAGE --vocab lvis --overlay all.png
+    ovsam query IMAGE "red cup"
+    ovsam demo
+
+Every sub-command takes --model (a YAML in config/models/ or a path; default:
+the tiny random-init model that needs no weights) and prints a table of what it
+found. JSON output holds COCO RLE masks in the original image frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ovsam_ros.prompts import Prompt, PromptError
+
+log = logging.getLogger("ovsam")
+
+SAMPLES_DIR = Path(__file__).resolve().parent / "data" / "samples"
+
+
+# ----------------------------------------------------------------------------- prompts
+def _floats(text: str, count: int, what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be {count} comma-separated numbers, got {text!r}") from None
+    if len(values) != count:
+        raise argparse.ArgumentTypeError(f"{what} must be {count} comma-separated numbers, got {text!r}")
+    return values
+
+
+def parse_object(spec: str) -> Prompt:
+    """``"p:120,80 n:150,90 b:10,20,200,180"`` -> one Prompt (p positive, n negative point, b box)."""
+    points, labels, box = [], [], None
+    for part in spec.replace(";", " ").split():
+        kind, _, value = part.partition(":")
+        if kind in ("p", "n"):
+            points.append(_floats(value, 2, f"point {part!r}"))
+            labels.append(1 if kind == "p" else 0)
+        elif kind == "b":
+            if box is not None:
+                raise argparse.ArgumentTypeError(f"object {spec!r} has more than one box")
+            box = _floats(value, 4, f"box {part!r}")
+        else:
+            raise argparse.ArgumentTypeError(f"object part {part!r} must start with p:, n: or b:")
+    if not points and box is None:
+        raise argparse.ArgumentTypeError(f"object {spec!r} has no point and no box")
+    return Prompt(points=points or None, point_labels=labels or None, box=box)
+
+
+def _point(text: str) -> Prompt:
+    return Prompt(points=[_floats(text, 2, "--point")], point_labels=[1])
+
+
+def _box(text: str) -> Prompt:
+    return Prompt(box=_floats(text, 4, "--box"))
+
+
+# ----------------------------------------------------------------------------- arguments
+def _add_common(parser: argparse.ArgumentParser, image: bool = True) -> None:
+    if image:
+        parser.add_argument("image", help="image file (PNG, JPEG, 8/16-bit, grey or colour)")
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default="tiny",
+                       help="model YAML: a name in config/models/ (tiny, rn50x16, convnext_large) or a path "
+                            "(default: tiny, random weights, meaningless labels)")
+    group.add_argument("--vocab", default=None,
+                       help="coco | lvis | imagenet21k | a .txt/.json file | 'cup, door handle' (default: the model YAML's)")
+    group.add_argument("--device", default=None, help="cpu | cuda | cuda:N | auto (default: the model YAML's)")
+    group.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"], help="default: the model YAML's")
+    group.add_argument("--top-k", type=int, default=None, help="labels reported per instance (default: 5)")
+    group.add_argument("--baseline", choices=["none", "image-crop", "feature-crop"], default="none",
+                       help="re-label the masks with a paper baseline instead of CLIP2SAM")
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", type=Path, help="write results as JSON (COCO RLE masks)")
+    out.add_argument("--overlay", type=Path, help="write an overlay image (PNG/JPEG)")
+    out.add_argument("-q", "--quiet", action="store_true", help="no table, only errors")
+
+
+def _add_everything_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("everything mode")
+    group.add_argument("--points-per-side", type=int, default=16, help="point grid size (default 16 -> 256 prompts)")
+    group.add_argument("--points-per-batch", type=int, default=64, help="prompts per decoder call (memory vs speed)")
+    group.add_argument("--iou-thresh", type=float, default=0.8, help="drop masks with lower predicted IoU")
+    group.add_argument("--stability-thresh", type=float, default=0.9, help="drop masks with lower stability score")
+    group.add_argument("--nms-thresh", type=float, default=0.7, help="box IoU above which duplicates are removed")
+    group.add_argument("--min-area", type=int, default=0, help="drop masks with fewer pixels")
+    group.add_argument("--max-instances", type=int, default=100, help="keep at most this many, best first")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ovsam",
+        description="Open-Vocabulary SAM: promptable segmentation that also names every mask.",
+        epilog="Run 'ovsam COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    seg = sub.add_parser("segment", help="segment the objects under points/boxes and name them",
+                         description="One instance per object prompt. Coordinates are original-image pixels.")
+    _add_common(seg)
+    prompts = seg.add_argument_group("prompts (repeatable; each is one object)")
+    prompts.add_argument("--point", dest="prompts", action="append", type=_point, default=[], metavar="X,Y",
+                         help="a positive click")
+    prompts.add_argument("--box", dest="prompts", action="append", type=_box, metavar="X0,Y0,X1,Y1",
+                         help="a box around the object")
+    prompts.add_argument("--object", dest="prompts", action="append", type=parse_object, metavar="SPEC",
+                         help="several cues for ONE object: 'p:X,Y n:X,Y b:X0,Y0,X1,Y1' "
+                              "(p positive point, n negative point, b box)")
+    seg.add_argument("--multimask", action="store_true",
+                     help="let the decoder propose 3 masks per prompt and keep the best (ambiguous single clicks)")
+
+    every = sub.add_parser("everything", help="find and name every object (point-grid prompts)")
+    _add_common(every)
+    _add_everything_options(every)
+
+    query = sub.add_parser("query", help="find the objects matching a phrase ('red cup')")
+    _add_common(query)
+    query.add_argument("text", help="what to look for")
+    query.add_argument("--top", type=int, default=3, help="return at most this many matches")
+    query.add_argument("--min-score", type=float, default=0.0, help="drop matches scoring below this (0..1)")
+    _add_everything_options(query)
+
+    demo = sub.add_parser("demo", help="run prompts, everything mode and a text query on the bundled images",
+                          description="The main job on an embedded default: no camera, no weights needed.")
+    _add_common(demo, image=False)
+    demo.set_defaults(out=None, overlay=None)
+    demo.add_argument("--output-dir", type=Path, default=Path("outputs/demo"), help="where overlays and JSON go")
+    return parser
+
+
+# ----------------------------------------------------------------------------- running
+def read_image(path: Path) -> np.ndarray:
+    """Read any image file as an RGB (or grey) array, keeping 16-bit data."""
+    import cv2
+
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError(f"could not decode image {path} (not an image, or corrupt)")
+    if image.ndim == 3 and image.shape[2] == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    elif image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
+    return image
+
+
+def _make_predictor(args: argparse.Namespace):
+    from ovsam_ros.loading import build_predictor
+
+    return build_predictor(args.model, vocabulary=args.vocab, device=args.device,
+                           precision=args.precision, top_k=args.top_k)
+
+
+def _everything_options(args: argparse.Namespace):
+    from ovsam_ros.predictor import EverythingOptions
+
+    return EverythingOptions(
+        points_per_side=args.points_per_side, points_per_batch=args.points_per_batch,
+        pred_iou_thresh=args.iou_thresh, stability_score_thresh=args.stability_thresh,
+        box_nms_thresh=args.nms_thresh, min_mask_area=args.min_area, max_instances=args.max_instances,
+    )
+
+
+def print_table(results, title: str, file=sys.stdout) -> None:
+    print(title, file=file)
+    if not results:
+        print("  (no instances)", file=file)
+        return
+    print(f"  {'#':>3} {'prompt':>6} {'label':<24} {'score':>6} {'IoU':>6} {'area':>8}  box (x0,y0,x1,y1)  runner-up", file=file)
+    for i, r in enumerate(results):
+        best = r.labels[0] if r.labels else None
+        second = f"{r.labels[1].name} {r.labels[1].score:.2f}" if len(r.labels) > 1 else ""
+        print(f"  {i:>3} {r.prompt_index:>6} {(best.name if best else '-')[:24]:<24} "
+              f"{(best.score if best else float('nan')):>6.3f} {r.predicted_iou:>6.3f} {r.area:>8}  "
+              f"{str(tuple(r.box)):<18} {second}", file=file)
+
+
+def run_on_image(args, predictor, image_path: Path, mode: str, prompts=(), text: str = ""):
+    """set_image + one mode + optional baseline relabel + outputs; returns (results, timings)."""
+    from ovsam_ros.baselines import relabel
+    from ovsam_ros.results import results_to_json, write_json
+    from ovsam_ros.visualize import draw_overlay, save_rgb
+
+    image = read_image(image_path)
+    t0 = time.perf_counter()
+    predictor.set_image(image)
+    t1 = time.perf_counter()
+    checked = []
+    if mode == "prompt":
+        checked = predictor.check_prompts(prompts)
+        results = predictor.predict(prompts, multimask_output=getattr(args, "multimask", False))
+    elif mode == "everything":
+        results = predictor.everything(_everything_options(args))
+    else:
+        results = predictor.query(text, max_instances=args.top, min_score=args.min_score,
+                                  options=_everything_options(args))
+    if args.baseline != "none":
+        results = relabel(predictor, results, args.baseline)
+    t2 = time.perf_counter()
+    timings = {"encode_image_s": round(t1 - t0, 4), "prompts_and_labels_s": round(t2 - t1, 4)}
+    if args.out:
+        vocab = predictor.vocabulary
+        write_json(results_to_json(results, image=str(image_path), image_size=predictor.original_size,
+                                   vocabulary=vocab.name if vocab else "", mode=mode, query=text,
+                                   extra={"timings": timings, "trained": predictor.trained,
+                                          "baseline": args.baseline}), args.out)
+    if args.overlay:
+        args.overlay.parent.mkdir(parents=True, exist_ok=True)
+        save_rgb(str(args.overlay), draw_overlay(predictor.image_rgb, results, checked))
+    return results, timings
+
+
+def _run_single(args: argparse.Namespace) -> int:
+    mode = {"segment": "prompt", "everything": "everything", "query": "text"}[args.command]
+    if mode == "prompt" and not args.prompts:
+        raise PromptError("no prompts: give --point, --box or --object")
+    predictor = _make_predictor(args)
+    results, timings = run_on_image(args, predictor, Path(args.image), mode, args.prompts, getattr(args, "text", ""))
+    if not args.quiet:
+        print_table(results, f"{args.image}: {len(results)} instance(s) [{mode}] "
+                             f"encode {timings['encode_image_s']:.3f} s, decode+label {timings['prompts_and_labels_s']:.3f} s")
+        for path in (args.out, args.overlay):
+            if path:
+                print(f"wrote {path}")
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Prompts, everything mode and a text query on each bundled sample image."""
+    out_dir: Path = args.output_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    predictor = _make_predictor(args)
+    if not predictor.trained:
+        print("NOTE: untrained model (no weights configured): the pipeline runs end to end, "
+              "but masks and labels are meaningless. See README 'Weights'.")
+    samples = sorted(SAMPLES_DIR.glob("*.png"))
+    if not samples:
+        raise FileNotFoundError(f"no sample images in {SAMPLES_DIR}")
+    defaults = dict(points_per_side=8, points_per_batch=64, iou_thresh=0.0, stability_thresh=0.0,
+                    nms_thresh=0.7, min_area=16, max_instances=8)
+    for key, value in defaults.items():
+        setattr(args, key, value)
+    args.top, args.min_score, args.multimask = 3, 0.0, True
+    total = 0
+    for path in samples:
+        image = read_image(path)
+        h, w = image.shape[:2]
+        prompts = [Prompt(points=[[w * 0.5, h * 0.5]], point_labels=[1]),
+                   Prompt(box=[w * 0.1, h * 0.1, w * 0.6, h * 0.9]),
+                   Prompt(points=[[w * 0.3, h * 0.4], [w * 0.8, h * 0.2]], point_labels=[1, 0])]
+        for mode, text in (("prompt", ""), ("everything", ""), ("text", "cat")):
+            args.out = out_dir / f"{path.stem}_{mode}.json"
+            args.overlay = out_dir / f"{path.stem}_{mode}.png"
+            results, timings = run_on_image(args, predictor, path, mode, prompts, text)
+            total += len(results)
+            print_table(results, f"{path.name} [{mode}{': ' + text if text else ''}] {len(results)} instance(s); "
+                                 f"encode {timings['encode_image_s']:.3f} s, decode+label {timings['prompts_and_labels_s']:.3f} s")
+    print(f"demo done: {total} instances over {len(samples)} images; overlays and JSON in {out_dir}/")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "demo":
+            return run_demo(args)
+        return _run_single(args)
+    except (PromptError, ValueError, FileNotFoundError, RuntimeError, OSError) as error:
+        if args.verbose:
+            raise
+        print(f"ovsam {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

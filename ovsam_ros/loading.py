@@ -1,0 +1,208 @@
+"""Build a model and a predictor from a YAML file (config/models/*.yaml) or a dict.
+
+A model file names a preset architecture and the LOCAL weight files to load;
+any file left out stays at random init, and :func:`build_model` says so loudly,
+because an untrained recognition head gives meaningless labels.
+
+    model:
+      preset: rn50x16            # tiny | tiny-convnext | rn50x16 | convnext_large
+      overrides: {}              # nested OVSAMConfig fields, e.g. {decoder: {label_token: false}}
+      clip_weights: ~/weights/RN50x16-openai.pt
+      ovsam_checkpoint: null     # an ovsam_ros checkpoint (training output): all weights in one file
+      sam_checkpoint: ~/weights/sam_vit_h_4b8939.pth
+      sam2clip_checkpoint: ~/weights/sam2clip_vith_rn50x16.pth
+      clip2sam_checkpoint: ~/weights/clip2sam_lvis_rn50x16.pth
+      seed: 0                    # random-init seed for whatever no file provides
+    predictor:
+      vocabulary: lvis
+      templates: vild
+      device: auto
+      precision: fp32
+      top_k: 5
+      text_cache_dir: ~/.cache/ovsam_ros/text
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+import yaml
+
+from ovsam_ros.model.checkpoints import load_ovsam
+from ovsam_ros.model.config import OVSAMConfig
+from ovsam_ros.model.ovsam import OVSAM, build_ovsam
+
+log = logging.getLogger(__name__)
+
+PRESETS = {
+    "tiny": lambda: OVSAMConfig.tiny("rn"),
+    "tiny-convnext": lambda: OVSAMConfig.tiny("convnext"),
+    "rn50x16": OVSAMConfig.rn50x16,
+    "convnext_large": OVSAMConfig.convnext_large,
+}
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+
+
+@dataclass
+class ModelSpec:
+    preset: str = "tiny"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    clip_weights: Optional[str] = None
+    ovsam_checkpoint: Optional[str] = None
+    sam_checkpoint: Optional[str] = None
+    sam2clip_checkpoint: Optional[str] = None
+    clip2sam_checkpoint: Optional[str] = None
+    seed: int = 0
+
+    def config(self) -> OVSAMConfig:
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown model preset {self.preset!r}; choose from {sorted(PRESETS)}")
+        data = _merge(PRESETS[self.preset]().to_dict(), self.overrides)
+        if self.clip_weights:
+            data["backbone"]["pretrained"] = _expand(self.clip_weights)
+        return OVSAMConfig.from_dict(data)
+
+    @property
+    def trained(self) -> bool:
+        """Whether every part that recognition depends on comes from a trained file."""
+        return bool(self.ovsam_checkpoint) or bool(
+            self.clip_weights and self.sam2clip_checkpoint and self.clip2sam_checkpoint
+        )
+
+
+@dataclass
+class PredictorSpec:
+    vocabulary: str = "coco"
+    templates: Union[str, list[str]] = "vild"
+    device: str = "auto"
+    precision: str = "fp32"
+    top_k: int = 5
+    text_cache_dir: Optional[str] = "~/.cache/ovsam_ros/text"
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _expand(path: str) -> str:
+    return os.path.expandvars(os.path.expanduser(path))
+
+
+def _from_mapping(cls: type, data: Optional[dict[str, Any]], where: str):
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    return cls(**data)
+
+
+def resolve_config_path(name_or_path: Union[str, Path]) -> Path:
+    """A path, or the name of a file in config/models/ ("tiny", "rn50x16")."""
+    path = Path(_expand(str(name_or_path)))
+    if path.is_file():
+        return path
+    bundled = CONFIG_DIR / "models" / f"{name_or_path}.yaml"
+    if bundled.is_file():
+        return bundled
+    choices = sorted(p.stem for p in (CONFIG_DIR / "models").glob("*.yaml"))
+    raise FileNotFoundError(f"model config {name_or_path!r} not found (not a file, not one of {choices})")
+
+
+def load_specs(source: Union[str, Path, dict[str, Any]]) -> tuple[ModelSpec, PredictorSpec]:
+    """Parse a model YAML (path, bundled name, or already-loaded dict)."""
+    if isinstance(source, dict):
+        data, where = source, "model config"
+    else:
+        path = resolve_config_path(source)
+        where = str(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path}: invalid YAML: {error}") from None
+    unknown = sorted(set(data) - {"model", "predictor"})
+    if unknown:
+        raise ValueError(f"{where}: unknown section(s) {unknown}; expected 'model' and 'predictor'")
+    return (
+        _from_mapping(ModelSpec, data.get("model"), f"{where}: model"),
+        _from_mapping(PredictorSpec, data.get("predictor"), f"{where}: predictor"),
+    )
+
+
+def build_model(spec: ModelSpec) -> OVSAM:
+    """Build the model a spec describes; logs a loud warning when it is not fully trained."""
+    if spec.ovsam_checkpoint:
+        model = load_ovsam(_expand(spec.ovsam_checkpoint), clip_pretrained=_expand(spec.clip_weights) if spec.clip_weights else None)
+    else:
+        cfg = spec.config()
+        # Seeded so an untrained demo model is the same on every run and machine.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(spec.seed)
+            model = build_ovsam(
+                cfg,
+                sam_checkpoint=_expand(spec.sam_checkpoint) if spec.sam_checkpoint else None,
+                sam2clip_checkpoint=_expand(spec.sam2clip_checkpoint) if spec.sam2clip_checkpoint else None,
+                clip2sam_checkpoint=_expand(spec.clip2sam_checkpoint) if spec.clip2sam_checkpoint else None,
+            )
+    if not spec.trained:
+        log.warning(untrained_warning(spec))
+    return model.eval()
+
+
+def untrained_warning(spec: ModelSpec) -> str:
+    missing = [
+        name
+        for name, value in (
+            ("clip_weights", spec.clip_weights),
+            ("sam2clip_checkpoint", spec.sam2clip_checkpoint),
+            ("clip2sam_checkpoint", spec.clip2sam_checkpoint),
+        )
+        if not value
+    ]
+    return (
+        "\n" + "!" * 78 + "\n"
+        f"!! UNTRAINED MODEL (preset {spec.preset!r}): no {', '.join(missing)} configured.\n"
+        "!! Parts without weights are randomly initialised: masks and labels are MEANINGLESS.\n"
+        "!! Point the model config at real weight files (see README, 'Weights').\n" + "!" * 78
+    )
+
+
+def build_predictor(source: Union[str, Path, dict[str, Any]], **overrides: Any):
+    """Model + predictor from a model YAML; ``overrides`` replace predictor fields (device=...)."""
+    from ovsam_ros.model.vocabulary import TextEmbeddingCache, get_templates
+    from ovsam_ros.predictor import OVSAMPredictor
+
+    model_spec, predictor_spec = load_specs(source)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if not hasattr(predictor_spec, key):
+            raise ValueError(f"unknown predictor option {key!r}")
+        setattr(predictor_spec, key, value)
+    model = build_model(model_spec)
+    cache = TextEmbeddingCache(_expand(predictor_spec.text_cache_dir)) if predictor_spec.text_cache_dir else None
+    predictor = OVSAMPredictor(
+        model,
+        vocabulary=predictor_spec.vocabulary,
+        device=predictor_spec.device,
+        precision=predictor_spec.precision,
+        top_k=predictor_spec.top_k,
+        templates=get_templates(predictor_spec.templates),
+        text_cache=cache,
+        trained=model_spec.trained,
+    )
+    return predictor

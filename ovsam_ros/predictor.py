@@ -1,0 +1,392 @@
+"""The API robots and the node use: one image encoding, many prompt queries.
+
+    predictor = OVSAMPredictor(model, vocabulary="lvis")
+    predictor.set_image(rgb)                       # the expensive part, once per frame
+    predictor.predict([Prompt(points=[[x, y]])])   # cheap, as often as needed
+    predictor.everything()                         # every object in the frame, labeled
+    predictor.query("red cup")                     # the objects that best match a phrase
+
+Everything here works in ORIGINAL image pixels; :class:`ImageTransform`
+holds the resize/pad bookkeeping. Like ``segment_anything.SamPredictor``, one
+predictor holds one image at a time and is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.utils.amg import build_point_grid, calculate_stability_score
+from torchvision.ops import batched_nms
+
+from ovsam_ros.image_input import to_uint8_rgb
+from ovsam_ros.model.ovsam import OVSAM, ImageFeatures, masks_to_boxes
+from ovsam_ros.model.recognition import class_logits, topk_labels
+from ovsam_ros.model.transforms import ImageTransform
+from ovsam_ros.model.vocabulary import (
+    VILD_TEMPLATES,
+    OpenCLIPTextEncoder,
+    TextEmbeddingCache,
+    TextEmbeddings,
+    Vocabulary,
+    encode_vocabulary,
+    load_vocabulary,
+)
+from ovsam_ros.prompts import CheckedPrompt, Prompt, check_prompt
+from ovsam_ros.results import InstanceResult, LabelScore, mask_box
+from ovsam_ros.runtime import autocast, check_precision, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EverythingOptions:
+    """Knobs of :meth:`OVSAMPredictor.everything` (names and defaults follow SAM's generator)."""
+
+    points_per_side: int = 16
+    points_per_batch: int = 64
+    pred_iou_thresh: float = 0.8
+    stability_score_thresh: float = 0.9
+    stability_score_offset: float = 1.0
+    box_nms_thresh: float = 0.7
+    min_mask_area: int = 0
+    max_instances: int = 100
+
+
+class OVSAMPredictor:
+    """Prompted segmentation + open-vocabulary recognition on one image at a time."""
+
+    def __init__(
+        self,
+        model: OVSAM,
+        vocabulary: Union[str, Vocabulary, TextEmbeddings, None] = "coco",
+        *,
+        device: str = "cpu",
+        precision: str = "fp32",
+        top_k: int = 5,
+        templates: Sequence[str] = VILD_TEMPLATES,
+        text_cache: Optional[TextEmbeddingCache] = None,
+        mask_threshold: float = 0.0,
+        max_prompts_per_batch: int = 64,
+        trained: bool = False,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.precision = check_precision(precision)
+        self.model = model.to(self.device).eval()
+        self.transform = ImageTransform(model.image_size)
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        self.top_k = top_k
+        self.templates = tuple(templates)
+        self.text_cache = text_cache
+        self.mask_threshold = mask_threshold
+        self.max_prompts_per_batch = max_prompts_per_batch
+        self.trained = trained  # False: random-init parts, labels are meaningless (callers warn)
+        self.text: Optional[TextEmbeddings] = None
+        self._text_encoder_instance: Optional[OpenCLIPTextEncoder] = None
+        self._text_weights_id: Optional[str] = None
+        if vocabulary is not None:
+            self.set_vocabulary(vocabulary)
+        self.reset_image()
+
+    # ------------------------------------------------------------------ vocabulary
+    def set_vocabulary(self, vocabulary: Union[str, Vocabulary, TextEmbeddings]) -> TextEmbeddings:
+        """Switch the class list; text is encoded once (and cached on disk when a cache is set)."""
+        if isinstance(vocabulary, TextEmbeddings):
+            text = vocabulary
+        else:
+            text = self._encode_vocabulary(load_vocabulary(vocabulary))
+        # Kept on the device: recognition is then one matmul with no host transfer.
+        self.text = text.to(self.device)
+        return self.text
+
+    def _encode_vocabulary(self, vocab: Vocabulary, progress: bool = True) -> TextEmbeddings:
+        def compute() -> TextEmbeddings:
+            with torch.inference_mode():
+                return encode_vocabulary(
+                    self._text_encoder, self.model.tokenizer, vocab, self.templates,
+                    device=self.device, progress=progress, model_id=self.model.cfg.backbone.model_name,
+                )
+
+        if self.text_cache is None:
+            return compute()
+        return self.text_cache.get_or_compute(
+            compute, model_id=self.model.cfg.backbone.model_name, weights_id=self.text_weights_id,
+            vocab=vocab, templates=self.templates,
+        )
+
+    @property
+    def _text_encoder(self) -> OpenCLIPTextEncoder:
+        # Runs the text tower on short contexts (same embeddings, several times faster).
+        if self._text_encoder_instance is None:
+            self._text_encoder_instance = OpenCLIPTextEncoder(self.model.backbone.clip)
+        return self._text_encoder_instance
+
+    @property
+    def text_weights_id(self) -> str:
+        """Fingerprint of the text tower's weights: cached embeddings are only valid for these."""
+        if self._text_weights_id is None:
+            digest = hashlib.sha256()
+            for name, tensor in sorted(self.model.backbone.clip.state_dict().items()):
+                if not name.startswith("visual."):
+                    digest.update(name.encode())
+                    digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            self._text_weights_id = "sha256:" + digest.hexdigest()
+        return self._text_weights_id
+
+    @property
+    def vocabulary(self) -> Optional[Vocabulary]:
+        return self.text.vocab if self.text is not None else None
+
+    # ------------------------------------------------------------------ image
+    def reset_image(self) -> None:
+        self.features: Optional[ImageFeatures] = None
+        self.original_size: Optional[tuple[int, int]] = None
+        self.input_size: Optional[tuple[int, int]] = None
+        self._image_rgb: Optional[np.ndarray] = None
+
+    @torch.inference_mode()
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        """Encode ``image`` (any size; 1-4 channels; uint8, uint16 or float) for later queries."""
+        rgb = to_uint8_rgb(image, image_format)
+        batch = self.transform.apply_image(rgb).to(self.device)
+        with autocast(self.device, self.precision):
+            features = self.model.encode_image(batch)
+        self.features = features
+        self.original_size = (rgb.shape[0], rgb.shape[1])
+        self.input_size = self.transform.get_input_size(self.original_size)
+        self._image_rgb = rgb
+
+    @property
+    def is_image_set(self) -> bool:
+        return self.features is not None
+
+    @property
+    def image_rgb(self) -> Optional[np.ndarray]:
+        """The uint8 RGB image last passed to :meth:`set_image` (for overlays and baselines)."""
+        return self._image_rgb
+
+    def _require_image(self) -> ImageFeatures:
+        if self.features is None:
+            raise RuntimeError("no image set: call set_image() before predicting")
+        return self.features
+
+    # ------------------------------------------------------------------ prompts
+    def check_prompts(self, prompts: Sequence[Prompt]) -> list[CheckedPrompt]:
+        """Validate prompts against the current image (raises PromptError naming the prompt)."""
+        self._require_image()
+        return [check_prompt(p, self.original_size, i) for i, p in enumerate(prompts)]
+
+    @torch.inference_mode()
+    def predict(
+        self, prompts: Sequence[Prompt], multimask_output: bool = False, keep: str = "best"
+    ) -> list[InstanceResult]:
+        """Segment and name one object per prompt.
+
+        ``multimask_output``: let the decoder propose 3 masks per prompt (good for
+        a single ambiguous click); ``keep="best"`` returns the one with the highest
+        predicted IoU, ``keep="all"`` returns every candidate (same prompt_index).
+        Results come back in prompt order. An empty prompt list gives [].
+        """
+        if keep not in ("best", "all"):
+            raise ValueError(f"keep must be 'best' or 'all', got {keep!r}")
+        checked = self.check_prompts(prompts)
+        results: list[Optional[list[InstanceResult]]] = [None] * len(checked)
+        # SAM needs the same prompt structure within one decoder call; group by it
+        # (no padding tokens, so each prompt gets exactly SAM's answer).
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, p in enumerate(checked):
+            key = (0 if p.points is None else len(p.points), p.box is not None, p.mask_input is not None)
+            groups[key].append(i)
+        for indices in groups.values():
+            for start in range(0, len(indices), self.max_prompts_per_batch):
+                chunk = indices[start : start + self.max_prompts_per_batch]
+                decoded = self._decode([checked[i] for i in chunk], multimask_output)
+                for row, prompt_index in enumerate(chunk):
+                    candidates = self._to_results(decoded, row, prompt_index)
+                    if keep == "best":
+                        candidates = [max(candidates, key=lambda r: _nan_low(r.predicted_iou))]
+                    results[prompt_index] = candidates
+        return [r for rs in results if rs for r in rs]
+
+    def _decode(self, prompts: Sequence[CheckedPrompt], multimask_output: bool) -> dict[str, torch.Tensor]:
+        """Run the decoder on structurally identical prompts; tensors on the device."""
+        size, first = self.original_size, prompts[0]
+        coords = labels = boxes = mask_input = None
+        if first.points is not None:
+            coords = self.transform.apply_coords(np.stack([p.points for p in prompts]), size).to(self.device)
+            labels = torch.as_tensor(np.stack([p.point_labels for p in prompts]), device=self.device)
+        if first.box is not None:
+            boxes = self.transform.apply_boxes(np.stack([p.box for p in prompts]), size).to(self.device)
+        if first.mask_input is not None:
+            mask_input = torch.as_tensor(np.stack([self._check_mask_input(p.mask_input) for p in prompts]))
+            mask_input = mask_input.to(self.device, torch.float32).unsqueeze(1)
+        return self._run_decoder(coords, labels, boxes, mask_input, multimask_output)
+
+    def _run_decoder(self, coords, labels, boxes, mask_input, multimask_output: bool) -> dict[str, torch.Tensor]:
+        features = self._require_image()
+        with autocast(self.device, self.precision):
+            out = self.model.decode(features, coords, labels, boxes, mask_input, multimask_output=multimask_output)
+        logits = self.transform.postprocess_masks(out["masks_lowres"].float(), self.original_size)
+        return {
+            "logits": logits,  # [N, M, H, W] original size
+            "low_res": out["masks_lowres"].float(),
+            "iou": out["iou"].float(),
+            "embeddings": F.normalize(out["region_embeddings"].float(), dim=-1),
+        }
+
+    def _check_mask_input(self, mask_input: np.ndarray) -> np.ndarray:
+        expected = (self.model.decoder.low_res_size,) * 2
+        array = np.asarray(mask_input, dtype=np.float32).reshape(-1, *np.shape(mask_input)[-2:])[0]
+        if array.shape != expected:
+            raise ValueError(f"mask_input must be {expected} low-res logits (InstanceResult.low_res_logits), got {array.shape}")
+        if not np.isfinite(array).all():
+            raise ValueError("mask_input contains NaN or inf")
+        return array
+
+    def _to_results(self, decoded: dict[str, torch.Tensor], row: int, prompt_index: int) -> list[InstanceResult]:
+        logits = decoded["logits"][row]
+        masks = logits > self.mask_threshold
+        stability = calculate_stability_score(logits, self.mask_threshold, 1.0)
+        labels = self.label_embeddings(decoded["embeddings"][row])
+        out = []
+        for m in range(logits.shape[0]):
+            mask = masks[m].cpu().numpy()
+            out.append(
+                InstanceResult(
+                    mask=mask,
+                    predicted_iou=float(decoded["iou"][row, m]),
+                    stability_score=float(stability[m]),
+                    box=mask_box(mask),
+                    labels=labels[m],
+                    prompt_index=prompt_index,
+                    low_res_logits=decoded["low_res"][row, m].cpu().numpy(),
+                    embedding=decoded["embeddings"][row, m].cpu().numpy(),
+                )
+            )
+        return out
+
+    def label_embeddings(self, embeddings: torch.Tensor) -> list[list[LabelScore]]:
+        """Top-k labels for normalised region embeddings [K, D] (empty lists without a vocabulary)."""
+        if self.text is None:
+            return [[] for _ in range(embeddings.shape[0])]
+        logits = class_logits(embeddings, self.text)
+        return [
+            [LabelScore(class_index=int(i), name=name, score=float(s)) for i, name, s in row]
+            for row in topk_labels(logits, self.text.vocab, k=self.top_k)
+        ]
+
+    # ------------------------------------------------------------------ everything
+    @torch.inference_mode()
+    def everything(self, options: Optional[EverythingOptions] = None) -> list[InstanceResult]:
+        """Segment and label every object: a point grid, filtered by IoU and stability, NMS-deduplicated.
+
+        Follows ``segment_anything``'s automatic mask generator (single crop).
+        Results are sorted by predicted IoU, best first.
+        """
+        opts = options or EverythingOptions()
+        self._require_image()
+        height, width = self.original_size
+        grid = build_point_grid(opts.points_per_side) * np.array([[width, height]])  # original pixels
+        kept_logits, kept_iou, kept_stab, kept_emb, kept_lowres = [], [], [], [], []
+        for start in range(0, len(grid), opts.points_per_batch):
+            points = grid[start : start + opts.points_per_batch]
+            coords = self.transform.apply_coords(points[:, None, :], self.original_size).to(self.device)
+            labels = torch.ones(coords.shape[:2], dtype=torch.int64, device=self.device)
+            decoded = self._run_decoder(coords, labels, None, None, multimask_output=True)
+            logits = decoded["logits"].flatten(0, 1)
+            iou = decoded["iou"].flatten(0, 1)
+            stability = calculate_stability_score(logits, self.mask_threshold, opts.stability_score_offset)
+            keep = (iou > opts.pred_iou_thresh) & (stability >= opts.stability_score_thresh)
+            if not keep.any():
+                continue
+            kept_logits.append(logits[keep].cpu())
+            kept_iou.append(iou[keep].cpu())
+            kept_stab.append(stability[keep].cpu())
+            kept_emb.append(decoded["embeddings"].flatten(0, 1)[keep].cpu())
+            kept_lowres.append(decoded["low_res"].flatten(0, 1)[keep].cpu())
+        if not kept_logits:
+            return []
+        logits, iou = torch.cat(kept_logits), torch.cat(kept_iou)
+        stability, embeddings, low_res = torch.cat(kept_stab), torch.cat(kept_emb), torch.cat(kept_lowres)
+        masks = logits > self.mask_threshold
+        areas = masks.flatten(1).sum(1)
+        valid = areas > max(0, opts.min_mask_area)
+        boxes = masks_to_boxes(logits, self.mask_threshold)
+        order = batched_nms(boxes[valid], iou[valid], torch.zeros(int(valid.sum())), opts.box_nms_thresh)
+        index = torch.nonzero(valid).flatten()[order][: opts.max_instances]
+        labels = self.label_embeddings(embeddings[index].to(self.device))
+        results = []
+        for j, i in enumerate(index.tolist()):
+            mask = masks[i].numpy()
+            results.append(
+                InstanceResult(
+                    mask=mask,
+                    predicted_iou=float(iou[i]),
+                    stability_score=float(stability[i]),
+                    box=mask_box(mask),
+                    labels=labels[j],
+                    low_res_logits=low_res[i].numpy(),
+                    embedding=embeddings[i].numpy(),
+                )
+            )
+        return results
+
+    # ------------------------------------------------------------------ text query
+    @torch.inference_mode()
+    def query(
+        self,
+        text: str,
+        candidates: Optional[Sequence[InstanceResult]] = None,
+        max_instances: int = 5,
+        min_score: float = 0.0,
+        options: Optional[EverythingOptions] = None,
+    ) -> list[InstanceResult]:
+        """The masks that best match a free-text phrase ("red cup"), best first.
+
+        The phrase competes with the active vocabulary: each candidate mask's
+        ``query_score`` is the softmax probability of the phrase among
+        [vocabulary classes, phrase, background], so a mask that is better
+        explained by another class scores low. ``candidates`` default to
+        :meth:`everything`.
+        """
+        phrase = text.strip()
+        if not phrase:
+            raise ValueError("text query is empty")
+        if candidates is None:
+            candidates = self.everything(options)
+        candidates = [c for c in candidates if c.embedding is not None]
+        if not candidates:
+            return []
+        query_text = self._encode_vocabulary(Vocabulary.from_names([phrase], name="query"), progress=False)
+        embeddings = torch.as_tensor(np.stack([c.embedding for c in candidates]), device=self.device)
+        query_logit = class_logits(embeddings, query_text.to(self.device), with_background=False)  # [N, 1]
+        if self.text is not None:
+            # [vocabulary classes..., phrase, background]: the phrase competes with every class.
+            vocab_logits = class_logits(embeddings, self.text)
+            logits = torch.cat([vocab_logits[:, :-1], query_logit, vocab_logits[:, -1:]], dim=1)
+            query_column = logits.shape[1] - 2
+        else:
+            logits = torch.cat([query_logit, torch.zeros_like(query_logit)], dim=1)
+            query_column = 0
+        scores = logits.softmax(dim=-1)[:, query_column].cpu().numpy()
+        order = np.argsort(-scores)
+        out = []
+        for i in order[:max_instances]:
+            if scores[i] < min_score:
+                break
+            result = candidates[i]
+            result.query_score = float(scores[i])
+            out.append(result)
+        return out
+
+
+def _nan_low(value: float) -> float:
+    return -np.inf if np.isnan(value) else value
+
