@@ -79,6 +79,8 @@ def _add_common(parser: argparse.ArgumentParser, image: bool = True) -> None:
     group.add_argument("--device", default=None, help="cpu | cuda | cuda:N | auto (default: the model YAML's)")
     group.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"], help="default: the model YAML's")
     group.add_argument("--top-k", type=int, default=None, help="labels reported per instance (default: 5)")
+    group.add_argument("--threads", type=int, default=None,
+                       help="CPU threads for PyTorch (default: PyTorch's choice; 1-2 is fastest for the tiny model)")
     group.add_argument("--baseline", choices=["none", "image-crop", "feature-crop"], default="none",
                        help="re-label the masks with a paper baseline instead of CLIP2SAM")
     out = parser.add_argument_group("output")
@@ -158,7 +160,14 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def _make_predictor(args: argparse.Namespace):
+    import torch
+
     from ovsam_ros.loading import build_predictor
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
 
     return build_predictor(args.model, vocabulary=args.vocab, device=args.device,
                            precision=args.precision, top_k=args.top_k)
@@ -174,7 +183,8 @@ def _everything_options(args: argparse.Namespace):
     )
 
 
-def print_table(results, title: str, file=sys.stdout) -> None:
+def print_table(results, title: str, file=None) -> None:
+    file = file or sys.stdout
     print(title, file=file)
     if not results:
         print("  (no instances)", file=file)
@@ -228,7 +238,8 @@ def _run_single(args: argparse.Namespace) -> int:
     if mode == "prompt" and not args.prompts:
         raise PromptError("no prompts: give --point, --box or --object")
     predictor = _make_predictor(args)
-    results, timings = run_on_image(args, predictor, Path(args.image), mode, args.prompts, getattr(args, "text", ""))
+    results, timings = run_on_image(args, predictor, Path(args.image), mode, getattr(args, "prompts", ()),
+                                    getattr(args, "text", ""))
     if not args.quiet:
         print_table(results, f"{args.image}: {len(results)} instance(s) [{mode}] "
                              f"encode {timings['encode_image_s']:.3f} s, decode+label {timings['prompts_and_labels_s']:.3f} s")

@@ -136,7 +136,7 @@ class OVSAMPredictor:
             for name, tensor in sorted(self.model.backbone.clip.state_dict().items()):
                 if not name.startswith("visual."):
                     digest.update(name.encode())
-                    digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+                    digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
             self._text_weights_id = "sha256:" + digest.hexdigest()
         return self._text_weights_id
 

@@ -1,0 +1,40 @@
+"""A tiny random-init predictor shared by the predictor tests (CPU, no weights)."""
+
+import numpy as np
+import pytest
+import torch
+
+from ovsam_ros.model import OVSAM, OVSAMConfig
+from ovsam_ros.predictor import OVSAMPredictor
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    # Tiny models: extra intra-op threads only add latency on a 2-core machine.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def tiny_model(seed: int = 0, **decoder) -> OVSAM:
+    cfg = OVSAMConfig.tiny()
+    for key, value in decoder.items():
+        setattr(cfg.decoder, key, value)
+    torch.manual_seed(seed)
+    return OVSAM(cfg).eval()
+
+
+@pytest.fixture(scope="session")
+def predictor() -> OVSAMPredictor:
+    """Shared predictor with the COCO vocabulary. Tests that change its state must restore it."""
+    return OVSAMPredictor(tiny_model(), vocabulary="coco", top_k=3)
+
+
+@pytest.fixture
+def image() -> np.ndarray:
+    """A non-square RGB frame (300 x 500)."""
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 60, (300, 500, 3), dtype=np.uint8)
+    frame[80:200, 150:320] = (200, 40, 40)
+    return frame

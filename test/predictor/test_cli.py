@@ -1,0 +1,86 @@
+"""The `ovsam` command line: valid JSON with COCO RLE masks, overlays, clear errors."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from ovsam_ros.cli import SAMPLES_DIR, build_parser, main, parse_object
+from ovsam_ros.results import decode_rle
+
+SAMPLE = SAMPLES_DIR / "coffee.png"  # 600 x 400
+
+
+def test_object_spec_parsing():
+    prompt = parse_object("p:10,20 n:30,40;b:1,2,3,4")
+    assert prompt.points == [[10, 20], [30, 40]] and prompt.point_labels == [1, 0] and prompt.box == [1, 2, 3, 4]
+    for bad in ("q:1,2", "p:1", "b:1,2,3,4 b:1,2,3,4", ""):
+        with pytest.raises(Exception):
+            parse_object(bad)
+
+
+def test_help_explains_every_command(capsys):
+    for command in ("segment", "everything", "query", "demo"):
+        with pytest.raises(SystemExit) as exit_info:
+            build_parser().parse_args([command, "--help"])
+        assert exit_info.value.code == 0
+    assert "--vocab" in capsys.readouterr().out
+
+
+def test_segment_writes_json_and_overlay(tmp_path, capsys):
+    out, overlay = tmp_path / "r.json", tmp_path / "o.png"
+    code = main(["segment", str(SAMPLE), "--point", "300,200", "--box", "100,50,400,350",
+                 "--object", "p:300,200 n:50,50", "--vocab", "cup, saucer, spoon, table",
+                 "--threads", "1", "--out", str(out), "--overlay", str(overlay)])
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert (data["width"], data["height"], data["mode"], data["trained"]) == (600, 400, "prompt", False)
+    assert [inst["prompt_index"] for inst in data["instances"]] == [0, 1, 2]
+    for inst in data["instances"]:
+        mask = decode_rle(inst["segmentation"])
+        assert mask.shape == (400, 600) and int(mask.sum()) == inst["area"]
+        assert inst["label"] in {"cup", "saucer", "spoon", "table"}
+        assert inst["labels"][0]["name"] == inst["label"]
+    picture = cv2.imread(str(overlay))
+    assert picture.shape == (400, 600, 3)
+    assert "3 instance(s)" in capsys.readouterr().out
+
+
+def test_everything_and_query(tmp_path):
+    out = tmp_path / "e.json"
+    assert main(["everything", str(SAMPLE), "--points-per-side", "4", "--iou-thresh", "0", "--stability-thresh", "0",
+                 "--threads", "1", "--out", str(out), "-q"]) == 0
+    assert json.loads(out.read_text())["mode"] == "everything"
+    assert main(["query", str(SAMPLE), "a coffee cup", "--points-per-side", "4", "--iou-thresh", "0",
+                 "--stability-thresh", "0", "--threads", "1", "--out", str(out), "-q"]) == 0
+    data = json.loads(out.read_text())
+    assert data["query"] == "a coffee cup" and all(i["query_score"] is not None for i in data["instances"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["segment", "missing.png", "--point", "1,1"], "image not found"),
+    (["segment", str(SAMPLE)], "no prompts"),
+    (["segment", str(SAMPLE), "--point", "900,10"], "outside the 600x400 image"),
+    (["segment", str(SAMPLE), "--point", "1,1", "--model", "nonexistent"], "model config 'nonexistent' not found"),
+    (["segment", str(SAMPLE), "--point", "1,1", "--vocab", ","], "contains no class names"),
+])
+def test_errors_are_one_clear_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_corrupt_image_file(tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG not really")
+    assert main(["segment", str(bad), "--point", "1,1"]) == 2
+    assert "could not decode image" in capsys.readouterr().err
+
+
+def test_sixteen_bit_grey_image(tmp_path):
+    path = tmp_path / "depth.png"
+    cv2.imwrite(str(path), (np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 20))
+    out = tmp_path / "d.json"
+    assert main(["segment", str(path), "--box", "5,5,40,30", "--out", str(out), "-q"]) == 0
+    assert json.loads(out.read_text())["width"] == 64

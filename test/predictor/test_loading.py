@@ -1,0 +1,69 @@
+"""Model YAMLs: presets, weight files, clear errors, and the loud untrained warning."""
+
+import logging
+
+import numpy as np
+import pytest
+import yaml
+
+from ovsam_ros.loading import CONFIG_DIR, build_predictor, load_specs
+from ovsam_ros.model import save_ovsam
+from ovsam_ros.predictor import OVSAMPredictor
+from ovsam_ros.prompts import Prompt
+
+from conftest import tiny_model
+
+
+def test_bundled_configs_parse():
+    for path in sorted((CONFIG_DIR / "models").glob("*.yaml")):
+        model, predictor = load_specs(path)
+        model.config()  # preset + overrides form a valid OVSAMConfig
+        assert predictor.precision in ("fp32", "fp16", "bf16")
+    model, _ = load_specs("rn50x16")
+    assert model.trained and model.config().backbone.model_name == "RN50x16"
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"model": {"preset": "huge"}}, "unknown model preset 'huge'"),
+    ({"model": {"presett": "tiny"}}, "unknown key\\(s\\) \\['presett'\\]"),
+    ({"predictor": {"precision": "fp8"}}, "precision must be one of"),
+    ({"extra": {}}, "unknown section"),
+    ({"model": {"preset": "tiny", "overrides": {"decoder": {"nonsense": 1}}}}, "unknown key"),
+])
+def test_bad_configs_fail_clearly(data, message):
+    with pytest.raises(ValueError, match=message):
+        build_predictor(data)
+
+
+def test_missing_weight_file_is_named(tmp_path):
+    missing = tmp_path / "nope" / "sam_vit_h.pth"
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        build_predictor({"model": {"preset": "tiny", "sam_checkpoint": str(missing)}})
+
+
+def test_untrained_model_warns_loudly(caplog):
+    with caplog.at_level(logging.WARNING, logger="ovsam_ros.loading"):
+        predictor = build_predictor({"model": {"preset": "tiny"}, "predictor": {"vocabulary": "cat", "device": "cpu"}})
+    assert not predictor.trained
+    assert "UNTRAINED MODEL" in caplog.text and "MEANINGLESS" in caplog.text
+
+
+def test_ovsam_checkpoint_round_trip_through_yaml(tmp_path, caplog):
+    model = tiny_model(seed=5)
+    save_ovsam(model, tmp_path / "trained.pt")
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump({
+        "model": {"ovsam_checkpoint": str(tmp_path / "trained.pt")},
+        "predictor": {"vocabulary": "cat, dog", "device": "cpu", "text_cache_dir": str(tmp_path / "cache")},
+    }))
+    with caplog.at_level(logging.WARNING, logger="ovsam_ros.loading"):
+        loaded = build_predictor(tmp_path / "model.yaml")
+    assert loaded.trained and "UNTRAINED" not in caplog.text
+    original = OVSAMPredictor(model, vocabulary="cat, dog")
+    image = np.random.default_rng(2).integers(0, 255, (120, 90, 3), dtype=np.uint8)
+    results = []
+    for predictor in (original, loaded):
+        predictor.set_image(image)
+        results.append(predictor.predict([Prompt(points=[[40, 60]], point_labels=[1])])[0])
+    assert np.array_equal(results[0].mask, results[1].mask)
+    assert np.array_equal(results[0].low_res_logits, results[1].low_res_logits)
+    assert [l.name for l in results[0].labels] == [l.name for l in results[1].labels]

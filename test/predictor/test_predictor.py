@@ -1,0 +1,195 @@
+"""OVSAMPredictor: prompts in original pixels, masks back at original size, labels from the vocabulary."""
+
+import numpy as np
+import pytest
+import torch
+
+from ovsam_ros.model.vocabulary import TextEmbeddingCache, Vocabulary
+from ovsam_ros.predictor import EverythingOptions, OVSAMPredictor
+from ovsam_ros.prompts import Prompt, PromptError
+from ovsam_ros.results import InstanceResult
+
+from conftest import tiny_model
+
+
+def test_predict_before_set_image_fails_clearly():
+    fresh = OVSAMPredictor(tiny_model(), vocabulary=None)
+    with pytest.raises(RuntimeError, match="set_image"):
+        fresh.predict([Prompt(points=[[1, 1]])])
+
+
+def test_masks_come_back_at_original_size_in_prompt_order(predictor, image):
+    predictor.set_image(image)
+    prompts = [
+        Prompt(box=[150, 80, 320, 200]),
+        Prompt(points=[[200, 120]]),
+        Prompt(box=[10, 10, 100, 100]),
+        Prompt(points=[[200, 120], [20, 20]], point_labels=[1, 0], box=[150, 80, 320, 200]),
+    ]
+    results = predictor.predict(prompts)
+    assert [r.prompt_index for r in results] == [0, 1, 2, 3]
+    for r in results:
+        assert r.mask.shape == (300, 500) and r.mask.dtype == bool
+        assert len(r.labels) == 3 and all(0 <= l.class_index < 80 for l in r.labels)
+        assert r.labels[0].score >= r.labels[1].score >= r.labels[2].score
+        assert r.low_res_logits.shape == (64, 64)
+        assert np.isclose(np.linalg.norm(r.embedding), 1.0, atol=1e-4)
+    assert predictor.predict([]) == []
+
+
+def test_multimask_keep_all_and_refinement_with_mask_input(predictor, image):
+    predictor.set_image(image)
+    candidates = predictor.predict([Prompt(points=[[200, 120]])], multimask_output=True, keep="all")
+    assert len(candidates) == 3 and {c.prompt_index for c in candidates} == {0}
+    best = predictor.predict([Prompt(points=[[200, 120]])], multimask_output=True)
+    assert len(best) == 1 and best[0].predicted_iou == max(c.predicted_iou for c in candidates)
+    refined = predictor.predict([Prompt(points=[[200, 120]], mask_input=best[0].low_res_logits)])
+    assert refined[0].mask.shape == (300, 500)
+    with pytest.raises(ValueError, match="mask_input must be"):
+        predictor.predict([Prompt(points=[[200, 120]], mask_input=np.zeros((8, 8)))])
+
+
+def test_bad_prompts_name_the_prompt(predictor, image):
+    predictor.set_image(image)
+    with pytest.raises(PromptError, match="prompt 1: point .* outside"):
+        predictor.predict([Prompt(points=[[1, 1]]), Prompt(points=[[900, 1]])])
+
+
+def test_matches_segment_anything_sampredictor(image):
+    """Same prompt encoder/decoder weights and image embedding -> SAM's own predictor gives the same masks."""
+    from segment_anything.modeling import Sam
+    from segment_anything.predictor import SamPredictor
+
+    model = tiny_model(seed=3, label_token=False)
+    ours = OVSAMPredictor(model, vocabulary=None)
+    ours.set_image(image)
+
+    class _Encoder(torch.nn.Module):  # never run: SamPredictor gets our cached embedding
+        img_size = model.image_size
+
+    sam = Sam(_Encoder(), model.decoder.prompt_encoder, model.decoder.mask_decoder).eval()
+    theirs = SamPredictor(sam)
+    theirs.original_size, theirs.input_size = ours.original_size, ours.input_size
+    theirs.features, theirs.is_image_set = ours.features.sam_embedding, True
+
+    point, box = np.array([[210.0, 130.0]]), np.array([140.0, 70.0, 330.0, 210.0])
+    for kwargs in (dict(point_coords=point, point_labels=np.array([1])), dict(box=box),
+                   dict(point_coords=point, point_labels=np.array([1]), box=box)):
+        masks, iou, low_res = theirs.predict(**kwargs, multimask_output=False)
+        prompt = Prompt(points=kwargs.get("point_coords"), point_labels=kwargs.get("point_labels"), box=kwargs.get("box"))
+        result = ours.predict([prompt])[0]
+        np.testing.assert_allclose(result.low_res_logits, low_res[0], atol=1e-5)
+        assert result.predicted_iou == pytest.approx(float(iou[0]), abs=1e-5)
+        assert (result.mask != masks[0]).mean() < 1e-4
+
+
+def test_known_object_maps_back_exactly_for_non_square_images(monkeypatch):
+    """A rectangle the decoder 'predicts' in the padded frame lands on exactly the right original pixels."""
+    model = tiny_model()
+    predictor = OVSAMPredictor(model, vocabulary=None)
+    predictor.set_image(np.zeros((320, 512, 3), np.uint8))  # scale 0.5 -> input 160 x 256, low-res 64 x 64
+
+    def fake_decode(features, coords=None, labels=None, boxes=None, mask_input=None, multimask_output=True, **_):
+        n = (boxes if boxes is not None else coords).shape[0]
+        low = torch.full((n, 1, 64, 64), -10.0)
+        low[:, :, 5:20, 8:24] = 10.0  # 8 original pixels per low-res pixel: y 40..160, x 64..192
+        return {"masks_lowres": low, "iou": torch.ones(n, 1), "region_embeddings": torch.randn(n, 1, model.clip_dim),
+                "roi_boxes": None, "label_embeddings": None}
+
+    monkeypatch.setattr(model, "decode", fake_decode)
+    result = predictor.predict([Prompt(box=[60, 40, 200, 160])])[0]
+    expected = np.zeros((320, 512), bool)
+    expected[40:160, 64:192] = True
+    # Edges land exactly on the right pixels; only the four corners are rounded by
+    # the bilinear upsampling (SAM's postprocessing does the same).
+    assert result.box == (64, 40, 192, 160)
+    assert np.array_equal(result.mask[100], expected[100]) and np.array_equal(result.mask[:, 128], expected[:, 128])
+    wrong = np.argwhere(result.mask != expected)
+    assert len(wrong) <= 4 * 6
+    corners = np.array([[40, 64], [40, 191], [159, 64], [159, 191]])
+    assert all(np.abs(corners - w).sum(axis=1).min() <= 4 for w in wrong)
+
+
+def test_any_image_type_is_accepted(predictor):
+    for frame in (np.full((40, 70), 30000, np.uint16), np.random.default_rng(1).random((50, 30, 4)).astype(np.float32)):
+        predictor.set_image(frame)
+        assert predictor.predict([Prompt(points=[[5, 5]])])[0].mask.shape == frame.shape[:2]
+
+
+def test_everything_mode_filters_and_deduplicates(predictor, image):
+    from torchvision.ops import box_iou
+
+    predictor.set_image(image)
+    options = EverythingOptions(points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                                box_nms_thresh=0.5, max_instances=5)
+    results = predictor.everything(options)
+    assert 1 <= len(results) <= 5
+    boxes = torch.tensor([r.box for r in results], dtype=torch.float32)
+    overlaps = box_iou(boxes, boxes) - torch.eye(len(results))
+    assert float(overlaps.max()) <= 0.5 + 1e-6
+    assert all(r.labels and r.prompt_index == -1 for r in results)
+    strict = predictor.everything(EverythingOptions(points_per_side=6, pred_iou_thresh=1.01))
+    assert strict == []
+
+
+def test_vocabulary_switch_empty_vocabulary_and_text_cache(image, tmp_path, monkeypatch):
+    import ovsam_ros.predictor as predictor_module
+
+    calls = []
+    real = predictor_module.encode_vocabulary
+    monkeypatch.setattr(predictor_module, "encode_vocabulary", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cache = TextEmbeddingCache(tmp_path)
+    predictor = OVSAMPredictor(tiny_model(), vocabulary="cat, dog", text_cache=cache)
+    predictor.set_image(image)
+    names = {l.name for l in predictor.predict([Prompt(points=[[100, 100]])])[0].labels}
+    assert names <= {"cat", "dog"} and names
+    with pytest.raises(ValueError, match="contains no class names"):
+        predictor.set_vocabulary(" , ")
+    assert predictor.vocabulary.classes == ["cat", "dog"]  # a failed switch keeps the old vocabulary
+    second = OVSAMPredictor(tiny_model(), vocabulary="cat, dog", text_cache=cache)
+    assert len(calls) == 1, "second predictor should read the on-disk cache"
+    assert torch.equal(second.text.embeddings, predictor.text.embeddings)
+    other_weights = OVSAMPredictor(tiny_model(seed=9), vocabulary="cat, dog", text_cache=cache)
+    assert len(calls) == 2, "different text-tower weights must not reuse cached embeddings"
+    assert not torch.equal(other_weights.text.embeddings, predictor.text.embeddings)
+
+
+def test_text_query_ranks_the_matching_region_first(predictor):
+    query_text = predictor._encode_vocabulary(Vocabulary.from_names(["red cup"]), progress=False)
+    dog = predictor.text.embeddings[predictor.vocabulary.find("dog"), 0].cpu().numpy()
+    cup = query_text.embeddings[0, 0].cpu().numpy()
+    mask = np.zeros((4, 4), bool)
+    candidates = [InstanceResult(mask=mask, predicted_iou=1, stability_score=1, box=(0, 0, 0, 0), embedding=e)
+                  for e in (dog, cup)]
+    ranked = predictor.query("red cup", candidates=candidates, max_instances=2)
+    assert ranked[0].embedding is candidates[1].embedding
+    assert ranked[0].query_score > 0.5 > ranked[1].query_score
+    assert predictor.query("red cup", candidates=candidates, min_score=0.99) == []
+    with pytest.raises(ValueError, match="empty"):
+        predictor.query("   ", candidates=candidates)
+
+
+def test_precision_and_device_options(image):
+    bf16 = OVSAMPredictor(tiny_model(), vocabulary="cat, dog", precision="bf16")
+    bf16.set_image(image)
+    assert bf16.predict([Prompt(box=[150, 80, 320, 200])])[0].mask.shape == (300, 500)
+    with pytest.raises(ValueError, match="precision"):
+        OVSAMPredictor(tiny_model(), vocabulary=None, precision="int3")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            OVSAMPredictor(tiny_model(), vocabulary=None, device="cuda")
+
+
+@pytest.mark.parametrize("method", ["image-crop", "feature-crop"])
+def test_baselines_relabel_the_same_masks(predictor, image, method):
+    from ovsam_ros.baselines import relabel
+
+    predictor.set_image(image)
+    results = predictor.predict([Prompt(box=[150, 80, 320, 200]), Prompt(points=[[20, 20]])])
+    relabeled = relabel(predictor, results, method)
+    assert len(relabeled) == 2
+    for before, after in zip(results, relabeled):
+        assert after.mask is before.mask and len(after.labels) == 3
+        assert not np.allclose(after.embedding, before.embedding)
+    with pytest.raises(ValueError, match="baseline"):
+        relabel(predictor, results, "magic")
