@@ -155,6 +155,11 @@ class OVSAMPredictor:
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         """Encode ``image`` (any size; 1-4 channels; uint8, uint16 or float) for later queries."""
         rgb = to_uint8_rgb(image, image_format)
+        if min(self.transform.get_input_size(rgb.shape[:2])) < 1:
+            raise ValueError(
+                f"image of {rgb.shape[1]}x{rgb.shape[0]} is too elongated for a {self.model.image_size}px model "
+                "input (its short side would round to 0 pixels)"
+            )
         batch = self.transform.apply_image(rgb).to(self.device)
         with autocast(self.device, self.precision):
             features = self.model.encode_image(batch)

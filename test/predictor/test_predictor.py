@@ -116,6 +116,13 @@ def test_any_image_type_is_accepted(predictor):
         assert predictor.predict([Prompt(points=[[5, 5]])])[0].mask.shape == frame.shape[:2]
 
 
+def test_tiny_and_degenerate_images(predictor):
+    predictor.set_image(np.zeros((1, 1, 3), np.uint8))
+    assert predictor.predict([Prompt(points=[[0.5, 0.5]])])[0].mask.shape == (1, 1)
+    with pytest.raises(ValueError, match="too elongated"):
+        predictor.set_image(np.zeros((1, 5000, 3), np.uint8))
+
+
 def test_everything_mode_filters_and_deduplicates(predictor, image):
     from torchvision.ops import box_iou
 
