@@ -10,6 +10,17 @@ import pytest
 from ovsam_ros.ros.isolation import IsolatedRosGroup, isolation_available
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _single_torch_thread():
+    """Tiny models: intra-op threads only add wake-up latency (~5 ms per op on a busy 2-core VM)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def ros_group(request: pytest.FixtureRequest, tmp_path) -> Iterator[IsolatedRosGroup]:
     """A private loopback network with a per-test ROS_DOMAIN_ID; kills its processes on exit."""

@@ -16,15 +16,6 @@ from ovsam_ros.model.checkpoints import TINY_TEACHER_KWARGS
 from ovsam_ros.model.config import DecoderConfig
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _single_torch_thread():
-    """Tiny models: intra-op threads only add wake-up latency (~5 ms per op on a busy 2-core VM)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def randomize_zero_init_(model: nn.Module, seed: int = 1) -> nn.Module:
     """Give zero-initialised tensors (SAM2CLIP pos_embed, rel-pos tables) random values.
 

@@ -8,15 +8,6 @@ from ovsam_ros.model import OVSAM, OVSAMConfig
 from ovsam_ros.predictor import OVSAMPredictor
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _one_thread():
-    # Tiny models: extra intra-op threads only add latency on a 2-core machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny_model(seed: int = 0, **decoder) -> OVSAM:
     cfg = OVSAMConfig.tiny()
     for key, value in decoder.items():
