@@ -43,13 +43,14 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
+
+from ovsam_ros.files import atomic_write
 
 from .config import OVSAMConfig
 
@@ -411,19 +412,7 @@ def save_ovsam(
     }
     if extra:
         payload["extra"] = dict(extra)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def read_ovsam_checkpoint(path: PathLike) -> Tuple[OVSAMConfig, StateDict, Dict[str, Any]]:

@@ -38,7 +38,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +45,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import torch
 import torch.nn.functional as F
+
+from ovsam_ros.files import atomic_write
 
 __all__ = [
     "BACKGROUND_NAME",
@@ -257,7 +258,7 @@ class Vocabulary:
         """Write :meth:`to_dict` as UTF-8 JSON (atomically)."""
         text = json.dumps(self.to_dict(), ensure_ascii=False, indent=1)
         data = text.encode("utf-8")
-        _atomic_write(Path(path), lambda fh: fh.write(data))
+        atomic_write(Path(path), lambda fh: fh.write(data))
 
     # -- queries ------------------------------------------------------------------------
 
@@ -465,12 +466,19 @@ def _load(spec: VocabularySpec) -> Vocabulary:
         if keep is not None:
             vocab = vocab.subset([i for i, s in enumerate(vocab.split) if s in keep], name=key)
         return vocab
-    path = Path(os.path.expanduser(text))
-    if path.is_file():
-        return _load_file(path)
+    if _is_file(text):
+        return _load_file(Path(os.path.expanduser(text)))
     if text.lower().endswith((".txt", ".json")) and "," not in text and ";" not in text:
         raise FileNotFoundError(f"vocabulary file not found: {text}")
     return _parse_inline(text)
+
+
+def _is_file(text: str) -> bool:
+    # A long inline class list is not a path; is_file() raises "File name too long" for it.
+    try:
+        return Path(os.path.expanduser(text)).is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _parse_inline(text: str) -> Vocabulary:
@@ -806,7 +814,7 @@ class TextEmbeddings:
     def save(self, path: Union[str, Path]) -> None:
         """Write a ``.pt`` file atomically (temporary file + ``os.replace``)."""
         state = self.state_dict()
-        _atomic_write(Path(path), lambda fh: torch.save(state, fh))
+        atomic_write(Path(path), lambda fh: torch.save(state, fh))
 
     @classmethod
     def load(cls, path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> "TextEmbeddings":
@@ -992,21 +1000,3 @@ class TextEmbeddingCache:
             raise ValueError("compute() returned embeddings for a different vocabulary or template set")
         self.put(model_id, weights_id, emb)
         return emb
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Write through ``write(file)`` into a temporary file next to ``path``, then ``os.replace`` it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise

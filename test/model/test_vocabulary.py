@@ -398,3 +398,9 @@ def test_file_identity(tmp_path):
     f.write_bytes(b"abc")
     assert file_identity(f).endswith(":3:" + str(f.stat().st_mtime_ns))
     assert file_identity(f, hash_content=True).startswith("sha256:")
+
+
+def test_long_inline_list_is_not_taken_for_a_path():
+    names = ", ".join(f"class {i}" for i in range(10_000))  # far beyond the 255-byte file-name limit
+    vocab = load_vocabulary(names)
+    assert len(vocab) == 10_000 and vocab.classes[9_999] == "class 9999"

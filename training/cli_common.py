@@ -1,0 +1,68 @@
+"""Argument handling shared by ``ovsam-train-stage1`` and ``ovsam-train-stage2``."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import os
+import sys
+from typing import Any, Callable, Dict, Optional, Sequence
+
+from .config import ConfigError, dump, load_config
+
+log = logging.getLogger("training")
+
+
+def build_parser(prog: str, description: str, default_config: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "Multi-GPU / multi-node: launch the same command with torchrun, e.g.\n"
+            f"  torchrun --nproc_per_node=8 -m training.{prog.split('-')[-1]} --config ...\n"
+            "train.batch_size is the GLOBAL batch; it is split over processes and grad_accum.\n"
+            "Outputs: <output_dir>/model.pt (ovsam_ros checkpoint, loadable by the predictor and node),\n"
+            "checkpoints/step-*/ (resume), metrics.jsonl, config.yaml, data_report.json, tb/ (TensorBoard)."),
+    )
+    parser.add_argument("--config", default=default_config,
+                        help=f"YAML file, or the name of a bundled one in training/configs/ (default: {default_config})")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.lr=2e-4 --set data.images=/data/robot "
+                             "(repeatable; values are YAML)")
+    parser.add_argument("--output-dir", default=None, help="shortcut for --set output_dir=DIR")
+    parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
+                        help="continue exactly where a run stopped: without a value, the latest checkpoint in "
+                             "output_dir (a fresh start if there is none); or a checkpoints/step-* folder")
+    parser.add_argument("--print-config", action="store_true", help="print the merged config and exit")
+    parser.add_argument("--quiet", action="store_true", help="warnings only")
+    return parser
+
+
+def parse_config(parser: argparse.ArgumentParser, args: argparse.Namespace, defaults: Dict[str, Any]) -> Dict[str, Any]:
+    overrides = list(args.overrides)
+    if args.output_dir:
+        overrides.append(f"output_dir={args.output_dir}")
+    try:
+        return load_config(copy.deepcopy(defaults), args.config, overrides)
+    except (ConfigError, FileNotFoundError) as err:
+        parser.error(str(err))
+        raise  # unreachable
+
+
+def main_wrapper(prog: str, description: str, default_config: str, defaults: Dict[str, Any],
+                 train: Callable[[Dict[str, Any], Optional[str], bool], Any],
+                 argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser(prog, description, default_config)
+    args = parser.parse_args(argv)
+    cfg = parse_config(parser, args, defaults)
+    if args.print_config:
+        sys.stdout.write(dump(cfg))
+        return 0
+    try:
+        train(cfg, args.resume, args.quiet)
+    except (ValueError, FileNotFoundError) as err:  # DataError, CheckpointError, ConfigError are ValueErrors
+        if os.environ.get("OVSAM_TRACEBACK"):
+            raise
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    return 0

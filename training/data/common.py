@@ -1,0 +1,130 @@
+"""Shared pieces of the data layer: errors, image reading, skip bookkeeping.
+
+Policy for bad input (one place, so every loader behaves the same):
+
+* something that would make a result wrong (an image that cannot be decoded,
+  an annotation naming a class the vocabulary does not have, a mask whose
+  size disagrees with its image) raises :class:`DataError` naming the file and
+  the record;
+* something that can be dropped without changing the meaning of the rest (an
+  empty polygon, a zero-area box, a crowd region, an instance smaller than the
+  minimum mask area) is skipped and COUNTED in a :class:`SkipReport`, which the
+  loaders log and the training scripts write next to their outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, Dict, Iterable, Optional, Union
+
+import numpy as np
+
+from ovsam_ros.files import atomic_write
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+class DataError(ValueError):
+    """Unusable training / evaluation input; the message names the file and the record."""
+
+
+class SkipReport:
+    """Counts of skipped records by reason, plus a few examples of each (for the log)."""
+
+    def __init__(self, source: str = "") -> None:
+        self.source = source
+        self.counts: Counter = Counter()
+        self.examples: Dict[str, list] = {}
+
+    def add(self, reason: str, example: Any = None, count: int = 1) -> None:
+        self.counts[reason] += count
+        if example is not None:
+            ex = self.examples.setdefault(reason, [])
+            if len(ex) < 5:
+                ex.append(example)
+
+    def __bool__(self) -> bool:
+        return bool(sum(self.counts.values()))
+
+    def total(self) -> int:
+        return int(sum(self.counts.values()))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"source": self.source, "counts": dict(sorted(self.counts.items())),
+                "examples": {k: list(v) for k, v in sorted(self.examples.items())}}
+
+    def summary(self) -> str:
+        if not self:
+            return f"{self.source}: nothing skipped"
+        parts = ", ".join(f"{n} {reason}" for reason, n in sorted(self.counts.items()))
+        return f"{self.source}: skipped {parts}"
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """Decode an image file into a contiguous (H, W, 3) uint8 RGB array.
+
+    Grey, 16-bit and RGBA files are converted (``ovsam_ros.image_input.to_uint8_rgb``).
+    A missing file raises ``FileNotFoundError``, an undecodable one :class:`DataError`;
+    both name the path.
+    """
+    import cv2
+
+    from ovsam_ros.image_input import to_uint8_rgb
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image file not found: {path}")
+    data = np.fromfile(path, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None:
+        raise DataError(f"{path}: cannot decode image (corrupt, truncated or not an image)")
+    try:
+        if image.ndim == 3 and image.shape[2] == 4:
+            return to_uint8_rgb(image, "BGRA")
+        if image.ndim == 3:
+            return to_uint8_rgb(image, "BGR")
+        return to_uint8_rgb(image, "RGB")
+    except ValueError as err:
+        raise DataError(f"{path}: unusable image: {err}") from err
+
+
+def list_images(root: PathLike, recursive: bool = True) -> list:
+    """Sorted image files under ``root`` (relative order is stable across machines)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    pattern = "**/*" if recursive else "*"
+    files = [p for p in root.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+             and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def write_json(path: PathLike, data: Any, indent: Optional[int] = None) -> None:
+    """Atomic JSON write (UTF-8, NaN refused)."""
+    text = json.dumps(data, indent=indent, allow_nan=False, ensure_ascii=False)
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def sample_seed(*parts: int) -> np.random.Generator:
+    """A numpy Generator that depends only on ``parts`` (seed, epoch, index ...).
+
+    Every random choice of the data pipeline is drawn from such a generator, so
+    a sample looks the same whichever worker, rank or resumed run loads it.
+    """
+    return np.random.default_rng([int(p) & 0xFFFFFFFF for p in parts])
+
+
+def chunks(items: Iterable[Any], size: int):
+    buf = []
+    for item in items:
+        buf.append(item)
+        if len(buf) == size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf

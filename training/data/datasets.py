@@ -1,0 +1,284 @@
+"""torch Datasets for the two training stages.
+
+Items are requested with ``(epoch, index)`` keys (see :mod:`training.data.sampler`);
+every random choice for a sample is drawn from ``sample_seed(seed, epoch, index)``,
+so what a sample looks like does not depend on the worker, the rank or on
+where a resumed run started.
+
+* :class:`ImageFolderDataset` (stage 1): images only, any folder tree.
+* :class:`DetectionDataset` (stage 2): COCO-format instances with prompts.
+* :class:`ClassFolderDataset` (stage 2, optional): ImageNet-style
+  ``root/<class>/*.jpg``; one whole-image box prompt per image, a label and
+  no mask (the paper's vocabulary-expansion data, never released by the reference).
+* :class:`ConcatDataset`: several of the stage-2 datasets behind one index space.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ovsam_ros.model.vocabulary import Vocabulary, clean_name, load_vocabulary
+
+from .coco import CocoInstances
+from .common import DataError, SkipReport, list_images, read_image, sample_seed
+from .feature_cache import TeacherFeatureCache
+from .transforms import (
+    Augment,
+    masks_to_boxes_np,
+    pad_masks,
+    random_points_in_masks,
+    sample_prompt_kinds,
+    to_model_input,
+)
+
+log = logging.getLogger(__name__)
+
+Key = Union[int, Tuple[int, int]]
+
+
+def _key(key: Key) -> Tuple[int, int]:
+    if isinstance(key, tuple):
+        return int(key[0]), int(key[1])
+    return 0, int(key)
+
+
+# ----------------------------------------------------------------------------- stage 1
+class ImageFolderDataset(Dataset):
+    """All images under ``root`` (recursively), resized-longest + padded for the model.
+
+    ``check_images=True`` decodes every file once at start-up and skips the
+    unreadable ones (counted in :attr:`skipped`); without it an unreadable file
+    raises :class:`DataError` naming it when it is loaded.
+    """
+
+    def __init__(self, root: Union[str, Sequence[str]], image_size: int, seed: int = 0, flip: bool = False,
+                 check_images: bool = False, cache: Optional[TeacherFeatureCache] = None) -> None:
+        roots = [root] if isinstance(root, (str, os.PathLike)) else list(root)
+        self.files: List[str] = []
+        for r in roots:
+            found = [str(p) for p in list_images(os.path.expanduser(str(r)))]
+            if not found:
+                raise DataError(f"image folder {r} contains no images ({', '.join(('.jpg', '.png'))} ...)")
+            self.files.extend(found)
+        self.skipped = SkipReport(", ".join(str(r) for r in roots))
+        if check_images:
+            good = []
+            for f in self.files:
+                try:
+                    read_image(f)
+                    good.append(f)
+                except (DataError, FileNotFoundError):
+                    self.skipped.add("corrupt_image", f)
+            self.files = good
+            if self.skipped:
+                log.warning(self.skipped.summary())
+        if not self.files:
+            raise DataError(f"no readable images in {roots}")
+        self.image_size = image_size
+        self.seed = seed
+        self.augment = Augment(image_size, flip=flip)
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, key: Key) -> Dict[str, Any]:
+        epoch, index = _key(key)
+        file = self.files[index]
+        rng = sample_seed(self.seed, epoch, index)
+        image = read_image(file)
+        img, _, params = self.augment(rng, image)
+        item: Dict[str, Any] = {"image": to_model_input(img, self.image_size), "file": file,
+                                "key": (epoch, index), "teacher": None, "cache_key": None}
+        if self.cache is not None:
+            item["cache_key"] = self.cache.key(file, self.image_size, params["flip"])
+            item["teacher"] = self.cache.get(item["cache_key"])
+        return item
+
+
+def collate_images(items: List[Dict[str, Any]]) -> Dict[str, Any]:
+    return {
+        "images": torch.stack([it["image"] for it in items]),
+        "teacher": [it["teacher"] for it in items],
+        "cache_key": [it["cache_key"] for it in items],
+        "file": [it["file"] for it in items],
+        "key": [it["key"] for it in items],
+    }
+
+
+# ----------------------------------------------------------------------------- stage 2
+class DetectionDataset(Dataset):
+    """COCO instances -> image + up to ``instances_per_image`` prompted instances.
+
+    Per sample (reference recipe): scale jitter / flip / crop, drop masks under
+    ``min_mask_area`` pixels (after the transform), sample instances without
+    replacement, make ``box_fraction`` of them box prompts and the rest one
+    random foreground point each. Labels index the training vocabulary (the
+    classes kept by ``coco.keep_splits``) through ``label_map``.
+    ``fill_instances``: images with fewer instances repeat them (with fresh
+    prompts) up to ``instances_per_image``: more mask supervision per image,
+    useful for small datasets with few objects per image (not in the reference).
+    """
+
+    source = 0
+
+    def __init__(self, coco: CocoInstances, image_size: int, seed: int = 0, instances_per_image: int = 40,
+                 box_fraction: float = 0.5, scale_range: Tuple[float, float] = (1.0, 1.0), flip: bool = False,
+                 min_mask_area: int = 32, label_map: Optional[Dict[int, int]] = None,
+                 fill_instances: bool = False) -> None:
+        self.coco = coco
+        self.fill_instances = bool(fill_instances)
+        self.image_size = image_size
+        self.seed = seed
+        self.instances_per_image = int(instances_per_image)
+        self.box_fraction = float(box_fraction)
+        self.min_mask_area = int(min_mask_area)
+        self.augment = Augment(image_size, scale_range, flip)
+        self.label_map = label_map  # full-vocabulary index -> training-vocabulary index
+
+    def __len__(self) -> int:
+        return len(self.coco)
+
+    def __getitem__(self, key: Key) -> Dict[str, Any]:
+        epoch, index = _key(key)
+        rng = sample_seed(self.seed, epoch, index)
+        record = self.coco.images[index]
+        image, masks = self.coco.load(index)
+        masks_np = np.stack(masks) if masks else np.zeros((0, record.height, record.width), bool)
+        img, m, _ = self.augment(rng, image, masks_np)
+        labels = np.array([inst.label for inst in record.instances], np.int64)
+        keep = m.reshape(m.shape[0], -1).sum(1) >= max(1, self.min_mask_area)
+        m, labels = m[keep], labels[keep]
+        if len(labels) > self.instances_per_image:
+            pick = np.sort(rng.permutation(len(labels))[: self.instances_per_image])
+            m, labels = m[pick], labels[pick]
+        elif self.fill_instances and 0 < len(labels) < self.instances_per_image:
+            # repeat instances (each repeat gets its own prompt kind / point) to always have N prompts
+            pick = np.concatenate([np.arange(len(labels)),
+                                   rng.integers(0, len(labels), self.instances_per_image - len(labels))])
+            m, labels = m[pick], labels[pick]
+        is_box = sample_prompt_kinds(rng, len(labels), self.box_fraction)
+        points = random_points_in_masks(rng, m)
+        if self.label_map is not None:
+            labels = np.array([self.label_map[int(l)] for l in labels], np.int64)
+        return {
+            "image": to_model_input(img, self.image_size),
+            "masks": pad_masks(m, self.image_size),
+            "boxes": torch.from_numpy(masks_to_boxes_np(m)),
+            "points": torch.from_numpy(points),
+            "is_box": torch.from_numpy(is_box),
+            "labels": torch.from_numpy(labels),
+            "has_mask": True,
+            "source": self.source,
+            "key": (epoch, index),
+            "file": record.file,
+        }
+
+
+class ClassFolderDataset(Dataset):
+    """ImageNet-style ``root/<class name or WordNet id>/*.jpg`` for vocabulary expansion.
+
+    Each image gives ONE instance: a whole-image box prompt, the folder's class
+    label, and no mask (no mask loss), as the paper describes for its
+    ImageNet-21K joint training. Folder names are looked up in ``vocabulary``
+    by id (e.g. ``n01440764`` for ``imagenet21k``) or by name; a folder that is
+    not in the vocabulary raises :class:`DataError` (``unknown_class="skip"``:
+    counted skip).
+    """
+
+    source = 1
+
+    def __init__(self, root: str, vocabulary: Any, image_size: int, seed: int = 0,
+                 scale_range: Tuple[float, float] = (1.0, 1.0), flip: bool = False,
+                 unknown_class: str = "error", check_images: bool = False) -> None:
+        root_path = Path(os.path.expanduser(root))
+        if not root_path.is_dir():
+            raise FileNotFoundError(f"class folder root not found: {root_path}")
+        folders = sorted(p for p in root_path.iterdir() if p.is_dir() and not p.name.startswith("."))
+        self.vocab: Vocabulary = load_vocabulary(vocabulary) if vocabulary is not None else \
+            Vocabulary.from_names([clean_name(p.name) for p in folders], name=root_path.name)
+        self.skipped = SkipReport(str(root_path))
+        ids = [str(i) for i in self.vocab.ids] if self.vocab.ids is not None else []
+        self.items: List[Tuple[str, int]] = []
+        for folder in folders:
+            label = ids.index(folder.name) if folder.name in ids else self.vocab.find(folder.name)
+            if label is None:
+                if unknown_class == "error":
+                    raise DataError(f"class folder {folder} is not in vocabulary '{self.vocab.name}' "
+                                    "(rename it, extend the vocabulary, or set unknown_class='skip')")
+                self.skipped.add("folder_not_in_vocabulary", str(folder))
+                continue
+            files = list_images(folder)
+            if not files:
+                self.skipped.add("empty_class_folder", str(folder))
+            for f in files:
+                if check_images:
+                    try:
+                        read_image(f)
+                    except (DataError, FileNotFoundError):
+                        self.skipped.add("corrupt_image", str(f))
+                        continue
+                self.items.append((str(f), int(label)))
+        if not self.items:
+            raise DataError(f"class folder root {root_path} holds no usable images")
+        if self.skipped:
+            log.warning(self.skipped.summary())
+        self.image_size = image_size
+        self.seed = seed
+        self.augment = Augment(image_size, scale_range, flip)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key: Key) -> Dict[str, Any]:
+        epoch, index = _key(key)
+        rng = sample_seed(self.seed, epoch, index, 1)
+        file, label = self.items[index]
+        img, _, _ = self.augment(rng, read_image(file))
+        h, w = img.shape[:2]
+        return {
+            "image": to_model_input(img, self.image_size),
+            "masks": None,
+            "boxes": torch.tensor([[0.0, 0.0, float(w), float(h)]]),
+            "points": torch.tensor([[w / 2.0, h / 2.0]]),
+            "is_box": torch.tensor([True]),
+            "labels": torch.tensor([label]),
+            "has_mask": False,
+            "source": self.source,
+            "key": (epoch, index),
+            "file": file,
+        }
+
+
+class ConcatDataset(Dataset):
+    """Datasets behind one index space; an index is forwarded with its (epoch, local index) key."""
+
+    def __init__(self, parts: Sequence[Dataset], repeats: Optional[Sequence[int]] = None) -> None:
+        self.parts = list(parts)
+        self.repeats = list(repeats or [1] * len(self.parts))
+        self.offsets = np.cumsum([0] + [len(p) * r for p, r in zip(self.parts, self.repeats)]).tolist()
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, key: Key) -> Dict[str, Any]:
+        epoch, index = _key(key)
+        part = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        local = index - self.offsets[part]
+        n = len(self.parts[part])
+        # the r-th repeat of an item gets its own randomness (distinct augmentation)
+        return self.parts[part][(epoch * max(self.repeats) + local // n, local % n)]
+
+
+def collate_instances(items: List[Dict[str, Any]]) -> Dict[str, Any]:
+    return {
+        "images": torch.stack([it["image"] for it in items]),
+        "items": [{k: v for k, v in it.items() if k != "image"} for it in items],
+    }

@@ -1,0 +1,368 @@
+"""rosbag2 -> training data, with the pure-Python ``rosbags`` library (no ROS install).
+
+``ovsam-extract-bag`` pulls ``sensor_msgs/Image`` and ``sensor_msgs/CompressedImage``
+frames of chosen topics out of a rosbag2 (sqlite3 or MCAP storage), at most
+``--rate`` frames per second per topic (by header stamp), into an image folder
+that stage 1 trains on directly, plus a manifest::
+
+    <out>/images/<topic>/<stamp_ns>.png
+    <out>/manifest.json     {"frames": [{topic, stamp_ns, stamp, frame_id, file, width, height, encoding,
+                                          bag_time_ns}, ...], "counts": {...}}
+
+With ``--labels-topic`` the ``ovsam_ros/msg/LabeledMaskArray`` messages a running
+node recorded become COCO pseudo-labels (``<out>/pseudo_labels.json``) for the
+extracted frames: each array is matched to its frame by (frame_id, stamp) (the
+node copies the image header), masks are pasted back to full frames and
+RLE-encoded, the label name becomes the category.
+
+Bad input: a bag without a requested topic, or a topic of another type, is a
+:class:`DataError` listing what the bag has; undecodable frames, arrays
+without a matching frame, unlabeled or low-score instances are counted skips
+(in the manifest's ``counts`` and the printed report).
+
+    ovsam-extract-bag BAG --topic /camera/image_raw --rate 2 --out data/robot
+    ovsam-train-stage1 --config stage1_tiny --set data.images=data/robot/images
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .common import DataError, SkipReport, write_json
+
+log = logging.getLogger(__name__)
+
+IMAGE_TYPE = "sensor_msgs/msg/Image"
+COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
+LABELS_TYPE = "ovsam_ros/msg/LabeledMaskArray"
+OUR_MESSAGES = ("LabelScore", "LabeledMask", "LabeledMaskArray")
+
+
+def _msg_dirs() -> List[Path]:
+    """Where the ovsam_ros .msg files may live: the source tree, or an ament install."""
+    dirs = [Path(__file__).resolve().parents[2] / "msg"]
+    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
+        if prefix:
+            dirs.append(Path(prefix) / "share" / "ovsam_ros" / "msg")
+    return [d for d in dirs if d.is_dir()]
+
+
+def ovsam_types() -> Dict[str, Any]:
+    """rosbags type definitions of the ovsam_ros label messages (from the .msg files)."""
+    from rosbags.typesys import get_types_from_msg
+
+    for folder in _msg_dirs():
+        if all((folder / f"{n}.msg").is_file() for n in OUR_MESSAGES):
+            types: Dict[str, Any] = {}
+            for n in OUR_MESSAGES:
+                types.update(get_types_from_msg((folder / f"{n}.msg").read_text(encoding="utf-8"), f"ovsam_ros/msg/{n}"))
+            return types
+    return {}
+
+
+def make_typestore(connections: Sequence[Any] = ()):
+    """Typestore with the standard ROS 2 types, the bag's own definitions and ours."""
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    store = get_typestore(Stores.LATEST)
+    extra: Dict[str, Any] = {}
+    for conn in connections:
+        msgdef = getattr(conn, "msgdef", None)
+        if conn.msgtype in store.types or msgdef is None or not getattr(msgdef, "data", ""):
+            continue
+        try:
+            extra.update(get_types_from_msg(msgdef.data, conn.msgtype))
+        except Exception as err:  # IDL or unparsable definitions: our own files may still cover it
+            log.debug("cannot parse the bag's definition of %s: %s", conn.msgtype, err)
+    for name, fields in ovsam_types().items():
+        extra.setdefault(name, fields)
+    if extra:
+        store.register(extra)
+    return store
+
+
+def topic_slug(topic: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", topic.strip("/")) or "root"
+    return slug
+
+
+def _stamp_ns(header: Any) -> int:
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+def decode_image_msg(msg: Any, msgtype: str) -> Tuple[np.ndarray, str]:
+    """(uint8 RGB pixels, source encoding) of an Image or CompressedImage message."""
+    from ovsam_ros.image_input import to_uint8_rgb
+    from ovsam_ros.ros.image_conversion import compressed_to_numpy, image_to_numpy
+
+    if msgtype == COMPRESSED_TYPE:
+        pixels, encoding = compressed_to_numpy(msg)
+        fmt = "BGRA" if encoding.startswith("bgra") else ("BGR" if encoding.startswith("bgr") else "RGB")
+        return to_uint8_rgb(pixels, fmt), f"compressed:{msg.format}"
+    pixels = image_to_numpy(msg)
+    enc = str(msg.encoding)
+    if pixels.ndim == 3:
+        fmt = {3: "BGR", 4: "BGRA"}[pixels.shape[2]] if enc.startswith("bgr") else ({3: "RGB", 4: "RGBA"}[pixels.shape[2]])
+    else:
+        fmt = "RGB"
+    return to_uint8_rgb(pixels, fmt), enc
+
+
+def extract_bag(
+    bag: str,
+    topics: Sequence[str],
+    out: str,
+    rate: Optional[float] = None,
+    image_format: str = "png",
+    start: Optional[float] = None,
+    end: Optional[float] = None,
+    labels_topic: Optional[str] = None,
+    vocabulary: Any = None,
+    min_score: float = 0.0,
+    progress: bool = False,
+) -> Dict[str, Any]:
+    """Extract frames (and optional pseudo-labels); returns the manifest dict (also written to disk)."""
+    import cv2
+    from rosbags.rosbag2 import Reader
+
+    if not topics:
+        raise ValueError("give at least one image topic")
+    if rate is not None and rate <= 0:
+        raise ValueError(f"--rate must be > 0 frames per second, got {rate}")
+    if image_format not in ("png", "jpg"):
+        raise ValueError(f"image format must be png or jpg, got {image_format!r}")
+    bag_path = Path(os.path.expanduser(bag))
+    if not bag_path.exists():
+        raise FileNotFoundError(f"bag not found: {bag_path}")
+    out_dir = Path(out)
+    images_dir = out_dir / "images"
+    skipped = SkipReport(str(bag_path))
+    counts: Dict[str, Counter] = defaultdict(Counter)
+    frames: List[Dict[str, Any]] = []
+    label_msgs: Dict[Tuple[str, int], Any] = {}
+    period = None if rate is None else 1e9 / float(rate)
+    try:
+        reader_cm = Reader(bag_path)
+        reader_cm.open()
+    except Exception as err:
+        raise DataError(f"{bag_path}: cannot open as a rosbag2 (sqlite3 or MCAP): {type(err).__name__}: {err}") from err
+    try:
+        reader = reader_cm
+        available = {c.topic: c.msgtype for c in reader.connections}
+        wanted = list(dict.fromkeys(topics))
+        problems = []
+        for t in wanted:
+            if t not in available:
+                problems.append(f"no topic {t!r}")
+            elif available[t] not in (IMAGE_TYPE, COMPRESSED_TYPE):
+                problems.append(f"topic {t!r} has type {available[t]}, not {IMAGE_TYPE} or {COMPRESSED_TYPE}")
+        if labels_topic is not None:
+            if labels_topic not in available:
+                problems.append(f"no labels topic {labels_topic!r}")
+            elif available[labels_topic] != LABELS_TYPE:
+                problems.append(f"labels topic {labels_topic!r} has type {available[labels_topic]}, not {LABELS_TYPE}")
+        if problems:
+            have = "\n  ".join(f"{t} [{ty}]" for t, ty in sorted(available.items())) or "(no topics)"
+            raise DataError(f"{bag_path}: " + "; ".join(problems) + f".\nThe bag has:\n  {have}")
+        store = make_typestore(reader.connections)
+        if labels_topic is not None and LABELS_TYPE not in store.types:
+            raise DataError(f"{bag_path}: no message definition for {LABELS_TYPE} (not in the bag, and the "
+                            "ovsam_ros msg/ folder was not found)")
+        conns = [c for c in reader.connections if c.topic in wanted or c.topic == labels_topic]
+        t0 = reader.start_time
+        start_ns = None if start is None else t0 + int(start * 1e9)
+        stop_ns = None if end is None else t0 + int(end * 1e9)
+        last_kept: Dict[str, int] = {}
+        used_names: Counter = Counter()
+        total = sum(c.msgcount for c in conns)
+        bar = None
+        if progress:
+            try:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=total, desc="messages", unit="msg")
+            except ImportError:
+                bar = None
+        for conn, bag_time, raw in reader.messages(connections=conns, start=start_ns, stop=stop_ns):
+            if bar is not None:
+                bar.update(1)
+            topic = conn.topic
+            try:
+                msg = store.deserialize_cdr(raw, conn.msgtype)
+            except Exception as err:
+                skipped.add("undeserializable_message", f"{topic}@{bag_time}: {type(err).__name__}")
+                counts[topic]["bad"] += 1
+                continue
+            if topic == labels_topic:
+                label_msgs[(str(msg.header.frame_id), _stamp_ns(msg.header))] = msg
+                counts[topic]["messages"] += 1
+                continue
+            counts[topic]["messages"] += 1
+            stamp = _stamp_ns(msg.header)
+            if stamp == 0:
+                skipped.add("zero_header_stamp_used_bag_time", f"{topic}@{bag_time}")
+                stamp = int(bag_time)
+            last = last_kept.get(topic)
+            if period is not None and last is not None and 0 <= stamp - last < period:
+                counts[topic]["rate_limited"] += 1
+                continue
+            try:
+                rgb, encoding = decode_image_msg(msg, conn.msgtype)
+            except ValueError as err:
+                skipped.add("undecodable_frame", f"{topic}@{stamp}: {err}")
+                counts[topic]["bad"] += 1
+                continue
+            last_kept[topic] = stamp
+            folder = images_dir / topic_slug(topic)
+            folder.mkdir(parents=True, exist_ok=True)
+            base = f"{stamp:019d}"
+            n = used_names[(topic, base)]
+            used_names[(topic, base)] += 1
+            name = f"{base}{'_' + str(n) if n else ''}.{image_format}"
+            path = folder / name
+            params = [cv2.IMWRITE_JPEG_QUALITY, 95] if image_format == "jpg" else []
+            if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[:, :, ::-1]), params):
+                raise DataError(f"cannot write {path}")
+            frames.append({
+                "topic": topic, "stamp_ns": stamp, "stamp": stamp / 1e9, "frame_id": str(msg.header.frame_id),
+                "file": str(path.relative_to(out_dir)), "width": int(rgb.shape[1]), "height": int(rgb.shape[0]),
+                "encoding": encoding, "bag_time_ns": int(bag_time),
+            })
+            counts[topic]["kept"] += 1
+        if bar is not None:
+            bar.close()
+    finally:
+        reader_cm.close()
+
+    for t in wanted:
+        if counts[t]["kept"] == 0:
+            log.warning("%s: topic %s gave no frames in the selected time range", bag_path, t)
+    manifest: Dict[str, Any] = {
+        "bag": str(bag_path), "topics": wanted, "rate": rate, "image_root": "images",
+        "frames": frames, "counts": {t: dict(c) for t, c in counts.items()}, "skipped": skipped.to_dict(),
+    }
+    if labels_topic is not None:
+        manifest["pseudo_labels"] = write_pseudo_labels(out_dir, frames, label_msgs, vocabulary, min_score, skipped)
+        manifest["skipped"] = skipped.to_dict()
+    write_json(out_dir / "manifest.json", manifest, indent=1)
+    return manifest
+
+
+def write_pseudo_labels(out_dir: Path, frames: List[Dict[str, Any]], label_msgs: Dict[Tuple[str, int], Any],
+                        vocabulary: Any, min_score: float, skipped: SkipReport) -> str:
+    """COCO JSON of the node's LabeledMaskArray outputs for the extracted frames."""
+    from ovsam_ros.model.vocabulary import clean_name, load_vocabulary
+    from ovsam_ros.results import encode_rle
+    from ovsam_ros.ros.messages import mask_from_msg
+
+    vocab = load_vocabulary(vocabulary) if vocabulary is not None else None
+    matched = set()
+    names: Dict[str, int] = {}
+    if vocab is not None:
+        names = {name: i + 1 for i, name in enumerate(vocab.classes)}
+    images, annotations = [], []
+    ann_id = 1
+    for image_id, frame in enumerate(frames, start=1):
+        key = (frame["frame_id"], frame["stamp_ns"])
+        msg = label_msgs.get(key)
+        if msg is None:
+            continue
+        matched.add(key)
+        h, w = frame["height"], frame["width"]
+        if (int(msg.image_height), int(msg.image_width)) != (h, w):
+            skipped.add("labels_for_other_image_size", f"{frame['file']}: {msg.image_width}x{msg.image_height}")
+            continue
+        images.append({"id": image_id, "file_name": os.path.relpath(frame["file"], "images"), "height": h, "width": w,
+                       "stamp_ns": frame["stamp_ns"], "frame_id": frame["frame_id"], "topic": frame["topic"]})
+        for inst in msg.instances:
+            label = clean_name(inst.label)
+            if int(inst.class_index) < 0 or not label:
+                skipped.add("unlabeled_instance", f"{frame['file']}#{inst.instance_id}")
+                continue
+            if float(inst.score) < min_score:
+                skipped.add("low_score_instance", f"{frame['file']}#{inst.instance_id}")
+                continue
+            if vocab is not None:
+                index = vocab.find(label)
+                if index is None:
+                    skipped.add("label_not_in_vocabulary", f"{frame['file']}#{inst.instance_id}: {label!r}")
+                    continue
+                label = vocab.classes[index]
+            elif label not in names:
+                names[label] = len(names) + 1
+            try:
+                mask = mask_from_msg(inst, h, w)
+            except ValueError as err:
+                skipped.add("bad_mask", f"{frame['file']}#{inst.instance_id}: {err}")
+                continue
+            if not mask.any():
+                skipped.add("empty_mask", f"{frame['file']}#{inst.instance_id}")
+                continue
+            ys, xs = np.nonzero(mask)
+            x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+            annotations.append({"id": ann_id, "image_id": image_id, "category_id": names[label],
+                                "segmentation": encode_rle(mask), "area": int(mask.sum()),
+                                "bbox": [x0, y0, x1 - x0, y1 - y0], "iscrowd": 0, "score": float(inst.score),
+                                "instance_id": int(inst.instance_id)})
+            ann_id += 1
+    for key in label_msgs:
+        if key not in matched:
+            skipped.add("labels_without_extracted_frame", f"{key[0]}@{key[1]}")
+    categories = [{"id": i, "name": n, "split": "base"} for n, i in sorted(names.items(), key=lambda kv: kv[1])]
+    path = out_dir / "pseudo_labels.json"
+    write_json(path, {"info": {"description": "ovsam_ros pseudo-labels from LabeledMaskArray"},
+                      "images": images, "annotations": annotations, "categories": categories})
+    return str(path)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ovsam-extract-bag",
+        description="Extract sensor_msgs/Image and CompressedImage frames from a rosbag2 (sqlite3 or MCAP) into "
+                    "an image folder + manifest.json (topic, stamp, frame_id, file) for stage-1 training; "
+                    "optionally turn recorded ovsam_ros/LabeledMaskArray messages into COCO pseudo-labels.")
+    parser.add_argument("bag", help="rosbag2 folder (with metadata.yaml) or a single .db3 / .mcap file")
+    parser.add_argument("--topic", action="append", required=True, help="image topic (repeatable)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="keep at most this many frames per second per topic (by header stamp; default: all)")
+    parser.add_argument("--format", default="png", choices=["png", "jpg"], help="image files (default png, lossless)")
+    parser.add_argument("--start", type=float, default=None, help="seconds after the bag start")
+    parser.add_argument("--end", type=float, default=None, help="seconds after the bag start")
+    parser.add_argument("--labels-topic", default=None,
+                        help="an ovsam_ros/msg/LabeledMaskArray topic -> <out>/pseudo_labels.json (COCO)")
+    parser.add_argument("--vocabulary", default=None,
+                        help="restrict pseudo-label classes to this vocabulary (default: every label seen)")
+    parser.add_argument("--min-score", type=float, default=0.0, help="drop pseudo-labels scored below this")
+    parser.add_argument("--progress", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        manifest = extract_bag(args.bag, args.topic, args.out, args.rate, args.format, args.start, args.end,
+                               args.labels_topic, args.vocabulary, args.min_score, args.progress)
+    except (DataError, FileNotFoundError, ValueError) as err:
+        print(f"ovsam-extract-bag: error: {err}", file=sys.stderr)
+        return 2
+    for topic, c in manifest["counts"].items():
+        print(f"{topic}: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())))
+    print(f"{len(manifest['frames'])} frame(s) -> {os.path.join(args.out, 'images')}")
+    print(f"manifest -> {os.path.join(args.out, 'manifest.json')}")
+    if "pseudo_labels" in manifest:
+        print(f"pseudo-labels -> {manifest['pseudo_labels']}")
+    sk = manifest["skipped"]["counts"]
+    if sk:
+        print("skipped: " + ", ".join(f"{n} {k}" for k, n in sorted(sk.items())))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,620 @@
+"""The training loop shared by both stages.
+
+What it guarantees:
+
+* **Same script, 1 CPU process or N GPUs.** Under ``torchrun`` (``WORLD_SIZE``
+  set) it initialises ``torch.distributed`` (NCCL on CUDA, gloo on CPU), wraps
+  the trainable network in ``DistributedDataParallel`` and shards every global
+  batch over the ranks (:class:`~training.data.sampler.StepBatchSampler`).
+  ``train.batch_size`` is the GLOBAL batch (images per optimizer step), and
+  losses are normalised by the global number of instances/images, so the loss
+  curve does not depend on the number of processes. Only rank 0 writes
+  checkpoints, logs and TensorBoard events.
+* **Exact resume.** Every ``train.checkpoint_every`` steps rank 0 writes
+  ``checkpoints/step-XXXXXXXX/{model.pt,state.pt}`` into a temporary folder and
+  renames it into place (atomic), so a kill at any moment leaves the last good
+  checkpoint. ``model.pt`` is an ``ovsam_ros`` checkpoint (``save_ovsam``),
+  ``state.pt`` holds optimizer, scheduler, grad-scaler, the RNG states of
+  torch / numpy / python (every rank) and the data position (epoch, step in
+  epoch, sampler seed). Because all data randomness is seeded per sample
+  (seed, epoch, index) and per-step, a resumed run computes exactly what the
+  uninterrupted run would have.
+* AdamW with warmup + cosine or multi-step decay, gradient clipping, gradient
+  accumulation (``no_sync`` on all but the last micro-batch), AMP autocast
+  (bf16 / fp16 with a grad scaler) on CUDA, tqdm progress, TensorBoard and a
+  ``metrics.jsonl`` with one line per optimizer step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ovsam_ros.model.checkpoints import load_ovsam, save_ovsam
+from ovsam_ros.model.ovsam import OVSAM
+
+from .config import dump
+from ovsam_ros.files import atomic_write
+from .data.sampler import StepBatchSampler, steps_per_epoch
+
+log = logging.getLogger("training")
+
+TRAIN_DEFAULTS: Dict[str, Any] = {
+    "epochs": 1,
+    "max_steps": None,  # stop after this many optimizer steps in total (None: epochs x steps/epoch)
+    "batch_size": 4,  # GLOBAL images per optimizer step (all ranks, all accumulation micro-batches)
+    "grad_accum": 1,
+    "lr": 1.0e-4,
+    "weight_decay": 0.05,
+    "betas": [0.9, 0.999],
+    "eps": 1.0e-8,
+    "schedule": "cosine",  # cosine | multistep | constant
+    "warmup_steps": 0,
+    "warmup_factor": 0.001,
+    "milestones": [],  # multistep: epochs (ints) at which lr *= gamma
+    "gamma": 0.1,
+    "min_lr_ratio": 0.0,  # cosine floor
+    "grad_clip": 5.0,  # max global grad norm; null/0: no clipping
+    "amp": "auto",  # auto (bf16 on CUDA if supported, else off) | bf16 | fp16 | off
+    "device": "auto",  # auto | cpu | cuda
+    "num_workers": 0,
+    "checkpoint_every": 100,  # optimizer steps; the end of training always checkpoints
+    "keep_checkpoints": 2,
+    "log_every": 10,
+    "progress": True,
+    "tensorboard": True,
+    "threads": None,  # torch.set_num_threads on CPU (None: leave torch's default)
+    "deterministic": False,  # torch.use_deterministic_algorithms
+}
+
+
+# ----------------------------------------------------------------------------- distributed
+@dataclass
+class DistEnv:
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.distributed:
+            t = tensor.clone()
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            return t
+        return tensor
+
+    def gather_objects(self, obj: Any) -> List[Any]:
+        if not self.distributed:
+            return [obj]
+        out: List[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+
+def setup_distributed(device_spec: str = "auto") -> DistEnv:
+    """Read torchrun's environment; init the process group when WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    want_cuda = device_spec in ("auto", "cuda") and torch.cuda.is_available() or device_spec.startswith("cuda:")
+    if device_spec == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but CUDA is not available")
+    if want_cuda:
+        device = torch.device(device_spec if device_spec.startswith("cuda:") and world == 1 else f"cuda:{local}")
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistEnv(world, rank, local, device)
+
+
+def teardown_distributed(env: DistEnv) -> None:
+    if env.distributed and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- misc helpers
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def rng_state() -> Dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
+    if amp in (None, "off", "fp32", False):
+        return None
+    if amp == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return None
+    if amp in ("bf16", "fp16"):
+        if device.type != "cuda":
+            log.warning("train.amp=%s requested on %s: AMP is only used on CUDA; running fp32", amp, device)
+            return None
+        return torch.bfloat16 if amp == "bf16" else torch.float16
+    raise ValueError(f"train.amp must be auto, bf16, fp16 or off, got {amp!r}")
+
+
+def lr_lambda(cfg: Dict[str, Any], total_steps: int, steps_per_ep: int) -> Callable[[int], float]:
+    schedule = cfg["schedule"]
+    warmup = int(cfg["warmup_steps"] or 0)
+    wf = float(cfg["warmup_factor"])
+    milestones = sorted(int(m) * steps_per_ep for m in (cfg["milestones"] or []))
+    gamma, floor = float(cfg["gamma"]), float(cfg["min_lr_ratio"])
+    if schedule not in ("cosine", "multistep", "constant"):
+        raise ValueError(f"train.schedule must be cosine, multistep or constant, got {schedule!r}")
+
+    def factor(step: int) -> float:
+        w = 1.0
+        if warmup > 0 and step < warmup:
+            w = wf + (1.0 - wf) * step / warmup
+        if schedule == "cosine":
+            progress = min(1.0, step / max(1, total_steps))
+            return w * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+        if schedule == "multistep":
+            return w * gamma ** sum(step >= m for m in milestones)
+        return w
+
+    return factor
+
+
+def param_groups(named: Sequence[Tuple[str, nn.Parameter]], weight_decay: float) -> List[Dict[str, Any]]:
+    """AdamW groups: no weight decay for biases, norms (1-D tensors) and token embeddings."""
+    decay, no_decay = [], []
+    for name, p in named:
+        if p.ndim <= 1 or name.endswith("token.weight") or name.endswith("tokens.weight"):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def freeze_all_but(model: nn.Module, trainable: Callable[[str], bool]) -> List[Tuple[str, nn.Parameter]]:
+    named = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(bool(trainable(name)))
+        if p.requires_grad:
+            named.append((name, p))
+    if not named:
+        raise ValueError("nothing to train: no parameter matched")
+    return named
+
+
+# ----------------------------------------------------------------------------- checkpoints
+STEP_DIR = "step-{:08d}"
+
+
+class CheckpointManager:
+    """``<output>/checkpoints/step-XXXXXXXX/{model.pt,state.pt}``, each written atomically as a folder."""
+
+    def __init__(self, output_dir: Path, keep: int = 2) -> None:
+        self.root = Path(output_dir) / "checkpoints"
+        self.keep = max(1, int(keep))
+
+    def list(self) -> List[Path]:
+        if not self.root.is_dir():
+            return []
+        found = []
+        for p in self.root.iterdir():
+            if p.is_dir() and p.name.startswith("step-") and (p / "model.pt").is_file() and (p / "state.pt").is_file():
+                try:
+                    found.append((int(p.name[5:]), p))
+                except ValueError:
+                    continue
+        return [p for _, p in sorted(found)]
+
+    def latest(self) -> Optional[Path]:
+        items = self.list()
+        return items[-1] if items else None
+
+    def save(self, step: int, model: OVSAM, state: Dict[str, Any], include_backbone: bool,
+             extra: Dict[str, Any]) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self.root / STEP_DIR.format(step)
+        tmp = self.root / f".tmp-{final.name}-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        save_ovsam(model, tmp / "model.pt", include_backbone=include_backbone, extra=extra)
+        atomic_write(tmp / "state.pt", lambda fh: torch.save(state, fh))
+        _fsync_dir(tmp)
+        if final.exists():  # re-saving a step (a resumed run reaching it again): replace
+            trash = self.root / f".old-{final.name}-{os.getpid()}"
+            os.rename(final, trash)
+            os.rename(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+        _fsync_dir(self.root)
+        for old in self.list()[:-self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        for leftover in self.root.glob(".tmp-*"):  # from killed runs
+            if leftover != tmp:
+                shutil.rmtree(leftover, ignore_errors=True)
+        return final
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def resolve_resume(resume: Optional[str], output_dir: Path) -> Optional[Path]:
+    """``--resume`` (latest under output_dir; nothing there = fresh start) or ``--resume PATH``."""
+    if not resume:
+        return None
+    if resume == "auto":
+        latest = CheckpointManager(output_dir).latest()
+        if latest is None:
+            log.warning("--resume: no checkpoint under %s/checkpoints; starting from scratch", output_dir)
+        return latest
+    path = Path(os.path.expanduser(resume))
+    if path.is_file() and path.name in ("model.pt", "state.pt"):
+        path = path.parent
+    if path.is_dir() and path.name == "checkpoints" or (path / "checkpoints").is_dir():
+        latest = CheckpointManager(path.parent if path.name == "checkpoints" else path).latest()
+        if latest is None:
+            raise FileNotFoundError(f"--resume {resume}: no complete checkpoint found")
+        return latest
+    if not ((path / "model.pt").is_file() and (path / "state.pt").is_file()):
+        raise FileNotFoundError(f"--resume {resume}: not a checkpoint folder (needs model.pt and state.pt)")
+    return path
+
+
+# ----------------------------------------------------------------------------- task protocol
+class Task:
+    """What a stage plugs into :func:`run`. See ``stage1.py`` / ``stage2.py``."""
+
+    name = "task"
+    find_unused_parameters = False
+
+    model: OVSAM
+    net: nn.Module
+    trainable: List[Tuple[str, nn.Parameter]]
+    dataset: Dataset
+    collate: Callable
+
+    def prepare(self, batch: Dict[str, Any], env: DistEnv) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    def count(self, batch: Dict[str, Any]) -> int:
+        raise NotImplementedError
+
+    def loss(self, outputs: Any, batch: Dict[str, Any], step: int) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """(weighted loss SUM over the micro-batch, {component: detached sum})."""
+        raise NotImplementedError
+
+    def extra_state(self) -> Dict[str, Any]:
+        return {}
+
+
+@dataclass
+class RunInfo:
+    output_dir: Path
+    final_model: Path
+    steps: int
+    history: List[Dict[str, Any]]
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+    data = ("\n".join(kept) + "\n") if kept else ""
+    atomic_write(path, lambda fh: fh.write(data.encode("utf-8")))
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, list):
+        return [_to_device(v, device) for v in batch]
+    return batch
+
+
+def run(task: Task, cfg: Dict[str, Any], env: DistEnv, resume_from: Optional[Path] = None,
+        resume_state: Optional[Dict[str, Any]] = None) -> RunInfo:
+    """Train ``task`` as configured; returns where the final model went."""
+    tcfg = cfg["train"]
+    out = Path(cfg["output_dir"])
+    seed = int(cfg["seed"])
+    n = len(task.dataset)
+    batch, accum = int(tcfg["batch_size"]), int(tcfg["grad_accum"])
+    spe = steps_per_epoch(n, batch)
+    if spe < 1:
+        raise ValueError(f"{n} training sample(s) is fewer than one batch of {batch} (train.batch_size)")
+    total = int(tcfg["epochs"]) * spe
+    if tcfg["max_steps"]:
+        total = min(total, int(tcfg["max_steps"]))
+    amp = resolve_amp(tcfg["amp"], env.device)
+    scaler = torch.amp.GradScaler("cuda", enabled=(amp == torch.float16))
+
+    params = [p for _, p in task.trainable]
+    optimizer = torch.optim.AdamW(param_groups(task.trainable, float(tcfg["weight_decay"])), lr=float(tcfg["lr"]),
+                                  betas=tuple(tcfg["betas"]), eps=float(tcfg["eps"]))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tcfg, total, spe))
+
+    net: nn.Module = task.net
+    if env.distributed:
+        import inspect
+
+        # Buffers (frozen BatchNorm statistics, CLIP's constants) are identical on every rank: no per-step sync.
+        no_sync_kw = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+                      inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+                      else {"broadcast_buffers": False})
+        net = nn.parallel.DistributedDataParallel(
+            task.net, device_ids=[env.device.index] if env.device.type == "cuda" else None,
+            find_unused_parameters=task.find_unused_parameters, **no_sync_kw)
+
+    step, epoch, step_in_epoch = 0, 0, 0
+    if resume_state is not None:
+        st = resume_state
+        for key, now in (("batch_size", batch), ("dataset_len", n), ("seed", seed)):
+            if st["data"][key] != now:
+                raise ValueError(f"cannot resume from {resume_from}: {key} was {st['data'][key]}, now {now} "
+                                 "(exact resume needs the same data order)")
+        optimizer.load_state_dict(st["optimizer"])
+        scheduler.load_state_dict(st["scheduler"])
+        if st.get("scaler"):
+            scaler.load_state_dict(st["scaler"])
+        step, epoch, step_in_epoch = int(st["step"]), int(st["data"]["epoch"]), int(st["data"]["step_in_epoch"])
+        rngs = st.get("rng") or []
+        if len(rngs) == env.world_size:
+            set_rng_state(rngs[env.rank])
+        if env.is_main:
+            log.info("resumed from %s: step %d (epoch %d, step %d of %d)", resume_from, step, epoch,
+                     step_in_epoch, spe)
+    if step_in_epoch >= spe:
+        epoch, step_in_epoch = epoch + 1, 0
+
+    ckpt = CheckpointManager(out, int(tcfg["keep_checkpoints"]))
+    metrics_path = out / "metrics.jsonl"
+    writer = None
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "config.yaml", lambda fh: fh.write(dump(cfg).encode("utf-8")))
+        _truncate_metrics(metrics_path, step)
+        if tcfg["tensorboard"]:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                writer = SummaryWriter(str(out / "tb"), purge_step=step if step else None)
+            except ImportError:
+                log.warning("tensorboard is not installed; logging to metrics.jsonl only")
+    include_backbone = bool(cfg["model"].get("include_backbone", True))
+
+    def save(step_now: int, ep: int, sie: int) -> None:
+        rngs = env.gather_objects(rng_state())
+        if env.is_main:
+            state = {
+                "format": "ovsam_ros.train_state", "version": 1, "stage": task.name, "step": step_now,
+                "data": {"epoch": ep, "step_in_epoch": sie, "sampler_seed": seed, "seed": seed,
+                         "batch_size": batch, "dataset_len": n, "steps_per_epoch": spe},
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                "rng": rngs, "world_size": env.world_size, "config": {k: v for k, v in cfg.items()},
+                **task.extra_state(),
+            }
+            path = ckpt.save(step_now, task.model, state, include_backbone,
+                             {"stage": task.name, "step": step_now, "train_config": cfg})
+            log.info("checkpoint %s", path)
+        env.barrier()
+
+    bar = None
+    if env.is_main and tcfg["progress"]:
+        try:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, initial=step, desc=task.name, unit="step", dynamic_ncols=True)
+        except ImportError:
+            bar = None
+
+    history: List[Dict[str, Any]] = []
+    autocast = (lambda: torch.autocast(env.device.type, dtype=amp)) if amp is not None else contextlib.nullcontext
+    log_every = max(1, int(tcfg["log_every"]))
+    every = int(tcfg["checkpoint_every"] or 0)
+    t_last = time.time()
+    task.net.train()
+    try:
+        while step < total:
+            sampler = StepBatchSampler(n, batch, accum, env.world_size, env.rank, seed, epoch, step_in_epoch)
+            loader = DataLoader(task.dataset, batch_sampler=sampler, collate_fn=task.collate,
+                                num_workers=int(tcfg["num_workers"]), pin_memory=env.device.type == "cuda")
+            it: Iterator = iter(loader)
+            while step_in_epoch < spe and step < total:
+                micro = [task.prepare(_to_device(next(it), env.device), env) for _ in range(accum)]
+                counts = [task.count(b) for b in micro]
+                global_count = float(env.all_reduce_sum(torch.tensor(float(sum(counts)), device=env.device)).item())
+                denom = max(global_count, 1.0)
+                optimizer.zero_grad(set_to_none=True)
+                sums: Dict[str, torch.Tensor] = {}
+                for j, b in enumerate(micro):
+                    sync = net.no_sync() if (env.distributed and j < accum - 1) else contextlib.nullcontext()
+                    with sync:
+                        with autocast():
+                            outputs = net(b)
+                        loss_sum, parts = task.loss(outputs, b, step)
+                        scaler.scale(loss_sum * (env.world_size / denom)).backward()
+                    for k, v in parts.items():
+                        sums[k] = sums.get(k, 0.0) + v.detach().float()
+                scaler.unscale_(optimizer)
+                clip = float(tcfg["grad_clip"] or 0.0)
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                step += 1
+                step_in_epoch += 1
+
+                names = sorted(sums)
+                vec = torch.stack([torch.as_tensor(sums[k], device=env.device).float() for k in names]) \
+                    if names else torch.zeros(0, device=env.device)
+                vec = env.all_reduce_sum(vec) / denom
+                record = {"step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                          "grad_norm": float(grad_norm), "count": global_count}
+                record.update({k: float(v) for k, v in zip(names, vec.tolist())})
+                history.append(record)
+                if env.is_main:
+                    with open(metrics_path, "a", encoding="utf-8") as fh:
+                        fh.write(json.dumps(record) + "\n")
+                    if writer is not None:
+                        for k, v in record.items():
+                            if k not in ("step", "epoch"):
+                                writer.add_scalar(f"{task.name}/{k}", v, step)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}", lr=f"{record['lr']:.2e}")
+                    if step % log_every == 0 or step == total:
+                        dt = time.time() - t_last
+                        t_last = time.time()
+                        msg = " ".join(f"{k}={record[k]:.4f}" for k in names)
+                        log.info("[%s] step %d/%d epoch %d %s lr=%.3e (%.2f s/step)", task.name, step, total, epoch,
+                                 msg, record["lr"], dt / log_every)
+                if (every and step % every == 0) and step < total:
+                    save(step, epoch, step_in_epoch)
+            if step_in_epoch >= spe:
+                epoch, step_in_epoch = epoch + 1, 0
+            del it, loader
+        save(step, epoch, step_in_epoch)
+    finally:
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.close()
+    final = out / "model.pt"
+    if env.is_main:
+        save_ovsam(task.model, final, include_backbone=include_backbone,
+                   extra={"stage": task.name, "step": step, "train_config": cfg})
+        log.info("final model: %s", final)
+    env.barrier()
+    return RunInfo(out, final, step, history)
+
+
+# ----------------------------------------------------------------------------- model building
+MODEL_DEFAULTS: Dict[str, Any] = {
+    "init_checkpoint": None,  # an ovsam_ros checkpoint (e.g. the stage-1 output); wins over preset; the
+    #                           reference / SAM files below are then loaded on top of it
+    "preset": "tiny",  # tiny | tiny-convnext | rn50x16 | convnext_large (when no init_checkpoint)
+    "overrides": {},  # nested OVSAMConfig fields
+    "clip_weights": None,  # LOCAL open_clip weights file
+    "sam_checkpoint": None,  # Meta SAM .pth: prompt encoder + mask decoder init
+    "sam2clip_checkpoint": None,  # reference SAM2CLIP neck
+    "clip2sam_checkpoint": None,  # reference CLIP2SAM head
+    "include_backbone": True,  # store frozen CLIP weights in saved checkpoints
+}
+
+
+def build_model(mcfg: Dict[str, Any], seed: int, resume_from: Optional[Path] = None) -> OVSAM:
+    """The model to train: a resumed checkpoint, else ``init_checkpoint`` (+ reference / SAM files
+    applied on top), else the preset built from the listed files (random init for what none provides)."""
+    from ovsam_ros.loading import ModelSpec
+    from ovsam_ros.model import checkpoints as ck
+    from ovsam_ros.model.ovsam import build_ovsam
+
+    def path(key: str) -> Optional[str]:
+        return os.path.expanduser(mcfg[key]) if mcfg.get(key) else None
+
+    clip = path("clip_weights")
+    if resume_from is not None:
+        return load_ovsam(resume_from / "model.pt", clip_pretrained=clip)
+    if mcfg.get("init_checkpoint"):
+        model = load_ovsam(path("init_checkpoint"), clip_pretrained=clip)
+        if path("sam_checkpoint"):
+            ck.load_sam_decoder(model.decoder, path("sam_checkpoint"))
+        if path("sam2clip_checkpoint"):
+            ck.load_reference_sam2clip(model, path("sam2clip_checkpoint"))
+        if path("clip2sam_checkpoint"):
+            ck.load_reference_clip2sam(model, path("clip2sam_checkpoint"))
+        return model
+    spec = ModelSpec(preset=mcfg["preset"], overrides=mcfg.get("overrides") or {}, clip_weights=clip)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_ovsam(spec.config(), sam_checkpoint=path("sam_checkpoint"),
+                           sam2clip_checkpoint=path("sam2clip_checkpoint"),
+                           clip2sam_checkpoint=path("clip2sam_checkpoint"))
+
+
+def load_resume_state(path: Path) -> Dict[str, Any]:
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)  # our own file
+    if not isinstance(state, dict) or state.get("format") != "ovsam_ros.train_state":
+        raise ValueError(f"{path / 'state.pt'}: not an ovsam_ros training-state file")
+    return state
+
+
+def setup_logging(env: DistEnv, level: int = logging.INFO) -> None:
+    fmt = f"%(asctime)s [rank {env.rank}] %(levelname)s %(name)s: %(message)s" if env.distributed else \
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=logging.WARNING, format=fmt, datefmt="%H:%M:%S")
+    logging.getLogger("training").setLevel(level if env.is_main else logging.WARNING)
+
+
+def configure_torch(tcfg: Dict[str, Any], env: DistEnv) -> None:
+    if tcfg.get("threads"):
+        torch.set_num_threads(int(tcfg["threads"]))
+    if tcfg.get("deterministic"):
+        torch.use_deterministic_algorithms(True, warn_only=True)

@@ -1,0 +1,249 @@
+"""Evaluation with the OVSAM paper's protocol (Table 1) on COCO-format data.
+
+Every ground-truth instance is prompted either by its ground-truth box
+(``box``) or by one point at the maximum of its mask's distance transform
+(``point``, the paper's ``*``: the pixel farthest from the mask boundary,
+``cv2.distanceTransform``). For each prompt the model predicts one mask and a
+label; reported per prompt type:
+
+* mask IoU (mean over instances) overall / base classes / novel classes,
+* label accuracy (% of instances whose top-1 label is the ground-truth class),
+  overall / base / novel, plus per class (IoU, accuracy, count),
+* optionally the paper's recognition baselines on the SAME masks
+  (``--baselines image-crop feature-crop``, see ``ovsam_ros.baselines``).
+
+The predictor is the one robots use (``OVSAMPredictor``), so the numbers are
+what the node will deliver. Base / novel come from the vocabulary's split
+(without a split every class counts as novel).
+
+    ovsam-evaluate --checkpoint runs/stage2/model.pt --annotations val.json --images data/images \\
+        --prompts box point --baselines feature-crop --out runs/stage2/eval.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+import time
+from collections import defaultdict
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .data.coco import CocoInstances
+from .data.common import DataError, write_json
+from .data.transforms import distance_transform_point
+
+log = logging.getLogger("training")
+
+PROMPT_TYPES = ("box", "point")
+
+
+def _mean(values: Sequence[float]) -> Optional[float]:
+    return float(np.mean(values)) if len(values) else None
+
+
+def mask_iou(pred: np.ndarray, gt: np.ndarray) -> float:
+    union = np.logical_or(pred, gt).sum()
+    if union == 0:
+        return 1.0
+    return float(np.logical_and(pred, gt).sum() / union)
+
+
+def evaluate(predictor, coco: CocoInstances, prompts: Sequence[str] = PROMPT_TYPES,
+             baselines: Sequence[str] = (), max_images: Optional[int] = None, multimask: bool = False,
+             progress: bool = True) -> Dict[str, Any]:
+    """Run the protocol; returns the metrics dict (see module doc)."""
+    from ovsam_ros.baselines import relabel
+    from ovsam_ros.prompts import Prompt
+
+    for p in prompts:
+        if p not in PROMPT_TYPES:
+            raise ValueError(f"prompt type must be one of {PROMPT_TYPES}, got {p!r}")
+    vocab = coco.vocab
+    if predictor.vocabulary is None or predictor.vocabulary.fingerprint() != vocab.fingerprint():
+        predictor.set_vocabulary(vocab)
+    records: Dict[str, List[Dict[str, Any]]] = {p: [] for p in prompts}
+    skipped = defaultdict(int)
+    images = coco.images[: max_images] if max_images else coco.images
+    bar = None
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(images), desc="evaluate", unit="img", dynamic_ncols=True)
+        except ImportError:
+            bar = None
+    t0 = time.time()
+    for index in range(len(images)):
+        record = images[index]
+        image, masks = coco.load(index)
+        predictor.set_image(image)
+        valid = [(inst, m) for inst, m in zip(record.instances, masks) if m.any()]
+        skipped["empty_mask"] += len(masks) - len(valid)
+        if not valid:
+            if bar is not None:
+                bar.update(1)
+            continue
+        for kind in prompts:
+            plist = []
+            for inst, m in valid:
+                if kind == "box":
+                    box = inst.box_xyxy() if inst.bbox is not None else _mask_box(m)
+                    plist.append(Prompt(box=list(box)))
+                else:
+                    plist.append(Prompt(points=[list(distance_transform_point(m))], point_labels=[1]))
+            results = predictor.predict(plist, multimask_output=multimask, keep="best")
+            if len(results) != len(plist):
+                raise RuntimeError(f"predictor returned {len(results)} results for {len(plist)} prompts")
+            relabeled = {b: relabel(predictor, results, b) for b in baselines}
+            for j, ((inst, m), res) in enumerate(zip(valid, results)):
+                pred = res.labels[0].class_index if res.labels else -1
+                row = {"image_id": record.image_id, "ann_id": inst.ann_id, "label": inst.label,
+                       "split": coco.split_of(inst.label), "iou": mask_iou(res.mask, m), "pred": int(pred)}
+                for b, rs in relabeled.items():
+                    row[f"pred_{b}"] = rs[j].labels[0].class_index if rs[j].labels else -1
+                records[kind].append(row)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+
+    out: Dict[str, Any] = {
+        "annotations": coco.annotation_file,
+        "vocabulary": vocab.name,
+        "classes": len(vocab),
+        "images": len(images),
+        "seconds": round(time.time() - t0, 2),
+        "skipped": {**coco.skipped.to_dict()["counts"], **{k: v for k, v in skipped.items() if v}},
+        "prompts": {},
+    }
+    for kind, rows in records.items():
+        out["prompts"][kind] = summarize(rows, vocab, baselines)
+    return out
+
+
+def _mask_box(m: np.ndarray):
+    ys, xs = np.nonzero(m)
+    return (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+
+
+def summarize(rows: List[Dict[str, Any]], vocab, baselines: Sequence[str] = ()) -> Dict[str, Any]:
+    def block(sel: List[Dict[str, Any]], pred_key: str = "pred") -> Dict[str, Any]:
+        return {"count": len(sel), "iou": _mean([r["iou"] for r in sel]),
+                "accuracy": _mean([float(r[pred_key] == r["label"]) for r in sel])}
+
+    splits = sorted({r["split"] for r in rows})
+    res: Dict[str, Any] = {"overall": block(rows)}
+    for s in splits:
+        res[s] = block([r for r in rows if r["split"] == s])
+    per_class = {}
+    for c in sorted({r["label"] for r in rows}):
+        sel = [r for r in rows if r["label"] == c]
+        per_class[vocab.classes[c]] = {**block(sel), "split": sel[0]["split"]}
+    res["per_class"] = per_class
+    accs = [v["accuracy"] for v in per_class.values() if v["accuracy"] is not None]
+    res["class_mean_accuracy"] = _mean(accs)
+    res["baselines"] = {}
+    for b in baselines:
+        entry = {"overall": block(rows, f"pred_{b}")["accuracy"]}
+        for s in splits:
+            entry[s] = block([r for r in rows if r["split"] == s], f"pred_{b}")["accuracy"]
+        res["baselines"][b] = entry
+    return res
+
+
+def format_table(metrics: Dict[str, Any]) -> str:
+    def pct(v: Optional[float]) -> str:
+        return "   -  " if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:6.1f}"
+
+    lines = [f"{metrics['annotations']}: {metrics['images']} images, vocabulary '{metrics['vocabulary']}' "
+             f"({metrics['classes']} classes)"]
+    header = f"{'prompt':8s} {'method':13s} {'IoU':>6s} {'IoU_b':>6s} {'IoU_n':>6s} {'Acc':>6s} {'Acc_b':>6s} {'Acc_n':>6s}  count"
+    lines += [header, "-" * len(header)]
+    for kind, m in metrics["prompts"].items():
+        base, novel = m.get("base", {}), m.get("novel", {})
+        lines.append(f"{kind:8s} {'ovsam':13s} {pct(m['overall']['iou'])} {pct(base.get('iou'))} {pct(novel.get('iou'))} "
+                     f"{pct(m['overall']['accuracy'])} {pct(base.get('accuracy'))} {pct(novel.get('accuracy'))}  "
+                     f"{m['overall']['count']}")
+        for b, acc in m["baselines"].items():
+            lines.append(f"{kind:8s} {b:13s} {'':6s} {'':6s} {'':6s} {pct(acc['overall'])} {pct(acc.get('base'))} "
+                         f"{pct(acc.get('novel'))}")
+    lines.append("")
+    for kind, m in metrics["prompts"].items():
+        lines.append(f"per class ({kind} prompts):")
+        for name, v in m["per_class"].items():
+            lines.append(f"  {name:28s} {v['split']:6s} IoU {pct(v['iou'])}  Acc {pct(v['accuracy'])}  n={v['count']}")
+    return "\n".join(lines)
+
+
+def build_eval_predictor(checkpoint: Optional[str], model_yaml: Optional[str], device: str, precision: str,
+                         templates: str, clip_weights: Optional[str] = None):
+    """The robots' predictor, from an ovsam_ros checkpoint or a model YAML (vocabulary set later)."""
+    from ovsam_ros.loading import build_predictor
+    from ovsam_ros.model.checkpoints import load_ovsam
+    from ovsam_ros.model.vocabulary import get_templates
+    from ovsam_ros.predictor import OVSAMPredictor
+
+    if checkpoint:
+        clip = os.path.expanduser(clip_weights) if clip_weights else None
+        model = load_ovsam(os.path.expanduser(checkpoint), clip_pretrained=clip)
+        return OVSAMPredictor(model, vocabulary=None, device=device, precision=precision,
+                              templates=get_templates(templates), trained=True)
+    predictor = build_predictor(model_yaml, device=device, precision=precision)
+    predictor.templates = get_templates(templates)
+    return predictor
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ovsam-evaluate",
+        description="Evaluate a model with the OVSAM paper's protocol on COCO-format data: each ground-truth "
+                    "instance is prompted by its box and/or by one point at its mask's distance-transform "
+                    "maximum; reports mask IoU (overall / base / novel) and label accuracy (top-1 == ground "
+                    "truth), per class and overall, optionally with the image-crop / feature-crop baselines.")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="an ovsam_ros checkpoint (e.g. the stage-2 output model.pt)")
+    src.add_argument("--model", help="a model YAML (config/models/*.yaml or a path), e.g. the reference weights")
+    parser.add_argument("--clip-weights", default=None,
+                        help="open_clip weights, for a checkpoint saved without the backbone (include_backbone: false)")
+    parser.add_argument("--annotations", required=True, help="COCO-format instances JSON")
+    parser.add_argument("--images", default=None, help="image root (default: next to the JSON)")
+    parser.add_argument("--vocabulary", default=None,
+                        help="vocabulary spec (default: the JSON's categories, base/novel from their 'split')")
+    parser.add_argument("--prompts", nargs="+", default=list(PROMPT_TYPES), choices=PROMPT_TYPES)
+    parser.add_argument("--baselines", nargs="*", default=[], choices=["image-crop", "feature-crop"])
+    parser.add_argument("--max-images", type=int, default=None)
+    parser.add_argument("--multimask", action="store_true",
+                        help="let the decoder propose 3 masks and keep the best by predicted IoU "
+                             "(default: the single trained mask, as in the reference)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    parser.add_argument("--templates", default="vild", help="prompt templates: vild | single")
+    parser.add_argument("--unknown-category", default="error", choices=["error", "skip"])
+    parser.add_argument("--out", default=None, help="write the metrics JSON here")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        coco = CocoInstances(args.annotations, args.images, args.vocabulary, unknown_category=args.unknown_category)
+        predictor = build_eval_predictor(args.checkpoint, args.model, args.device, args.precision, args.templates,
+                                         args.clip_weights)
+        metrics = evaluate(predictor, coco, args.prompts, args.baselines, args.max_images, args.multimask,
+                           progress=not args.no_progress)
+    except (DataError, FileNotFoundError, ValueError) as err:
+        print(f"ovsam-evaluate: error: {err}", file=sys.stderr)
+        return 2
+    metrics["checkpoint"] = args.checkpoint or args.model
+    print(format_table(metrics))
+    if args.out:
+        write_json(args.out, metrics, indent=1)
+        print(f"metrics written to {os.path.abspath(args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,190 @@
+"""Stage 1: SAM2CLIP distillation (images only, no labels).
+
+A frozen SAM-family image encoder (the teacher: Meta SAM ViT-H/L/B, or a
+tiny one for tests) and the frozen CLIP backbone see the same padded,
+normalised image; only ``model.sam2clip`` trains, to reproduce the teacher's
+[256, G, G] embedding under an MSE loss (reference: AdamW 1e-4, wd 0.05,
+500-step warmup + cosine, grad clip 5, 24 epochs, 16 images per batch).
+
+Teacher features can be cached on disk (``teacher.cache_dir``): the teacher
+then runs once per image over the whole training run (and across runs).
+
+    ovsam-train-stage1 --config stage1_tiny --set data.images=/data/frames --output-dir runs/s1
+    torchrun --nproc_per_node=4 -m training.stage1 --config stage1_rn50x16 ...
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ovsam_ros.model.checkpoints import build_sam_teacher
+from ovsam_ros.model.ovsam import OVSAM
+
+from . import engine
+from .cli_common import main_wrapper
+from .data.common import write_json
+from .data.datasets import ImageFolderDataset, collate_images
+from .data.feature_cache import TeacherFeatureCache, weights_fingerprint
+
+log = logging.getLogger("training")
+
+DEFAULTS: Dict[str, Any] = {
+    "seed": 0,
+    "output_dir": "runs/stage1",
+    "model": copy.deepcopy(engine.MODEL_DEFAULTS),
+    "teacher": {
+        "kind": "tiny",  # vit_h | vit_l | vit_b | tiny
+        "checkpoint": None,  # Meta SAM .pth (image_encoder.* keys); None: random init (tests only)
+        "seed": 0,  # random-init seed when there is no checkpoint
+        "cache_dir": None,  # on-disk teacher-feature cache
+        "cache_dtype": "float32",  # float32 | float16 | bfloat16
+    },
+    "data": {
+        "images": None,  # folder (or list of folders) of images, searched recursively
+        "flip": False,  # random horizontal flip (the cache keeps one entry per flip state)
+        "check_images": False,  # decode every image at start-up, skip (and count) unreadable ones
+    },
+    "train": {**copy.deepcopy(engine.TRAIN_DEFAULTS), "epochs": 24, "batch_size": 16, "warmup_steps": 500,
+              "schedule": "cosine", "grad_clip": 5.0},
+}
+
+
+class Stage1Net(nn.Module):
+    """Frozen CLIP backbone -> trainable SAM2CLIP (the module DDP wraps)."""
+
+    def __init__(self, model: OVSAM) -> None:
+        super().__init__()
+        self.backbone = model.backbone
+        self.sam2clip = model.sam2clip
+
+    def forward(self, batch: Dict[str, Any]) -> torch.Tensor:
+        with torch.no_grad():
+            feats = self.backbone(batch["images"])
+        return self.sam2clip(feats)
+
+
+def teacher_geometry(teacher: nn.Module) -> Dict[str, int]:
+    img = int(teacher.img_size)
+    patch = teacher.patch_embed.proj.kernel_size[0]
+    out = [m for m in teacher.neck.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+    return {"image_size": img, "grid": img // patch, "channels": int(out)}
+
+
+def build_teacher(tcfg: Dict[str, Any], model: OVSAM) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(tcfg["seed"]))
+        ckpt = os.path.expanduser(tcfg["checkpoint"]) if tcfg.get("checkpoint") else None
+        teacher = build_sam_teacher(tcfg["kind"], ckpt)
+    if ckpt is None and tcfg["kind"] != "tiny":
+        log.warning("teacher %s has no checkpoint: distilling a RANDOM encoder (only useful for tests)", tcfg["kind"])
+    geo = teacher_geometry(teacher)
+    want = {"image_size": model.image_size, "grid": model.cfg.embedding_size, "channels": model.cfg.sam2clip.out_chans}
+    if geo != want:
+        raise ValueError(f"teacher {tcfg['kind']!r} produces {geo['channels']}x{geo['grid']}x{geo['grid']} features "
+                         f"from {geo['image_size']} px images, but the student's SAM2CLIP gives "
+                         f"{want['channels']}x{want['grid']}x{want['grid']} from {want['image_size']} px "
+                         "(choose a teacher matching model.image_size and sam2clip.out_chans)")
+    return teacher
+
+
+def teacher_identity(tcfg: Dict[str, Any], teacher: nn.Module) -> str:
+    if tcfg.get("checkpoint"):
+        path = Path(os.path.expanduser(tcfg["checkpoint"]))
+        st = path.stat()
+        return f"{tcfg['kind']}:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    return f"{tcfg['kind']}:{weights_fingerprint(teacher)}"
+
+
+class Stage1Task(engine.Task):
+    name = "stage1"
+
+    def __init__(self, cfg: Dict[str, Any], env: engine.DistEnv, resume_from: Optional[Path]) -> None:
+        self.cfg = cfg
+        self.model = engine.build_model(cfg["model"], int(cfg["seed"]), resume_from).to(env.device)
+        self.trainable = engine.freeze_all_but(self.model, lambda n: n.startswith("sam2clip."))
+        self.model.eval()  # frozen parts stay in eval mode; the net switches sam2clip to train
+        self.teacher = build_teacher(cfg["teacher"], self.model).to(env.device)
+        self.net = Stage1Net(self.model)
+        tc = cfg["teacher"]
+        self.cache = None
+        if tc.get("cache_dir"):
+            self.cache = TeacherFeatureCache(tc["cache_dir"], teacher_identity(tc, self.teacher), tc["cache_dtype"])
+        images = cfg["data"]["images"]
+        if not images:
+            raise ValueError("data.images is not set: give a folder of training images (--set data.images=DIR)")
+        self.dataset = ImageFolderDataset(images, self.model.image_size, seed=int(cfg["seed"]),
+                                          flip=bool(cfg["data"]["flip"]), check_images=bool(cfg["data"]["check_images"]),
+                                          cache=self.cache)
+        self.collate = collate_images
+        self.teacher_runs = 0
+        self.cache_hits = 0
+
+    def prepare(self, batch: Dict[str, Any], env: engine.DistEnv) -> Dict[str, Any]:
+        targets: List[torch.Tensor] = []
+        for i, cached in enumerate(batch["teacher"]):
+            if cached is not None:
+                self.cache_hits += 1
+                targets.append(cached.to(env.device))
+                continue
+            with torch.no_grad():  # one image at a time: a target never depends on batch composition
+                feats = self.teacher(batch["images"][i:i + 1])[0].float()
+            self.teacher_runs += 1
+            if self.cache is not None:
+                feats = feats.to(self.cache.dtype).float()  # what the cache will return next time
+                self.cache.put(batch["cache_key"][i], feats)
+            targets.append(feats)
+        batch["target"] = torch.stack(targets)
+        return batch
+
+    def count(self, batch: Dict[str, Any]) -> int:
+        return int(batch["images"].shape[0])
+
+    def loss(self, outputs: torch.Tensor, batch: Dict[str, Any], step: int):
+        per_image = F.mse_loss(outputs.float(), batch["target"], reduction="none").flatten(1).mean(1)
+        total = per_image.sum()
+        return total, {"loss": total.detach(), "mse": total.detach()}
+
+
+def train(cfg: Dict[str, Any], resume: Optional[str] = None, quiet: bool = False) -> engine.RunInfo:
+    env = engine.setup_distributed(cfg["train"]["device"])
+    engine.setup_logging(env, logging.WARNING if quiet else logging.INFO)
+    try:
+        engine.configure_torch(cfg["train"], env)
+        engine.seed_everything(int(cfg["seed"]))
+        out = Path(cfg["output_dir"])
+        resume_from = engine.resolve_resume(resume, out)
+        state = engine.load_resume_state(resume_from) if resume_from else None
+        task = Stage1Task(cfg, env, resume_from)
+        if env.is_main:
+            log.info("stage 1: %d images, teacher %s, student SAM2CLIP %.2fM trainable params, world size %d",
+                     len(task.dataset), cfg["teacher"]["kind"],
+                     sum(p.numel() for _, p in task.trainable) / 1e6, env.world_size)
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(out / "data_report.json", {"images": len(task.dataset), "skipped": task.dataset.skipped.to_dict()},
+                       indent=1)
+        info = engine.run(task, cfg, env, resume_from, state)
+        if env.is_main:
+            log.info("teacher ran on %d image(s), %d cache hit(s)", task.teacher_runs, task.cache_hits)
+        return info
+    finally:
+        engine.teardown_distributed(env)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return main_wrapper(
+        "ovsam-train-stage1",
+        "Stage 1 of OVSAM training: distil a frozen SAM image encoder into SAM2CLIP on top of the frozen "
+        "CLIP backbone (images only, no labels). Config: YAML + --set overrides.",
+        "stage1_tiny", DEFAULTS, train, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

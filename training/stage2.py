@@ -1,0 +1,386 @@
+"""Stage 2: CLIP2SAM + mask decoder + label token on COCO-format instances.
+
+Everything else (CLIP backbone, SAM2CLIP, prompt encoder) is frozen. Per image
+(reference recipe) up to ``instances_per_image`` ground-truth instances are
+prompted, half by their box and half by one random point inside the mask;
+novel classes are dropped (``data.train_splits``). Losses:
+
+* softmax CE (weight 2) of the region embeddings' cosine logits against the
+  training vocabulary's text embeddings, with a background column (weight 0.1);
+* mask BCE (5) + Dice (5) on uncertainty-sampled points (Mask2Former);
+* optional: IoU-head MSE (``loss.iou_weight``; ours, the reference has no IoU head).
+
+With ``data.class_folders.root`` ImageNet-style class folders join the
+training set: whole-image box prompts, classification loss only (the paper's
+vocabulary expansion), scored against their own vocabulary.
+
+The output ``<output_dir>/model.pt`` is an ``ovsam_ros`` checkpoint: load it
+with ``load_ovsam`` or in a model YAML as ``model: {ovsam_checkpoint: ...}``.
+
+    ovsam-train-stage2 --config stage2_tiny --set model.init_checkpoint=runs/s1/model.pt
+    torchrun --nproc_per_node=8 -m training.stage2 --config stage2_coco_rn50x16 ...
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ovsam_ros.model.ovsam import OVSAM
+from ovsam_ros.model.vocabulary import (
+    OpenCLIPTextEncoder,
+    TextEmbeddingCache,
+    TextEmbeddings,
+    Vocabulary,
+    encode_vocabulary,
+    get_templates,
+)
+
+from . import engine
+from .cli_common import main_wrapper
+from .data.coco import CocoInstances
+from .data.common import write_json
+from .data.datasets import ClassFolderDataset, ConcatDataset, DetectionDataset, collate_instances
+from .losses import classification_loss, lowres_iou, mask_losses, sample_points
+
+log = logging.getLogger("training")
+
+DEFAULTS: Dict[str, Any] = {
+    "seed": 0,
+    "output_dir": "runs/stage2",
+    "model": copy.deepcopy(engine.MODEL_DEFAULTS),
+    "train_prompt_encoder": False,  # reference: frozen (SAM's); True helps a randomly initialised one
+    "data": {
+        "annotations": None,  # COCO-format instances JSON
+        "images": None,  # image root (file_name is relative to it); default: next to the JSON
+        "vocabulary": None,  # load_vocabulary spec; default: the JSON's categories (+ their 'split')
+        "train_splits": ["base"],  # classes trained on; instances of other splits are dropped (counted)
+        "instances_per_image": 40,
+        "fill_instances": False,  # repeat instances (fresh prompts) up to instances_per_image (ours)
+        "box_fraction": 0.5,  # share of box prompts; the rest are one random point inside the mask
+        "scale_range": [0.9, 2.0],  # scale jitter (x resize-longest-side); LVIS reference: [0.1, 2.0]
+        "flip": True,
+        "min_mask_area": 32,  # pixels after the transform
+        "unknown_category": "error",  # error | skip
+        "missing_images": "error",  # error | skip
+        "corrupt_images": "error",  # error | skip (with check_images)
+        "self_intersecting": "skip",  # skip | keep | error
+        "check_polygons": True,  # test polygons for self-intersection (~1-2 min once for all of COCO)
+        "check_images": False,  # decode every image at start-up
+        "class_folders": {
+            "root": None,  # ImageNet-style root/<class>/*.jpg (vocabulary expansion, labels only)
+            "vocabulary": None,  # e.g. imagenet21k (folders named by WordNet id); default: folder names
+            "repeat": 1,
+            "unknown_class": "error",
+            "scale_range": [1.0, 1.0],
+        },
+    },
+    "loss": {
+        "cls_weight": 2.0,
+        "background_weight": 0.1,
+        "mask_bce_weight": 5.0,
+        "mask_dice_weight": 5.0,
+        "iou_weight": 0.0,  # > 0: also train SAM's IoU head (MSE to the low-res mask IoU)
+        "num_points": 12544,
+        "oversample_ratio": 3.0,
+        "importance_sample_ratio": 0.75,
+        "point_sampling": "uncertainty",  # uncertainty | random
+    },
+    "text": {
+        "templates": "vild",  # vild (14) | single | a list of '{}' templates
+        "cache_dir": None,  # text-embedding cache folder
+    },
+    "train": {**copy.deepcopy(engine.TRAIN_DEFAULTS), "epochs": 12, "batch_size": 16, "schedule": "multistep",
+              "milestones": [8, 11], "grad_clip": 0.01},
+}
+
+
+def trainable_filter(model: OVSAM, iou_weight: float, prompt_encoder: bool = False):
+    label_mlp = model.clip2sam.label_weight != 0.0
+    use_iou = model.decoder.output_tokens == "sam"
+    hyper = "decoder.mask_decoder.output_hypernetworks_mlps."
+
+    def keep(name: str) -> bool:
+        if name.startswith("clip2sam."):
+            return True
+        if name.startswith("decoder.prompt_encoder."):
+            return prompt_encoder
+        if name == "decoder.label_token.weight":
+            return bool(model.decoder.use_label_token)
+        if name.startswith("decoder.label_mlp."):
+            return label_mlp and bool(model.decoder.use_label_token)
+        if name.startswith("decoder.mask_decoder."):
+            if name.startswith(hyper):  # only mask 0 is trained (reference: single mask token)
+                return name[len(hyper):].split(".")[0] == "0"
+            if name.startswith("decoder.mask_decoder.iou_prediction_head."):
+                return use_iou and iou_weight > 0
+            if name.startswith("decoder.mask_decoder.iou_token."):
+                return use_iou
+            return True
+        return False
+
+    return keep
+
+
+class Stage2Net(nn.Module):
+    """Encode images, decode box and point prompts (the module DDP wraps)."""
+
+    def __init__(self, model: OVSAM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+        m = self.model
+        feats = m.encode_image(batch["images"])
+        out: Dict[str, Any] = {}
+        for group in ("box", "point"):
+            g = batch["groups"][group]
+            if g is None:
+                continue
+            if group == "box":
+                res = m.decode(feats, boxes=g["prompts"], multimask_output=False, image_index=g["image_index"],
+                               roi_boxes=g["roi_boxes"])
+            else:
+                labels = torch.ones(g["prompts"].shape[0], 1, dtype=torch.long, device=g["prompts"].device)
+                res = m.decode(feats, point_coords=g["prompts"].unsqueeze(1), point_labels=labels,
+                               multimask_output=False, image_index=g["image_index"], roi_boxes=g["roi_boxes"])
+            out[group] = res
+        return out
+
+
+def text_weights_id(model: OVSAM) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.backbone.clip.state_dict().items()):
+        if not name.startswith("visual."):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def encode_text(model: OVSAM, vocab: Vocabulary, templates: Any, cache_dir: Optional[str],
+                device: torch.device, env: Optional[engine.DistEnv] = None) -> TextEmbeddings:
+    """Text embeddings of ``vocab`` with the model's CLIP text tower (cached on disk when asked)."""
+    templates = get_templates(templates)
+    model_id = model.cfg.backbone.model_name
+
+    def compute() -> TextEmbeddings:
+        with torch.no_grad():
+            return encode_vocabulary(OpenCLIPTextEncoder(model.backbone.clip), model.tokenizer, vocab, templates,
+                                     device=device, progress=False, model_id=model_id)
+
+    if not cache_dir:
+        return compute().to(device)
+    cache = TextEmbeddingCache(os.path.expanduser(cache_dir))
+    wid = text_weights_id(model)
+    if env is None or env.is_main:
+        emb = cache.get_or_compute(compute, model_id=model_id, weights_id=wid, vocab=vocab, templates=templates)
+    if env is not None:
+        env.barrier()
+        if not env.is_main:
+            emb = cache.get(model_id, wid, vocab, templates) or compute()
+    return emb.to(device)
+
+
+class Stage2Task(engine.Task):
+    name = "stage2"
+    find_unused_parameters = True  # FPN levels / groups without RoIs in a batch get no gradient
+
+    def __init__(self, cfg: Dict[str, Any], env: engine.DistEnv, resume_from: Optional[Path]) -> None:
+        self.cfg = cfg
+        self.env = env
+        dcfg, lcfg = cfg["data"], cfg["loss"]
+        seed = int(cfg["seed"])
+        self.model = engine.build_model(cfg["model"], seed, resume_from).to(env.device)
+        self.trainable = engine.freeze_all_but(
+            self.model, trainable_filter(self.model, float(lcfg["iou_weight"]), bool(cfg["train_prompt_encoder"])))
+        self.model.eval()
+        self.net = Stage2Net(self.model)
+        size = self.model.image_size
+
+        if not dcfg["annotations"]:
+            raise ValueError("data.annotations is not set: give a COCO-format instances JSON")
+        self.coco = CocoInstances(
+            dcfg["annotations"], dcfg["images"], dcfg["vocabulary"], keep_splits=dcfg["train_splits"],
+            require_instances=True, unknown_category=dcfg["unknown_category"],
+            missing_images=dcfg["missing_images"], corrupt_images=dcfg["corrupt_images"],
+            self_intersecting=dcfg["self_intersecting"], check_images=bool(dcfg["check_images"]),
+            check_polygons=bool(dcfg["check_polygons"]))
+        full = self.coco.vocab
+        if full.split is not None and dcfg["train_splits"]:
+            train_idx = [i for i, s in enumerate(full.split) if s in dcfg["train_splits"]]
+        else:
+            train_idx = list(range(len(full)))
+        if not train_idx:
+            raise ValueError(f"no class of vocabulary '{full.name}' is in data.train_splits={dcfg['train_splits']}")
+        self.train_vocab = full.subset(train_idx, name=f"{full.name}:{'+'.join(dcfg['train_splits'] or ['all'])}")
+        label_map = {full_i: j for j, full_i in enumerate(train_idx)}
+        parts: List[Any] = [DetectionDataset(
+            self.coco, size, seed=seed, instances_per_image=int(dcfg["instances_per_image"]),
+            box_fraction=float(dcfg["box_fraction"]), scale_range=tuple(dcfg["scale_range"]), flip=bool(dcfg["flip"]),
+            min_mask_area=int(dcfg["min_mask_area"]), label_map=label_map,
+            fill_instances=bool(dcfg["fill_instances"]))]
+        repeats = [1]
+        texts = [self.train_vocab]
+        cf = dcfg.get("class_folders") or {}
+        self.class_folders = None
+        if cf.get("root"):
+            self.class_folders = ClassFolderDataset(
+                cf["root"], cf.get("vocabulary"), size, seed=seed, scale_range=tuple(cf.get("scale_range") or (1, 1)),
+                unknown_class=cf.get("unknown_class", "error"), check_images=bool(dcfg["check_images"]))
+            parts.append(self.class_folders)
+            repeats.append(int(cf.get("repeat") or 1))
+            texts.append(self.class_folders.vocab)
+        self.dataset = parts[0] if len(parts) == 1 else ConcatDataset(parts, repeats)
+        self.collate = collate_instances
+        self.texts = [encode_text(self.model, v, cfg["text"]["templates"], cfg["text"]["cache_dir"], env.device, env)
+                      for v in texts]
+        self.seed = seed
+
+    # ------------------------------------------------------------------ batches
+    def prepare(self, batch: Dict[str, Any], env: engine.DistEnv) -> Dict[str, Any]:
+        items = batch["items"]
+        dev = env.device
+        boxes, points, is_box, labels, image_index, sources, has_mask, masks = [], [], [], [], [], [], [], []
+        for i, it in enumerate(items):
+            k = int(it["labels"].shape[0])
+            boxes.append(it["boxes"])
+            points.append(it["points"])
+            is_box.append(it["is_box"])
+            labels.append(it["labels"])
+            image_index.append(torch.full((k,), i, dtype=torch.long))
+            sources.append(torch.full((k,), int(it["source"]), dtype=torch.long))
+            has_mask.append(torch.full((k,), bool(it["has_mask"]), dtype=torch.bool))
+            if it["has_mask"]:
+                masks.append(it["masks"])
+        cat = lambda xs, dtype=None: torch.cat(xs).to(dev) if xs else torch.zeros(0, dtype=dtype, device=dev)  # noqa: E731
+        b = {
+            "images": batch["images"],
+            "boxes": cat(boxes).float().reshape(-1, 4),
+            "points": cat(points).float().reshape(-1, 2),
+            "is_box": cat(is_box, torch.bool).bool(),
+            "labels": cat(labels, torch.long).long(),
+            "image_index": cat(image_index, torch.long),
+            "source": cat(sources, torch.long),
+            "has_mask": cat(has_mask, torch.bool).bool(),
+            "masks": torch.cat(masks).to(dev) if masks else None,
+            "items": items,
+        }
+        n = b["labels"].shape[0]
+        groups: Dict[str, Any] = {"box": None, "point": None}
+        if n == 0:  # keep every trainable parameter in the graph (DDP); the loss is multiplied by 0
+            s = float(self.model.image_size)
+            groups["box"] = {"idx": torch.zeros(0, dtype=torch.long, device=dev),
+                             "prompts": torch.tensor([[0.0, 0.0, s, s]], device=dev),
+                             "roi_boxes": torch.tensor([[0.0, 0.0, s, s]], device=dev),
+                             "image_index": torch.zeros(1, dtype=torch.long, device=dev)}
+        else:
+            for name, sel in (("box", b["is_box"]), ("point", ~b["is_box"])):
+                idx = torch.nonzero(sel).flatten()
+                if idx.numel():
+                    groups[name] = {"idx": idx, "image_index": b["image_index"][idx], "roi_boxes": b["boxes"][idx],
+                                    "prompts": b["boxes"][idx] if name == "box" else b["points"][idx]}
+        b["groups"] = groups
+        return b
+
+    def count(self, batch: Dict[str, Any]) -> int:
+        return int(batch["labels"].shape[0])
+
+    # ------------------------------------------------------------------ losses
+    def loss(self, outputs: Dict[str, Any], batch: Dict[str, Any], step: int):
+        lcfg = self.cfg["loss"]
+        n = batch["labels"].shape[0]
+        if n == 0:
+            res = outputs["box"]
+            zero = 0.0 * (res["masks_lowres"].float().sum() + res["region_embeddings"].float().sum()
+                          + res["iou"].float().nan_to_num().sum())
+            return zero, {"loss": zero.detach(), "cls": zero.detach(), "bce": zero.detach(),
+                          "dice": zero.detach(), "iou": zero.detach()}
+        dev = batch["labels"].device
+        # back to instance order: cat the groups, then invert their index permutation
+        names = list(outputs)
+        order = torch.cat([batch["groups"][g]["idx"] for g in names])
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=dev)
+        lowres = torch.cat([outputs[g]["masks_lowres"][:, :1].float() for g in names])[inverse]
+        regions = torch.cat([outputs[g]["region_embeddings"][:, 0].float() for g in names])[inverse]
+        iou_pred = torch.cat([outputs[g]["iou"][:, 0].float().nan_to_num() for g in names])[inverse]
+
+        # classification, per label space (0: detection vocabulary, 1: class folders)
+        cls = lowres.new_zeros(())
+        for source, text in enumerate(self.texts):
+            sel = batch["source"] == source
+            if sel.any():
+                cls = cls + classification_loss(regions[sel], batch["labels"][sel], text,
+                                                float(lcfg["background_weight"]))
+        # masks on sampled points
+        bce = dice = iou_l = lowres.new_zeros(())
+        hm = batch["has_mask"]
+        if hm.any():
+            logits = lowres[hm]
+            targets = batch["masks"].unsqueeze(1)
+            counts, gens = [], []
+            for it in batch["items"]:
+                counts.append(int(it["labels"].shape[0]) if it["has_mask"] else 0)
+                e, i = it["key"]
+                gens.append(torch.Generator().manual_seed(hash_seed(self.seed, e, i)))
+            coords = sample_points(logits, int(lcfg["num_points"]), gens, counts, float(lcfg["oversample_ratio"]),
+                                   float(lcfg["importance_sample_ratio"]), lcfg["point_sampling"])
+            bce, dice = mask_losses(logits, targets, coords)
+            if float(lcfg["iou_weight"]) > 0:
+                with torch.no_grad():
+                    actual = lowres_iou(logits.detach(), targets)
+                iou_l = ((iou_pred[hm] - actual) ** 2).sum()
+        total = (float(lcfg["cls_weight"]) * cls + float(lcfg["mask_bce_weight"]) * bce
+                 + float(lcfg["mask_dice_weight"]) * dice + float(lcfg["iou_weight"]) * iou_l)
+        return total, {"loss": total.detach(), "cls": cls.detach(), "bce": bce.detach(), "dice": dice.detach(),
+                       "iou": iou_l.detach()}
+
+
+def hash_seed(*parts: int) -> int:
+    h = hashlib.sha256(",".join(str(int(p)) for p in parts).encode()).digest()
+    return int.from_bytes(h[:8], "little") & 0x7FFFFFFFFFFFFFFF
+
+
+def train(cfg: Dict[str, Any], resume: Optional[str] = None, quiet: bool = False) -> engine.RunInfo:
+    env = engine.setup_distributed(cfg["train"]["device"])
+    engine.setup_logging(env, logging.WARNING if quiet else logging.INFO)
+    try:
+        engine.configure_torch(cfg["train"], env)
+        engine.seed_everything(int(cfg["seed"]))
+        out = Path(cfg["output_dir"])
+        resume_from = engine.resolve_resume(resume, out)
+        state = engine.load_resume_state(resume_from) if resume_from else None
+        task = Stage2Task(cfg, env, resume_from)
+        if env.is_main:
+            log.info("stage 2: %d images / %d instances (%d training classes: %s), %.2fM trainable params, "
+                     "world size %d", len(task.coco), task.coco.num_instances, len(task.train_vocab),
+                     ", ".join(task.train_vocab.classes[:8]) + (" ..." if len(task.train_vocab) > 8 else ""),
+                     sum(p.numel() for _, p in task.trainable) / 1e6, env.world_size)
+            out.mkdir(parents=True, exist_ok=True)
+            report = {"detection": task.coco.stats(), "train_vocabulary": task.train_vocab.to_dict()}
+            if task.class_folders is not None:
+                report["class_folders"] = {"images": len(task.class_folders),
+                                           "skipped": task.class_folders.skipped.to_dict()}
+            write_json(out / "data_report.json", report, indent=1)
+        return engine.run(task, cfg, env, resume_from, state)
+    finally:
+        engine.teardown_distributed(env)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return main_wrapper(
+        "ovsam-train-stage2",
+        "Stage 2 of OVSAM training: CLIP2SAM + SAM decoder + label token on COCO-format instances "
+        "(box and point prompts; CE + mask BCE/Dice). The result loads into the predictor and the ROS node.",
+        "stage2_tiny", DEFAULTS, train, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
