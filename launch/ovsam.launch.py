@@ -1,0 +1,76 @@
+"""Launch the OVSAM perception node (lifecycle) on a real ROS 2 install.
+
+    ros2 launch ovsam_ros ovsam.launch.py camera:=/camera/color/image_raw
+    ros2 launch ovsam_ros ovsam.launch.py config:=$(ros2 pkg prefix ovsam_ros)/share/ovsam_ros/config/jetson.yaml
+    ros2 launch ovsam_ros ovsam.launch.py namespace:=front model:=rn50x16 device:=cuda precision:=fp16
+
+Arguments: config (parameters YAML), namespace, camera (image topic; its
+``/compressed`` sibling is remapped too), model / device / precision (override the
+config when not empty), autostart (configure + activate through the lifecycle).
+
+Needs launch and launch_ros (a ROS 2 install). Without them, start the node with
+its console script: ``ovsam-node --params-file config/ovsam.yaml --ros-args -r image:=/camera/image_raw``.
+"""
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
+from launch.conditions import IfCondition
+from launch.events import matches_action
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import LifecycleNode
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
+from launch_ros.substitutions import FindPackageShare
+from lifecycle_msgs.msg import Transition
+
+
+def _node_and_lifecycle(context, *args, **kwargs):
+    camera = LaunchConfiguration("camera").perform(context).rstrip("/")
+    overrides = {}
+    for name in ("model", "device", "precision"):
+        value = LaunchConfiguration(name).perform(context)
+        if value:  # empty: keep the config file's value
+            overrides[name] = value
+    node = LifecycleNode(
+        package="ovsam_ros",
+        executable="ovsam_node",
+        name="ovsam",
+        namespace=LaunchConfiguration("namespace"),
+        output="screen",
+        arguments=["--no-autostart"],  # the lifecycle is driven below
+        parameters=[LaunchConfiguration("config"), overrides],
+        remappings=[("image", camera), ("image/compressed", camera + "/compressed")],
+    )
+    autostart = IfCondition(LaunchConfiguration("autostart"))
+    configure = EmitEvent(
+        event=ChangeState(lifecycle_node_matcher=matches_action(node), transition_id=Transition.TRANSITION_CONFIGURE),
+        condition=autostart,
+    )
+    activate = RegisterEventHandler(
+        OnStateTransition(
+            target_lifecycle_node=node,
+            goal_state="inactive",
+            entities=[EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
+                                                  transition_id=Transition.TRANSITION_ACTIVATE))],
+        ),
+        condition=autostart,
+    )
+    return [node, activate, configure]
+
+
+def generate_launch_description() -> LaunchDescription:
+    default_config = PathJoinSubstitution([FindPackageShare("ovsam_ros"), "config", "ovsam.yaml"])
+    return LaunchDescription([
+        DeclareLaunchArgument("config", default_value=default_config,
+                              description="parameters YAML (config/ovsam.yaml, config/jetson.yaml or yours)"),
+        DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
+        DeclareLaunchArgument("camera", default_value="/camera/image_raw",
+                              description="sensor_msgs/Image topic to segment (<camera>/compressed also works)"),
+        DeclareLaunchArgument("model", default_value="",
+                              description="model YAML name (config/models/) or path; empty = the config's"),
+        DeclareLaunchArgument("device", default_value="", description="cpu | cuda | cuda:N | auto; empty = the config's"),
+        DeclareLaunchArgument("precision", default_value="", description="fp32 | fp16 | bf16; empty = the config's"),
+        DeclareLaunchArgument("autostart", default_value="true",
+                              description="configure and activate the lifecycle node on launch"),
+        OpaqueFunction(function=_node_and_lifecycle),
+    ])

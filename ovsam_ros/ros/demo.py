@@ -1,0 +1,206 @@
+"""``ovsam demo``: the whole ROS pipeline in one process, with rclpy alone.
+
+Four nodes on one MultiThreadedExecutor, talking over real DDS (loopback only):
+
+* the OVSAM node (lifecycle, configured + activated here),
+* a sample camera publishing the bundled images (stamped, frame_id set),
+* a prompt source cycling through point/box prompts, a text query and
+  everything mode (no prompts),
+* a listener printing one summary line per ``LabeledMaskArray`` and writing
+  the node's overlay images to ``outputs/demo/``.
+
+The camera publishes the next frame once the previous result arrived (or after
+a timeout), at most ``rate`` frames per second, so every run shows all three
+modes. Everything lives in the namespace ``/ovsam_demo``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from ovsam_ros.prompts import Prompt
+
+NAMESPACE = "/ovsam_demo"
+SCHEDULE = ("prompt", "text", "everything")
+# Prompts are made for a 600x400 image: coffee.png is that size; chelsea.png (451x300)
+# has the same aspect ratio within 1%, so the node rescales them (and says nothing).
+PROMPT_IMAGE_SIZE = (600, 400)
+DEMO_PROMPTS = [
+    Prompt(points=[[300.0, 200.0]], point_labels=[1]),
+    Prompt(box=[60.0, 40.0, 360.0, 360.0]),
+    Prompt(points=[[180.0, 160.0], [480.0, 80.0]], point_labels=[1, 0]),
+]
+
+
+@dataclass
+class DemoResult:
+    frames: int = 0
+    instances: int = 0
+    latencies_ms: list = field(default_factory=list)
+    lines: list = field(default_factory=list)
+    overlays: list = field(default_factory=list)
+    stages_ms: dict = field(default_factory=dict)
+
+
+def _listener(context: Any, output_dir: Path, result: DemoResult, printer) -> Any:
+    from rclpy.node import Node
+    from sensor_msgs.msg import Image
+
+    from ovsam_ros.msg import LabeledMaskArray
+    from ovsam_ros.ros.image_conversion import image_to_numpy
+    from ovsam_ros.ros.node import OUTPUT_QOS
+    from ovsam_ros.visualize import save_rgb
+
+    class DemoListener(Node):
+        def __init__(self) -> None:
+            super().__init__("demo_listener", namespace=NAMESPACE, context=context)
+            self.overlays: dict[tuple[int, int], Any] = {}
+            self.received = threading.Condition()
+            self.create_subscription(Image, "ovsam/overlay", self.on_overlay, OUTPUT_QOS)
+            self.create_subscription(LabeledMaskArray, "ovsam/masks", self.on_masks, OUTPUT_QOS)
+
+        def on_overlay(self, msg: Any) -> None:
+            self.overlays[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = msg
+
+        def on_masks(self, msg: Any) -> None:
+            stamp = msg.header.stamp
+            latency_ms = (self.get_clock().now().nanoseconds - (stamp.sec * 10**9 + stamp.nanosec)) / 1e6
+            index = result.frames
+            labels = ", ".join(
+                f"{m.label or '?'} {m.score:.2f}" for m in msg.instances[:4]) + (" ..." if len(msg.instances) > 4 else "")
+            overlay = self.overlays.pop((stamp.sec, stamp.nanosec), None)
+            written = ""
+            if overlay is not None:
+                path = output_dir / f"frame_{index:03d}_{msg.mode}.png"
+                save_rgb(str(path), image_to_numpy(overlay))
+                result.overlays.append(path)
+                written = f" -> {path}"
+            query = f" {msg.query!r}" if msg.query else ""
+            line = (f"frame {index:3d}  stamp {stamp.sec}.{stamp.nanosec:09d}  {msg.header.frame_id}  "
+                    f"{msg.image_width}x{msg.image_height}  [{msg.mode}{query}]  {len(msg.instances)} instance(s)"
+                    f"{': ' + labels if labels else ''}  latency {latency_ms:.0f} ms{written}")
+            printer(line)
+            with self.received:
+                result.frames += 1
+                result.instances += len(msg.instances)
+                result.latencies_ms.append(latency_ms)
+                result.lines.append(line)
+                self.received.notify_all()
+
+        def wait_for(self, count: int, timeout: float) -> bool:
+            with self.received:
+                return self.received.wait_for(lambda: result.frames >= count, timeout)
+
+    return DemoListener()
+
+
+def run_ros_demo(
+    *,
+    frames: int = 10,
+    rate: float = 2.0,
+    output_dir: Path = Path("outputs/demo"),
+    model: str = "tiny",
+    vocabulary: Optional[str] = None,
+    device: Optional[str] = None,
+    precision: Optional[str] = None,
+    num_threads: int = 2,
+    top_k: Optional[int] = None,
+    frame_timeout: float = 60.0,
+    printer=print,
+) -> DemoResult:
+    """Run the demo; returns what the listener saw. Raises RuntimeError if the node cannot start."""
+    # Demo traffic stays on this machine; the ament index is this environment.
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    from ovsam_ros.ros.camera_demo import make_camera_node
+    from ovsam_ros.ros.node import OVSAMNode
+    from ovsam_ros.ros.prompt_source import make_prompt_node
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    result = DemoResult()
+    context = Context()
+    rclpy.init(args=[], context=context)
+    overrides = [
+        Parameter("model", value=model),
+        Parameter("vocabulary", value=vocabulary or ""),
+        Parameter("device", value=device or ""),
+        Parameter("precision", value=precision or ""),
+        Parameter("num_threads", value=num_threads),
+        Parameter("mode", value="everything"),
+        # An untrained model's IoU / stability estimates are noise: keep every mask, show a few.
+        Parameter("points_per_side", value=8),
+        Parameter("pred_iou_thresh", value=0.0),
+        Parameter("stability_score_thresh", value=0.0),
+        Parameter("min_mask_area", value=16),
+        Parameter("max_instances", value=5),
+        Parameter("top_k", value=top_k or 3),
+        Parameter("publish_overlay", value=True),
+        Parameter("diagnostics_period", value=1.0),
+    ]
+    executor = MultiThreadedExecutor(num_threads=4, context=context)
+    nodes: list[Any] = []
+    spinner: Optional[threading.Thread] = None
+    try:
+        node = OVSAMNode("ovsam", namespace=NAMESPACE, context=context, parameter_overrides=overrides)
+        nodes.append(node)
+        if not node.autostart():
+            raise RuntimeError(f"the OVSAM node did not start: {node.last_error}")
+        camera = make_camera_node(source="samples", frame_id="camera_optical_frame", namespace=NAMESPACE,
+                                  context=context)
+        prompts = make_prompt_node(namespace=NAMESPACE, context=context)
+        listener = _listener(context, output_dir, result, printer)
+        nodes += [camera, prompts, listener]
+        for n in nodes:
+            executor.add_node(n)
+        spinner = threading.Thread(target=executor.spin, name="demo-executor", daemon=True)
+        spinner.start()
+        time.sleep(1.0)  # discovery between the nodes
+        period = 1.0 / rate if rate > 0 else 0.0
+        for i in range(frames):
+            started = time.monotonic()
+            phase = SCHEDULE[i % len(SCHEDULE)]
+            if phase == "prompt":
+                prompts.send_prompts(DEMO_PROMPTS, PROMPT_IMAGE_SIZE, persistent=False)
+            elif phase == "text":
+                prompts.send_text("cat", persistent=False, max_instances=3)
+            if phase != "everything":
+                time.sleep(0.3)  # the prompt is on another topic: let it arrive before the frame
+            camera.publish_next()
+            if not listener.wait_for(i + 1, frame_timeout):
+                printer(f"frame {i}: no result within {frame_timeout:.0f} s (continuing)")
+            remaining = period - (time.monotonic() - started)
+            if remaining > 0:
+                time.sleep(remaining)
+        snap = node.stats.snapshot()
+        result.stages_ms = {name: s["mean"] * 1000 for name, s in snap["stages"].items() if s}
+        return result
+    finally:
+        executor.shutdown(timeout_sec=2.0)
+        for n in nodes:
+            if isinstance(n, OVSAMNode):
+                n.stop_worker()
+            n.destroy_node()
+        if spinner is not None:
+            spinner.join(timeout=5.0)
+        rclpy.try_shutdown(context=context)
+
+
+def print_summary(result: DemoResult, output_dir: Path, printer=print) -> None:
+    lat = sorted(result.latencies_ms)
+    median = lat[len(lat) // 2] if lat else float("nan")
+    stages = ", ".join(f"{k} {v:.1f}" for k, v in result.stages_ms.items())
+    printer(f"demo done: {result.frames} frames, {result.instances} instances, "
+            f"median latency {median:.0f} ms (camera stamp -> result received)")
+    printer(f"per-stage latency, mean ms: {stages}")
+    printer(f"overlays: {len(result.overlays)} PNGs in {output_dir}/")

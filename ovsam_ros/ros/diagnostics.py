@@ -1,0 +1,210 @@
+"""Per-frame latency per stage, input age and drop counts, as /diagnostics and a log line.
+
+Plain Python (no rclpy at import): the node feeds :class:`NodeStats` from its
+callbacks and worker thread, and :func:`diagnostic_array` turns a snapshot into
+a ``diagnostic_msgs/DiagnosticArray``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional
+
+STAGES = ("preprocess", "encode", "decode", "recognition", "publish", "total")
+
+
+@dataclass
+class Window:
+    """The last ``size`` samples of one quantity (seconds)."""
+
+    size: int = 100
+    values: deque = field(default_factory=deque)
+
+    def add(self, value: float) -> None:
+        self.values.append(value)
+        while len(self.values) > self.size:
+            self.values.popleft()
+
+    def summary(self) -> Optional[dict[str, float]]:
+        if not self.values:
+            return None
+        ordered = sorted(self.values)
+        return {
+            "mean": sum(ordered) / len(ordered),
+            "p50": ordered[len(ordered) // 2],
+            "max": ordered[-1],
+            "last": self.values[-1],
+        }
+
+
+class StageClock:
+    """Times the stages of one frame: ``with clock.stage("encode"): ...``."""
+
+    def __init__(self) -> None:
+        self.durations: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    def stage(self, name: str) -> "_Stage":
+        return _Stage(self, name)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.durations[name] = self.durations.get(name, 0.0) + seconds
+
+    def finish(self) -> dict[str, float]:
+        self.durations["total"] = time.perf_counter() - self._start
+        return self.durations
+
+
+class _Stage:
+    def __init__(self, clock: StageClock, name: str) -> None:
+        self.clock, self.name = clock, name
+
+    def __enter__(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.clock.add(self.name, time.perf_counter() - self._t0)
+
+
+class NodeStats:
+    """Counters and latency windows shared by the callbacks and the worker (thread-safe)."""
+
+    def __init__(self, window: int = 100) -> None:
+        self._lock = threading.Lock()
+        self.window = window
+        self.reset()
+
+    def reset(self) -> None:
+        with getattr(self, "_lock", threading.Lock()):
+            self.frames_received = 0
+            self.frames_processed = 0
+            self.frames_dropped = 0  # replaced by a newer frame before the worker took them
+            self.frames_rejected = 0  # could not be decoded / converted
+            self.frames_idle = 0  # nothing to do (prompt mode without prompts)
+            self.frames_failed = 0  # inference raised
+            self.prompts_rejected = 0
+            self.zero_stamps = 0
+            self.last_stamp: Optional[tuple[int, int]] = None
+            self.last_error = ""
+            self.stages = {name: Window(self.window) for name in STAGES}
+            self.input_age = Window(self.window)  # receive time - header.stamp
+            self.result_age = Window(self.window)  # publish time - header.stamp
+            self.instances = Window(self.window)
+            self._processed_times: deque = deque(maxlen=self.window)
+
+    def received(self, age_s: Optional[float]) -> None:
+        with self._lock:
+            self.frames_received += 1
+            if age_s is None:
+                self.zero_stamps += 1
+            else:
+                self.input_age.add(age_s)
+
+    def dropped(self, count: int = 1) -> None:
+        with self._lock:
+            self.frames_dropped += count
+
+    def count(self, name: str, error: str = "", n: int = 1) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + n)
+            if error:
+                self.last_error = error
+
+    def processed(self, stages: dict[str, float], stamp: tuple[int, int], result_age_s: Optional[float],
+                  instances: int) -> None:
+        with self._lock:
+            self.frames_processed += 1
+            self.last_stamp = stamp
+            for name, seconds in stages.items():
+                if name in self.stages:
+                    self.stages[name].add(seconds)
+            if result_age_s is not None:
+                self.result_age.add(result_age_s)
+            self.instances.add(float(instances))
+            self._processed_times.append(time.monotonic())
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            times = list(self._processed_times)
+            rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
+            return {
+                "frames_received": self.frames_received,
+                "frames_processed": self.frames_processed,
+                "frames_dropped": self.frames_dropped,
+                "frames_rejected": self.frames_rejected,
+                "frames_idle": self.frames_idle,
+                "frames_failed": self.frames_failed,
+                "prompts_rejected": self.prompts_rejected,
+                "zero_stamps": self.zero_stamps,
+                "processing_rate_hz": rate,
+                "last_stamp": self.last_stamp,
+                "last_error": self.last_error,
+                "stages": {name: w.summary() for name, w in self.stages.items()},
+                "input_age": self.input_age.summary(),
+                "result_age": self.result_age.summary(),
+                "instances": self.instances.summary(),
+            }
+
+
+def _ms(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value * 1000:.1f}"
+
+
+def summary_line(snap: dict[str, Any]) -> str:
+    """One human line: counts, rate, mean per-stage latency and input age (ms)."""
+    stages = " ".join(
+        f"{name} {_ms(s['mean'])}" for name, s in snap["stages"].items() if s is not None
+    ) or "no frames yet"
+    age = snap["input_age"]
+    return (
+        f"frames: {snap['frames_received']} received, {snap['frames_processed']} processed, "
+        f"{snap['frames_dropped']} dropped (stale), {snap['frames_rejected']} rejected; "
+        f"{snap['processing_rate_hz']:.2f} Hz; latency ms (mean): {stages}; "
+        f"input age ms: {_ms(age['mean']) if age else '-'}"
+    )
+
+
+def diagnostic_array(snap: dict[str, Any], *, name: str, stamp: Any, state: str,
+                     extra: Iterable[tuple[str, str]] = (), previous: Optional[dict[str, Any]] = None) -> Any:
+    """A ``DiagnosticArray`` with one status for the node.
+
+    WARN when frames were rejected or failed since ``previous`` (the last published snapshot).
+    """
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+    status = DiagnosticStatus(name=name, hardware_id="ovsam_ros")
+    values = [("state", state)]
+    for key in ("frames_received", "frames_processed", "frames_dropped", "frames_rejected", "frames_idle",
+                "frames_failed", "prompts_rejected", "zero_stamps"):
+        values.append((key, str(snap[key])))
+    values.append(("processing_rate_hz", f"{snap['processing_rate_hz']:.3f}"))
+    if snap["last_stamp"] is not None:
+        values.append(("last_stamp", f"{snap['last_stamp'][0]}.{snap['last_stamp'][1]:09d}"))
+    for stage, s in snap["stages"].items():
+        if s is not None:
+            values += [(f"{stage}_ms_mean", _ms(s["mean"])), (f"{stage}_ms_max", _ms(s["max"])),
+                       (f"{stage}_ms_last", _ms(s["last"]))]
+    for key in ("input_age", "result_age"):
+        if snap[key] is not None:
+            values += [(f"{key}_ms_mean", _ms(snap[key]["mean"])), (f"{key}_ms_max", _ms(snap[key]["max"]))]
+    values += list(extra)
+    if snap["last_error"]:
+        values.append(("last_error", snap["last_error"]))
+    status.values = [KeyValue(key=k, value=v) for k, v in values]
+    if state != "active":
+        status.level, status.message = DiagnosticStatus.OK, f"{state}"
+    elif any(snap[k] > (previous or {}).get(k, 0) for k in ("frames_failed", "frames_rejected")):
+        status.level, status.message = DiagnosticStatus.WARN, f"active; bad input or errors: {snap['last_error']}"
+    else:
+        status.level, status.message = DiagnosticStatus.OK, "active"
+    array = DiagnosticArray(status=[status])
+    array.header.stamp = stamp
+    return array
+
+
+def values_of(array: Any) -> dict[str, str]:
+    """``{key: value}`` of the first status in a DiagnosticArray (for tests and the demo)."""
+    return {kv.key: kv.value for kv in array.status[0].values} if array.status else {}

@@ -1,0 +1,202 @@
+"""Every parameter of the OVSAM node, declared in ONE table.
+
+The table gives each parameter its name, default, description and allowed
+values; :func:`descriptor` turns a row into a ``ParameterDescriptor`` (with
+``IntegerRange`` / ``FloatingPointRange`` so ``ros2 param describe`` shows the
+limits) and :func:`validate` gives the reason a value is rejected. The node,
+``config/ovsam.yaml`` and the README are checked against this table by tests.
+
+``when = "configure"`` rows (model settings) are read when the node is
+configured; changing them while a model is loaded is rejected (run the
+``cleanup`` transition first). All other rows apply from the next frame.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, fields
+from typing import Any, Optional, Sequence, Union
+
+Value = Union[bool, int, float, str]
+
+MODES = ("prompt", "everything", "text")
+PRECISIONS = ("", "fp32", "fp16", "bf16")
+_DEVICE_RE = re.compile(r"^(|auto|cpu|cuda(:\d+)?|mps)$")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    default: Value
+    description: str
+    choices: Optional[Sequence[str]] = None
+    min: Optional[float] = None  # inclusive
+    max: Optional[float] = None  # inclusive
+    when: str = "runtime"  # "configure": fixed while a model is loaded
+
+    @property
+    def type(self) -> type:
+        return type(self.default)
+
+
+PARAMETERS: tuple[ParamSpec, ...] = (
+    # -- model (read at configure) ---------------------------------------------------
+    ParamSpec("model", "tiny",
+              "Model YAML: a name in config/models/ (tiny, rn50x16, convnext_large) or a path. "
+              "'tiny' is a random-init smoke-test model: labels are meaningless.", when="configure"),
+    ParamSpec("vocabulary", "",
+              "Initial vocabulary: coco | lvis | imagenet21k | a .txt/.json path | 'cup, door handle'. "
+              "'' = the model YAML's. Change it at runtime with the set_vocabulary service.", when="configure"),
+    ParamSpec("device", "", "cpu | cuda | cuda:N | auto; '' = the model YAML's.", when="configure"),
+    ParamSpec("precision", "", "fp32 | fp16 | bf16; '' = the model YAML's.", choices=PRECISIONS, when="configure"),
+    # -- compute ---------------------------------------------------------------------
+    ParamSpec("num_threads", 2,
+              "torch CPU threads (process-wide); 0 = PyTorch's default (all cores).", min=0, max=256),
+    ParamSpec("max_rate_hz", 0.0, "Process at most this many frames per second; 0 = as fast as possible.",
+              min=0.0, max=1000.0),
+    # -- what to segment -------------------------------------------------------------
+    ParamSpec("mode", "prompt",
+              "What to do with a frame when no prompt or text query applies to it: prompt (nothing: wait "
+              "for prompts), everything (segment and label every object), text (run 'query'). Prompts "
+              "and text queries that arrive on their topics take precedence.", choices=MODES),
+    ParamSpec("query", "", "Text query used in mode 'text' when none arrived on the text_query topic."),
+    ParamSpec("top_k", 5, "Labels reported per instance.", min=1, max=100),
+    ParamSpec("max_instances", 20, "Everything/text modes: keep at most this many instances, best first.",
+              min=1, max=1000),
+    ParamSpec("multimask_output", False,
+              "Prompt mode: let the decoder propose 3 masks per prompt and keep the best (ambiguous clicks)."),
+    ParamSpec("points_per_side", 16, "Everything mode: point grid size (N x N prompts).", min=1, max=64),
+    ParamSpec("points_per_batch", 64, "Everything mode: prompts per decoder call (memory vs. speed).",
+              min=1, max=4096),
+    ParamSpec("pred_iou_thresh", 0.8, "Everything mode: drop masks with a lower predicted IoU.", min=0.0, max=1.0),
+    ParamSpec("stability_score_thresh", 0.9, "Everything mode: drop masks with a lower stability score.",
+              min=0.0, max=1.0),
+    ParamSpec("box_nms_thresh", 0.7, "Everything mode: box IoU above which duplicate masks are removed.",
+              min=0.0, max=1.0),
+    ParamSpec("min_mask_area", 0, "Everything mode: drop masks with fewer pixels.", min=0, max=1 << 30),
+    ParamSpec("text_min_score", 0.0, "Text mode: drop matches whose query score is below this.", min=0.0, max=1.0),
+    # -- outputs ---------------------------------------------------------------------
+    ParamSpec("publish_instance_ids", True, "Publish ~/instance_ids (mono16, pixel = instance_id + 1)."),
+    ParamSpec("publish_overlay", False, "Publish ~/overlay (rgb8 debug image; costs a few ms per frame)."),
+    ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages; 0 = off.", min=0.0, max=3600.0),
+)
+
+SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMETERS}
+CONFIGURE_TIME = frozenset(spec.name for spec in PARAMETERS if spec.when == "configure")
+
+
+def validate(name: str, value: Any) -> Optional[str]:
+    """The reason ``value`` is not acceptable for parameter ``name``; None if it is."""
+    spec = SPECS.get(name)
+    if spec is None:
+        return f"unknown parameter {name!r}"
+    expected = spec.type
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not expected:
+        return f"{name} must be a {expected.__name__}, got {type(value).__name__} {value!r}"
+    if expected is float and not math.isfinite(value):
+        return f"{name} must be finite, got {value}"
+    if spec.choices is not None and value not in spec.choices:
+        shown = [c or "''" for c in spec.choices]
+        return f"{name} must be one of {', '.join(shown)}; got {value!r}"
+    if spec.min is not None and value < spec.min:
+        return f"{name} must be >= {spec.min}, got {value}"
+    if spec.max is not None and value > spec.max:
+        return f"{name} must be <= {spec.max}, got {value}"
+    if name == "device" and not _DEVICE_RE.match(value):
+        return f"device must be '', auto, cpu, cuda or cuda:N; got {value!r}"
+    if name == "model" and not value.strip():
+        return "model must name a model YAML (e.g. 'tiny' or a path)"
+    return None
+
+
+def descriptor(spec: ParamSpec):
+    """``rcl_interfaces/ParameterDescriptor`` for one table row."""
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+
+    types = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
+             float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}
+    constraints = []
+    if spec.choices is not None:
+        constraints.append("one of: " + ", ".join(c or "''" for c in spec.choices))
+    if spec.when == "configure":
+        constraints.append("read at configure; fixed while the model is loaded (cleanup to change)")
+    desc = ParameterDescriptor(
+        name=spec.name,
+        type=types[spec.type],
+        description=spec.description,
+        additional_constraints="; ".join(constraints),
+    )
+    if spec.type is int and (spec.min is not None or spec.max is not None):
+        desc.integer_range = [IntegerRange(from_value=int(spec.min), to_value=int(spec.max), step=0)]
+    elif spec.type is float and (spec.min is not None or spec.max is not None):
+        desc.floating_point_range = [FloatingPointRange(from_value=float(spec.min), to_value=float(spec.max), step=0.0)]
+    return desc
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """A consistent snapshot of every parameter (swapped atomically when one changes)."""
+
+    model: str = "tiny"
+    vocabulary: str = ""
+    device: str = ""
+    precision: str = ""
+    num_threads: int = 2
+    max_rate_hz: float = 0.0
+    mode: str = "prompt"
+    query: str = ""
+    top_k: int = 5
+    max_instances: int = 20
+    multimask_output: bool = False
+    points_per_side: int = 16
+    points_per_batch: int = 64
+    pred_iou_thresh: float = 0.8
+    stability_score_thresh: float = 0.9
+    box_nms_thresh: float = 0.7
+    min_mask_area: int = 0
+    text_min_score: float = 0.0
+    publish_instance_ids: bool = True
+    publish_overlay: bool = False
+    diagnostics_period: float = 1.0
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> "NodeSettings":
+        known = {f.name for f in fields(cls)}
+        coerced = {k: (float(v) if SPECS[k].type is float else v) for k, v in values.items() if k in known}
+        return cls(**coerced)
+
+    def everything_options(self):
+        from ovsam_ros.predictor import EverythingOptions
+
+        return EverythingOptions(
+            points_per_side=self.points_per_side, points_per_batch=self.points_per_batch,
+            pred_iou_thresh=self.pred_iou_thresh, stability_score_thresh=self.stability_score_thresh,
+            box_nms_thresh=self.box_nms_thresh, min_mask_area=self.min_mask_area,
+            max_instances=self.max_instances,
+        )
+
+
+def defaults() -> dict[str, Value]:
+    return {spec.name: spec.default for spec in PARAMETERS}
+
+
+def markdown_table() -> str:
+    """The parameter table for the README (kept in sync by a test)."""
+    rows = ["| parameter | default | applies | description |", "|---|---|---|---|"]
+    for spec in PARAMETERS:
+        if isinstance(spec.default, bool):
+            default = str(spec.default).lower()
+        elif isinstance(spec.default, str):
+            default = spec.default or '""'
+        else:
+            default = str(spec.default)
+        limits = ""
+        if spec.min is not None:
+            limits = f" Range {spec.min:g}..{spec.max:g}."
+        applies = "at configure" if spec.when == "configure" else "next frame"
+        description = (spec.description + limits).replace("|", "\\|")
+        rows.append(f"| `{spec.name}` | `{default}` | {applies} | {description} |")
+    return "\n".join(rows)
