@@ -38,6 +38,16 @@ setup(
     entry_points={
         "console_scripts": [
             "ovsam = ovsam_ros.cli:main",
+            "ovsam-train-stage1 = training.stage1:main",
+            "ovsam-train-stage2 = training.stage2:main",
+            "ovsam-evaluate = training.evaluate:main",
+            "ovsam-extract-bag = training.data.rosbag:main",
+            "ovsam-make-synthetic = training.synthetic:main",
+            "ovsam-bench = ovsam_ros.benchmark.cli:main",
+            "ovsam-export = ovsam_ros.export.cli:main",
+            "ovsam-node = ovsam_ros.ros.node:main",
+            "ovsam-demo-camera = ovsam_ros.ros.camera_demo:main",
+            "ovsam-demo-prompts = ovsam_ros.ros.prompt_source:main",
         ],
     },
 )

@@ -134,11 +134,28 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--min-score", type=float, default=0.0, help="drop matches scoring below this (0..1)")
     _add_everything_options(query)
 
-    demo = sub.add_parser("demo", help="run prompts, everything mode and a text query on the bundled images",
-                          description="The main job on an embedded default: no camera, no weights needed.")
+    demo = sub.add_parser("demo", help="run the ROS 2 node on the bundled images: prompts, text query, everything",
+                          description="The main job on an embedded default: no camera, no weights needed. "
+                                      "Starts the OVSAM node, a sample camera, a prompt source and a listener "
+                                      "in one process (rclpy, loopback only) and prints one line per result. "
+                                      "--offline runs the predictor alone, without ROS.")
     _add_common(demo, image=False)
     demo.set_defaults(out=None, overlay=None)
-    demo.add_argument("--output-dir", type=Path, default=Path("outputs/demo"), help="where overlays and JSON go")
+    demo.add_argument("--output-dir", type=Path, default=Path("outputs/demo"), help="where overlays (and JSON) go")
+    demo.add_argument("--offline", action="store_true", help="predictor only, no ROS (writes JSON too)")
+    demo.add_argument("--frames", type=int, default=10, help="camera frames to process (ROS demo; default 10)")
+    demo.add_argument("--rate", type=float, default=2.0, help="camera frames per second at most (default 2)")
+    from ovsam_ros.benchmark.cli import add_arguments as add_bench_arguments
+    from ovsam_ros.export.cli import add_arguments as add_export_arguments
+
+    bench = sub.add_parser("bench", help="latency, memory, FLOPs and params per stage, vs the two-backbone baselines",
+                           description="Per-stage median/p90 latency, peak memory, FLOPs and parameters of OVSAM and "
+                                       "of the SAM + CLIP baselines (random weights; see docs/benchmarks.md).")
+    add_bench_arguments(bench)
+    export = sub.add_parser("export", help="ONNX graphs for ONNX Runtime / TensorRT (see docs/jetson.md)",
+                            description="Export the image encoder and the prompt decoders to ONNX, check them "
+                                        "against PyTorch and write a model YAML that runs them.")
+    add_export_arguments(export)
     return parser
 
 
@@ -250,7 +267,33 @@ def _run_single(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """Prompts, everything mode and a text query on each bundled sample image."""
+    """The ROS 2 pipeline in one process (default), or the predictor alone (--offline)."""
+    if getattr(args, "offline", False):
+        return run_offline_demo(args)
+    if args.frames < 1:
+        raise ValueError(f"--frames must be >= 1, got {args.frames}")
+    from ovsam_ros.ros.demo import print_summary, run_ros_demo
+
+    if args.baseline != "none":
+        print(f"NOTE: --baseline {args.baseline} applies to --offline only; the node uses CLIP2SAM labels.")
+    print(f"ovsam demo: OVSAM node + sample camera + prompt source + listener in one process "
+          f"(ROS 2, {args.frames} frames, model {args.model!r}); Ctrl-C stops it.")
+    try:
+        result = run_ros_demo(frames=args.frames, rate=args.rate, output_dir=args.output_dir, model=args.model,
+                              vocabulary=args.vocab, device=args.device, precision=args.precision,
+                              num_threads=args.threads or 2, top_k=args.top_k)
+    except KeyboardInterrupt:
+        print("ovsam demo: interrupted", file=sys.stderr)
+        return 130
+    print_summary(result, args.output_dir)
+    if result.frames < args.frames:
+        print(f"ovsam demo: error: only {result.frames} of {args.frames} results arrived", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_offline_demo(args: argparse.Namespace) -> int:
+    """Prompts, everything mode and a text query on each bundled sample image (no ROS)."""
     out_dir: Path = args.output_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     predictor = _make_predictor(args)
@@ -289,6 +332,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.command in ("bench", "export"):
+            import shlex
+
+            from ovsam_ros.benchmark.cli import run_from_args as run_bench
+            from ovsam_ros.export.cli import run_from_args as run_export
+
+            command = shlex.join(["ovsam", *(sys.argv[1:] if argv is None else argv)])
+            return (run_bench if args.command == "bench" else run_export)(args, command)
         if args.command == "demo":
             return run_demo(args)
         return _run_single(args)

@@ -59,6 +59,11 @@ class ModelSpec:
     sam2clip_checkpoint: Optional[str] = None
     clip2sam_checkpoint: Optional[str] = None
     seed: int = 0
+    # backend: onnx runs graphs written by `ovsam export` (ovsam_ros.export.backend); the
+    # weight-file keys above are then unused except clip_weights (text tower, optional).
+    backend: str = "torch"
+    onnx_dir: Optional[str] = None
+    onnx_providers: Optional[list] = None  # ONNX Runtime execution providers, best first
 
     def config(self) -> OVSAMConfig:
         if self.preset not in PRESETS:
@@ -71,6 +76,10 @@ class ModelSpec:
     @property
     def trained(self) -> bool:
         """Whether every part that recognition depends on comes from a trained file."""
+        if self.backend == "onnx":
+            from ovsam_ros.export.backend import read_manifest
+
+            return bool(read_manifest(self).get("trained", False))
         return bool(self.ovsam_checkpoint) or bool(
             self.clip_weights and self.sam2clip_checkpoint and self.clip2sam_checkpoint
         )
@@ -145,6 +154,16 @@ def load_specs(source: Union[str, Path, dict[str, Any]]) -> tuple[ModelSpec, Pre
 
 def build_model(spec: ModelSpec) -> OVSAM:
     """Build the model a spec describes; logs a loud warning when it is not fully trained."""
+    if spec.backend not in ("torch", "onnx"):
+        raise ValueError(f"model.backend must be 'torch' or 'onnx', got {spec.backend!r}")
+    if spec.backend == "onnx":
+        from ovsam_ros.export.backend import load_onnx_model
+
+        model = load_onnx_model(spec)
+        if not model.trained:
+            log.warning("\n" + "!" * 78 + f"\n!! UNTRAINED MODEL: the ONNX graphs in {spec.onnx_dir} were exported from a "
+                        "model\n!! without trained weights: masks and labels are MEANINGLESS.\n" + "!" * 78)
+        return model.eval()
     if spec.ovsam_checkpoint:
         model = load_ovsam(_expand(spec.ovsam_checkpoint), clip_pretrained=_expand(spec.clip_weights) if spec.clip_weights else None)
     else:

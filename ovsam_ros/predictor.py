@@ -101,12 +101,19 @@ class OVSAMPredictor:
         if isinstance(vocabulary, TextEmbeddings):
             text = vocabulary
         else:
-            text = self._encode_vocabulary(load_vocabulary(vocabulary))
+            text = self.encode_vocabulary(load_vocabulary(vocabulary))
         # Kept on the device: recognition is then one matmul with no host transfer.
         self.text = text.to(self.device)
         return self.text
 
-    def _encode_vocabulary(self, vocab: Vocabulary, progress: bool = True) -> TextEmbeddings:
+    def encode_vocabulary(self, vocab: Union[str, Vocabulary], progress: bool = True) -> TextEmbeddings:
+        """Text embeddings of ``vocab`` WITHOUT switching to it (uses the on-disk cache).
+
+        Lets a caller encode a large vocabulary while this predictor keeps
+        serving frames, then swap it in with :meth:`set_vocabulary`.
+        """
+        if isinstance(vocab, str):
+            vocab = load_vocabulary(vocab)
         def compute() -> TextEmbeddings:
             with torch.inference_mode():
                 return encode_vocabulary(
@@ -213,10 +220,10 @@ class OVSAMPredictor:
             for start in range(0, len(indices), self.max_prompts_per_batch):
                 chunk = indices[start : start + self.max_prompts_per_batch]
                 decoded = self._decode([checked[i] for i in chunk], multimask_output)
-                for row, prompt_index in enumerate(chunk):
-                    candidates = self._to_results(decoded, row, prompt_index)
-                    if keep == "best":
-                        candidates = [max(candidates, key=lambda r: _nan_low(r.predicted_iou))]
+                if keep == "best":
+                    decoded = _select_best(decoded)
+                decoded = self._upsample(decoded)
+                for prompt_index, candidates in zip(chunk, self._to_results(decoded, chunk)):
                     results[prompt_index] = candidates
         return [r for rs in results if rs for r in rs]
 
@@ -232,19 +239,23 @@ class OVSAMPredictor:
         if first.mask_input is not None:
             mask_input = torch.as_tensor(np.stack([self._check_mask_input(p.mask_input) for p in prompts]))
             mask_input = mask_input.to(self.device, torch.float32).unsqueeze(1)
-        return self._run_decoder(coords, labels, boxes, mask_input, multimask_output)
+        return self._run_decoder(coords, labels, boxes, mask_input, multimask_output, upsample=False)
 
-    def _run_decoder(self, coords, labels, boxes, mask_input, multimask_output: bool) -> dict[str, torch.Tensor]:
+    def _run_decoder(self, coords, labels, boxes, mask_input, multimask_output: bool,
+                     upsample: bool = True) -> dict[str, torch.Tensor]:
         features = self._require_image()
         with autocast(self.device, self.precision):
             out = self.model.decode(features, coords, labels, boxes, mask_input, multimask_output=multimask_output)
-        logits = self.transform.postprocess_masks(out["masks_lowres"].float(), self.original_size)
-        return {
-            "logits": logits,  # [N, M, H, W] original size
+        decoded = {
             "low_res": out["masks_lowres"].float(),
             "iou": out["iou"].float(),
             "embeddings": F.normalize(out["region_embeddings"].float(), dim=-1),
         }
+        return self._upsample(decoded) if upsample else decoded
+
+    def _upsample(self, decoded: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Add ``logits`` [N, M, H, W] at the original size (the costly step: done only for masks still needed)."""
+        return {**decoded, "logits": self.transform.postprocess_masks(decoded["low_res"], self.original_size)}
 
     def _check_mask_input(self, mask_input: np.ndarray) -> np.ndarray:
         expected = (self.model.decoder.low_res_size,) * 2
@@ -255,26 +266,35 @@ class OVSAMPredictor:
             raise ValueError("mask_input contains NaN or inf")
         return array
 
-    def _to_results(self, decoded: dict[str, torch.Tensor], row: int, prompt_index: int) -> list[InstanceResult]:
-        logits = decoded["logits"][row]
-        masks = logits > self.mask_threshold
-        stability = calculate_stability_score(logits, self.mask_threshold, 1.0)
-        labels = self.label_embeddings(decoded["embeddings"][row])
+    def _to_results(self, decoded: dict[str, torch.Tensor], prompt_indices: Sequence[int]) -> list[list[InstanceResult]]:
+        """One list of candidates per decoded row. Everything the rows need is computed for the
+        whole chunk on the device and copied to the host once per tensor (no per-prompt syncs)."""
+        logits = decoded["logits"]  # [n, M, H, W]
+        n, m = logits.shape[:2]
+        stability = calculate_stability_score(logits, self.mask_threshold, 1.0).cpu().numpy()
+        labels = self.label_embeddings(decoded["embeddings"].flatten(0, 1))  # n*M rows, one matmul
+        masks = (logits > self.mask_threshold).cpu().numpy()
+        iou = decoded["iou"].cpu().numpy()
+        low_res = decoded["low_res"].cpu().numpy()
+        embeddings = decoded["embeddings"].cpu().numpy()
         out = []
-        for m in range(logits.shape[0]):
-            mask = masks[m].cpu().numpy()
-            out.append(
-                InstanceResult(
-                    mask=mask,
-                    predicted_iou=float(decoded["iou"][row, m]),
-                    stability_score=float(stability[m]),
-                    box=mask_box(mask),
-                    labels=labels[m],
-                    prompt_index=prompt_index,
-                    low_res_logits=decoded["low_res"][row, m].cpu().numpy(),
-                    embedding=decoded["embeddings"][row, m].cpu().numpy(),
+        for row, prompt_index in zip(range(n), prompt_indices):
+            candidates = []
+            for k in range(m):
+                mask = masks[row, k].copy()
+                candidates.append(
+                    InstanceResult(
+                        mask=mask,
+                        predicted_iou=float(iou[row, k]),
+                        stability_score=float(stability[row, k]),
+                        box=mask_box(mask),
+                        labels=labels[row * m + k],
+                        prompt_index=prompt_index,
+                        low_res_logits=low_res[row, k].copy(),
+                        embedding=embeddings[row, k].copy(),
+                    )
                 )
-            )
+            out.append(candidates)
         return out
 
     def label_embeddings(self, embeddings: torch.Tensor) -> list[list[LabelScore]]:
@@ -299,46 +319,52 @@ class OVSAMPredictor:
         self._require_image()
         height, width = self.original_size
         grid = build_point_grid(opts.points_per_side) * np.array([[width, height]])  # original pixels
-        kept_logits, kept_iou, kept_stab, kept_emb, kept_lowres = [], [], [], [], []
+        # Candidates stay on the device and only their low-res logits are kept: full-resolution
+        # logits of every candidate would take GBs for a 32x32 grid at 720p. The survivors of
+        # NMS are upsampled again at the end (same function, same input: the same masks).
+        kept: dict[str, list[torch.Tensor]] = defaultdict(list)
         for start in range(0, len(grid), opts.points_per_batch):
             points = grid[start : start + opts.points_per_batch]
             coords = self.transform.apply_coords(points[:, None, :], self.original_size).to(self.device)
             labels = torch.ones(coords.shape[:2], dtype=torch.int64, device=self.device)
-            decoded = self._run_decoder(coords, labels, None, None, multimask_output=True)
-            logits = decoded["logits"].flatten(0, 1)
-            iou = decoded["iou"].flatten(0, 1)
+            decoded = self._run_decoder(coords, labels, None, None, multimask_output=True, upsample=False)
+            decoded = {key: value.flatten(0, 1) for key, value in decoded.items()}
+            # The IoU filter needs no full-resolution mask: upsample only the masks that pass it.
+            decoded = {key: value[decoded["iou"] > opts.pred_iou_thresh] for key, value in decoded.items()}
+            logits = self._upsample(decoded)["logits"]
             stability = calculate_stability_score(logits, self.mask_threshold, opts.stability_score_offset)
-            keep = (iou > opts.pred_iou_thresh) & (stability >= opts.stability_score_thresh)
-            if not keep.any():
-                continue
-            kept_logits.append(logits[keep].cpu())
-            kept_iou.append(iou[keep].cpu())
-            kept_stab.append(stability[keep].cpu())
-            kept_emb.append(decoded["embeddings"].flatten(0, 1)[keep].cpu())
-            kept_lowres.append(decoded["low_res"].flatten(0, 1)[keep].cpu())
-        if not kept_logits:
+            keep = stability >= opts.stability_score_thresh
+            logits = logits[keep]
+            kept["iou"].append(decoded["iou"][keep])
+            kept["stability"].append(stability[keep])
+            kept["area"].append((logits > self.mask_threshold).flatten(1).sum(1))
+            kept["box"].append(masks_to_boxes(logits, self.mask_threshold))
+            kept["embedding"].append(decoded["embeddings"][keep])
+            kept["low_res"].append(decoded["low_res"][keep])
+        if not kept:
             return []
-        logits, iou = torch.cat(kept_logits), torch.cat(kept_iou)
-        stability, embeddings, low_res = torch.cat(kept_stab), torch.cat(kept_emb), torch.cat(kept_lowres)
-        masks = logits > self.mask_threshold
-        areas = masks.flatten(1).sum(1)
+        iou, stability, areas = torch.cat(kept["iou"]), torch.cat(kept["stability"]), torch.cat(kept["area"])
+        boxes, embeddings, low_res = torch.cat(kept["box"]), torch.cat(kept["embedding"]), torch.cat(kept["low_res"])
         valid = areas > max(0, opts.min_mask_area)
-        boxes = masks_to_boxes(logits, self.mask_threshold)
-        order = batched_nms(boxes[valid], iou[valid], torch.zeros(int(valid.sum())), opts.box_nms_thresh)
+        if not bool(valid.any()):
+            return []
+        order = batched_nms(boxes[valid], iou[valid], torch.zeros_like(iou[valid]), opts.box_nms_thresh)
         index = torch.nonzero(valid).flatten()[order][: opts.max_instances]
-        labels = self.label_embeddings(embeddings[index].to(self.device))
+        labels = self.label_embeddings(embeddings[index])
+        masks = (self.transform.postprocess_masks(low_res[index], self.original_size) > self.mask_threshold)
+        masks, iou, stability = masks.cpu().numpy(), iou[index].cpu().numpy(), stability[index].cpu().numpy()
+        low_res, embeddings = low_res[index].cpu().numpy(), embeddings[index].cpu().numpy()
         results = []
-        for j, i in enumerate(index.tolist()):
-            mask = masks[i].numpy()
+        for j in range(len(masks)):
             results.append(
                 InstanceResult(
-                    mask=mask,
-                    predicted_iou=float(iou[i]),
-                    stability_score=float(stability[i]),
-                    box=mask_box(mask),
+                    mask=masks[j],
+                    predicted_iou=float(iou[j]),
+                    stability_score=float(stability[j]),
+                    box=mask_box(masks[j]),
                     labels=labels[j],
-                    low_res_logits=low_res[i].numpy(),
-                    embedding=embeddings[i].numpy(),
+                    low_res_logits=low_res[j],
+                    embedding=embeddings[j],
                 )
             )
         return results
@@ -369,7 +395,7 @@ class OVSAMPredictor:
         candidates = [c for c in candidates if c.embedding is not None]
         if not candidates:
             return []
-        query_text = self._encode_vocabulary(Vocabulary.from_names([phrase], name="query"), progress=False)
+        query_text = self.encode_vocabulary(Vocabulary.from_names([phrase], name="query"), progress=False)
         embeddings = torch.as_tensor(np.stack([c.embedding for c in candidates]), device=self.device)
         query_logit = class_logits(embeddings, query_text.to(self.device), with_background=False)  # [N, 1]
         if self.text is not None:
@@ -392,6 +418,12 @@ class OVSAMPredictor:
         return out
 
 
-def _nan_low(value: float) -> float:
-    return -np.inf if np.isnan(value) else value
+def _select_best(decoded: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keep each row's candidate with the highest predicted IoU (NaN lowest, first on ties), on the device."""
+    if decoded["iou"].shape[1] == 1:
+        return decoded
+    iou = decoded["iou"]
+    best = torch.where(torch.isnan(iou), torch.full_like(iou, -torch.inf), iou).argmax(dim=1)  # first maximum
+    rows = torch.arange(best.shape[0], device=best.device)
+    return {key: value[rows, best].unsqueeze(1) for key, value in decoded.items()}
 

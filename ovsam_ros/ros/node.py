@@ -103,24 +103,12 @@ def encode_vocabulary_text(predictor: Any, spec: Any):
 
     Runs outside the predictor lock so frames keep flowing while a large
     vocabulary (10k+ names) is encoded; the result is swapped in under the lock
-    with ``predictor.set_vocabulary(embeddings)``. Uses the predictor's
-    (private) encoder so its on-disk text cache is shared.
+    with ``predictor.set_vocabulary(embeddings)``. Shares the predictor's
+    on-disk text cache.
     """
-    import errno
-    import re
-
     from ovsam_ros.model.vocabulary import load_vocabulary
 
-    try:
-        vocab = load_vocabulary(spec)
-    except OSError as error:
-        if error.errno != errno.ENAMETOOLONG or not isinstance(spec, str):
-            raise
-        # A long inline list ("class 0, class 1, ...") is first tried as a file name, which
-        # the OS refuses; parse it as load_vocabulary does for inline names.
-        entries = spec.split(";") if ";" in spec else re.split(r"[,\n]", spec)
-        vocab = load_vocabulary([e for e in entries if e.strip()])
-    return predictor._encode_vocabulary(vocab, progress=False)
+    return predictor.encode_vocabulary(load_vocabulary(spec), progress=False)
 
 
 class OVSAMNode(LifecycleNode):

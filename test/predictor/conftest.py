@@ -2,18 +2,10 @@
 
 import numpy as np
 import pytest
-import torch
 
-from ovsam_ros.model import OVSAM, OVSAMConfig
 from ovsam_ros.predictor import OVSAMPredictor
 
-
-def tiny_model(seed: int = 0, **decoder) -> OVSAM:
-    cfg = OVSAMConfig.tiny()
-    for key, value in decoder.items():
-        setattr(cfg.decoder, key, value)
-    torch.manual_seed(seed)
-    return OVSAM(cfg).eval()
+from predictor_helpers import tiny_model
 
 
 @pytest.fixture(scope="session")

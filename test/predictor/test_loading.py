@@ -11,7 +11,7 @@ from ovsam_ros.model import save_ovsam
 from ovsam_ros.predictor import OVSAMPredictor
 from ovsam_ros.prompts import Prompt
 
-from conftest import tiny_model
+from predictor_helpers import tiny_model
 
 
 def test_bundled_configs_parse():

@@ -9,7 +9,7 @@ from ovsam_ros.predictor import EverythingOptions, OVSAMPredictor
 from ovsam_ros.prompts import Prompt, PromptError
 from ovsam_ros.results import InstanceResult
 
-from conftest import tiny_model
+from predictor_helpers import tiny_model
 
 
 def test_predict_before_set_image_fails_clearly():
@@ -162,7 +162,7 @@ def test_vocabulary_switch_empty_vocabulary_and_text_cache(image, tmp_path, monk
 
 
 def test_text_query_ranks_the_matching_region_first(predictor):
-    query_text = predictor._encode_vocabulary(Vocabulary.from_names(["red cup"]), progress=False)
+    query_text = predictor.encode_vocabulary(Vocabulary.from_names(["red cup"]), progress=False)
     dog = predictor.text.embeddings[predictor.vocabulary.find("dog"), 0].cpu().numpy()
     cup = query_text.embeddings[0, 0].cpu().numpy()
     mask = np.zeros((4, 4), bool)

@@ -1,0 +1,119 @@
+"""``ovsam export``: write ONNX graphs (+ manifest, text tower, a ready model YAML) for deployment.
+
+    ovsam export --model tiny --out exports/tiny                       # seconds; checks ORT vs PyTorch
+    ovsam export --model config/models/rn50x16.yaml --out ~/ovsam_onnx/rn50x16
+    ovsam export --model rn50x16 --random-init --out /tmp/rn50x16      # architecture only (no weights here)
+
+Then ``ovsam segment IMAGE --model exports/tiny/model.yaml ...`` or the ROS node with
+``model:=exports/tiny/model.yaml`` run the exported graphs (ONNX Runtime); see docs/jetson.md
+for TensorRT engines on a Jetson.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="tiny",
+                        help="model YAML (name in config/models/ or path) or preset; its weight files are loaded")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    parser.add_argument("--random-init", action="store_true",
+                        help="ignore the YAML's weight files (export the architecture with random weights)")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="padded input size (default: the model's, 1024 for the published model)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 16 for RoiAlign half_pixel; default 17)")
+    parser.add_argument("--no-multimask", action="store_true", help="skip decoder_multimask.onnx")
+    parser.add_argument("--no-c5", action="store_true", help="no raw CLIP C5 output from the image encoder")
+    parser.add_argument("--no-text-tower", action="store_true",
+                        help="do not save text_tower.pt (the backend then needs clip_weights in its YAML)")
+    parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs PyTorch comparison")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+
+
+def _write_model_yaml(out: Path, predictor_section: dict, command: str) -> Path:
+    import yaml
+
+    path = out / "model.yaml"
+    body = yaml.safe_dump({"model": {"backend": "onnx", "onnx_dir": str(out.resolve())},
+                           "predictor": predictor_section}, sort_keys=False)
+    path.write_text(
+        f"# Written by: {command}\n"
+        "# Runs the exported graphs with ONNX Runtime. Execution providers, best first, e.g.\n"
+        "#   onnx_providers: [[TensorrtExecutionProvider, {trt_fp16_enable: true, trt_engine_cache_enable: true,\n"
+        "#                     trt_engine_cache_path: /tmp/ovsam_trt}], CUDAExecutionProvider, CPUExecutionProvider]\n"
+        + body, encoding="utf-8")
+    return path
+
+
+def run_from_args(args: argparse.Namespace, command: str) -> int:
+    import dataclasses
+    import logging
+
+    import torch
+
+    from ovsam_ros.export.onnx_export import export_onnx
+    from ovsam_ros.loading import PRESETS, ModelSpec, PredictorSpec, build_model, load_specs, untrained_warning
+    from ovsam_ros.model.ovsam import OVSAM
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        spec, pspec = load_specs(args.model)
+    except FileNotFoundError:
+        if args.model not in PRESETS:
+            raise
+        spec, pspec = ModelSpec(preset=args.model), PredictorSpec()
+    if spec.backend != "torch":
+        raise ValueError(f"{args.model}: already an ONNX model (backend {spec.backend!r})")
+    if args.input_size is not None:
+        spec.overrides = {**(spec.overrides or {}), "image_size": int(args.input_size)}
+    if args.random_init:
+        cfg = spec.config()
+        cfg.backbone.pretrained = None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(spec.seed)
+            model = OVSAM(cfg).eval()
+        trained = False
+        logging.getLogger("ovsam").warning(untrained_warning(dataclasses.replace(spec, clip_weights=None)))
+    else:
+        model = build_model(spec)
+        trained = spec.trained
+    print(f"exporting {args.model} ({model.cfg.backbone.model_name}, {model.image_size}px, "
+          f"{'trained' if trained else 'UNTRAINED'}) to {args.out}", flush=True)
+    manifest = export_onnx(model, args.out, opset=args.opset, multimask=not args.no_multimask,
+                           with_c5=not args.no_c5, text_tower=not args.no_text_tower, trained=trained,
+                           check=not args.no_check, source={"model": str(args.model), "command": command},
+                           log_fn=lambda m: print("  " + m, flush=True))
+    section = dataclasses.asdict(pspec)
+    yaml_path = _write_model_yaml(args.out, section, command)
+    for name, file in manifest["files"].items():
+        size = (args.out / file).stat().st_size / 2**20
+        print(f"  {file:<26} {size:9.1f} MB")
+    print(f"  manifest.json, and {yaml_path} (use it as --model / the node's model parameter)")
+    check = manifest.get("check")
+    if check is not None and not check["ok"]:
+        print(f"ovsam export: error: ONNX Runtime disagrees with PyTorch: {check['failures']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="ovsam-export", description=__doc__.split("\n")[0], epilog=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    try:
+        return run_from_args(args, shlex.join(["ovsam-export", *argv]))
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as error:
+        print(f"ovsam export: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""`ovsam bench` smoke test on the tiny model (CPU, seconds) and the harness helpers."""
+
+import json
+
+import pytest
+import torch
+
+from ovsam_ros import cli
+from ovsam_ros.benchmark.harness import Timing, measure_memory, percentile, time_call
+
+PROMPTS = (1, 3)
+VOCABS = (80, 1203)
+GRIDS = (4,)
+
+IMAGE_STAGES = ["preprocess", "clip_encoder", "sam2clip", "fpn", "encode_image",
+                "baseline.sam_encoder", "baseline.clip_dense"]
+PROMPT_STAGES = ["prompt_decoder", "roi_head", "decode", "clip_region_branch", "postprocess", "predict",
+                 "baseline.sam_decoder", "baseline.feature_crop", "baseline.image_crop"]
+COUNTED = {"clip_encoder", "sam2clip", "fpn", "encode_image", "baseline.sam_encoder", "baseline.clip_dense",
+           "prompt_decoder", "roi_head", "decode", "clip_region_branch", "baseline.sam_decoder",
+           "baseline.feature_crop", "baseline.image_crop", "recognition"}
+
+
+@pytest.fixture(scope="module")
+def bench_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    previous = torch.get_num_threads()
+    argv = ["bench", "--model", "tiny", "--threads", "1", "--frame", "320x240",
+            "--prompts", *map(str, PROMPTS), "--vocab", *map(str, VOCABS), "--grid", *map(str, GRIDS),
+            "--repeats", "2", "--warmup", "0", "--json", str(out), "-q"]
+    try:
+        assert cli.main(argv) == 0
+    finally:
+        torch.set_num_threads(previous)
+    return json.loads(out.read_text())
+
+
+def test_bench_json_has_every_stage_with_timing_memory_and_flops(bench_report):
+    assert bench_report["command"].startswith("ovsam bench --model tiny")
+    (run,) = bench_report["runs"]
+    stages = {s["label"]: s for s in run["stages"]}
+    expected = list(IMAGE_STAGES)
+    expected += [f"{name}[prompts={n}]" for n in PROMPTS for name in PROMPT_STAGES]
+    expected += [f"recognition[prompts={n},classes={c}]" for n in PROMPTS for c in VOCABS]
+    expected += [f"everything[grid={g}x{g}]" for g in GRIDS]
+    missing = [label for label in expected if label not in stages]
+    assert not missing, missing
+    for label in expected:
+        stage = stages[label]
+        t = stage["timing"]
+        assert t is not None and t["repeats"] == 2 and 0 < t["median_ms"] <= t["p90_ms"], label
+        assert stage["memory"]["kind"] == "cpu_rss_sampled" and stage["memory"]["peak_mb"] >= 0, label
+        if stage["name"] in COUNTED:
+            assert stage["gmacs"] is not None and stage["flops"] > 0, label
+    assert stages["encode_image"]["flops"] == sum(stages[k]["flops"] for k in ("clip_encoder", "sam2clip", "fpn"))
+
+
+def test_bench_report_params_summary_and_targets(bench_report):
+    (run,) = bench_report["runs"]
+    params = run["params"]
+    assert params["ovsam_image_path"] == sum(params[k] for k in (
+        "clip_image_encoder", "sam2clip", "clip2sam", "prompt_encoder_and_decoder"))
+    assert run["baseline_sam"] == "tiny" and params["baseline_image_path"] > 0
+    per = {e["prompts"]: e for e in run["summary"]["per_prompts"]}
+    assert set(per) == set(PROMPTS)
+    for entry in per.values():
+        assert entry["ovsam"]["time_ms"] > 0 and entry["ovsam"]["gmacs"] > 0
+        for b in ("feature-crop", "image-crop"):
+            assert entry[b]["time_ratio"] > 0 and entry[b]["gmacs_ratio"] > 0
+    names = {t["name"] for t in bench_report["targets"]}
+    assert {"flops_ratio_vs_two_backbone", "recognition_vs_encoder", "one_more_prompt_vs_encoder"} <= names
+    # The paper's targets are about RN50x16: a tiny model is never judged.
+    assert all(t["pass"] is None for t in bench_report["targets"])
+    env = bench_report["environment"]
+    assert env["device"] == "cpu" and env["torch_threads"] == 1
+
+
+def test_bench_flops_only_needs_no_timing(tmp_path, capsys):
+    out = tmp_path / "f.json"
+    assert cli.main(["bench", "--model", "tiny", "--flops-only", "--prompts", "2", "--vocab", "coco",
+                     "--grid", "--baseline", "none", "--json", str(out), "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "command: ovsam bench --model tiny --flops-only" in printed
+    report = json.loads(out.read_text())
+    stages = report["runs"][0]["stages"]
+    assert all(s["timing"] is None for s in stages)
+    assert any(s["label"] == "decode[prompts=2]" and s["flops"] > 0 for s in stages)
+    assert not any(s["name"].startswith("baseline.") for s in stages)
+
+
+def test_bench_rejects_bad_settings(capsys):
+    assert cli.main(["bench", "--flops-only", "--input-size", "100", "-q"]) == 2
+    assert "multiples of 32" in capsys.readouterr().err
+
+
+def test_percentile_and_timing_helpers():
+    assert percentile([5.0], 90) == 5.0
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0], 90) == pytest.approx(9.1)
+    t = Timing.from_samples([0.001, 0.003, 0.002], warmup=1)
+    assert t.median_ms == pytest.approx(2.0) and t.min_ms == pytest.approx(1.0) and t.repeats == 3
+    calls = []
+    timing = time_call(lambda: calls.append(1), torch.device("cpu"), repeats=3, warmup=2)
+    assert len(calls) == 5 and timing.repeats == 3
+    mem = measure_memory(lambda: torch.ones(2_000_000), torch.device("cpu"))  # ~8 MB
+    assert mem.kind == "cpu_rss_sampled" and mem.peak_mb >= 0

@@ -1,0 +1,123 @@
+"""ONNX export of the tiny model: graphs are valid, dynamic in prompts/points/classes, and ONNX
+Runtime (CPU, fp32) matches PyTorch within the documented tolerance (atol 1e-4 + rtol 1e-3 x max|value|)."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from ovsam_ros import cli
+from ovsam_ros.export.backend import sam_point_inputs
+from ovsam_ros.export.onnx_export import (
+    DECODER_INPUTS,
+    DECODER_OUTPUTS,
+    TOLERANCE,
+    ImageEncoderGraph,
+    example_decoder_inputs,
+    export_onnx,
+)
+from ovsam_ros.loading import ModelSpec, build_model
+from ovsam_ros.model import OVSAM, OVSAMConfig
+from ovsam_ros.model.ovsam import ImageFeatures
+
+
+def tiny(seed=0, **decoder):
+    cfg = OVSAMConfig.tiny()
+    for key, value in decoder.items():
+        setattr(cfg.decoder, key, value)
+    torch.manual_seed(seed)
+    return OVSAM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """`ovsam export --model tiny` (the seed-0 tiny model of config/models/tiny.yaml)."""
+    out = tmp_path_factory.mktemp("onnx") / "tiny"
+    assert cli.main(["export", "--model", "tiny", "--out", str(out), "--threads", "2"]) == 0
+    return out
+
+
+def close(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    return np.allclose(a, b, atol=TOLERANCE["atol"] + TOLERANCE["rtol"] * float(np.abs(b).max()), rtol=0)
+
+
+def test_export_writes_valid_graphs_manifest_and_model_yaml(exported):
+    manifest = json.loads((exported / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"image_encoder", "decoder", "decoder_multimask", "text_tower"}
+    assert manifest["check"]["ok"], manifest["check"]["summary"]
+    assert manifest["image_outputs"] == ["sam_embedding", "fpn0", "fpn1", "fpn2", "fpn3", "clip_c5"]
+    assert manifest["trained"] is False and manifest["opset"] == 17
+    for name in ("image_encoder", "decoder", "decoder_multimask"):
+        graph = onnx.load(str(exported / manifest["files"][name]))
+        onnx.checker.check_model(graph)
+    decoder = onnx.load(str(exported / "decoder.onnx"))
+    assert [i.name for i in decoder.graph.input] == list(DECODER_INPUTS)
+    assert [o.name for o in decoder.graph.output] == list(DECODER_OUTPUTS)
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in decoder.graph.input}
+    assert dims["point_coords"][:2] == ["num_prompts", "num_points"]
+    assert dims["text_embeddings"][:2] == ["num_classes", "num_synonyms"]
+    assert any(n.op_type == "RoiAlign" for n in decoder.graph.node)
+    text = (exported / "model.yaml").read_text()
+    assert "backend: onnx" in text and str(exported.resolve()) in text
+
+
+def test_onnxruntime_matches_pytorch(exported):
+    import onnxruntime as ort
+
+    model = build_model(ModelSpec(preset="tiny", seed=0))
+    s = model.image_size
+    image = torch.randn(1, 3, s, s, generator=torch.Generator().manual_seed(5))
+    enc = ort.InferenceSession(str(exported / "image_encoder.onnx"), providers=["CPUExecutionProvider"])
+    got = enc.run(None, {"image": image.numpy()})
+    with torch.no_grad():
+        want = ImageEncoderGraph(model)(image)
+    for a, b in zip(got, want):
+        assert close(a, b.numpy())
+
+    features = ImageFeatures(want[0], [], list(want[1:5]))
+    dec = ort.InferenceSession(str(exported / "decoder_multimask.onnx"), providers=["CPUExecutionProvider"])
+    # 6 prompts of 3 clicks: neither N nor P equals the export example's (3 prompts, 2 clicks)
+    inputs = example_decoder_inputs(model, want[:5], num_prompts=6, num_points=3, num_classes=11, num_synonyms=4,
+                                    seed=9)
+    out = dict(zip(DECODER_OUTPUTS, dec.run(None, {k: v.numpy() for k, v in inputs.items()})))
+    with torch.no_grad():
+        ref = model.decode(features, inputs["point_coords"][:, :3], inputs["point_labels"][:, :3].long(),
+                           multimask_output=True)
+    assert out["masks_lowres"].shape == (6, 3, 64, 64) and out["class_logits"].shape == (6, 3, 12)
+    assert close(out["masks_lowres"], ref["masks_lowres"].numpy())
+    assert close(out["iou"], ref["iou"].numpy())
+    assert np.array_equal(out["roi_boxes"], ref["roi_boxes"].numpy())
+    assert close(out["region_embeddings"], ref["region_embeddings"].numpy())
+    from ovsam_ros.model.recognition import class_logits
+    from ovsam_ros.model.vocabulary import TextEmbeddings, Vocabulary
+
+    names = [f"c{i}" for i in range(11)]
+    text = TextEmbeddings(inputs["text_embeddings"], inputs["text_valid"] > 0.5,
+                          Vocabulary(name="t", version="", classes=names, synonyms=[[n] for n in names]))
+    logits = class_logits(ref["region_embeddings"].reshape(-1, model.clip_dim), text).reshape(6, 3, 12)
+    assert close(out["class_logits"], logits.numpy())
+
+
+def test_reference_token_layout_exports_one_decoder(tmp_path):
+    model = tiny(seed=3, output_tokens="reference", label_token=True)
+    model.clip2sam.label_weight = 0.5  # exercise the label-token path too
+    manifest = export_onnx(model, tmp_path, text_tower=False)
+    assert set(manifest["files"]) == {"image_encoder", "decoder"}
+    assert manifest["num_mask_tokens"] == 1
+    assert manifest["check"]["ok"], manifest["check"]["summary"]
+
+
+def test_sam_point_inputs_follow_sam_padding_and_box_tokens():
+    coords = torch.tensor([[[10.0, 20.0]], [[30.0, 40.0]]])
+    labels = torch.tensor([[1], [0]])
+    c, lab = sam_point_inputs(coords, labels, None)
+    assert c.shape == (2, 2, 2) and lab.tolist() == [[1.0, -1.0], [0.0, -1.0]]
+    c, lab = sam_point_inputs(coords, labels, torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]))
+    assert lab.tolist() == [[1.0, 2.0, 3.0], [0.0, 2.0, 3.0]] and c[1, 1:].tolist() == [[5.0, 6.0], [7.0, 8.0]]
+    c, lab = sam_point_inputs(None, None, torch.tensor([[1.0, 2.0, 3.0, 4.0]]))
+    assert lab.tolist() == [[2.0, 3.0]]
+    with pytest.raises(ValueError, match="at least one point or a box"):
+        sam_point_inputs(None, None, None)
