@@ -50,7 +50,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -119,49 +119,9 @@ class DecoderGraph(nn.Module):
         has = has_mask_input.reshape(-1, 1, 1, 1).to(mask_input.dtype)
         return has * pe.mask_downscaling(mask_input) + (1 - has) * pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
 
-    # -- mask decoder (OVSAMDecoder.predict_masks with broadcasting) -----------------------------
+    # -- mask decoder: OVSAMDecoder.predict_masks is trace-friendly (dynamic prompt axis) ----------
     def predict_masks(self, image_embedding: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor):
-        dec = self.decoder
-        md = dec.mask_decoder
-        n = sparse.shape[0]
-        parts: List[torch.Tensor] = []
-        if dec.use_label_token:
-            parts.append(dec.label_token.weight)
-        use_iou = dec.output_tokens == "sam"
-        if use_iou:
-            parts += [md.iou_token.weight, md.mask_tokens.weight]
-            num_masks = md.num_mask_tokens
-        else:
-            parts.append(md.mask_tokens.weight[:1])
-            num_masks = 1
-        output_tokens = torch.cat(parts, dim=0).unsqueeze(0).expand(n, -1, -1)
-        tokens = torch.cat((output_tokens, sparse), dim=1)
-        src = (image_embedding + dense).expand(n, -1, -1, -1)
-        pos_src = dec.prompt_encoder.get_dense_pe().expand(n, -1, -1, -1)
-        b, c, h, w = src.shape
-        hs, src = md.transformer(src, pos_src, tokens)
-        i = 0
-        label_out = None
-        if dec.use_label_token:
-            label_out = hs[:, 0, :]
-            i = 1
-        iou_out = None
-        if use_iou:
-            iou_out = hs[:, i, :]
-            i += 1
-        mask_tokens_out = hs[:, i: i + num_masks, :]
-        src = src.transpose(1, 2).reshape(b, c, h, w)
-        upscaled = md.output_upscaling(src)
-        hyper_in = torch.stack([md.output_hypernetworks_mlps[k](mask_tokens_out[:, k, :]) for k in range(num_masks)],
-                               dim=1)
-        b, c, h, w = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
-        if iou_out is not None:
-            iou = md.iou_prediction_head(iou_out)
-        else:
-            iou = torch.full_like(masks[:, :, 0, 0], float("nan"))
-        label_embeddings = dec.label_mlp(label_out) if label_out is not None else None
-        return masks, iou, label_embeddings
+        return self.decoder.predict_masks(image_embedding, sparse, dense)
 
     # -- CLIP2SAM ------------------------------------------------------------------------------
     @staticmethod

@@ -137,14 +137,12 @@ class OVSAMDecoder(nn.Module):
         output_tokens = torch.cat(parts, dim=0).unsqueeze(0).expand(n, -1, -1)
         tokens = torch.cat((output_tokens.to(sparse_embeddings.dtype), sparse_embeddings), dim=1)
 
-        if image_embeddings.shape[0] == 1:
-            src = torch.repeat_interleave(image_embeddings, n, dim=0)
-        elif image_embeddings.shape[0] == n:
-            src = image_embeddings
-        else:
+        if image_embeddings.shape[0] not in (1, n):
             raise ValueError(f"image_embeddings batch {image_embeddings.shape[0]} is neither 1 nor {n} prompts")
-        src = src + dense_embeddings
-        pos_src = torch.repeat_interleave(self.prompt_encoder.get_dense_pe(), n, dim=0)
+        # Broadcasting (not repeat_interleave) shares one image embedding across the
+        # prompts and keeps the prompt axis dynamic when traced for ONNX export.
+        src = (image_embeddings + dense_embeddings).expand(n, -1, -1, -1)
+        pos_src = self.prompt_encoder.get_dense_pe().expand(n, -1, -1, -1)
         b, c, h, w = src.shape
 
         hs, src = md.transformer(src, pos_src, tokens)
@@ -165,11 +163,11 @@ class OVSAMDecoder(nn.Module):
             [md.output_hypernetworks_mlps[k](mask_tokens_out[:, k, :]) for k in range(num_masks)], dim=1
         )
         b, c, h, w = upscaled.shape
-        masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+        masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
         if iou_out is not None:
             iou_pred = md.iou_prediction_head(iou_out)
         else:
-            iou_pred = masks.new_full((n, num_masks), float("nan"))
+            iou_pred = torch.full_like(masks[:, :, 0, 0], float("nan"))
         label_embeddings = self.label_mlp(label_out) if label_out is not None else None
         return masks, iou_pred, label_embeddings
 
