@@ -103,7 +103,8 @@ def run_client(out: Path, sizes: Sequence[tuple[int, int]], frames: int, warmup:
     executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
     executor.add_node(prompts)
-    threading.Thread(target=executor.spin, daemon=True).start()
+    spin_thread = threading.Thread(target=executor.spin, daemon=True)
+    spin_thread.start()
 
     deadline = time.monotonic() + timeout
     while not (node.count_subscribers("image") and node.count_publishers("ovsam/masks")
@@ -156,9 +157,14 @@ def run_client(out: Path, sizes: Sequence[tuple[int, int]], frames: int, warmup:
             records.append(rec)
             time.sleep(0.05)  # let the node go idle between frames
     out.write_text(json.dumps({"records": records, "lost_frames": lost}) + "\n", encoding="utf-8")
+    # Stop the spinning thread before tearing down rclpy: shutting down under a running
+    # executor intermittently killed the process after the records were written.
+    executor.shutdown(timeout_sec=10.0)
+    spin_thread.join(timeout=10.0)
+    node.destroy_node()
+    prompts.destroy_node()
+    rclpy.try_shutdown()
     print(f"done ({lost} frame(s) lost and re-sent)", flush=True)
-    executor.shutdown()
-    rclpy.shutdown()
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -261,8 +267,10 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                                   "--timeout", str(args.timeout), "--sizes", *[f"{w}x{h}" for w, h in args.sizes]],
                                  cwd=str(ROOT))
             lines = wait_for_line(client, "done", timeout=args.timeout + 60 * len(args.sizes) * (args.frames + args.warmup))
-            if client.wait(timeout=30) != 0 or not records_path.exists():
-                raise RuntimeError("benchmark client failed:\n" + "\n".join(lines[-30:]))
+            code = client.wait(timeout=30)
+            if code != 0 or not records_path.exists():
+                rest = client.stdout.read().decode(errors="replace") if client.stdout else ""
+                raise RuntimeError(f"benchmark client failed (exit code {code}):\n" + "\n".join(lines[-30:]) + rest)
             group.stop(node)
         data = json.loads(records_path.read_text())
     records = data["records"]

@@ -186,13 +186,15 @@ def run_ros_demo(
         result.stages_ms = {name: s["mean"] * 1000 for name, s in snap["stages"].items() if s}
         return result
     finally:
+        # The spinning thread must be gone before nodes are destroyed (a race there
+        # intermittently killed the benchmark client that used the same pattern).
         executor.shutdown(timeout_sec=2.0)
+        if spinner is not None:
+            spinner.join(timeout=5.0)
         for n in nodes:
             if isinstance(n, OVSAMNode):
                 n.stop_worker()
             n.destroy_node()
-        if spinner is not None:
-            spinner.join(timeout=5.0)
         rclpy.try_shutdown(context=context)
 
 
