@@ -239,19 +239,18 @@ class OVSAMPredictor:
         if first.mask_input is not None:
             mask_input = torch.as_tensor(np.stack([self._check_mask_input(p.mask_input) for p in prompts]))
             mask_input = mask_input.to(self.device, torch.float32).unsqueeze(1)
-        return self._run_decoder(coords, labels, boxes, mask_input, multimask_output, upsample=False)
+        return self._run_decoder(coords, labels, boxes, mask_input, multimask_output)
 
-    def _run_decoder(self, coords, labels, boxes, mask_input, multimask_output: bool,
-                     upsample: bool = True) -> dict[str, torch.Tensor]:
+    def _run_decoder(self, coords, labels, boxes, mask_input, multimask_output: bool) -> dict[str, torch.Tensor]:
+        """Low-res masks, IoU and normalised region embeddings; callers upsample what they keep."""
         features = self._require_image()
         with autocast(self.device, self.precision):
             out = self.model.decode(features, coords, labels, boxes, mask_input, multimask_output=multimask_output)
-        decoded = {
+        return {
             "low_res": out["masks_lowres"].float(),
             "iou": out["iou"].float(),
             "embeddings": F.normalize(out["region_embeddings"].float(), dim=-1),
         }
-        return self._upsample(decoded) if upsample else decoded
 
     def _upsample(self, decoded: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Add ``logits`` [N, M, H, W] at the original size (the costly step: done only for masks still needed)."""
@@ -327,7 +326,7 @@ class OVSAMPredictor:
             points = grid[start : start + opts.points_per_batch]
             coords = self.transform.apply_coords(points[:, None, :], self.original_size).to(self.device)
             labels = torch.ones(coords.shape[:2], dtype=torch.int64, device=self.device)
-            decoded = self._run_decoder(coords, labels, None, None, multimask_output=True, upsample=False)
+            decoded = self._run_decoder(coords, labels, None, None, multimask_output=True)
             decoded = {key: value.flatten(0, 1) for key, value in decoded.items()}
             # The IoU filter needs no full-resolution mask: upsample only the masks that pass it.
             decoded = {key: value[decoded["iou"] > opts.pred_iou_thresh] for key, value in decoded.items()}
