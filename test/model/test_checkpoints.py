@@ -154,6 +154,93 @@ def test_reference_files_load_and_run(tmp_path, tiny_model_factory, tiny_images)
     assert torch.equal(target.decoder.mask_decoder.mask_tokens.weight[0], source.decoder.mask_decoder.mask_tokens.weight[0])
 
 
+def _hand_reference_files(tmp_path, model, seed=5):
+    """Reference-layout files written key by key from the published names (not by our exporter).
+
+    The reference decoder is SAM's MaskDecoder with ONE mask token and no IoU head: its keys are
+    those of a segment_anything ``MaskDecoder(num_multimask_outputs=0)`` minus ``iou_*``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(t):
+        return torch.randn(tuple(t.shape), generator=gen)
+
+    sam2clip = {f"neck_student.{k}": rnd(v) for k, v in model.sam2clip.state_dict().items()}
+    clip2sam = {}
+    for i, block in enumerate(model.clip2sam.fpn.inner_blocks):
+        clip2sam[f"fpn_neck.lateral_convs.{i}.conv.weight"] = rnd(block[0].weight)
+        clip2sam[f"fpn_neck.lateral_convs.{i}.conv.bias"] = rnd(block[0].bias)
+    for i, block in enumerate(model.clip2sam.fpn.layer_blocks):
+        clip2sam[f"fpn_neck.fpn_convs.{i}.conv.weight"] = rnd(block[0].weight)
+        clip2sam[f"fpn_neck.fpn_convs.{i}.conv.bias"] = rnd(block[0].bias)
+    clip2sam["mask_decoder.roi_conv.0.conv.weight"] = rnd(model.clip2sam.roi_conv[0].weight)
+    clip2sam["mask_decoder.label_token.weight"] = rnd(model.decoder.label_token.weight)
+    for k, v in model.decoder.label_mlp.state_dict().items():
+        clip2sam[f"mask_decoder.label_mlp.{k}"] = rnd(v)
+    from segment_anything.modeling import MaskDecoder, TwoWayTransformer
+
+    d = model.cfg.decoder
+    one_token = MaskDecoder(
+        num_multimask_outputs=0,
+        transformer=TwoWayTransformer(depth=d.depth, embedding_dim=d.transformer_dim, mlp_dim=d.mlp_dim,
+                                      num_heads=d.num_heads),
+        transformer_dim=d.transformer_dim,
+    )
+    for k, v in one_token.state_dict().items():
+        if not k.startswith("iou_"):
+            clip2sam[f"mask_decoder.mask_decoder.{k}"] = rnd(v)
+    assert clip2sam["mask_decoder.mask_decoder.mask_tokens.weight"].shape[0] == 1
+    p1, p2 = tmp_path / "hand_sam2clip.pth", tmp_path / "hand_clip2sam.pth"
+    torch.save({"meta": {"epoch": 24}, "state_dict": {**sam2clip, "backbone.foo": torch.zeros(1)}}, p1)
+    torch.save({"state_dict": {**clip2sam, "data_preprocessor.mean": torch.zeros(3)}}, p2)
+    return p1, p2, sam2clip, clip2sam
+
+
+def test_hand_built_reference_files_land_in_the_named_parameters(tmp_path, tiny_model_factory, tiny_images):
+    model = tiny_model_factory("rn", seed=3, output_tokens="reference")
+    p1, p2, sam2clip, clip2sam = _hand_reference_files(tmp_path, model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    load_reference_sam2clip(model, p1)
+    load_reference_clip2sam(model, p2)
+    sd = model.state_dict()
+    # The published name -> our parameter, written out (not derived from the loader's rule table).
+    named = {
+        "fpn_neck.lateral_convs.0.conv.weight": "clip2sam.fpn.inner_blocks.0.0.weight",
+        "fpn_neck.lateral_convs.3.conv.bias": "clip2sam.fpn.inner_blocks.3.0.bias",
+        "fpn_neck.fpn_convs.1.conv.weight": "clip2sam.fpn.layer_blocks.1.0.weight",
+        "fpn_neck.fpn_convs.2.conv.weight": "clip2sam.fpn.layer_blocks.2.0.weight",
+        "fpn_neck.fpn_convs.3.conv.bias": "clip2sam.fpn.layer_blocks.3.0.bias",
+        "mask_decoder.roi_conv.0.conv.weight": "clip2sam.roi_conv.0.weight",
+        "mask_decoder.label_token.weight": "decoder.label_token.weight",
+        "mask_decoder.label_mlp.layers.0.weight": "decoder.label_mlp.layers.0.weight",
+        "mask_decoder.label_mlp.layers.2.bias": "decoder.label_mlp.layers.2.bias",
+        "mask_decoder.mask_decoder.transformer.layers.0.self_attn.q_proj.weight":
+            "decoder.mask_decoder.transformer.layers.0.self_attn.q_proj.weight",
+        "mask_decoder.mask_decoder.output_upscaling.0.weight": "decoder.mask_decoder.output_upscaling.0.weight",
+        "mask_decoder.mask_decoder.output_hypernetworks_mlps.0.layers.1.weight":
+            "decoder.mask_decoder.output_hypernetworks_mlps.0.layers.1.weight",
+    }
+    for ref, ours in named.items():
+        assert torch.equal(sd[ours], clip2sam[ref]), f"{ref} did not land in {ours}"
+    for ref, v in clip2sam.items():  # every other file tensor too, by the same naming
+        if ref.startswith("mask_decoder.mask_decoder.") and not ref.endswith("mask_tokens.weight"):
+            assert torch.equal(sd["decoder." + ref[len("mask_decoder."):]], v), ref
+    for ref, v in sam2clip.items():
+        assert torch.equal(sd["sam2clip." + ref[len("neck_student."):]], v), ref
+    # The one reference mask token fills row 0; SAM's other tokens, the IoU head, the prompt
+    # encoder and CLIP are not in the files and keep their values.
+    tokens = sd["decoder.mask_decoder.mask_tokens.weight"]
+    assert torch.equal(tokens[:1], clip2sam["mask_decoder.mask_decoder.mask_tokens.weight"])
+    assert torch.equal(tokens[1:], before["decoder.mask_decoder.mask_tokens.weight"][1:])
+    kept = [k for k in sd if k.startswith(("decoder.mask_decoder.iou_", "decoder.prompt_encoder.", "backbone.",
+                                           "decoder.mask_decoder.output_hypernetworks_mlps.1."))]
+    assert kept and all(torch.equal(sd[k], before[k]) for k in kept)
+    changed = [k for k in sd if not torch.equal(sd[k], before[k])]
+    assert len(changed) == len(clip2sam) + len(sam2clip)  # each file tensor landed somewhere distinct
+    out = _run(model, tiny_images)
+    assert all(torch.isfinite(x).all() for x in out[:3])
+
+
 def test_reference_errors_name_key_and_file(tmp_path, tiny_model_factory):
     source = tiny_model_factory("rn", seed=0)
     target = tiny_model_factory("rn", seed=9)

@@ -313,20 +313,30 @@ def test_truncated_context_equals_full_context(tiny_clip):
 
 
 def test_encoder_without_causal_text_tower_does_not_truncate():
+    received = []
+
     class Plain(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.lin = torch.nn.Linear(3, 3)
 
         def encode_text(self, tokens):
-            return torch.ones(tokens.shape[0], 4) * tokens.shape[1]
+            received.append(tuple(tokens.shape))
+            return torch.ones(tokens.shape[0], 4)
+
+    def tokenizer(texts):  # CLIP-like: [SOT, word, EOT] then zero padding up to 77
+        tokens = torch.zeros(len(texts), 77, dtype=torch.long)
+        tokens[:, :3] = torch.tensor([49406, 320, 49407])
+        return tokens
 
     enc = OpenCLIPTextEncoder(Plain())
     assert not enc.supports_truncation
-    vocab = Vocabulary("p", "", ["a"], [["a"]])
-    emb = encode_vocabulary(enc, lambda texts: torch.ones(len(texts), 77, dtype=torch.long), vocab, "single",
-                            progress=False)
-    assert emb.embeddings.shape == (1, 1, 4)
+    vocab = Vocabulary("p", "", ["a", "b"], [["a"], ["b"]])
+    emb = encode_vocabulary(enc, tokenizer, vocab, "single", progress=False)
+    assert emb.embeddings.shape == (2, 1, 4)
+    # Without a causal text tower every prompt must reach the model at the full 77 tokens
+    # (cutting to the 3 non-pad tokens would change a non-causal tower's output).
+    assert received and all(length == 77 for _, length in received), received
 
 
 def test_text_embeddings_save_load_and_device(tiny_clip, tmp_path):

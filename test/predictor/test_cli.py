@@ -1,5 +1,6 @@
 """The `ovsam` command line: valid JSON with COCO RLE masks, overlays, clear errors."""
 
+import argparse
 import json
 
 import cv2
@@ -15,9 +16,22 @@ SAMPLE = SAMPLES_DIR / "coffee.png"  # 600 x 400
 def test_object_spec_parsing():
     prompt = parse_object("p:10,20 n:30,40;b:1,2,3,4")
     assert prompt.points == [[10, 20], [30, 40]] and prompt.point_labels == [1, 0] and prompt.box == [1, 2, 3, 4]
-    for bad in ("q:1,2", "p:1", "b:1,2,3,4 b:1,2,3,4", ""):
-        with pytest.raises(Exception):
-            parse_object(bad)
+    assert parse_object("n:1.5,2").points == [[1.5, 2.0]] and parse_object("b:0,0,5,6").point_labels is None
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("q:1,2", "object part 'q:1,2' must start with p:, n: or b:"),
+    ("p:1", "point 'p:1' must be 2 comma-separated numbers, got '1'"),
+    ("p:a,b", "point 'p:a,b' must be 2 comma-separated numbers, got 'a,b'"),
+    ("b:1,2,3", "box 'b:1,2,3' must be 4 comma-separated numbers, got '1,2,3'"),
+    ("b:1,2,3,4 b:1,2,3,4", "object 'b:1,2,3,4 b:1,2,3,4' has more than one box"),
+    ("", "object '' has no point and no box"),
+])
+def test_bad_object_specs_are_rejected_with_their_reason(bad, message):
+    # argparse turns ArgumentTypeError into a one-line usage error (any other exception is a traceback).
+    with pytest.raises(argparse.ArgumentTypeError) as err:
+        parse_object(bad)
+    assert str(err.value) == message
 
 
 def test_help_explains_every_command(capsys):
@@ -47,15 +61,41 @@ def test_segment_writes_json_and_overlay(tmp_path, capsys):
     assert "3 instance(s)" in capsys.readouterr().out
 
 
+def _check_instances(data, height, width):
+    assert (data["height"], data["width"]) == (height, width)
+    for inst in data["instances"]:
+        mask = decode_rle(inst["segmentation"])
+        assert mask.shape == (height, width) and int(mask.sum()) == inst["area"] > 0
+        ys, xs = np.nonzero(mask)
+        assert inst["bbox_xyxy"] == [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+        scores = [label["score"] for label in inst["labels"]]
+        assert scores and all(0 <= v <= 1 for v in scores) and scores == sorted(scores, reverse=True)
+        assert inst["label"] == inst["labels"][0]["name"]
+
+
 def test_everything_and_query(tmp_path):
+    common = ["--points-per-side", "4", "--iou-thresh", "0", "--stability-thresh", "0", "--nms-thresh", "1",
+              "--threads", "1", "-q"]
     out = tmp_path / "e.json"
-    assert main(["everything", str(SAMPLE), "--points-per-side", "4", "--iou-thresh", "0", "--stability-thresh", "0",
-                 "--threads", "1", "--out", str(out), "-q"]) == 0
-    assert json.loads(out.read_text())["mode"] == "everything"
-    assert main(["query", str(SAMPLE), "a coffee cup", "--points-per-side", "4", "--iou-thresh", "0",
-                 "--stability-thresh", "0", "--threads", "1", "--out", str(out), "-q"]) == 0
-    data = json.loads(out.read_text())
-    assert data["query"] == "a coffee cup" and all(i["query_score"] is not None for i in data["instances"])
+    assert main(["everything", str(SAMPLE), *common, "--out", str(out)]) == 0
+    everything = json.loads(out.read_text())
+    assert everything["mode"] == "everything"
+    # --nms-thresh 1 keeps the 4x4 grid's masks (3 candidates per point) but for identical boxes.
+    assert 3 <= len(everything["instances"]) <= 3 * 16
+    _check_instances(everything, 400, 600)
+    ious = [inst["predicted_iou"] for inst in everything["instances"]]
+    assert ious == sorted(ious, reverse=True)  # best first
+
+    assert main(["query", str(SAMPLE), "a coffee cup", *common, "--top", "3", "--out", str(out)]) == 0
+    query = json.loads(out.read_text())
+    assert query["mode"] == "text" and query["query"] == "a coffee cup"
+    assert len(query["instances"]) == 3
+    _check_instances(query, 400, 600)
+    scores = [inst["query_score"] for inst in query["instances"]]
+    assert all(0 <= v <= 1 for v in scores) and scores == sorted(scores, reverse=True)
+    # The matches are chosen among the everything-mode masks of the same image.
+    masks = {inst["segmentation"]["counts"] for inst in everything["instances"]}
+    assert all(inst["segmentation"]["counts"] in masks for inst in query["instances"])
 
 
 @pytest.mark.parametrize("argv, message", [

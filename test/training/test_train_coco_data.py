@@ -52,6 +52,24 @@ def test_polygon_and_rle_decode_to_the_same_mask(tmp_path):
     assert mu.area(mu.encode(np.asfortranarray(mask.astype(np.uint8)))) == mask.sum()
 
 
+def test_hand_polygons_decode_to_hand_masks():
+    # COCO polygons are [x0, y0, x1, y1, ...] in pixel-edge coordinates; a pixel (row y, column x)
+    # belongs to the object when its centre (x + 0.5, y + 0.5) lies inside the polygon.
+    yy, xx = np.mgrid[:H, :W] + 0.5
+    rect = [8, 5, 40, 5, 40, 25, 8, 25]  # x 8..40, y 5..25: columns 8..39, rows 5..24
+    expected_rect = np.zeros((H, W), bool)
+    expected_rect[5:25, 8:40] = True
+    assert np.array_equal(decode_segmentation([rect], H, W), expected_rect)
+    # A non-symmetric triangle (a wrong x/y order or a transpose cannot map it onto itself):
+    # corners (50, 10), (62, 10), (50, 40); inside: x >= 50, y >= 10, and left of the hypotenuse.
+    tri = [50, 10, 62, 10, 50, 40]
+    expected_tri = (xx >= 50) & (yy >= 10) & ((xx - 50) / 12 + (yy - 10) / 30 < 1)
+    assert expected_tri.sum() > 150
+    assert np.array_equal(decode_segmentation([tri], H, W), expected_tri)
+    # Two polygons of one object are merged (union), not just the first one kept.
+    assert np.array_equal(decode_segmentation([rect, tri], H, W), expected_rect | expected_tri)
+
+
 def _uncompressed_counts(mask):
     flat = mask.T.reshape(-1).astype(np.uint8)  # column-major
     counts, cur, run = [], 0, 0
