@@ -13,7 +13,6 @@ predictor holds one image at a time and is not thread-safe.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from segment_anything.utils.amg import build_point_grid, calculate_stability_sco
 from torchvision.ops import batched_nms
 
 from ovsam_ros.image_input import to_uint8_rgb
+from ovsam_ros.model.fingerprint import text_weights_fingerprint
 from ovsam_ros.model.ovsam import OVSAM, ImageFeatures, masks_to_boxes
 from ovsam_ros.model.recognition import class_logits, topk_labels
 from ovsam_ros.model.transforms import ImageTransform
@@ -139,12 +139,7 @@ class OVSAMPredictor:
     def text_weights_id(self) -> str:
         """Fingerprint of the text tower's weights: cached embeddings are only valid for these."""
         if self._text_weights_id is None:
-            digest = hashlib.sha256()
-            for name, tensor in sorted(self.model.backbone.clip.state_dict().items()):
-                if not name.startswith("visual."):
-                    digest.update(name.encode())
-                    digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-            self._text_weights_id = "sha256:" + digest.hexdigest()
+            self._text_weights_id = text_weights_fingerprint(self.model.backbone.clip)
         return self._text_weights_id
 
     @property

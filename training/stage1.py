@@ -26,13 +26,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ovsam_ros.model.checkpoints import build_sam_teacher
+from ovsam_ros.model.fingerprint import module_fingerprint
 from ovsam_ros.model.ovsam import OVSAM
 
 from . import engine
 from .cli_common import main_wrapper
 from .data.common import write_json
 from .data.datasets import ImageFolderDataset, collate_images
-from .data.feature_cache import TeacherFeatureCache, weights_fingerprint
+from .data.feature_cache import TeacherFeatureCache
 
 log = logging.getLogger("training")
 
@@ -46,6 +47,7 @@ DEFAULTS: Dict[str, Any] = {
         "seed": 0,  # random-init seed when there is no checkpoint
         "cache_dir": None,  # on-disk teacher-feature cache
         "cache_dtype": "float32",  # float32 | float16 | bfloat16
+        "overrides": {},  # kind=tiny only: ImageEncoderViT arguments (e.g. out_chans, img_size) to match a student
     },
     "data": {
         "images": None,  # folder (or list of folders) of images, searched recursively
@@ -82,7 +84,7 @@ def build_teacher(tcfg: Dict[str, Any], model: OVSAM) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(tcfg["seed"]))
         ckpt = os.path.expanduser(tcfg["checkpoint"]) if tcfg.get("checkpoint") else None
-        teacher = build_sam_teacher(tcfg["kind"], ckpt)
+        teacher = build_sam_teacher(tcfg["kind"], ckpt, **(tcfg.get("overrides") or {}))
     if ckpt is None and tcfg["kind"] != "tiny":
         log.warning("teacher %s has no checkpoint: distilling a RANDOM encoder (only useful for tests)", tcfg["kind"])
     geo = teacher_geometry(teacher)
@@ -100,7 +102,7 @@ def teacher_identity(tcfg: Dict[str, Any], teacher: nn.Module) -> str:
         path = Path(os.path.expanduser(tcfg["checkpoint"]))
         st = path.stat()
         return f"{tcfg['kind']}:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-    return f"{tcfg['kind']}:{weights_fingerprint(teacher)}"
+    return f"{tcfg['kind']}:{module_fingerprint(teacher)}"
 
 
 class Stage1Task(engine.Task):

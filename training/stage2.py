@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from ovsam_ros.model.fingerprint import text_weights_fingerprint
 from ovsam_ros.model.ovsam import OVSAM
 from ovsam_ros.model.vocabulary import (
     OpenCLIPTextEncoder,
@@ -155,15 +156,6 @@ class Stage2Net(nn.Module):
         return out
 
 
-def text_weights_id(model: OVSAM) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.backbone.clip.state_dict().items()):
-        if not name.startswith("visual."):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return "sha256:" + digest.hexdigest()
-
-
 def encode_text(model: OVSAM, vocab: Vocabulary, templates: Any, cache_dir: Optional[str],
                 device: torch.device, env: Optional[engine.DistEnv] = None) -> TextEmbeddings:
     """Text embeddings of ``vocab`` with the model's CLIP text tower (cached on disk when asked)."""
@@ -178,7 +170,7 @@ def encode_text(model: OVSAM, vocab: Vocabulary, templates: Any, cache_dir: Opti
     if not cache_dir:
         return compute().to(device)
     cache = TextEmbeddingCache(os.path.expanduser(cache_dir))
-    wid = text_weights_id(model)
+    wid = text_weights_fingerprint(model.backbone.clip)  # the predictor's key: the cache can be shared
     if env is None or env.is_main:
         emb = cache.get_or_compute(compute, model_id=model_id, weights_id=wid, vocab=vocab, templates=templates)
     if env is not None:

@@ -25,15 +25,6 @@ from ovsam_ros.files import atomic_write
 log = logging.getLogger(__name__)
 
 
-def weights_fingerprint(module: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return "sha256:" + digest.hexdigest()
-
-
 class TeacherFeatureCache:
     def __init__(self, root: str, teacher_id: str, dtype: str = "float32") -> None:
         if dtype not in ("float32", "float16", "bfloat16"):
