@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ovsam_ros.cli_types import non_negative_int, number, positive_float, positive_int, unit_interval
 from ovsam_ros.prompts import Prompt, PromptError
 
 log = logging.getLogger("ovsam")
@@ -34,8 +36,8 @@ def _floats(text: str, count: int, what: str) -> list[float]:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{what} must be {count} comma-separated numbers, got {text!r}") from None
-    if len(values) != count:
-        raise argparse.ArgumentTypeError(f"{what} must be {count} comma-separated numbers, got {text!r}")
+    if len(values) != count or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"{what} must be {count} comma-separated finite numbers, got {text!r}")
     return values
 
 
@@ -78,8 +80,8 @@ def _add_common(parser: argparse.ArgumentParser, image: bool = True) -> None:
                        help="coco | lvis | imagenet21k | a .txt/.json file | 'cup, door handle' (default: the model YAML's)")
     group.add_argument("--device", default=None, help="cpu | cuda | cuda:N | auto (default: the model YAML's)")
     group.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"], help="default: the model YAML's")
-    group.add_argument("--top-k", type=int, default=None, help="labels reported per instance (default: 5)")
-    group.add_argument("--threads", type=int, default=None,
+    group.add_argument("--top-k", type=positive_int, default=None, help="labels reported per instance (default: 5)")
+    group.add_argument("--threads", type=positive_int, default=None,
                        help="CPU threads for PyTorch (default: PyTorch's choice; 1-2 is fastest for the tiny model)")
     group.add_argument("--baseline", choices=["none", "image-crop", "feature-crop"], default="none",
                        help="re-label the masks with a paper baseline instead of CLIP2SAM")
@@ -91,13 +93,13 @@ def _add_common(parser: argparse.ArgumentParser, image: bool = True) -> None:
 
 def _add_everything_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("everything mode")
-    group.add_argument("--points-per-side", type=int, default=16, help="point grid size (default 16 -> 256 prompts)")
-    group.add_argument("--points-per-batch", type=int, default=64, help="prompts per decoder call (memory vs speed)")
-    group.add_argument("--iou-thresh", type=float, default=0.8, help="drop masks with lower predicted IoU")
-    group.add_argument("--stability-thresh", type=float, default=0.9, help="drop masks with lower stability score")
-    group.add_argument("--nms-thresh", type=float, default=0.7, help="box IoU above which duplicates are removed")
-    group.add_argument("--min-area", type=int, default=0, help="drop masks with fewer pixels")
-    group.add_argument("--max-instances", type=int, default=100, help="keep at most this many, best first")
+    group.add_argument("--points-per-side", type=number(int, min=1, max=256), default=16, help="point grid size (default 16 -> 256 prompts)")
+    group.add_argument("--points-per-batch", type=positive_int, default=64, help="prompts per decoder call (memory vs speed)")
+    group.add_argument("--iou-thresh", type=unit_interval, default=0.8, help="drop masks with lower predicted IoU")
+    group.add_argument("--stability-thresh", type=unit_interval, default=0.9, help="drop masks with lower stability score")
+    group.add_argument("--nms-thresh", type=unit_interval, default=0.7, help="box IoU above which duplicates are removed")
+    group.add_argument("--min-area", type=non_negative_int, default=0, help="drop masks with fewer pixels")
+    group.add_argument("--max-instances", type=positive_int, default=100, help="keep at most this many, best first")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,8 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     query = sub.add_parser("query", help="find the objects matching a phrase ('red cup')")
     _add_common(query)
     query.add_argument("text", help="what to look for")
-    query.add_argument("--top", type=int, default=3, help="return at most this many matches")
-    query.add_argument("--min-score", type=float, default=0.0, help="drop matches scoring below this (0..1)")
+    query.add_argument("--top", type=positive_int, default=3, help="return at most this many matches")
+    query.add_argument("--min-score", type=unit_interval, default=0.0, help="drop matches scoring below this (0..1)")
     _add_everything_options(query)
 
     demo = sub.add_parser("demo", help="run the ROS 2 node on the bundled images: prompts, text query, everything",
@@ -143,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(out=None, overlay=None)
     demo.add_argument("--output-dir", type=Path, default=Path("outputs/demo"), help="where overlays (and JSON) go")
     demo.add_argument("--offline", action="store_true", help="predictor only, no ROS (writes JSON too)")
-    demo.add_argument("--frames", type=int, default=10, help="camera frames to process (ROS demo; default 10)")
-    demo.add_argument("--rate", type=float, default=2.0, help="camera frames per second at most (default 2)")
+    demo.add_argument("--frames", type=positive_int, default=10, help="camera frames to process (ROS demo; default 10)")
+    demo.add_argument("--rate", type=positive_float, default=2.0, help="camera frames per second at most (default 2)")
     from ovsam_ros.benchmark.cli import add_arguments as add_bench_arguments
     from ovsam_ros.export.cli import add_arguments as add_export_arguments
 
@@ -215,13 +217,15 @@ def print_table(results, title: str, file=None) -> None:
               f"{str(tuple(r.box)):<18} {second}", file=file)
 
 
-def run_on_image(args, predictor, image_path: Path, mode: str, prompts=(), text: str = ""):
+def run_on_image(args, predictor, image_path: Path, mode: str, prompts=(), text: str = "",
+                 image: Optional[np.ndarray] = None):
     """set_image + one mode + optional baseline relabel + outputs; returns (results, timings)."""
     from ovsam_ros.baselines import relabel
     from ovsam_ros.results import results_to_json, write_json
     from ovsam_ros.visualize import draw_overlay, save_rgb
 
-    image = read_image(image_path)
+    if image is None:
+        image = read_image(image_path)
     t0 = time.perf_counter()
     predictor.set_image(image)
     t1 = time.perf_counter()
@@ -254,9 +258,11 @@ def _run_single(args: argparse.Namespace) -> int:
     mode = {"segment": "prompt", "everything": "everything", "query": "text"}[args.command]
     if mode == "prompt" and not args.prompts:
         raise PromptError("no prompts: give --point, --box or --object")
+    # Inputs first: a missing or corrupt image must not wait for a model load (minutes for RN50x16).
+    image = read_image(Path(args.image))
     predictor = _make_predictor(args)
     results, timings = run_on_image(args, predictor, Path(args.image), mode, getattr(args, "prompts", ()),
-                                    getattr(args, "text", ""))
+                                    getattr(args, "text", ""), image=image)
     if not args.quiet:
         print_table(results, f"{args.image}: {len(results)} instance(s) [{mode}] "
                              f"encode {timings['encode_image_s']:.3f} s, decode+label {timings['prompts_and_labels_s']:.3f} s")

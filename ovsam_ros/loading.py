@@ -202,7 +202,7 @@ def untrained_warning(spec: ModelSpec) -> str:
 
 def build_predictor(source: Union[str, Path, dict[str, Any]], **overrides: Any):
     """Model + predictor from a model YAML; ``overrides`` replace predictor fields (device=...)."""
-    from ovsam_ros.model.vocabulary import TextEmbeddingCache, get_templates
+    from ovsam_ros.model.vocabulary import TextEmbeddingCache, get_templates, load_vocabulary
     from ovsam_ros.predictor import OVSAMPredictor
 
     model_spec, predictor_spec = load_specs(source)
@@ -212,15 +212,19 @@ def build_predictor(source: Union[str, Path, dict[str, Any]], **overrides: Any):
         if not hasattr(predictor_spec, key):
             raise ValueError(f"unknown predictor option {key!r}")
         setattr(predictor_spec, key, value)
+    # Cheap input checks before the model load (seconds, minutes for large presets): a
+    # vocabulary typo or missing file fails now.
+    vocabulary = None if predictor_spec.vocabulary is None else load_vocabulary(predictor_spec.vocabulary)
+    templates = get_templates(predictor_spec.templates)
     model = build_model(model_spec)
     cache = TextEmbeddingCache(_expand(predictor_spec.text_cache_dir)) if predictor_spec.text_cache_dir else None
     predictor = OVSAMPredictor(
         model,
-        vocabulary=predictor_spec.vocabulary,
+        vocabulary=vocabulary,
         device=predictor_spec.device,
         precision=predictor_spec.precision,
         top_k=predictor_spec.top_k,
-        templates=get_templates(predictor_spec.templates),
+        templates=templates,
         text_cache=cache,
         trained=model_spec.trained,
     )

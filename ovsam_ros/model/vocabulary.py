@@ -14,7 +14,9 @@ CLIP text tower). Built-in vocabularies:
 Users can also pass a ``.txt`` file (one class per line, synonyms separated by
 ``,``), a ``.json`` file (this package's format, a COCO/LVIS annotation file's
 ``categories``, or a plain list) or an inline string such as
-``"red cup, person, door handle"``. See :func:`load_vocabulary`.
+``"red cup, person, door handle"`` (``"inline:cup"`` for one class). A single
+unknown word or a missing path is an error, never a one-class vocabulary.
+See :func:`load_vocabulary`.
 
 Text embeddings follow the reference recipe: every synonym is put into every
 prompt template, each CLIP text feature is L2-normalised, the features are
@@ -34,6 +36,7 @@ faster. :class:`OpenCLIPTextEncoder` implements that for open_clip models and
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -51,6 +54,7 @@ from ovsam_ros.files import atomic_write
 __all__ = [
     "BACKGROUND_NAME",
     "BUILTIN_VOCABULARIES",
+    "INLINE_PREFIX",
     "SINGLE_TEMPLATES",
     "SPLITS",
     "TEMPLATE_SETS",
@@ -61,12 +65,15 @@ __all__ = [
     "TextEmbeddings",
     "Vocabulary",
     "VocabularyWarning",
+    "builtin_names",
     "check_truncation",
+    "classify_spec",
     "clean_name",
     "encode_vocabulary",
     "file_identity",
     "get_templates",
     "load_vocabulary",
+    "looks_like_path",
     "split_synonyms",
 ]
 
@@ -119,6 +126,10 @@ BUILTIN_VOCABULARIES: Dict[str, Tuple[str, Optional[Tuple[str, ...]]]] = {
 }
 
 _SYNONYM_SEPARATORS = re.compile(r",|/|_or_")
+
+#: Prefix that marks a string as an inline class list even without a comma ("inline:cup").
+INLINE_PREFIX = "inline:"
+_CLASS_SEPARATORS = (",", ";", "\n")
 
 
 class VocabularyWarning(UserWarning):
@@ -434,15 +445,19 @@ def load_vocabulary(spec: VocabularySpec, max_synonyms: Optional[int] = None) ->
       rare = novel), or a plain JSON list of names,
     * an inline string: classes separated by ``,`` (``"red cup, person, door handle"``),
       synonyms inside a class by ``/`` or ``_or_`` (``"sofa/couch, tv"``). If the string
-      contains ``;`` then ``;`` separates classes and ``,`` separates synonyms,
+      contains ``;`` then ``;`` separates classes and ``,`` separates synonyms. A list
+      without a separator needs the ``inline:`` prefix (``"inline:red cup"``,
+      ``"inline:sofa/couch"``): a lone word that is not a built-in name is an error, not a
+      one-class vocabulary (see :func:`classify_spec`),
     * a list of names, or a :class:`Vocabulary` (returned unchanged).
 
     Names are cleaned with :func:`clean_name`. Duplicate class names are merged into the first
     occurrence with a :class:`VocabularyWarning`. ``max_synonyms`` caps the synonyms per class.
 
     Raises:
-        ValueError: the vocabulary would be empty, or the spec cannot be parsed.
-        FileNotFoundError: the spec names a ``.txt`` / ``.json`` file that does not exist.
+        ValueError: the vocabulary would be empty, the spec cannot be parsed, or it is a single
+            name that is not built in (the message lists the built-ins and the inline forms).
+        FileNotFoundError: the spec looks like a path and no such file exists.
     """
     vocab = _load(spec)
     return vocab.with_max_synonyms(max_synonyms)
@@ -455,22 +470,75 @@ def _load(spec: VocabularySpec) -> Vocabulary:
         return _load_file(spec)
     if not isinstance(spec, str):
         return Vocabulary.from_names(list(spec), name="custom")
-    text = spec.strip()
-    if not text:
-        raise ValueError("empty vocabulary specification: give a built-in name "
-                         f"({', '.join(sorted(BUILTIN_VOCABULARIES))}), a .txt/.json path or class names")
-    key = text.lower().replace("-", "_")
-    if key in BUILTIN_VOCABULARIES:
-        source, keep = BUILTIN_VOCABULARIES[key]
+    kind, value = classify_spec(spec)
+    if kind == "builtin":
+        source, keep = BUILTIN_VOCABULARIES[value]
         vocab = _load_imagenet21k() if source == "imagenet21k" else _load_shipped(source)
         if keep is not None:
-            vocab = vocab.subset([i for i, s in enumerate(vocab.split) if s in keep], name=key)
+            vocab = vocab.subset([i for i, s in enumerate(vocab.split) if s in keep], name=value)
         return vocab
+    if kind == "file":
+        return _load_file(Path(value))
+    return _parse_inline(value)
+
+
+def classify_spec(spec: str) -> Tuple[str, str]:
+    """What a vocabulary string means, without reading any file: ``("builtin", name)``,
+    ``("file", expanded path)`` or ``("inline", class list text)``.
+
+    The rules (documented in :func:`load_vocabulary`) leave no guesses: a string is a
+    built-in name, an existing file, an explicit ``inline:`` list, or a list with a class
+    separator (``,`` ``;`` or a newline). A single entry that is none of these is an error,
+    because reading a typo (``lvsi``) or a missing path (``/tmp/nope/my_vocab``) as a
+    one-class vocabulary labels every mask with it at a high score.
+
+    Raises:
+        FileNotFoundError: ``spec`` looks like a path (has ``/``, starts with ``~`` or ``.``,
+            or ends in ``.txt`` / ``.json``) and no such file exists.
+        ValueError: empty, or a single unknown name (the message lists the built-ins).
+    """
+    text = str(spec).strip()
+    if not text:
+        raise ValueError("empty vocabulary specification: give a built-in name "
+                         f"({', '.join(builtin_names())}), a .txt/.json path or class names")
+    if text[:len(INLINE_PREFIX)].lower() == INLINE_PREFIX:
+        body = text[len(INLINE_PREFIX):]
+        if not body.strip():
+            raise ValueError(f"vocabulary {text!r} contains no class names after '{INLINE_PREFIX}'")
+        return "inline", body
+    key = text.lower().replace("-", "_")
+    if key in BUILTIN_VOCABULARIES:
+        return "builtin", key
     if _is_file(text):
-        return _load_file(Path(os.path.expanduser(text)))
-    if text.lower().endswith((".txt", ".json")) and "," not in text and ";" not in text:
-        raise FileNotFoundError(f"vocabulary file not found: {text}")
-    return _parse_inline(text)
+        return "file", os.path.expanduser(text)
+    if any(sep in text for sep in _CLASS_SEPARATORS):
+        return "inline", text
+    if looks_like_path(text):
+        path = os.path.expanduser(text)
+        what = "is a directory, not a file" if os.path.isdir(path) else "not found"
+        bare = not text.startswith(("/", "~", ".")) and not text.lower().endswith((".txt", ".json"))
+        hint = f" (a single class with synonyms is written '{INLINE_PREFIX}{text}')" if bare else ""
+        raise FileNotFoundError(f"vocabulary file {what}: {path}{hint}")
+    close = difflib.get_close_matches(key, builtin_names(), n=3, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(
+        f"unknown vocabulary {text!r}: not a built-in name and not a file.{hint} "
+        f"Built-in vocabularies: {', '.join(builtin_names())}. "
+        f"An inline class list needs a comma ('{text}, person'), or the '{INLINE_PREFIX}' prefix for "
+        f"a single class ('{INLINE_PREFIX}{text}').")
+
+
+def builtin_names() -> List[str]:
+    """The built-in vocabulary names (aliases included), sorted."""
+    return sorted(BUILTIN_VOCABULARIES)
+
+
+def looks_like_path(text: str) -> bool:
+    """True for strings a user means as a file path (``/`` or ``\\``, leading ``~`` / ``.``,
+    a vocabulary file suffix)."""
+    text = text.strip()
+    return ("/" in text or "\\" in text or text.startswith(("~", "."))
+            or text.lower().endswith((".txt", ".json")))
 
 
 def _is_file(text: str) -> bool:

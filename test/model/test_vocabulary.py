@@ -23,6 +23,7 @@ from ovsam_ros.model.vocabulary import (
     encode_vocabulary,
     file_identity,
     get_templates,
+    classify_spec,
     load_vocabulary,
     split_synonyms,
 )
@@ -82,7 +83,43 @@ def test_inline_lists():
     v = load_vocabulary("sofa, couch; tv")
     assert v.classes == ["sofa", "tv"] and v.synonyms[0] == ["sofa", "couch"]
     assert load_vocabulary(["Cup", "door_handle"]).classes == ["cup", "door handle"]
-    assert len(load_vocabulary("person")) == 1
+    assert load_vocabulary("inline:person").classes == ["person"]
+    assert load_vocabulary("INLINE:sofa/couch").synonyms == [["sofa", "couch"]]
+    assert load_vocabulary("person,").classes == ["person"]  # a comma makes it a list
+
+
+@pytest.mark.parametrize("spec, names", [
+    ("lvsi", ["'lvis'"]), ("coco2", ["'coco'"]), ("COCO-BASEE", ["'coco_base'"]), ("red cup", []),
+])
+def test_a_single_unknown_name_is_an_error_listing_the_builtins(spec, names):
+    # Before: "lvsi" became a one-class vocabulary and every mask was labeled "lvsi" (score 0.97).
+    with pytest.raises(ValueError) as info:
+        load_vocabulary(spec)
+    message = str(info.value)
+    assert f"unknown vocabulary {spec!r}" in message
+    assert all(name in message for name in ("coco", "lvis", "imagenet21k", "lvis_rare"))
+    assert "needs a comma" in message and f"'inline:{spec}'" in message
+    for name in names:
+        assert f"Did you mean {name}" in message
+
+
+@pytest.mark.parametrize("spec", ["/tmp/nope/my_vocab", "~/no_such_dir/v", "./classes", "classes.json",
+                                  "sofa/couch"])
+def test_a_missing_path_is_file_not_found_not_a_class(spec, tmp_path):
+    # Before: "/tmp/nope/my_vocab" gave the class "tmp" ('/' read as a synonym separator).
+    with pytest.raises(FileNotFoundError, match="vocabulary file not found"):
+        load_vocabulary(spec)
+    with pytest.raises(FileNotFoundError, match="is a directory"):
+        load_vocabulary(str(tmp_path))
+
+
+def test_classify_spec_reads_no_file(tmp_path):
+    path = tmp_path / "mine"  # an existing file without a suffix is still a file
+    path.write_text("cup\nmug\n", encoding="utf-8")
+    assert classify_spec(str(path)) == ("file", str(path))
+    assert classify_spec(" LVIS ") == ("builtin", "lvis")
+    assert classify_spec("cup; mug") == ("inline", "cup; mug")
+    assert load_vocabulary(str(path)).classes == ["cup", "mug"]
 
 
 def test_empty_vocabularies_raise_clear_errors(tmp_path):

@@ -124,3 +124,54 @@ def test_sixteen_bit_grey_image(tmp_path):
     out = tmp_path / "d.json"
     assert main(["segment", str(path), "--box", "5,5,40,30", "--out", str(out), "-q"]) == 0
     assert json.loads(out.read_text())["width"] == 64
+
+
+# ----------------------------------------------------------------------------- bad input (issue #14)
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fails the test if the model is built: these inputs must be refused before that."""
+    import ovsam_ros.loading
+
+    calls = []
+    monkeypatch.setattr(ovsam_ros.loading, "build_model", lambda spec: calls.append(spec) or pytest.fail("model loaded"))
+    return calls
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["segment", "missing.png", "--point", "1,1"], "image not found"),
+    (["segment", str(SAMPLE), "--point", "1,1", "--vocab", "lvsi"], "unknown vocabulary 'lvsi'"),
+    (["segment", str(SAMPLE), "--point", "1,1", "--vocab", "/tmp/nope/my_vocab"],
+     "vocabulary file not found: /tmp/nope/my_vocab"),
+    (["everything", str(SAMPLE), "--vocab", "coco2"], "Did you mean 'coco'"),
+])
+def test_inputs_are_checked_before_the_model_loads(argv, message, capsys, no_model_load):
+    # Before: '--vocab lvsi' exited 0 labeling every mask "lvsi"; a missing image waited for the model.
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert no_model_load == []
+
+
+def test_corrupt_image_is_refused_before_the_model_loads(tmp_path, capsys, no_model_load):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG not really")
+    assert main(["segment", str(bad), "--point", "1,1"]) == 2
+    assert "could not decode image" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["everything", str(SAMPLE), "--iou-thresh", "nan"], "--iou-thresh"),
+    (["everything", str(SAMPLE), "--nms-thresh", "inf"], "--nms-thresh"),
+    (["everything", str(SAMPLE), "--points-per-side", "0"], "--points-per-side"),
+    (["query", str(SAMPLE), "cup", "--min-score", "-1"], "--min-score"),
+    (["segment", str(SAMPLE), "--point", "nan,3"], "--point"),
+    (["segment", str(SAMPLE), "--point", "1,1", "--top-k", "0"], "--top-k"),
+    (["demo", "--rate", "nan"], "--rate"),
+    (["demo", "--frames", "-3"], "--frames"),
+])
+def test_numeric_options_are_usage_errors(argv, option, capsys, no_model_load):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}" in err and "Traceback" not in err

@@ -43,7 +43,7 @@ def test_missing_weight_file_is_named(tmp_path):
 
 def test_untrained_model_warns_loudly(caplog):
     with caplog.at_level(logging.WARNING, logger="ovsam_ros.loading"):
-        predictor = build_predictor({"model": {"preset": "tiny"}, "predictor": {"vocabulary": "cat", "device": "cpu"}})
+        predictor = build_predictor({"model": {"preset": "tiny"}, "predictor": {"vocabulary": "inline:cat", "device": "cpu"}})
     assert not predictor.trained
     assert "UNTRAINED MODEL" in caplog.text and "MEANINGLESS" in caplog.text
 
