@@ -75,6 +75,7 @@ __all__ = [
     "load_vocabulary",
     "looks_like_path",
     "split_synonyms",
+    "unknown_vocabulary_error",
 ]
 
 #: Directory holding the shipped class-list files (``coco.json``, ``lvis.json``).
@@ -519,9 +520,16 @@ def classify_spec(spec: str) -> Tuple[str, str]:
         bare = not text.startswith(("/", "~", ".")) and not text.lower().endswith((".txt", ".json"))
         hint = f" (a single class with synonyms is written '{INLINE_PREFIX}{text}')" if bare else ""
         raise FileNotFoundError(f"vocabulary file {what}: {path}{hint}")
-    close = difflib.get_close_matches(key, builtin_names(), n=3, cutoff=0.6)
+    raise unknown_vocabulary_error(text)
+
+
+def unknown_vocabulary_error(text: str) -> ValueError:
+    """The error for a lone name that is not built in: lists the built-ins, suggests the
+    closest one and shows both inline forms."""
+    text = str(text).strip()
+    close = difflib.get_close_matches(text.lower().replace("-", "_"), builtin_names(), n=3, cutoff=0.6)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise ValueError(
+    return ValueError(
         f"unknown vocabulary {text!r}: not a built-in name and not a file.{hint} "
         f"Built-in vocabularies: {', '.join(builtin_names())}. "
         f"An inline class list needs a comma ('{text}, person'), or the '{INLINE_PREFIX}' prefix for "

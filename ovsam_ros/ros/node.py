@@ -57,8 +57,10 @@ from ovsam_ros.ros import outputs
 from ovsam_ros.ros.diagnostics import NodeStats, StageClock, diagnostic_array, summary_line
 from ovsam_ros.ros.frames import Frame, LatestFrameSlot, decode_frame, stamp_seconds, stamp_tuple
 from ovsam_ros.ros.image_conversion import ImageConversionError
+from ovsam_ros.ros.param_checks import ParamsFileError, check_params_file, unknown_parameters
 from ovsam_ros.ros.parameters import CONFIGURE_TIME, MODES, PARAMETERS, SPECS, NodeSettings, descriptor, validate
 from ovsam_ros.ros.prompt_input import PromptSet, fit_prompts, prompt_from_msg, prompt_set_from_msg
+from ovsam_ros.ros.vocabulary_access import allowed_dirs, resolve_request
 
 # Cameras: newest frame only, never a queue of stale ones.
 SENSOR_QOS = QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST, depth=1,
@@ -157,6 +159,11 @@ class OVSAMNode(LifecycleNode):
             reason = validate(spec.name, param.value)
             if reason:
                 self.param_errors[spec.name] = reason
+        # rclpy drops overrides nobody declares: a typo ("mdoe") would start the default mode silently.
+        given = list(getattr(self, "_parameter_overrides", {}) or {})
+        declared = set(SPECS) | {name for name in given if self.has_parameter(name)}
+        for name, reason in unknown_parameters(given, declared).items():
+            self.param_errors[name] = f"{reason} (node {self.get_fully_qualified_name()})"
         for reason in self.param_errors.values():
             self.get_logger().error(f"invalid parameter: {reason}")
         bad = set(self.param_errors)
@@ -550,6 +557,8 @@ class OVSAMNode(LifecycleNode):
             return response
         t0 = time.perf_counter()
         try:
+            if isinstance(spec, str):  # files only from the allowed directories, checked unread
+                spec = resolve_request(spec, allowed_dirs(self.settings.vocabulary_dirs))
             text = encode_vocabulary_text(predictor, spec)  # slow part, outside the lock
         except Exception as error:
             response.message = _shorten(f"could not load vocabulary: {type(error).__name__}: {error}")
@@ -675,6 +684,11 @@ def ros_args_for(params_files: Sequence[str], extra: Sequence[str] = ()) -> list
     return ["--ros-args", *args] if args else []
 
 
+def _params_files_in(ros_args: Sequence[str]) -> list[str]:
+    """The ``--params-file X`` values inside the user's ``--ros-args`` block."""
+    return [ros_args[i + 1] for i, arg in enumerate(ros_args[:-1]) if arg == "--params-file"]
+
+
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ovsam-node",
@@ -701,8 +715,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [%(name)s]: %(message)s")
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 
-    rclpy.init(args=["ovsam-node", *ros_args_for(args.params_file, ros_extra)])
-    node = OVSAMNode(args.name, namespace=args.namespace or None)
+    try:
+        for path in [*args.params_file, *_params_files_in(ros_extra)]:
+            for warning in check_params_file(path, args.name, args.namespace):
+                logging.getLogger("ovsam-node").warning(warning)
+    except ParamsFileError as error:
+        print(f"ovsam-node: error: {error}", file=sys.stderr)
+        return 2
+    try:
+        rclpy.init(args=["ovsam-node", *ros_args_for(args.params_file, ros_extra)])
+        node = OVSAMNode(args.name, namespace=args.namespace or None)
+    except Exception as error:  # rcl argument errors: one line, not a traceback
+        if type(error).__name__ != "RCLError" and not isinstance(error, ValueError):
+            raise
+        print(f"ovsam-node: error: {error}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
     executor = MultiThreadedExecutor(num_threads=max(2, args.threads))
     executor.add_node(node)
     try:

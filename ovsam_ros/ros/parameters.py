@@ -34,6 +34,7 @@ class ParamSpec:
     min: Optional[float] = None  # inclusive
     max: Optional[float] = None  # inclusive
     when: str = "runtime"  # "configure": fixed while a model is loaded
+    read_only: bool = False  # set at start only (params file, -p, launch); never over the network
 
     @property
     def type(self) -> type:
@@ -46,8 +47,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Model YAML: a name in config/models/ (tiny, rn50x16, convnext_large) or a path. "
               "'tiny' is a random-init smoke-test model: labels are meaningless.", when="configure"),
     ParamSpec("vocabulary", "",
-              "Initial vocabulary: coco | lvis | imagenet21k | a .txt/.json path | 'cup, door handle'. "
+              "Initial vocabulary: coco | lvis | imagenet21k | a .txt/.json path | 'cup, door handle' | "
+              "'inline:cup' (one class). A lone unknown name or a missing file is an error. "
               "'' = the model YAML's. Change it at runtime with the set_vocabulary service.", when="configure"),
+    ParamSpec("vocabulary_dirs", "",
+              "Directories (separated by ':') the set_vocabulary service may read .txt/.json files from; "
+              "a bare file name is looked up in them. '' = the package's vocabularies and "
+              "~/.cache/ovsam_ros/vocabularies. Other paths are refused unread. Read-only: set it at start.",
+              read_only=True),
     ParamSpec("device", "", "cpu | cuda | cuda:N | auto; '' = the model YAML's.", when="configure"),
     ParamSpec("precision", "", "fp32 | fp16 | bf16; '' = the model YAML's.", choices=PRECISIONS, when="configure"),
     # -- compute ---------------------------------------------------------------------
@@ -109,6 +116,13 @@ def validate(name: str, value: Any) -> Optional[str]:
         return f"device must be '', auto, cpu, cuda or cuda:N; got {value!r}"
     if name == "model" and not value.strip():
         return "model must name a model YAML (e.g. 'tiny' or a path)"
+    if name == "vocabulary" and value.strip():
+        from ovsam_ros.model.vocabulary import classify_spec
+
+        try:
+            classify_spec(value)  # no file is read: built-in, existing file or inline list
+        except (ValueError, FileNotFoundError) as error:
+            return f"vocabulary: {error}"
     return None
 
 
@@ -128,6 +142,7 @@ def descriptor(spec: ParamSpec):
         type=types[spec.type],
         description=spec.description,
         additional_constraints="; ".join(constraints),
+        read_only=spec.read_only,
     )
     if spec.type is int and (spec.min is not None or spec.max is not None):
         desc.integer_range = [IntegerRange(from_value=int(spec.min), to_value=int(spec.max), step=0)]
@@ -142,6 +157,7 @@ class NodeSettings:
 
     model: str = "tiny"
     vocabulary: str = ""
+    vocabulary_dirs: str = ""
     device: str = ""
     precision: str = ""
     num_threads: int = 2
@@ -196,7 +212,7 @@ def markdown_table() -> str:
         limits = ""
         if spec.min is not None:
             limits = f" Range {spec.min:g}..{spec.max:g}."
-        applies = "at configure" if spec.when == "configure" else "next frame"
+        applies = "at start" if spec.read_only else ("at configure" if spec.when == "configure" else "next frame")
         description = (spec.description + limits).replace("|", "\\|")
         rows.append(f"| `{spec.name}` | `{default}` | {applies} | {description} |")
     return "\n".join(rows)

@@ -1,0 +1,158 @@
+"""Bad node configuration is reported, never silently ignored (issue #14): typo'd parameter
+names, unknown vocabularies, broken params files; and the set_vocabulary file allow-list."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+pytest.importorskip("rclpy")
+
+from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
+
+from ovsam_ros.ros.param_checks import ParamsFileError, check_params_file, unknown_parameters  # noqa: E402
+from ovsam_ros.ros.parameters import SPECS  # noqa: E402
+
+
+# ----------------------------------------------------------------------------- parameter names
+def test_unknown_parameter_names_get_the_closest_valid_name():
+    found = unknown_parameters(["mdoe", "top_k", "qos_overrides./x.publisher.depth", "zzzzzz"], SPECS)
+    assert set(found) == {"mdoe", "zzzzzz"}
+    assert "did you mean 'mode'?" in found["mdoe"]
+    assert "valid names:" in found["zzzzzz"] and "points_per_side" in found["zzzzzz"]
+
+
+def test_a_typoed_parameter_stops_configure_with_the_closest_name(make_node):
+    # Before: 'mdoe: everything' started the node in mode 'prompt' without a word.
+    node = make_node(active=False, mdoe="everything")
+    assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert "unknown parameter 'mdoe'" in node.last_error and "did you mean 'mode'?" in node.last_error
+    assert node.predictor is None
+
+
+def test_a_typoed_parameter_in_a_params_file_is_reported(ros_context, tmp_path):
+    import rclpy
+    from rclpy.context import Context
+
+    from ovsam_ros.ros.node import OVSAMNode
+
+    params = tmp_path / "params.yaml"
+    params.write_text("/**:\n  ros__parameters:\n    model: tiny\n    num_threads: 1\n    mdoe: everything\n")
+    context = Context()
+    rclpy.init(args=["x", "--ros-args", "--params-file", str(params)], context=context)
+    try:
+        node = OVSAMNode("ovsam_params_file", context=context, start_worker=False)
+        try:
+            assert "mdoe" in node.param_errors and "did you mean 'mode'?" in node.param_errors["mdoe"]
+            assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        finally:
+            node.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=context)
+
+
+def test_an_unknown_vocabulary_parameter_stops_configure(make_node):
+    # Before: vocabulary 'coco2' became the one-class vocabulary ['coco2'].
+    node = make_node(active=False, vocabulary="coco2")
+    assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert "unknown vocabulary 'coco2'" in node.last_error and "Did you mean 'coco'" in node.last_error
+
+
+# ----------------------------------------------------------------------------- params files
+@pytest.mark.parametrize("content, message", [
+    (None, "parameters file not found"),
+    ("/**:\n  ros__parameters:\n    mode: [unclosed\n", "is not valid YAML"),
+    ("- a\n- b\n", "must map node names"),
+    ("/**:\n  mode: everything\n", "has no 'ros__parameters'"),
+    ("/**:\n  ros__parameters: 3\n", "must be a mapping"),
+])
+def test_broken_params_files_are_one_clear_error(tmp_path, content, message):
+    path = tmp_path / "p.yaml"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ParamsFileError, match=message):
+        check_params_file(str(path), "ovsam")
+
+
+def test_params_file_for_another_node_name_is_a_warning(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("ovsma:\n  ros__parameters:\n    mode: everything\n")
+    [warning] = check_params_file(str(path), "ovsam")
+    assert "no section for node '/ovsam'" in warning and "'ovsma'" in warning
+    for key in ("/**", "ovsam", "/ovsam", "/robot/ovsam", "/robot/*"):
+        path.write_text(f"{key}:\n  ros__parameters:\n    mode: everything\n")
+        assert check_params_file(str(path), "ovsam", "robot") == [], key
+
+
+def test_node_entry_point_refuses_a_missing_params_file(tmp_path, capsys):
+    from ovsam_ros.ros.node import main
+
+    # Before: a raw rclpy RCLError traceback.
+    assert main(["--params-file", str(tmp_path / "missing.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "parameters file not found" in err and "Traceback" not in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("/**:\n  ros__parameters:\n    mode: [unclosed\n")
+    assert main(["--ros-args", "--params-file", str(bad)]) == 2
+    assert "is not valid YAML" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- set_vocabulary allow-list
+@pytest.fixture
+def never_read(monkeypatch):
+    """Records every vocabulary file the loader opens."""
+    import ovsam_ros.model.vocabulary as vocabulary
+
+    opened = []
+    real = vocabulary._load_file
+    monkeypatch.setattr(vocabulary, "_load_file", lambda path: opened.append(str(path)) or real(path))
+    return opened
+
+
+def _request(node, **fields):
+    from ovsam_ros.srv import SetVocabulary
+
+    return node._on_set_vocabulary(SetVocabulary.Request(**fields), SetVocabulary.Response())
+
+
+def test_set_vocabulary_reads_files_only_from_the_allowed_directories(make_node, tmp_path, never_read):
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    (allowed / "warehouse.txt").write_text("pallet\nforklift\n")
+    secret = outside / "secret.txt"
+    secret.write_text("root password hunter2\n")
+    os.symlink(secret, allowed / "link.txt")
+    node = make_node(vocabulary_dirs=str(allowed))
+
+    before = node.predictor.vocabulary.classes
+    for spec in (str(secret), str(outside / "does_not_exist.txt"), str(allowed / "link.txt"),
+                 str(allowed / ".." / "outside" / "secret.txt"), "../outside/secret.txt"):
+        response = _request(node, vocabulary=spec)
+        assert not response.success, spec
+        assert "refused" in response.message and "outside the directories" in response.message, spec
+    assert never_read == []  # refused before any read
+    assert node.predictor.vocabulary.classes == before
+
+    # inside: by path, or by bare file name; built-ins and inline lists stay allowed
+    for spec, classes in ((str(allowed / "warehouse.txt"), ["pallet", "forklift"]),
+                          ("warehouse.txt", ["pallet", "forklift"]),
+                          ("coco_novel", None), ("cup, /etc/passwd", ["cup", "etc"]), ("inline:red cup", ["red cup"])):
+        response = _request(node, vocabulary=spec)
+        assert response.success, (spec, response.message)
+        if classes is not None:
+            assert node.predictor.vocabulary.classes == classes, spec
+    assert never_read == [str(allowed / "warehouse.txt")] * 2
+
+    # a lone typo is the unknown-vocabulary error, not a one-class vocabulary
+    response = _request(node, vocabulary="coco2")
+    assert not response.success and "unknown vocabulary 'coco2'" in response.message
+
+
+def test_vocabulary_dirs_cannot_be_changed_at_runtime(make_node, tmp_path):
+    from rclpy.parameter import Parameter
+
+    node = make_node(active=False)
+    result = node.set_parameters([Parameter("vocabulary_dirs", value="/")])[0]
+    assert not result.successful and "read-only" in result.reason
