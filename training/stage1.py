@@ -7,7 +7,10 @@ normalised image; only ``model.sam2clip`` trains, to reproduce the teacher's
 500-step warmup + cosine, grad clip 5, 24 epochs, 16 images per batch).
 
 Teacher features can be cached on disk (``teacher.cache_dir``): the teacher
-then runs once per image over the whole training run (and across runs).
+then runs once per image over the whole training run (and across runs); the
+cache files are written by a background thread. The teacher runs batched, in
+the training's autocast dtype by default (``teacher.dtype: auto``: bf16 on a
+CUDA GPU that has it; the paper's teacher ran in fp32, ``teacher.dtype: fp32``).
 
     ovsam-train-stage1 --config stage1_tiny --set data.images=/data/frames --output-dir runs/s1
     torchrun --nproc_per_node=4 -m training.stage1 --config stage1_rn50x16 ...
@@ -33,7 +36,7 @@ from . import engine
 from .cli_common import main_wrapper
 from .data.common import write_json
 from .data.datasets import ImageFolderDataset, collate_images
-from .data.feature_cache import TeacherFeatureCache
+from .data.feature_cache import BackgroundCacheWriter, TeacherFeatureCache
 
 log = logging.getLogger("training")
 
@@ -47,6 +50,8 @@ DEFAULTS: Dict[str, Any] = {
         "seed": 0,  # random-init seed when there is no checkpoint
         "cache_dir": None,  # on-disk teacher-feature cache
         "cache_dtype": "float32",  # float32 | float16 | bfloat16
+        "dtype": "auto",  # auto (= train.amp: bf16/fp16 on CUDA, else fp32) | fp32 | bf16 | fp16
+        "batch_size": 0,  # images per teacher forward (0: all uncached images of a micro-batch at once)
         "overrides": {},  # kind=tiny only: ImageEncoderViT arguments (e.g. out_chans, img_size) to match a student
     },
     "data": {
@@ -97,12 +102,27 @@ def build_teacher(tcfg: Dict[str, Any], model: OVSAM) -> nn.Module:
     return teacher
 
 
-def teacher_identity(tcfg: Dict[str, Any], teacher: nn.Module) -> str:
+TEACHER_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_teacher_dtype(spec: str, amp: Optional[torch.dtype]) -> Optional[torch.dtype]:
+    """``teacher.dtype`` -> autocast dtype (None: fp32). ``auto`` follows the training's AMP dtype."""
+    if spec == "auto":
+        return amp
+    if spec not in TEACHER_DTYPES:
+        raise ValueError(f"teacher.dtype must be auto, fp32, bf16 or fp16, got {spec!r}")
+    return TEACHER_DTYPES[spec]
+
+
+def teacher_identity(tcfg: Dict[str, Any], teacher: nn.Module, dtype: Optional[torch.dtype] = None) -> str:
+    """What cached features depend on: the weights and the compute dtype (fp32 ids are unchanged from before)."""
     if tcfg.get("checkpoint"):
         path = Path(os.path.expanduser(tcfg["checkpoint"]))
         st = path.stat()
-        return f"{tcfg['kind']}:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-    return f"{tcfg['kind']}:{module_fingerprint(teacher)}"
+        ident = f"{tcfg['kind']}:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    else:
+        ident = f"{tcfg['kind']}:{module_fingerprint(teacher)}"
+    return ident if dtype is None else f"{ident}:autocast-{str(dtype).replace('torch.', '')}"
 
 
 class Stage1Task(engine.Task):
@@ -116,9 +136,16 @@ class Stage1Task(engine.Task):
         self.teacher = build_teacher(cfg["teacher"], self.model).to(env.device)
         self.net = Stage1Net(self.model)
         tc = cfg["teacher"]
+        self.teacher_dtype = resolve_teacher_dtype(tc["dtype"], engine.resolve_amp(cfg["train"]["amp"], env.device))
+        self.teacher_batch = int(tc.get("batch_size") or 0)
+        if self.teacher_batch < 0:
+            raise ValueError(f"teacher.batch_size must be >= 0, got {self.teacher_batch}")
         self.cache = None
+        self.writer: Optional[BackgroundCacheWriter] = None
         if tc.get("cache_dir"):
-            self.cache = TeacherFeatureCache(tc["cache_dir"], teacher_identity(tc, self.teacher), tc["cache_dtype"])
+            self.cache = TeacherFeatureCache(tc["cache_dir"], teacher_identity(tc, self.teacher, self.teacher_dtype),
+                                             tc["cache_dtype"])
+            self.writer = BackgroundCacheWriter(self.cache)
         images = cfg["data"]["images"]
         if not images:
             raise ValueError("data.images is not set: give a folder of training images (--set data.images=DIR)")
@@ -129,22 +156,42 @@ class Stage1Task(engine.Task):
         self.teacher_runs = 0
         self.cache_hits = 0
 
+    def run_teacher(self, images: torch.Tensor) -> torch.Tensor:
+        """Teacher features [N, C, G, G] in fp32, computed in ``teacher.dtype``, ``teacher.batch_size`` at a time."""
+        chunk = self.teacher_batch or images.shape[0]
+        outs = []
+        with torch.no_grad():
+            for i in range(0, images.shape[0], chunk):
+                if self.teacher_dtype is None:
+                    outs.append(self.teacher(images[i:i + chunk]).float())
+                else:
+                    with torch.autocast(images.device.type, dtype=self.teacher_dtype):
+                        outs.append(self.teacher(images[i:i + chunk]).float())
+        return torch.cat(outs)
+
     def prepare(self, batch: Dict[str, Any], env: engine.DistEnv) -> Dict[str, Any]:
-        targets: List[torch.Tensor] = []
-        for i, cached in enumerate(batch["teacher"]):
-            if cached is not None:
-                self.cache_hits += 1
-                targets.append(cached.to(env.device))
-                continue
-            with torch.no_grad():  # one image at a time: a target never depends on batch composition
-                feats = self.teacher(batch["images"][i:i + 1])[0].float()
-            self.teacher_runs += 1
+        cached = batch["teacher"]
+        missing = [i for i, c in enumerate(cached) if c is None]
+        targets: List[Optional[torch.Tensor]] = [None if c is None else c.to(env.device, non_blocking=True)
+                                                 for c in cached]
+        self.cache_hits += len(cached) - len(missing)
+        if missing:
+            idx = torch.tensor(missing, device=batch["images"].device)
+            feats = self.run_teacher(batch["images"].index_select(0, idx))
+            self.teacher_runs += len(missing)
             if self.cache is not None:
                 feats = feats.to(self.cache.dtype).float()  # what the cache will return next time
-                self.cache.put(batch["cache_key"][i], feats)
-            targets.append(feats)
-        batch["target"] = torch.stack(targets)
+            for j, i in enumerate(missing):
+                targets[i] = feats[j]
+                if self.writer is not None:
+                    self.writer.put(batch["cache_key"][i], feats[j])
+        batch["target"] = torch.stack(targets)  # type: ignore[arg-type]
         return batch
+
+    def close(self) -> None:
+        """Wait for the background cache writes."""
+        if self.writer is not None:
+            self.writer.close()
 
     def count(self, batch: Dict[str, Any]) -> int:
         return int(batch["images"].shape[0])
@@ -165,14 +212,18 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None, quiet: bool = False
         resume_from = engine.resolve_resume(resume, out)
         state = engine.load_resume_state(resume_from) if resume_from else None
         task = Stage1Task(cfg, env, resume_from)
-        if env.is_main:
-            log.info("stage 1: %d images, teacher %s, student SAM2CLIP %.2fM trainable params, world size %d",
-                     len(task.dataset), cfg["teacher"]["kind"],
-                     sum(p.numel() for _, p in task.trainable) / 1e6, env.world_size)
-            out.mkdir(parents=True, exist_ok=True)
-            write_json(out / "data_report.json", {"images": len(task.dataset), "skipped": task.dataset.skipped.to_dict()},
-                       indent=1)
-        info = engine.run(task, cfg, env, resume_from, state)
+        try:
+            if env.is_main:
+                log.info("stage 1: %d images, teacher %s (%s), student SAM2CLIP %.2fM trainable params, world size %d",
+                         len(task.dataset), cfg["teacher"]["kind"],
+                         str(task.teacher_dtype or torch.float32).replace("torch.", ""),
+                         sum(p.numel() for _, p in task.trainable) / 1e6, env.world_size)
+                out.mkdir(parents=True, exist_ok=True)
+                write_json(out / "data_report.json",
+                           {"images": len(task.dataset), "skipped": task.dataset.skipped.to_dict()}, indent=1)
+            info = engine.run(task, cfg, env, resume_from, state)
+        finally:
+            task.close()  # every queued teacher-cache write reaches the disk
         if env.is_main:
             log.info("teacher ran on %d image(s), %d cache hit(s)", task.teacher_runs, task.cache_hits)
         return info
