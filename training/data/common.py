@@ -15,6 +15,7 @@ Policy for bad input (one place, so every loader behaves the same):
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import Counter
 from pathlib import Path
@@ -102,6 +103,45 @@ def list_images(root: PathLike, recursive: bool = True) -> list:
     files = [p for p in root.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
              and not any(part.startswith(".") for part in p.relative_to(root).parts)]
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def manifest_images(root: PathLike) -> Optional[list]:
+    """The image files an ``ovsam-extract-bag`` manifest lists under ``root``; None without one.
+
+    The manifest sits in ``root`` or in its parent (``root`` = ``<out>/images``). When it is
+    there it is the truth: files it does not list (say, from an earlier extraction into the
+    same folder) are ignored with a warning, and listed files that are missing are an error.
+    """
+    root = Path(root)
+    for folder in (root, root.parent):
+        path = folder / "manifest.json"
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise DataError(f"{path}: unreadable extraction manifest ({type(err).__name__}: {err})") from err
+        if not (isinstance(data, dict) and isinstance(data.get("frames"), list) and "image_root" in data):
+            continue  # someone else's manifest.json
+        base = folder.resolve()
+        top = root.resolve()
+        files = []
+        for frame in data["frames"]:
+            file = base / str(frame.get("file", ""))
+            if file == top or top in file.parents:
+                files.append(file)
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise DataError(f"{path} lists {len(missing)} image(s) that are missing, e.g. {missing[0]}; "
+                            "re-extract the bag (ovsam-extract-bag --overwrite)")
+        listed = set(files)
+        extra = [p for p in list_images(root) if p.resolve() not in listed]
+        if extra:
+            logging.getLogger(__name__).warning(
+                "%s: %d image file(s) under %s are not in the manifest (left from an earlier extraction?) and "
+                "are ignored, e.g. %s", path, len(extra), root, extra[0])
+        return sorted(files, key=lambda p: p.relative_to(base).as_posix())
+    return None
 
 
 def write_json(path: PathLike, data: Any, indent: Optional[int] = None) -> None:

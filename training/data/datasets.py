@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from ovsam_ros.model.vocabulary import Vocabulary, clean_name, load_vocabulary
 
 from .coco import CocoInstances
-from .common import DataError, SkipReport, list_images, read_image, sample_seed
+from .common import DataError, SkipReport, list_images, manifest_images, read_image, sample_seed
 from .feature_cache import TeacherFeatureCache
 from .transforms import (
     Augment,
@@ -63,7 +63,9 @@ class ImageFolderDataset(Dataset):
         roots = [root] if isinstance(root, (str, os.PathLike)) else list(root)
         self.files: List[str] = []
         for r in roots:
-            found = [str(p) for p in list_images(os.path.expanduser(str(r)))]
+            folder = os.path.expanduser(str(r))
+            listed = manifest_images(folder)  # a bag extraction: its manifest, not a glob
+            found = [str(p) for p in (list_images(folder) if listed is None else listed)]
             if not found:
                 raise DataError(f"image folder {r} contains no images ({', '.join(('.jpg', '.png'))} ...)")
             self.files.extend(found)

@@ -15,6 +15,14 @@ extracted frames: each array is matched to its frame by (frame_id, stamp) (the
 node copies the image header), masks are pasted back to full frames and
 RLE-encoded, the label name becomes the category.
 
+The output folder must be new or empty (``--overwrite`` replaces a previous extraction):
+everything is written into a staging folder beside it and renamed into place at the end,
+so a failure leaves no half-written output and the manifest lists exactly the files
+there; stage 1 reads the manifest when one is present. Numeric options are checked
+(finite, in range, ``--start`` before ``--end``) before the bag is opened. Depth and other
+16-bit / float images are kept lossless (16-bit PNG, 32-bit float TIFF), mono stays one
+channel; the manifest records each frame's source ``encoding``, ``dtype`` and ``channels``.
+
 Bad input: a bag without a requested topic, or a topic of another type, is a
 :class:`DataError` listing what the bag has; undecodable frames, arrays
 without a matching frame, unlabeled or low-score instances are counted skips
@@ -30,12 +38,15 @@ import argparse
 import logging
 import os
 import re
+import shutil
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from ovsam_ros.cli_types import non_negative_float, positive_float, unit_interval
 
 from .common import DataError, SkipReport, write_json
 
@@ -45,6 +56,7 @@ IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 LABELS_TYPE = "ovsam_ros/msg/LabeledMaskArray"
 OUR_MESSAGES = ("LabelScore", "LabeledMask", "LabeledMaskArray")
+MANIFEST_FORMAT = "ovsam_ros.bag_extraction/1"
 
 
 def _msg_dirs() -> List[Path]:
@@ -117,6 +129,87 @@ def decode_image_msg(msg: Any, msgtype: str) -> Tuple[np.ndarray, str]:
     return to_uint8_rgb(pixels, fmt), enc
 
 
+def frame_for_file(msg: Any, msgtype: str, image_format: str) -> Tuple[np.ndarray, str, str]:
+    """(pixels as cv2 writes them, source encoding, file suffix) of one frame.
+
+    8-bit colour becomes BGR in ``image_format``; 8-bit mono stays one channel. Depth and
+    other 16-bit / float data are kept lossless whatever ``image_format`` says: 16-bit
+    (``16UC1``, ``mono16``, ``rgb16`` ...) as a 16-bit PNG, 32-bit float (``32FC1``) as a
+    32-bit float TIFF. (Before, 16UC1 depth became 8-bit RGB: 3500 mm -> 14.)
+    """
+    from ovsam_ros.ros.image_conversion import image_to_numpy
+
+    if msgtype == COMPRESSED_TYPE:
+        rgb, encoding = decode_image_msg(msg, msgtype)
+        return np.ascontiguousarray(rgb[:, :, ::-1]), encoding, image_format
+    pixels = image_to_numpy(msg)
+    encoding = str(msg.encoding)
+    if pixels.dtype == np.uint8 and pixels.ndim == 3:
+        rgb, _ = decode_image_msg(msg, msgtype)
+        return np.ascontiguousarray(rgb[:, :, ::-1]), encoding, image_format
+    if pixels.ndim == 3:  # 16-bit colour: cv2 wants BGR(A) order
+        if not encoding.startswith("bgr"):
+            pixels = pixels[:, :, [2, 1, 0, 3][:pixels.shape[2]]]
+    if pixels.dtype == np.uint8:
+        return np.ascontiguousarray(pixels), encoding, image_format
+    if pixels.dtype == np.uint16:
+        return np.ascontiguousarray(pixels), encoding, "png"
+    return np.ascontiguousarray(pixels.astype(np.float32, copy=False)), encoding, "tiff"
+
+
+def _check_numbers(rate: Optional[float], start: Optional[float], end: Optional[float], min_score: float) -> None:
+    import math
+
+    for name, value in (("--rate", rate), ("--start", start), ("--end", end), ("--min-score", min_score)):
+        if value is not None and not math.isfinite(float(value)):
+            raise ValueError(f"{name} must be a finite number, got {value}")
+    if rate is not None and rate <= 0:
+        raise ValueError(f"--rate must be > 0 frames per second, got {rate}")
+    for name, value in (("--start", start), ("--end", end)):
+        if value is not None and value < 0:
+            raise ValueError(f"{name} must be >= 0 seconds after the bag start, got {value}")
+    if start is not None and end is not None and start >= end:
+        raise ValueError(f"--start {start} must be before --end {end} (both are seconds after the bag start)")
+
+
+def prepare_output(out_dir: Path, overwrite: bool) -> Path:
+    """Check ``out_dir`` and return an empty staging folder next to it.
+
+    A non-empty ``out_dir`` is refused unless ``overwrite``: frames of an earlier extraction
+    would otherwise stay next to a manifest that does not list them.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"--out {out_dir} exists and is not a folder")
+    if out_dir.is_dir() and not overwrite:
+        entries = sorted(p.name for p in out_dir.iterdir())
+        if entries:
+            shown = ", ".join(entries[:5]) + (f" ... ({len(entries)} entries)" if len(entries) > 5 else "")
+            raise DataError(f"--out {out_dir} is not empty ({shown}); pass --overwrite to replace it "
+                            "(atomically, when the new extraction has finished), or choose another folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    return staging
+
+
+def publish_output(staging: Path, out_dir: Path) -> None:
+    """Put the finished ``staging`` folder in place of ``out_dir`` (renames, same file system)."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        os.replace(out_dir, old)
+    try:
+        os.replace(staging, out_dir)
+    except OSError:
+        if old is not None:
+            os.replace(old, out_dir)  # put the previous extraction back
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def extract_bag(
     bag: str,
     topics: Sequence[str],
@@ -129,21 +222,45 @@ def extract_bag(
     vocabulary: Any = None,
     min_score: float = 0.0,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> Dict[str, Any]:
-    """Extract frames (and optional pseudo-labels); returns the manifest dict (also written to disk)."""
-    import cv2
-    from rosbags.rosbag2 import Reader
+    """Extract frames (and optional pseudo-labels); returns the manifest dict (also written to disk).
 
+    Everything is written into a staging folder next to ``out`` that replaces ``out`` only
+    when the extraction has finished: a failure leaves no half-written output, and the
+    manifest always lists exactly the frames in the folder. A non-empty ``out`` needs
+    ``overwrite=True``.
+    """
     if not topics:
         raise ValueError("give at least one image topic")
-    if rate is not None and rate <= 0:
-        raise ValueError(f"--rate must be > 0 frames per second, got {rate}")
+    _check_numbers(rate, start, end, min_score)
     if image_format not in ("png", "jpg"):
         raise ValueError(f"image format must be png or jpg, got {image_format!r}")
     bag_path = Path(os.path.expanduser(bag))
     if not bag_path.exists():
         raise FileNotFoundError(f"bag not found: {bag_path}")
-    out_dir = Path(out)
+    if vocabulary is not None:  # checked now, not after the whole bag was read
+        from ovsam_ros.model.vocabulary import load_vocabulary
+
+        load_vocabulary(vocabulary)
+    final_dir = Path(out)
+    staging = prepare_output(final_dir, overwrite)
+    try:
+        manifest = _extract(bag_path, topics, staging, final_dir, rate, image_format, start, end, labels_topic,
+                            vocabulary, min_score, progress)
+        publish_output(staging, final_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _extract(bag_path: Path, topics: Sequence[str], out_dir: Path, final_dir: Path, rate: Optional[float],
+             image_format: str, start: Optional[float], end: Optional[float], labels_topic: Optional[str],
+             vocabulary: Any, min_score: float, progress: bool) -> Dict[str, Any]:
+    import cv2
+    from rosbags.rosbag2 import Reader
+
     images_dir = out_dir / "images"
     skipped = SkipReport(str(bag_path))
     counts: Dict[str, Counter] = defaultdict(Counter)
@@ -216,7 +333,7 @@ def extract_bag(
                 counts[topic]["rate_limited"] += 1
                 continue
             try:
-                rgb, encoding = decode_image_msg(msg, conn.msgtype)
+                pixels, encoding, suffix = frame_for_file(msg, conn.msgtype, image_format)
             except ValueError as err:
                 skipped.add("undecodable_frame", f"{topic}@{stamp}: {err}")
                 counts[topic]["bad"] += 1
@@ -227,15 +344,16 @@ def extract_bag(
             base = f"{stamp:019d}"
             n = used_names[(topic, base)]
             used_names[(topic, base)] += 1
-            name = f"{base}{'_' + str(n) if n else ''}.{image_format}"
+            name = f"{base}{'_' + str(n) if n else ''}.{suffix}"
             path = folder / name
-            params = [cv2.IMWRITE_JPEG_QUALITY, 95] if image_format == "jpg" else []
-            if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[:, :, ::-1]), params):
+            params = [cv2.IMWRITE_JPEG_QUALITY, 95] if suffix == "jpg" else []
+            if not cv2.imwrite(str(path), pixels, params):
                 raise DataError(f"cannot write {path}")
             frames.append({
                 "topic": topic, "stamp_ns": stamp, "stamp": stamp / 1e9, "frame_id": str(msg.header.frame_id),
-                "file": str(path.relative_to(out_dir)), "width": int(rgb.shape[1]), "height": int(rgb.shape[0]),
-                "encoding": encoding, "bag_time_ns": int(bag_time),
+                "file": str(path.relative_to(out_dir)), "width": int(pixels.shape[1]), "height": int(pixels.shape[0]),
+                "encoding": encoding, "channels": 1 if pixels.ndim == 2 else int(pixels.shape[2]),
+                "dtype": str(pixels.dtype), "bag_time_ns": int(bag_time),
             })
             counts[topic]["kept"] += 1
         if bar is not None:
@@ -247,11 +365,13 @@ def extract_bag(
         if counts[t]["kept"] == 0:
             log.warning("%s: topic %s gave no frames in the selected time range", bag_path, t)
     manifest: Dict[str, Any] = {
+        "format": MANIFEST_FORMAT,
         "bag": str(bag_path), "topics": wanted, "rate": rate, "image_root": "images",
         "frames": frames, "counts": {t: dict(c) for t, c in counts.items()}, "skipped": skipped.to_dict(),
     }
     if labels_topic is not None:
-        manifest["pseudo_labels"] = write_pseudo_labels(out_dir, frames, label_msgs, vocabulary, min_score, skipped)
+        written = write_pseudo_labels(out_dir, frames, label_msgs, vocabulary, min_score, skipped)
+        manifest["pseudo_labels"] = str(final_dir / Path(written).name)
         manifest["skipped"] = skipped.to_dict()
     write_json(out_dir / "manifest.json", manifest, indent=1)
     return manifest
@@ -332,23 +452,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "optionally turn recorded ovsam_ros/LabeledMaskArray messages into COCO pseudo-labels.")
     parser.add_argument("bag", help="rosbag2 folder (with metadata.yaml) or a single .db3 / .mcap file")
     parser.add_argument("--topic", action="append", required=True, help="image topic (repeatable)")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--rate", type=float, default=None,
+    parser.add_argument("--out", required=True, help="output folder (must be empty or new, see --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty --out (atomically, once the new extraction has finished)")
+    parser.add_argument("--rate", type=positive_float, default=None,
                         help="keep at most this many frames per second per topic (by header stamp; default: all)")
     parser.add_argument("--format", default="png", choices=["png", "jpg"], help="image files (default png, lossless)")
-    parser.add_argument("--start", type=float, default=None, help="seconds after the bag start")
-    parser.add_argument("--end", type=float, default=None, help="seconds after the bag start")
+    parser.add_argument("--start", type=non_negative_float, default=None, help="seconds after the bag start")
+    parser.add_argument("--end", type=non_negative_float, default=None,
+                        help="seconds after the bag start (must be after --start)")
     parser.add_argument("--labels-topic", default=None,
                         help="an ovsam_ros/msg/LabeledMaskArray topic -> <out>/pseudo_labels.json (COCO)")
     parser.add_argument("--vocabulary", default=None,
                         help="restrict pseudo-label classes to this vocabulary (default: every label seen)")
-    parser.add_argument("--min-score", type=float, default=0.0, help="drop pseudo-labels scored below this")
+    parser.add_argument("--min-score", type=unit_interval, default=0.0, help="drop pseudo-labels scored below this")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.start is not None and args.end is not None and args.start >= args.end:
+        parser.error(f"--start {args.start} must be before --end {args.end}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         manifest = extract_bag(args.bag, args.topic, args.out, args.rate, args.format, args.start, args.end,
-                               args.labels_topic, args.vocabulary, args.min_score, args.progress)
+                               args.labels_topic, args.vocabulary, args.min_score, args.progress, args.overwrite)
     except (DataError, FileNotFoundError, ValueError) as err:
         print(f"ovsam-extract-bag: error: {err}", file=sys.stderr)
         return 2
