@@ -50,7 +50,7 @@ from ovsam_ros.model.ovsam import OVSAM
 
 from .config import dump
 from ovsam_ros.files import atomic_write
-from .data.sampler import StepBatchSampler, steps_per_epoch
+from .data.sampler import RunBatchSampler, steps_per_epoch
 
 log = logging.getLogger("training")
 
@@ -72,7 +72,8 @@ TRAIN_DEFAULTS: Dict[str, Any] = {
     "grad_clip": 5.0,  # max global grad norm; null/0: no clipping
     "amp": "auto",  # auto (bf16 on CUDA if supported, else off) | bf16 | fp16 | off
     "device": "auto",  # auto | cpu | cuda
-    "num_workers": 0,
+    "num_workers": 0,  # data-loading processes per rank; "auto": the CPUs this rank may use (at most 16)
+    "prefetch_factor": 4,  # batches each worker loads ahead (num_workers > 0)
     "checkpoint_every": 100,  # optimizer steps; the end of training always checkpoints
     "keep_checkpoints": 2,
     "log_every": 10,
@@ -479,15 +480,23 @@ def run(task: Task, cfg: Dict[str, Any], env: DistEnv, resume_from: Optional[Pat
     log_every = max(1, int(tcfg["log_every"]))
     every = int(tcfg["checkpoint_every"] or 0)
     t_last = time.time()
+    gpu_util = _gpu_utilization_reader(env.device)
     task.net.train()
+    # One loader for the whole run: its workers start once and keep prefetching across epochs.
+    loader = make_loader(task, tcfg, env, RunBatchSampler(
+        n, batch, accum, env.world_size, env.rank, seed, epoch, step_in_epoch, total - step))
+    it: Iterator = iter(loader)
+    t_step = time.perf_counter()
     try:
         while step < total:
-            sampler = StepBatchSampler(n, batch, accum, env.world_size, env.rank, seed, epoch, step_in_epoch)
-            loader = DataLoader(task.dataset, batch_sampler=sampler, collate_fn=task.collate,
-                                num_workers=int(tcfg["num_workers"]), pin_memory=env.device.type == "cuda")
-            it: Iterator = iter(loader)
             while step_in_epoch < spe and step < total:
-                micro = [task.prepare(_to_device(next(it), env.device), env) for _ in range(accum)]
+                data_s = 0.0
+                micro = []
+                for _ in range(accum):
+                    t0 = time.perf_counter()
+                    raw = next(it)
+                    data_s += time.perf_counter() - t0
+                    micro.append(task.prepare(_to_device(raw, env.device), env))
                 counts = [task.count(b) for b in micro]
                 global_count = float(env.all_reduce_sum(torch.tensor(float(sum(counts)), device=env.device)).item())
                 denom = max(global_count, 1.0)
@@ -517,7 +526,15 @@ def run(task: Task, cfg: Dict[str, Any], env: DistEnv, resume_from: Optional[Pat
                 vec = env.all_reduce_sum(vec) / denom
                 record = {"step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
                           "grad_norm": float(grad_norm), "count": global_count}
-                record.update({k: float(v) for k, v in zip(names, vec.tolist())})
+                record.update({k: float(v) for k, v in zip(names, vec.tolist())})  # .tolist() waits for the GPU
+                now = time.perf_counter()
+                step_s, t_step = now - t_step, now
+                # throughput: global images per second of wall time, and the share spent waiting for data
+                record.update({"step_s": step_s, "data_s": data_s, "images_per_s": batch / max(step_s, 1e-9)})
+                if gpu_util is not None:
+                    util = gpu_util()
+                    if util is not None:
+                        record["gpu_util"] = util
                 history.append(record)
                 if env.is_main:
                     with open(metrics_path, "a", encoding="utf-8") as fh:
@@ -528,18 +545,24 @@ def run(task: Task, cfg: Dict[str, Any], env: DistEnv, resume_from: Optional[Pat
                                 writer.add_scalar(f"{task.name}/{k}", v, step)
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}", lr=f"{record['lr']:.2e}")
+                        post = {"loss": f"{record.get('loss', float('nan')):.4f}", "lr": f"{record['lr']:.2e}",
+                                "img/s": f"{record['images_per_s']:.1f}", "data": f"{data_s / max(step_s, 1e-9):.0%}"}
+                        if "gpu_util" in record:
+                            post["gpu"] = f"{record['gpu_util']:.0f}%"
+                        bar.set_postfix(post)
                     if step % log_every == 0 or step == total:
                         dt = time.time() - t_last
                         t_last = time.time()
                         msg = " ".join(f"{k}={record[k]:.4f}" for k in names)
-                        log.info("[%s] step %d/%d epoch %d %s lr=%.3e (%.2f s/step)", task.name, step, total, epoch,
-                                 msg, record["lr"], dt / log_every)
+                        log.info("[%s] step %d/%d epoch %d %s lr=%.3e (%.2f s/step, %.1f images/s, %.0f%% waiting "
+                                 "for data)", task.name, step, total, epoch, msg, record["lr"], dt / log_every,
+                                 batch * log_every / max(dt, 1e-9), 100 * data_s / max(step_s, 1e-9))
                 if (every and step % every == 0) and step < total:
                     save(step, epoch, step_in_epoch)
+                    t_step = time.perf_counter()  # checkpoint time is not a training step's
             if step_in_epoch >= spe:
                 epoch, step_in_epoch = epoch + 1, 0
-            del it, loader
+        del it, loader
         save(step, epoch, step_in_epoch)
     finally:
         if bar is not None:
@@ -553,6 +576,51 @@ def run(task: Task, cfg: Dict[str, Any], env: DistEnv, resume_from: Optional[Pat
         log.info("final model: %s", final)
     env.barrier()
     return RunInfo(out, final, step, history)
+
+
+def resolve_num_workers(spec: Any, env: DistEnv) -> int:
+    """``train.num_workers``: an int, or ``auto`` = the CPUs this process may use, shared by the local ranks."""
+    if spec in (None, ""):
+        return 0
+    if spec == "auto":
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            cpus = os.cpu_count() or 1
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        return max(0, min(16, cpus // max(1, local) - 1))  # one core stays with the training process
+    workers = int(spec)
+    if workers < 0:
+        raise ValueError(f"train.num_workers must be >= 0 or 'auto', got {spec!r}")
+    return workers
+
+
+def make_loader(task: Task, tcfg: Dict[str, Any], env: DistEnv, sampler: Any) -> DataLoader:
+    """The run's DataLoader: pinned host memory on CUDA (async copies), ``prefetch_factor`` batches ahead per worker."""
+    workers = resolve_num_workers(tcfg.get("num_workers"), env)
+    kwargs: Dict[str, Any] = {}
+    if workers > 0:
+        kwargs = {"prefetch_factor": max(1, int(tcfg.get("prefetch_factor") or 2)), "persistent_workers": True}
+    return DataLoader(task.dataset, batch_sampler=sampler, collate_fn=task.collate, num_workers=workers,
+                      pin_memory=env.device.type == "cuda", **kwargs)
+
+
+def _gpu_utilization_reader(device: torch.device) -> Optional[Callable[[], Optional[float]]]:
+    """A function giving the GPU's utilisation in % (NVML via torch), or None off CUDA / without pynvml."""
+    if device.type != "cuda":
+        return None
+    try:
+        torch.cuda.utilization(device)
+    except Exception:  # pynvml missing, or no NVML: report images/s only
+        return None
+
+    def read() -> Optional[float]:
+        try:
+            return float(torch.cuda.utilization(device))
+        except Exception:
+            return None
+
+    return read
 
 
 # ----------------------------------------------------------------------------- model building

@@ -170,3 +170,18 @@ def test_sampler_shards_global_batches_over_ranks():
         StepBatchSampler(20, 6, grad_accum=4)
     with pytest.raises(ValueError, match="fewer than one batch"):
         StepBatchSampler(3, 8)
+
+
+def test_run_sampler_is_the_epoch_samplers_back_to_back():
+    from training.data.sampler import RunBatchSampler
+
+    # 10 images, batch 4 -> 2 steps per epoch (2 images dropped), 2 micro-batches per step
+    per_epoch = [list(StepBatchSampler(10, 4, grad_accum=2, seed=3, epoch=e)) for e in range(4)]
+    flat = [m for ep in per_epoch for m in ep]
+    assert flat[0][0][0] == 0 and flat[4][0][0] == 1  # keys carry their epoch (per-sample augmentation seeds)
+    assert list(RunBatchSampler(10, 4, 2, seed=3, steps=7)) == flat[:14]
+    assert len(RunBatchSampler(10, 4, 2, seed=3, steps=7)) == 14
+    # resumed mid-epoch, and exactly at an epoch end (a checkpoint written after the epoch's last step)
+    assert list(RunBatchSampler(10, 4, 2, seed=3, epoch=1, start_step=1, steps=3)) == flat[6:12]
+    assert list(RunBatchSampler(10, 4, 2, seed=3, epoch=1, start_step=2, steps=1)) == flat[8:10]
+    assert list(RunBatchSampler(10, 4, 2, seed=3, steps=0)) == []

@@ -157,3 +157,46 @@ def test_amp_only_on_cuda(caplog):
     assert engine.resolve_amp("fp16", torch.device("cuda", 0)) is torch.float16
     with pytest.raises(ValueError, match="train.amp"):
         engine.resolve_amp("int8", cpu)
+
+
+def test_one_loader_serves_every_epoch_and_throughput_is_logged(tmp_path, synth):
+    """Workers start once per run (a loader per epoch restarted them: the GPU waited at every epoch start)."""
+    import os
+
+    from training.data.datasets import collate_images
+    from training.engine import DistEnv
+
+    cfg = load_config(stage1.DEFAULTS, "stage1_tiny", [
+        f"data.images={synth['images']}/val", f"output_dir={tmp_path}", "train.epochs=3", "train.batch_size=4",
+        "train.num_workers=1", "train.progress=false", "train.tensorboard=false", "train.checkpoint_every=0"])
+    env = DistEnv()
+    task = stage1.Stage1Task(cfg, env, None)
+    inner = task.dataset
+
+    class WithPid(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(inner)
+
+        def __getitem__(self, key):
+            return {**inner[key], "pid": os.getpid()}
+
+    pids = []
+    task.dataset = WithPid()
+    task.collate = lambda items: {**collate_images(items), "pid": [it["pid"] for it in items]}
+    prepare = task.prepare
+    task.prepare = lambda b, e: (pids.extend(b["pid"]), prepare(b, e))[1]
+    info = engine.run(task, cfg, env)
+    task.close()
+    assert info.steps == 6 and {r["epoch"] for r in info.history} == {0, 1, 2}
+    assert len(set(pids)) == 1 and pids[0] != os.getpid()  # one worker process for all three epochs
+    for r in info.history:
+        assert r["images_per_s"] == pytest.approx(4 / r["step_s"]) and 0 <= r["data_s"] <= r["step_s"]
+        assert "gpu_util" not in r  # CPU run
+
+
+def test_num_workers_auto():
+    env = engine.DistEnv()
+    assert engine.resolve_num_workers(3, env) == 3 and engine.resolve_num_workers(None, env) == 0
+    assert 0 <= engine.resolve_num_workers("auto", env) <= 16
+    with pytest.raises(ValueError, match="num_workers"):
+        engine.resolve_num_workers(-1, env)

@@ -69,3 +69,37 @@ class StepBatchSampler(Sampler[List[Tuple[int, int]]]):
 
     def __len__(self) -> int:
         return max(0, self.steps - self.start_step) * self.accum
+
+
+class RunBatchSampler(Sampler[List[Tuple[int, int]]]):
+    """The micro-batches of ``steps`` optimizer steps from (``epoch``, ``start_step``) on, across epochs.
+
+    Exactly :class:`StepBatchSampler`'s batches, epoch after epoch, behind one
+    iterator: a single DataLoader then serves the whole run, so its workers
+    are started once and keep prefetching across epoch boundaries (a loader per
+    epoch restarted every worker and drained the prefetch queue each epoch).
+    """
+
+    def __init__(self, dataset_len: int, global_batch: int, grad_accum: int = 1, world_size: int = 1, rank: int = 0,
+                 seed: int = 0, epoch: int = 0, start_step: int = 0, steps: int = 0, shuffle: bool = True) -> None:
+        self.args = dict(dataset_len=dataset_len, global_batch=global_batch, grad_accum=grad_accum,
+                         world_size=world_size, rank=rank, seed=seed, shuffle=shuffle)
+        first = StepBatchSampler(epoch=epoch, start_step=start_step, **self.args)  # validates the arguments
+        self.epoch, self.accum, self.steps = epoch, grad_accum, max(0, int(steps))
+        self.start_step = start_step
+        if start_step >= first.steps:  # resumed exactly at an epoch end
+            self.epoch, self.start_step = epoch + 1, 0
+
+    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
+        left = self.steps * self.accum
+        epoch, start = self.epoch, self.start_step
+        while left > 0:
+            for micro in StepBatchSampler(epoch=epoch, start_step=start, **self.args):
+                yield micro
+                left -= 1
+                if left == 0:
+                    return
+            epoch, start = epoch + 1, 0
+
+    def __len__(self) -> int:
+        return self.steps * self.accum
