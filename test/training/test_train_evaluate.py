@@ -60,3 +60,92 @@ def test_cli_writes_json_and_reports_bad_input(tmp_path, synth, stage1_checkpoin
     assert main(["--checkpoint", stage1_checkpoint, "--annotations", str(tmp_path / "none.json"),
                  "--no-progress"]) == 2
     assert "none.json" in capsys.readouterr().err
+
+
+class _ScriptedPredictor:
+    """Answers each prompt from the ground truth it can see (found by the prompt, not by order),
+    then ``answer(gt_mask, gt_label)`` decides what to report: an oracle, an empty one, ..."""
+
+    def __init__(self, loaded, answer):
+        self.loaded, self.answer, self.vocabulary, self.gt = loaded, answer, None, None
+
+    def set_vocabulary(self, vocab):
+        self.vocabulary = vocab
+
+    def set_image(self, image):
+        matches = [(record, masks) for record, img, masks in self.loaded if np.array_equal(img, image)]
+        assert len(matches) == 1
+        record, masks = matches[0]
+        self.gt = list(zip(record.instances, masks))
+
+    def _find(self, prompt):
+        if prompt.box is not None:
+            hits = [(inst, m) for inst, m in self.gt if np.allclose(inst.box_xyxy(), prompt.box)]
+        else:
+            (x, y), = prompt.points
+            hits = [(inst, m) for inst, m in self.gt if m[int(y), int(x)]]
+        assert len(hits) == 1, f"prompt {prompt} matches {len(hits)} instances"
+        return hits[0]
+
+    def predict(self, prompts, multimask_output=False, keep="best"):
+        from types import SimpleNamespace
+
+        out = []
+        for prompt in prompts:
+            inst, m = self._find(prompt)
+            mask, label = self.answer(m, inst.label)
+            out.append(SimpleNamespace(mask=mask, labels=[SimpleNamespace(class_index=label)]))
+        return out
+
+
+def _half(m):
+    """The first half (rounded down) of the mask's pixels in raster order: IoU k / n with the mask."""
+    flat = m.reshape(-1).copy()
+    on = np.flatnonzero(flat)
+    flat[on[len(on) // 2:]] = False
+    return flat.reshape(m.shape)
+
+
+def _doubled(m):
+    """The mask plus as many pixels outside it (first in raster order): IoU exactly 1/2."""
+    flat = m.reshape(-1).copy()
+    off = np.flatnonzero(~flat)
+    flat[off[: int(m.sum())]] = True
+    return flat.reshape(m.shape)
+
+
+def test_protocol_scores_known_answers(synth):
+    coco = CocoInstances(synth["val"], synth["images"])
+    n_classes = len(coco.vocab)
+    loaded = [(record, *coco.load(i)) for i, record in enumerate(coco.images)]
+    gts = [(inst, m) for record, _, masks in loaded for inst, m in zip(record.instances, masks) if m.any()]
+    assert len(gts) >= 8 and {coco.split_of(inst.label) for inst, _ in gts} == {"base", "novel"}
+
+    def run(answer):
+        return evaluate(_ScriptedPredictor(loaded, answer), coco, ["box", "point"], progress=False)["prompts"]
+
+    oracle = run(lambda m, label: (m.copy(), label))
+    for kind in ("box", "point"):
+        assert oracle[kind]["overall"] == {"count": len(gts), "iou": 1.0, "accuracy": 1.0}
+        assert oracle[kind]["base"]["accuracy"] == oracle[kind]["novel"]["accuracy"] == 1.0
+
+    empty = run(lambda m, label: (np.zeros_like(m), (label + 1) % n_classes))
+    for kind in ("box", "point"):
+        assert empty[kind]["overall"] == {"count": len(gts), "iou": 0.0, "accuracy": 0.0}
+
+    # Half of each mask, and the right label only for base classes.
+    expected_iou = np.mean([(m.sum() // 2) / m.sum() for _, m in gts])
+    base = [inst.label for inst, _ in gts if coco.split_of(inst.label) == "base"]
+    half = run(lambda m, label: (_half(m), label if coco.split_of(label) == "base" else (label + 1) % n_classes))
+    for kind in ("box", "point"):
+        assert half[kind]["overall"]["iou"] == pytest.approx(expected_iou, abs=1e-12)
+        assert abs(expected_iou - 0.5) < 0.01
+        assert half[kind]["overall"]["accuracy"] == pytest.approx(len(base) / len(gts))
+        assert (half[kind]["base"]["accuracy"], half[kind]["novel"]["accuracy"]) == (1.0, 0.0)
+        per_class = half[kind]["per_class"]
+        assert sum(v["count"] for v in per_class.values()) == len(gts)
+        assert all(v["accuracy"] == (1.0 if v["split"] == "base" else 0.0) for v in per_class.values())
+
+    doubled = run(lambda m, label: (_doubled(m), label))
+    for kind in ("box", "point"):
+        assert doubled[kind]["overall"]["iou"] == 0.5  # intersection / union, not / ground-truth area
