@@ -7,12 +7,16 @@
   the timings: on CUDA ``torch.cuda.max_memory_allocated`` minus what was
   allocated before the call; on the CPU the peak resident set size (sampled
   from ``/proc/self/statm`` every millisecond by a thread) minus the RSS before
-  the call. CPU numbers are approximate (allocator caching, sampling period);
+  the call, after handing the allocator's free pages back to the OS (else memory
+  freed by the timed calls is reused unseen). CPU numbers are approximate (sampling period);
   they answer "about how much extra memory does this stage need".
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import gc
 import os
 import resource
@@ -92,6 +96,23 @@ def current_rss_bytes() -> int:
         return peak_rss_bytes()
 
 
+def release_free_heap() -> None:
+    """Give the allocator's free pages back to the OS (glibc ``malloc_trim``), so that memory freed by
+    earlier calls is not silently reused: without this a call whose buffers fit in already-resident
+    free heap (glibc keeps freed blocks below its ~32 MB mmap threshold) shows no RSS growth at all."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Optional[Callable[[int], int]]:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): RSS deltas only see fresh pages
+        return None
+
+
 def peak_rss_bytes() -> int:
     """Process high-water mark (ru_maxrss is kB on Linux)."""
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
@@ -141,6 +162,7 @@ def measure_memory(fn: Callable[[], Any], device: torch.device) -> Memory:
         peak = torch.cuda.max_memory_allocated(device) - before
         del out
         return Memory(peak / 2**20, "cuda_max_allocated")
+    release_free_heap()
     before = current_rss_bytes()
     with _RssSampler() as sampler:
         out = fn()

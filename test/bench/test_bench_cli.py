@@ -7,6 +7,7 @@ import torch
 
 from ovsam_ros import cli
 from ovsam_ros.benchmark.harness import Timing, measure_memory, percentile, time_call
+from ovsam_ros.benchmark.stages import StageRunner, TimingOptions
 
 PROMPTS = (1, 3)
 VOCABS = (80, 1203)
@@ -103,3 +104,15 @@ def test_percentile_and_timing_helpers():
     assert len(calls) == 5 and timing.repeats == 3
     mem = measure_memory(lambda: torch.ones(2_000_000), torch.device("cpu"))  # ~8 MB
     assert mem.kind == "cpu_rss_sampled" and mem.peak_mb >= 0
+
+
+def test_cpu_memory_of_a_stage_sees_a_known_allocation():
+    # A stage that allocates (and touches) 8 MiB. The runner first times it, so the same 8 MiB have
+    # been allocated and freed several times before the memory call: the measurement must still see them.
+    runner = StageRunner(TimingOptions(device=torch.device("cpu"), repeats=3, warmup=1))
+    eight = runner.run("alloc", "image", lambda: torch.ones(2 * 2**20)).memory  # 2 Mi float32 = 8 MiB
+    assert eight.kind == "cpu_rss_sampled" and 6 <= eight.peak_mb <= 12, eight
+    thirty_two = runner.run("alloc", "image", lambda: torch.ones(8 * 2**20), params={"mb": 32}).memory
+    assert 30 <= thirty_two.peak_mb <= 40, thirty_two
+    tiny = runner.run("none", "image", lambda: torch.ones(16)).memory
+    assert tiny.peak_mb < 1, tiny
