@@ -5,6 +5,8 @@ two-backbone crop baselines and 641M / 3,001 for SAM-H. Its "GFLOPs" count one m
 FLOP (fvcore / mmengine), i.e. GMACs; torch's FlopCounterMode counts two.
 """
 
+import math
+
 import pytest
 
 from ovsam_ros.benchmark.flops import build_sam_encoder, count_flops, num_params, ovsam_flops
@@ -58,12 +60,54 @@ def test_recognition_is_one_gemm(rn50x16):
     assert rn50x16.flops["recognition[prompts=10,classes=21843]"] == 10 * rn50x16.flops["recognition[prompts=1,classes=21843]"]
 
 
-def test_sam_encoder_any_size_and_tiny():
+def _vit_flops(size, depth, dim, window, global_attn, out_chans, patch=16):
+    """FLOPs (2 per multiply-add) of segment_anything's ImageEncoderViT, by hand.
+
+    Windowed blocks pad the g x g token grid to whole windows and run qkv / attention / proj on
+    the padded tokens; the MLP runs on the g*g real ones. Relative positions add one h and one w
+    einsum per query (head_dim each, summed over heads = dim). LayerNorms and adds are not counted.
+    """
+    g = size // patch
+    n = g * g
+    macs = n * dim * 3 * patch * patch  # patch embedding conv
+    for i in range(depth):
+        side, windows = (g, 1) if i in global_attn else (window, math.ceil(g / window) ** 2)
+        t = side * side
+        macs += windows * t * 4 * dim * dim  # qkv (3 dim^2) + proj (dim^2)
+        macs += windows * (2 * t * t * dim + 2 * t * side * dim)  # q @ k, attn @ v, rel-pos h and w
+        macs += 2 * n * dim * 4 * dim  # MLP dim -> 4 dim -> dim
+    macs += n * dim * out_chans + n * out_chans * out_chans * 9  # neck: 1x1 conv, 3x3 conv
+    return 2 * macs
+
+
+@pytest.mark.parametrize("kind, geometry, sizes", [
+    ("vit_b", dict(depth=12, dim=768, window=14, global_attn=(2, 5, 8, 11), out_chans=256), (512, 1024)),
+    ("tiny", dict(depth=2, dim=32, window=4, global_attn=(1,), out_chans=32), (256, 512)),
+])
+def test_sam_encoder_any_size_and_tiny(kind, geometry, sizes):
     import torch
 
-    vit_b = build_sam_encoder("vit_b", 512, device="meta")
-    assert 85e6 < num_params(vit_b) < 95e6
-    x = torch.empty(1, 3, 512, 512, device="meta")
-    assert count_flops(lambda: vit_b(x)) > 0
+    # 512 px = a 32x32 grid, padded to 3x3 windows of 14: the padding is counted; 1024 px is the registry's.
+    counts = {}
+    for size in sizes:
+        encoder = build_sam_encoder(kind, size, device="meta")
+        x = torch.empty(1, 3, size, size, device="meta")
+        counts[size] = count_flops(lambda: encoder(x))
+        assert counts[size] == _vit_flops(size, **geometry), (kind, size)
+        with torch.device("meta"):
+            assert tuple(encoder(x).shape) == (1, geometry["out_chans"], size // 16, size // 16)
+    small, large = sizes
+    assert counts[large] / counts[small] == pytest.approx(_vit_flops(large, **geometry) / _vit_flops(small, **geometry))
+    if kind == "vit_b":
+        assert 85e6 < num_params(encoder) < 95e6
+    else:
+        from ovsam_ros.model.checkpoints import TINY_TEACHER_KWARGS
+
+        assert encoder.pos_embed.shape[1:3] == (sizes[-1] // 16, sizes[-1] // 16)
+        assert (encoder.patch_embed.proj.out_channels, len(encoder.blocks)) == (
+            TINY_TEACHER_KWARGS["embed_dim"], TINY_TEACHER_KWARGS["depth"])
+
+
+def test_unknown_sam_encoder_is_an_error():
     with pytest.raises(ValueError, match="unknown SAM encoder"):
         build_sam_encoder("vit_x", 512, device="meta")
