@@ -40,6 +40,7 @@ setup(
             "ovsam = ovsam_ros.cli:main",
             "ovsam-train-stage1 = training.stage1:main",
             "ovsam-train-stage2 = training.stage2:main",
+            "ovsam-train-bench = training.bench:main",
             "ovsam-evaluate = training.evaluate:main",
             "ovsam-extract-bag = training.data.rosbag:main",
             "ovsam-make-synthetic = training.synthetic:main",
