@@ -28,6 +28,7 @@ What it guarantees:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -45,7 +46,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ovsam_ros.model.checkpoints import load_ovsam, save_ovsam
+from ovsam_ros.model.checkpoints import CheckpointError, load_ovsam, save_ovsam
 from ovsam_ros.model.ovsam import OVSAM
 
 from .config import dump
@@ -241,16 +242,20 @@ class CheckpointManager:
         self.root = Path(output_dir) / "checkpoints"
         self.keep = max(1, int(keep))
 
-    def list(self) -> List[Path]:
+    def list(self, complete_only: bool = True) -> List[Path]:
+        """Step folders, oldest first; with ``complete_only`` those whose marker lists the files
+        at their recorded sizes (the cheap check; :func:`verify_checkpoint` also hashes)."""
         if not self.root.is_dir():
             return []
         found = []
         for p in self.root.iterdir():
-            if p.is_dir() and p.name.startswith("step-") and (p / "model.pt").is_file() and (p / "state.pt").is_file():
+            if p.is_dir() and p.name.startswith("step-"):
                 try:
-                    found.append((int(p.name[5:]), p))
+                    step = int(p.name[5:])
                 except ValueError:
                     continue
+                if not complete_only or checkpoint_problem(p, hash_files=False) is None:
+                    found.append((step, p))
         return [p for _, p in sorted(found)]
 
     def latest(self) -> Optional[Path]:
@@ -267,6 +272,7 @@ class CheckpointManager:
         tmp.mkdir()
         save_ovsam(model, tmp / "model.pt", include_backbone=include_backbone, extra=extra)
         atomic_write(tmp / "state.pt", lambda fh: torch.save(state, fh))
+        write_marker(tmp)  # last: a folder without a valid marker never counts as a checkpoint
         _fsync_dir(tmp)
         if final.exists():  # re-saving a step (a resumed run reaching it again): replace
             trash = self.root / f".old-{final.name}-{os.getpid()}"
@@ -297,25 +303,88 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+MARKER = "complete.json"
+CHECKPOINT_FILES = ("model.pt", "state.pt")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_marker(folder: Path) -> None:
+    """``complete.json``: size and sha256 of every checkpoint file, written after them."""
+    files = {name: {"size": (folder / name).stat().st_size, "sha256": _sha256(folder / name)}
+             for name in CHECKPOINT_FILES}
+    data = json.dumps({"format": "ovsam_ros.checkpoint_marker", "version": 1, "files": files}, indent=1)
+    atomic_write(folder / MARKER, lambda fh: fh.write(data.encode("utf-8")))
+
+
+def checkpoint_problem(folder: Path, hash_files: bool = True) -> Optional[str]:
+    """Why ``folder`` is not a complete checkpoint (None if it is): a missing or unreadable
+    marker, a missing file, or a size / sha256 that differs from the marker's."""
+    marker = folder / MARKER
+    if not marker.is_file():
+        missing = [n for n in CHECKPOINT_FILES if not (folder / n).is_file()]
+        return (f"missing {', '.join(missing)}" if missing else
+                f"no {MARKER} (written last: the save was interrupted, or an older ovsam_ros wrote it)")
+    try:
+        files = json.loads(marker.read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"unreadable {MARKER} ({type(err).__name__})"
+    for name in CHECKPOINT_FILES:
+        path, want = folder / name, files.get(name) if isinstance(files, dict) else None
+        if not isinstance(want, dict) or not path.is_file():
+            return f"{name} missing"
+        size = path.stat().st_size
+        if size != want.get("size"):
+            return f"{name} is {size} bytes, the marker says {want.get('size')} (truncated or overwritten)"
+        if hash_files and _sha256(path) != want.get("sha256"):
+            return f"{name} content differs from its sha256 in {MARKER} (corrupt)"
+    return None
+
+
+def _newest_complete(output_dir: Path, what: str) -> Optional[Path]:
+    """Newest verified checkpoint under ``output_dir``; says which it took and why it skipped others."""
+    manager = CheckpointManager(output_dir)
+    for folder in reversed(manager.list(complete_only=False)):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            log.info("%s: resuming from %s (newest complete checkpoint)", what, folder)
+            return folder
+        log.warning("%s: skipping %s: %s", what, folder, problem)
+    return None
+
+
 def resolve_resume(resume: Optional[str], output_dir: Path) -> Optional[Path]:
-    """``--resume`` (latest under output_dir; nothing there = fresh start) or ``--resume PATH``."""
+    """``--resume`` (newest complete checkpoint under output_dir; nothing there = fresh start)
+    or ``--resume PATH`` (a step folder, which must be complete, or a run / checkpoints folder)."""
     if not resume:
         return None
     if resume == "auto":
-        latest = CheckpointManager(output_dir).latest()
+        latest = _newest_complete(Path(output_dir), "--resume")
         if latest is None:
-            log.warning("--resume: no checkpoint under %s/checkpoints; starting from scratch", output_dir)
+            log.warning("--resume: no complete checkpoint under %s/checkpoints; starting from scratch", output_dir)
         return latest
     path = Path(os.path.expanduser(resume))
-    if path.is_file() and path.name in ("model.pt", "state.pt"):
+    if path.is_file() and path.name in CHECKPOINT_FILES + (MARKER,):
         path = path.parent
     if path.is_dir() and path.name == "checkpoints" or (path / "checkpoints").is_dir():
-        latest = CheckpointManager(path.parent if path.name == "checkpoints" else path).latest()
+        latest = _newest_complete(path.parent if path.name == "checkpoints" else path, f"--resume {resume}")
         if latest is None:
             raise FileNotFoundError(f"--resume {resume}: no complete checkpoint found")
         return latest
-    if not ((path / "model.pt").is_file() and (path / "state.pt").is_file()):
-        raise FileNotFoundError(f"--resume {resume}: not a checkpoint folder (needs model.pt and state.pt)")
+    if not path.is_dir():
+        raise FileNotFoundError(f"--resume {resume}: no such checkpoint folder")
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        others = [p for p in CheckpointManager(path.parent.parent).list() if p != path] \
+            if path.parent.name == "checkpoints" else []
+        hint = f"; the newest complete one is {others[-1]}" if others else ""
+        raise FileNotFoundError(f"--resume {resume}: not a complete checkpoint folder: {problem}{hint}")
     return path
 
 
@@ -668,9 +737,16 @@ def build_model(mcfg: Dict[str, Any], seed: int, resume_from: Optional[Path] = N
 
 
 def load_resume_state(path: Path) -> Dict[str, Any]:
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)  # our own file
+    file = path / "state.pt"
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=False)  # our own file
+    except Exception as err:  # a truncated zip: PytorchStreamReader errors, EOFError, ...
+        raise CheckpointError(f"{file}: unreadable training state ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''}); resume from an earlier "
+                              f"checkpoint folder, or --resume without a path to take the newest "
+                              "complete one") from None
     if not isinstance(state, dict) or state.get("format") != "ovsam_ros.train_state":
-        raise ValueError(f"{path / 'state.pt'}: not an ovsam_ros training-state file")
+        raise CheckpointError(f"{file}: not an ovsam_ros training-state file")
     return state
 
 

@@ -45,6 +45,7 @@ import pickle
 import re
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import torch
@@ -415,9 +416,39 @@ def save_ovsam(
     atomic_write(path, lambda f: torch.save(payload, f))
 
 
+TRAIN_STATE_FORMAT = "ovsam_ros.train_state"
+
+
+def is_train_state_file(path: PathLike) -> bool:
+    """Whether ``path`` is a training ``state.pt`` (checked in the zip's pickle bytes, nothing
+    is unpickled)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(os.path.expanduser(os.fspath(path))) as archive:
+            names = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+            return bool(names) and TRAIN_STATE_FORMAT.encode() in archive.read(names[0])
+    except (OSError, zipfile.BadZipFile, KeyError):
+        return False
+
+
 def read_ovsam_checkpoint(path: PathLike) -> Tuple[OVSAMConfig, StateDict, Dict[str, Any]]:
     """(config, state dict, whole payload) of an ``ovsam_ros`` file, validated."""
-    obj = read_checkpoint(path)
+    if os.path.isfile(os.path.expanduser(os.fspath(path))) and is_train_state_file(path):
+        model_file = Path(os.path.expanduser(os.fspath(path))).with_name("model.pt")
+        raise CheckpointError(
+            f"{path} is a training-state file (optimizer, scheduler and RNG states that --resume reads), "
+            f"not a model. Use the model checkpoint saved with it: {model_file}"
+            f"{'' if model_file.is_file() else ' (missing here)'}, or the run's final <output_dir>/model.pt.")
+    try:
+        obj = read_checkpoint(path)
+    except CheckpointError as err:
+        if isinstance(err.__cause__, pickle.UnpicklingError):  # "weights_only=False" is no advice for a YAML user
+            raise CheckpointError(
+                f"{path}: not an {FORMAT_NAME} model checkpoint: it holds Python objects besides tensors, "
+                "which model files never do (give the model.pt a training run wrote, or convert the file "
+                "with save_ovsam)") from err
+        raise
     if not isinstance(obj, Mapping) or obj.get("format") != FORMAT_NAME:
         hint = ""
         if isinstance(obj, Mapping):
@@ -470,6 +501,8 @@ def load_ovsam(
 __all__ = [
     "CheckpointError",
     "CheckpointNotFoundError",
+    "TRAIN_STATE_FORMAT",
+    "is_train_state_file",
     "TINY_TEACHER_KWARGS",
     "build_sam_teacher",
     "export_reference_checkpoints",

@@ -52,7 +52,7 @@ def test_checkpoint_manager_is_atomic_and_prunes(tmp_path):
     assert mgr.latest().name == "step-00000003"
     assert engine.resolve_resume("auto", tmp_path).name == "step-00000003"
     assert engine.resolve_resume(str(mgr.root / "step-00000002"), tmp_path).name == "step-00000002"
-    with pytest.raises(FileNotFoundError, match="not a checkpoint"):
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
         engine.resolve_resume(str(no_state), tmp_path)
     assert engine.resolve_resume("auto", tmp_path / "fresh") is None
     mgr.save(4, model, {"step": 4}, include_backbone=False, extra={})
