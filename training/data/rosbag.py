@@ -23,6 +23,11 @@ there; stage 1 reads the manifest when one is present. Numeric options are check
 16-bit / float images are kept lossless (16-bit PNG, 32-bit float TIFF), mono stays one
 channel; the manifest records each frame's source ``encoding``, ``dtype`` and ``channels``.
 
+A bag cut short (recorder killed, power loss) is read up to the cut
+(:mod:`training.data.bag_recovery`): every complete message is extracted, the loss is
+reported (manifest ``bag_report``, a warning) and the exit status is 0; it is 2 only when
+nothing is readable. A folder without ``metadata.yaml`` is read through its one bag file.
+
 Bad input: a bag without a requested topic, or a topic of another type, is a
 :class:`DataError` listing what the bag has; undecodable frames, arrays
 without a matching frame, unlabeled or low-score instances are counted skips
@@ -259,7 +264,8 @@ def _extract(bag_path: Path, topics: Sequence[str], out_dir: Path, final_dir: Pa
              image_format: str, start: Optional[float], end: Optional[float], labels_topic: Optional[str],
              vocabulary: Any, min_score: float, progress: bool) -> Dict[str, Any]:
     import cv2
-    from rosbags.rosbag2 import Reader
+
+    from .bag_recovery import open_bag
 
     images_dir = out_dir / "images"
     skipped = SkipReport(str(bag_path))
@@ -267,11 +273,9 @@ def _extract(bag_path: Path, topics: Sequence[str], out_dir: Path, final_dir: Pa
     frames: List[Dict[str, Any]] = []
     label_msgs: Dict[Tuple[str, int], Any] = {}
     period = None if rate is None else 1e9 / float(rate)
-    try:
-        reader_cm = Reader(bag_path)
-        reader_cm.open()
-    except Exception as err:
-        raise DataError(f"{bag_path}: cannot open as a rosbag2 (sqlite3 or MCAP): {type(err).__name__}: {err}") from err
+    reader_cm, bag_report = open_bag(bag_path)
+    if bag_report.recovered:
+        log.warning("%s", bag_report.summary())
     try:
         reader = reader_cm
         available = {c.topic: c.msgtype for c in reader.connections}
@@ -368,6 +372,7 @@ def _extract(bag_path: Path, topics: Sequence[str], out_dir: Path, final_dir: Pa
         "format": MANIFEST_FORMAT,
         "bag": str(bag_path), "topics": wanted, "rate": rate, "image_root": "images",
         "frames": frames, "counts": {t: dict(c) for t, c in counts.items()}, "skipped": skipped.to_dict(),
+        "bag_report": bag_report.to_dict(),
     }
     if labels_topic is not None:
         written = write_pseudo_labels(out_dir, frames, label_msgs, vocabulary, min_score, skipped)
@@ -483,6 +488,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"manifest -> {os.path.join(args.out, 'manifest.json')}")
     if "pseudo_labels" in manifest:
         print(f"pseudo-labels -> {manifest['pseudo_labels']}")
+    if manifest["bag_report"]["recovered"]:
+        from .bag_recovery import BagReport
+
+        print("WARNING: " + BagReport(**manifest["bag_report"]).summary(), file=sys.stderr)
     sk = manifest["skipped"]["counts"]
     if sk:
         print("skipped: " + ", ".join(f"{n} {k}" for k, n in sorted(sk.items())))
