@@ -25,13 +25,20 @@ def draw_overlay(
     prompts: Optional[Sequence[CheckedPrompt]] = None,
     alpha: float = 0.45,
     show_scores: bool = True,
+    ids: Optional[Sequence[int]] = None,
 ) -> np.ndarray:
-    """Return an RGB uint8 copy of ``image_rgb`` with masks, contours, boxes and labels."""
+    """Return an RGB uint8 copy of ``image_rgb`` with masks, contours, boxes and labels.
+
+    ``ids``: per instance, a track id that picks its colour (stable across frames)
+    and prefixes its label as ``#id``; 0 = untracked (colour by position).
+    """
+    def color_key(i: int) -> int:
+        return ids[i] if ids is not None and ids[i] else i
     canvas = image_rgb.copy()
     scale = max(0.35, min(canvas.shape[:2]) / 800)
     thickness = max(1, int(round(2 * scale)))
     for i, result in enumerate(results):
-        color = np.array(instance_color(i), dtype=np.float32)
+        color = np.array(instance_color(color_key(i)), dtype=np.float32)
         mask = result.mask
         canvas[mask] = (canvas[mask] * (1 - alpha) + color * alpha).astype(np.uint8)
         contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
@@ -39,10 +46,10 @@ def draw_overlay(
     for i, result in enumerate(results):
         if result.area == 0:
             continue
-        color = instance_color(i)
+        color = instance_color(color_key(i))
         x0, y0, x1, y1 = result.box
         cv2.rectangle(canvas, (x0, y0), (x1 - 1, y1 - 1), color, thickness)
-        text = result.label or "?"
+        text = (f"#{ids[i]} " if ids is not None and ids[i] else "") + (result.label or "?")
         if show_scores and result.labels:
             text += f" {result.labels[0].score:.2f}"
         _label(canvas, text, (x0, y0), color, scale)

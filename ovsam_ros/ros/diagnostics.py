@@ -87,6 +87,9 @@ class NodeStats:
             self.frames_failed = 0  # inference raised
             self.prompts_rejected = 0
             self.zero_stamps = 0
+            self.prompts_on_stamped_frame = 0  # stamped prompts run on the buffered frame they name
+            self.prompts_on_newest_frame = 0  # stamped prompts whose frame was gone: newest frame instead
+            self.depth_skipped = 0  # frames whose 3D part was skipped (bad / missing depth or CameraInfo)
             self.last_stamp: Optional[tuple[int, int]] = None
             self.last_error = ""
             self.stages = {name: Window(self.window) for name in STAGES}
@@ -139,6 +142,9 @@ class NodeStats:
                 "frames_failed": self.frames_failed,
                 "prompts_rejected": self.prompts_rejected,
                 "zero_stamps": self.zero_stamps,
+                "prompts_on_stamped_frame": self.prompts_on_stamped_frame,
+                "prompts_on_newest_frame": self.prompts_on_newest_frame,
+                "depth_skipped": self.depth_skipped,
                 "processing_rate_hz": rate,
                 "last_stamp": self.last_stamp,
                 "last_error": self.last_error,
@@ -178,7 +184,8 @@ def diagnostic_array(snap: dict[str, Any], *, name: str, stamp: Any, state: str,
     status = DiagnosticStatus(name=name, hardware_id="ovsam_ros")
     values = [("state", state)]
     for key in ("frames_received", "frames_processed", "frames_dropped", "frames_rejected", "frames_idle",
-                "frames_failed", "prompts_rejected", "zero_stamps"):
+                "frames_failed", "prompts_rejected", "zero_stamps", "prompts_on_stamped_frame",
+                "prompts_on_newest_frame", "depth_skipped"):
         values.append((key, str(snap[key])))
     values.append(("processing_rate_hz", f"{snap['processing_rate_hz']:.3f}"))
     if snap["last_stamp"] is not None:

@@ -33,6 +33,7 @@ class LatestFrameSlot:
         self._cond = threading.Condition()
         self._frame: Optional[Frame] = None
         self._closed = False
+        self._woken = False
 
     def put(self, frame: Frame) -> bool:
         """Store ``frame``; True if it replaced a pending (now dropped) frame."""
@@ -46,13 +47,20 @@ class LatestFrameSlot:
         """The pending frame (removing it), waiting up to ``timeout`` s; None on timeout/close."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._frame is None and not self._closed:
+            while self._frame is None and not self._closed and not self._woken:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
                 self._cond.wait(remaining)
+            self._woken = False
             frame, self._frame = self._frame, None
             return frame
+
+    def wake(self) -> None:
+        """Make the current (or next) ``take`` return now, with the pending frame or None."""
+        with self._cond:
+            self._woken = True
+            self._cond.notify_all()
 
     def clear(self) -> Optional[Frame]:
         with self._cond:

@@ -70,13 +70,17 @@ def mask_from_msg(instance: Any, height: int, width: int) -> np.ndarray:
     return full
 
 
-def instance_id_image(masks: Sequence[np.ndarray], height: int, width: int) -> np.ndarray:
-    """uint16 image with ``i + 1`` where mask ``i`` is set (0 = no instance).
+def instance_id_image(masks: Sequence[np.ndarray], height: int, width: int,
+                      values: Sequence[int] | None = None) -> np.ndarray:
+    """uint16 image with ``i + 1`` (or ``values[i]``) where mask ``i`` is set (0 = no instance).
 
     Where masks overlap, the later (usually lower-scored) mask does not
-    overwrite an earlier one, so the best instance owns contested pixels.
+    overwrite an earlier one, so the best instance owns contested pixels. A
+    value of 0 leaves that mask out (a tentative track).
     """
     ids = np.zeros((height, width), dtype=np.uint16)
     for index, mask in enumerate(masks):
-        ids[(ids == 0) & np.asarray(mask, dtype=bool)] = index + 1
+        value = index + 1 if values is None else int(values[index])
+        if value:
+            ids[(ids == 0) & np.asarray(mask, dtype=bool)] = value
     return ids

@@ -15,6 +15,14 @@ What a frame is used for, first match wins: one-shot prompts, a one-shot text
 query, persistent prompts, a persistent text query, then parameter ``mode``
 (``everything``; ``text`` with parameter ``query``; ``prompt`` = nothing to do).
 
+Stamped one-shot prompts (``PromptArray`` or ``~/detection_prompts`` with a
+non-zero ``header.stamp``) run on the frame they name, looked up in a ring
+buffer of recent frames (:mod:`ovsam_ros.robot.frame_buffer`); when that frame
+is gone they run on the newest one, counted (``prompts_on_newest_frame``) and
+logged. Instances get track ids (:mod:`ovsam_ros.robot.tracking`) and, with an
+aligned depth image + CameraInfo, a 3D centroid and extent
+(:mod:`ovsam_ros.robot.depth3d`); bad depth skips only the 3D part, counted.
+
 Topics (relative, so namespaces and remaps work):
 
 =====================  ====  ==========================================
@@ -22,10 +30,14 @@ Topics (relative, so namespaces and remaps work):
 ``image/compressed``   sub   sensor_msgs/CompressedImage (same)
 ``prompts``            sub   ovsam_ros/PromptArray
 ``text_query``         sub   ovsam_ros/TextQuery
+``~/detection_prompts`` sub  vision_msgs/Detection2DArray (if vision_msgs is installed)
+``~/depth/image``      sub   sensor_msgs/Image 16UC1 (mm) / 32FC1 (m), aligned to ``image``
+``~/depth/camera_info`` sub  sensor_msgs/CameraInfo of the depth image
 ``~/masks``            pub   ovsam_ros/LabeledMaskArray (header = the image's)
 ``~/instance_ids``     pub   sensor_msgs/Image mono16, pixel = instance_id + 1
 ``~/overlay``          pub   sensor_msgs/Image rgb8 (``publish_overlay``)
 ``~/detections``       pub   vision_msgs/Detection2DArray (if vision_msgs is installed)
+``~/points``           pub   sensor_msgs/PointCloud2 (``publish_points``)
 ``/diagnostics``       pub   diagnostic_msgs/DiagnosticArray
 ``set_vocabulary``     srv   ovsam_ros/SetVocabulary
 ``segment``            srv   ovsam_ros/Segment
@@ -43,6 +55,7 @@ import os
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -52,11 +65,18 @@ from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValu
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+import numpy as np
+
 from ovsam_ros.prompts import Prompt, PromptError, check_prompt
+from ovsam_ros.robot.depth3d import (DepthError, Intrinsics, backproject, check_pairing, depth_to_metres,
+                                     instance_geometry, transform_points)
+from ovsam_ros.robot.detections import prompts_from_detections
+from ovsam_ros.robot.frame_buffer import MATCHED, PENDING, StampedBuffer, header_stamp_ns
+from ovsam_ros.robot.tracking import CroppedMask, InstanceTracker, Observation
 from ovsam_ros.ros import outputs
 from ovsam_ros.ros.diagnostics import NodeStats, StageClock, diagnostic_array, summary_line
 from ovsam_ros.ros.frames import Frame, LatestFrameSlot, decode_frame, stamp_seconds, stamp_tuple
-from ovsam_ros.ros.image_conversion import ImageConversionError
+from ovsam_ros.ros.image_conversion import ImageConversionError, image_to_numpy
 from ovsam_ros.ros.param_checks import ParamsFileError, check_params_file, unknown_parameters
 from ovsam_ros.ros.parameters import CONFIGURE_TIME, MODES, PARAMETERS, SPECS, NodeSettings, descriptor, validate
 from ovsam_ros.ros.prompt_input import PromptSet, fit_prompts, prompt_from_msg, prompt_set_from_msg
@@ -67,6 +87,11 @@ SENSOR_QOS = QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT, history=Histo
                         durability=DurabilityPolicy.VOLATILE)
 # Prompts are commands: reliable, a few may queue.
 COMMAND_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=10)
+# Depth is looked up by stamp later: keep a few, best effort (matches any publisher).
+DEPTH_QOS = QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST, depth=5,
+                       durability=DurabilityPolicy.VOLATILE)
+STAMPED_QUEUE = 32  # stamped prompt sets waiting for their frame; more and the oldest is dropped, counted
+DEPTH_WAIT = 0.1  # s the worker waits for a depth image stamped like its frame that is still on its way
 OUTPUT_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=5)
 
 
@@ -86,6 +111,8 @@ class Job:
     indices: list[int] = field(default_factory=list)  # prompt_index of each prompt in its PromptArray
     text: Optional[TextRequest] = None
     rejected: list[str] = field(default_factory=list)
+    prompt_set: Optional[PromptSet] = None  # where the prompts came from (detector sources)
+    persistent: bool = False  # persistent prompts: track ids keyed by prompt, mask feedback
 
 
 @dataclass
@@ -98,6 +125,7 @@ class FrameOutput:
     overlay: Any = None
     stages: dict[str, float] = field(default_factory=dict)
     rejected: list[str] = field(default_factory=list)
+    points: Any = None  # PointCloud2 (publish_points)
 
 
 def encode_vocabulary_text(predictor: Any, spec: Any):
@@ -144,6 +172,19 @@ class OVSAMNode(LifecycleNode):
         self._last_diag_snapshot: Optional[dict] = None
         self._last_log = time.monotonic()
         self._last_warnings: dict[str, tuple[str, float, int]] = {}
+        # Robot features: frames by stamp, prompts waiting for their frame, depth, tracks.
+        s = self.settings
+        self._frames: StampedBuffer[Frame] = StampedBuffer(s.frame_buffer_size, s.frame_buffer_max_age)
+        self._stamped: deque[tuple[PromptSet, float]] = deque()
+        self._depths: StampedBuffer[Any] = StampedBuffer(10, s.frame_buffer_max_age)
+        self._depth_seen = False
+        self._camera_info: Any = None
+        self._tracker = InstanceTracker(s.tracker_config())
+        self._persistent_generation = 0  # bumps when persistent prompts are replaced (new track keys)
+        self._feedback: dict[int, np.ndarray] = {}  # prompt_index -> low-res logits (prompt_mask_feedback)
+        self._feedback_key: tuple = ()
+        self._tf_buffer: Any = None
+        self._tf_listener: Any = None
 
     # ------------------------------------------------------------------ parameters
     def _declare_parameters(self) -> None:
@@ -286,6 +327,13 @@ class OVSAMNode(LifecycleNode):
         with self._state_lock:
             self._oneshot_prompts = self._persistent_prompts = None
             self._oneshot_query = self._persistent_query = None
+            self._stamped.clear()
+        self._frames.clear()
+        self._depths.clear()
+        self._depth_seen, self._camera_info = False, None
+        self._tracker.reset()
+        self._feedback = {}
+        self._tf_buffer = self._tf_listener = None
         gc.collect()
         if device is not None and device.type == "cuda":
             import torch
@@ -295,7 +343,7 @@ class OVSAMNode(LifecycleNode):
     # ------------------------------------------------------------------ interfaces
     def _create_interfaces(self) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
-        from sensor_msgs.msg import CompressedImage, Image
+        from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
         from std_srvs.srv import Trigger
 
         from ovsam_ros.msg import LabeledMaskArray, PromptArray, TextQuery
@@ -303,12 +351,13 @@ class OVSAMNode(LifecycleNode):
 
         images, commands = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()
         vocab_group, segment_group = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()
-        timers = MutuallyExclusiveCallbackGroup()
+        timers, depth_group = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()
         pubs = {
             "masks": self.create_lifecycle_publisher(LabeledMaskArray, "~/masks", OUTPUT_QOS),
             "instance_ids": self.create_lifecycle_publisher(Image, "~/instance_ids", OUTPUT_QOS),
             "overlay": self.create_lifecycle_publisher(Image, "~/overlay", OUTPUT_QOS),
             "diagnostics": self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", OUTPUT_QOS),
+            "points": self.create_lifecycle_publisher(PointCloud2, "~/points", OUTPUT_QOS),
         }
         if outputs.Detection2DArray is not None:
             pubs["detections"] = self.create_lifecycle_publisher(outputs.Detection2DArray, "~/detections", OUTPUT_QOS)
@@ -321,12 +370,20 @@ class OVSAMNode(LifecycleNode):
                                              callback_group=commands)),
             ("sub", self.create_subscription(TextQuery, "text_query", self._on_text_query, COMMAND_QOS,
                                              callback_group=commands)),
+            ("sub", self.create_subscription(Image, "~/depth/image", self._on_depth, DEPTH_QOS,
+                                             callback_group=depth_group)),
+            ("sub", self.create_subscription(CameraInfo, "~/depth/camera_info", self._on_camera_info, DEPTH_QOS,
+                                             callback_group=depth_group)),
             ("srv", self.create_service(Trigger, "clear_prompts", self._on_clear_prompts, callback_group=commands)),
             ("srv", self.create_service(SetVocabulary, "set_vocabulary", self._on_set_vocabulary,
                                         callback_group=vocab_group)),
             ("srv", self.create_service(Segment, "segment", self._on_segment, callback_group=segment_group)),
             ("timer", self.create_timer(0.1, self._on_diagnostics_tick, callback_group=timers)),
         ]
+        if outputs.Detection2DArray is not None:  # vision_msgs is not on PyPI: only on full ROS installs
+            self._owned_entities.append(("sub", self.create_subscription(
+                outputs.Detection2DArray, "~/detection_prompts", self.on_detections, COMMAND_QOS,
+                callback_group=commands)))
 
     def _destroy_interfaces(self) -> None:
         for kind, entity in self._owned_entities:
@@ -352,17 +409,61 @@ class OVSAMNode(LifecycleNode):
             self.get_logger().warning("image with a zero timestamp: outputs will carry it unchanged",
                                       throttle_duration_sec=10.0)
         self.stats.received(age)
-        if self._slot.put(Frame(msg, compressed, time.monotonic())):
+        frame = Frame(msg, compressed, time.monotonic())
+        s = self.settings
+        if (self._frames.capacity, self._frames.max_age) != (s.frame_buffer_size, s.frame_buffer_max_age):
+            self._frames.configure(s.frame_buffer_size, s.frame_buffer_max_age)
+            self._depths.configure(10, s.frame_buffer_max_age)
+        self._frames.push(header_stamp_ns(msg.header), msg.header.frame_id, frame, frame.received)
+        if self._slot.put(frame):
             self.stats.dropped()
+
+    def _on_depth(self, msg: Any) -> None:
+        if not self._active:
+            return
+        self._depth_seen = True
+        self._depths.push(header_stamp_ns(msg.header), msg.header.frame_id, msg, time.monotonic())
+
+    def _on_camera_info(self, msg: Any) -> None:
+        self._camera_info = msg
+
+    def on_detections(self, msg: Any) -> None:
+        """``vision_msgs/Detection2DArray`` (or anything shaped like it): one prompt per detection."""
+        s = self.settings
+        converted = prompts_from_detections(msg, s.detection_prompt_type, s.detection_min_score)
+        if converted.rejected:
+            self.stats.count("prompts_rejected", converted.rejected[-1], n=len(converted.rejected))
+            for reason in converted.rejected:
+                self._warn_once_per("detection", f"detection rejected: {reason}")
+        if not converted.prompts:
+            return
+        self._accept_oneshot(PromptSet(converted.prompts, (0, 0), msg.header.frame_id, False,
+                                       stamp=header_stamp_ns(msg.header), sources=converted.sources,
+                                       indices=converted.indices))
+
+    def _accept_oneshot(self, prompt_set: PromptSet) -> None:
+        """One-shot prompts: stamped ones wait for their frame, unstamped ones take the next frame."""
+        with self._state_lock:
+            if not prompt_set.stamp:
+                self._oneshot_prompts = prompt_set
+                return
+            if len(self._stamped) >= STAMPED_QUEUE:
+                self._stamped.popleft()
+                self.stats.count("prompts_rejected", "stamped prompts waiting for their frame: queue full, "
+                                 "oldest dropped")
+            self._stamped.append((prompt_set, time.monotonic()))
+        self._slot.wake()
 
     def _on_prompts(self, msg: Any) -> None:
         prompt_set = prompt_set_from_msg(msg)
-        with self._state_lock:
-            if prompt_set.persistent:
+        if not prompt_set.persistent:
+            if prompt_set.prompts:
+                self._accept_oneshot(prompt_set)
+        else:
+            with self._state_lock:
                 # An empty persistent array clears the persistent prompts.
                 self._persistent_prompts = prompt_set if prompt_set.prompts else None
-            elif prompt_set.prompts:
-                self._oneshot_prompts = prompt_set
+                self._persistent_generation += 1
         kind = "persistent" if prompt_set.persistent else "one-shot"
         self.get_logger().debug(f"{len(prompt_set.prompts)} {kind} prompt(s) for "
                                 f"{prompt_set.source_size[0]}x{prompt_set.source_size[1]}")
@@ -382,8 +483,11 @@ class OVSAMNode(LifecycleNode):
         with self._state_lock:
             cleared = sum(x is not None for x in (self._oneshot_prompts, self._persistent_prompts,
                                                   self._oneshot_query, self._persistent_query))
+            cleared += len(self._stamped)
             self._oneshot_prompts = self._persistent_prompts = None
             self._oneshot_query = self._persistent_query = None
+            self._stamped.clear()
+            self._persistent_generation += 1
         response.success, response.message = True, f"cleared {cleared} prompt set(s)/quer(ies)"
         return response
 
@@ -398,24 +502,73 @@ class OVSAMNode(LifecycleNode):
                 if delay > 0 and self._stop.wait(delay):
                     break
             frame = self._slot.take(timeout=0.5)
-            if frame is None or self._stop.is_set():
+            if self._stop.is_set():
                 continue
-            if rate > 0:
-                next_allowed = time.monotonic() + 1.0 / rate
             try:
-                self.process_frame(frame)
+                frame, served = self._serve_stamped(frame)
+                if frame is not None:
+                    self.process_frame(frame)
+                if rate > 0 and (served or frame is not None):
+                    next_allowed = time.monotonic() + 1.0 / rate
             except Exception as error:  # never let one frame kill the worker
                 reason = _shorten(f"{type(error).__name__}: {error}")
                 self.stats.count("frames_failed", reason)
                 self.get_logger().error(f"frame failed: {reason}", throttle_duration_sec=5.0)
 
     def process_pending(self) -> Optional[FrameOutput]:
-        """Process the pending frame now, in this thread (tests and tools without the worker)."""
-        frame = self._slot.take(timeout=0)
-        return None if frame is None else self.process_frame(frame)
+        """Serve due stamped prompts and the pending frame now, in this thread (tests and tools
+        without the worker); the last output produced, or None."""
+        frame, served = self._serve_stamped(self._slot.take(timeout=0))
+        out = self.process_frame(frame) if frame is not None else None
+        return out if out is not None else (served[-1] if served else None)
 
-    def process_frame(self, frame: Frame) -> Optional[FrameOutput]:
-        """Decode, infer, publish one frame; None if it was unusable or there was nothing to do."""
+    def _serve_stamped(self, frame: Optional[Frame]) -> tuple[Optional[Frame], list[FrameOutput]]:
+        """Run every stamped prompt set whose frame is known: on that frame if still buffered, else
+        on the newest (``frame``, the pending one, if any), counted. Sets whose stamp is newer than
+        every buffered frame wait (up to frame_buffer_max_age). Returns ``frame`` unless a prompt set
+        used it, and the outputs."""
+        with self._state_lock:
+            requests = list(self._stamped)
+            self._stamped.clear()
+        if not requests:
+            return frame, []
+        s = self.settings
+        tolerance = int(round(s.stamp_tolerance * 1e9))
+        waiting, served = [], []
+        for prompt_set, requested in requests:
+            now = time.monotonic()
+            found = self._frames.find(prompt_set.stamp, prompt_set.frame_id, tolerance, now, requested)
+            if found.status == PENDING:
+                waiting.append((prompt_set, requested))
+                continue
+            if found.status == MATCHED:
+                target = found.entry.item
+                self.stats.count("prompts_on_stamped_frame")
+            else:
+                newest = self._frames.newest(prompt_set.frame_id)
+                target = frame if frame is not None else (newest.item if newest is not None else None)
+                reason = f"the frame of stamped prompts is gone ({found.status}: {found.detail})"
+                if target is None:
+                    self.stats.count("prompts_rejected", reason + "; no frame to run them on")
+                    self._warn_once_per("stamped", reason + "; dropped: no frame to run them on")
+                    continue
+                self.stats.count("prompts_on_newest_frame", reason)
+                self._warn_once_per("stamped", reason + "; ran on the newest frame")
+            if target is frame:
+                frame = None  # the pending frame serves these prompts instead of its default job
+            out = self.process_frame(target, prompt_set=prompt_set)
+            if out is not None:
+                served.append(out)
+        if waiting:
+            with self._state_lock:
+                self._stamped.extendleft(reversed(waiting))
+        return frame, served
+
+    def process_frame(self, frame: Frame, prompt_set: Optional[PromptSet] = None) -> Optional[FrameOutput]:
+        """Decode, infer, publish one frame; None if it was unusable or there was nothing to do.
+
+        ``prompt_set``: run these one-shot prompts (a stamped set matched to this frame) instead
+        of the frame's default job."""
         s = self.settings
         clock = StageClock()
         header = frame.msg.header
@@ -428,7 +581,7 @@ class OVSAMNode(LifecycleNode):
                 self._warn_once_per("image", reason)
                 return None
         image_hw = (int(rgb.shape[0]), int(rgb.shape[1]))
-        job = self._next_job(image_hw, header.frame_id, s)
+        job = self._next_job(image_hw, header.frame_id, s, prompt_set)
         if job is None:
             self.stats.count("frames_idle")
             return None
@@ -444,6 +597,8 @@ class OVSAMNode(LifecycleNode):
                     predictor.set_image(rgb)
                 results = self._run_job(predictor, job, s, clock)
             vocab = predictor.vocabulary
+        if job.persistent:
+            self._remember_feedback(results, image_hw, s)
         with clock.stage("publish"):
             out = self._publish(results, header, image_hw, job, rgb, vocab.name if vocab else "", s)
         out.stages = clock.finish()
@@ -452,21 +607,27 @@ class OVSAMNode(LifecycleNode):
         self.stats.processed(out.stages, stamp_tuple(header), None if stamp == 0.0 else now - stamp, len(results))
         return out
 
-    def _next_job(self, image_hw: tuple[int, int], frame_id: str, s: NodeSettings) -> Optional[Job]:
-        with self._state_lock:
-            oneshot, self._oneshot_prompts = self._oneshot_prompts, None
-            persistent = self._persistent_prompts
-            query_once, self._oneshot_query = self._oneshot_query, None
-            query = self._persistent_query
+    def _next_job(self, image_hw: tuple[int, int], frame_id: str, s: NodeSettings,
+                  stamped: Optional[PromptSet] = None) -> Optional[Job]:
+        if stamped is not None:
+            oneshot, persistent, query_once, query = stamped, None, None, None
+        else:
+            with self._state_lock:
+                oneshot, self._oneshot_prompts = self._oneshot_prompts, None
+                persistent = self._persistent_prompts
+                query_once, self._oneshot_query = self._oneshot_query, None
+                query = self._persistent_query
         prompt_set = oneshot if oneshot is not None else (None if query_once is not None else persistent)
         if prompt_set is not None:
-            job = Job("prompt")
+            job = Job("prompt", prompt_set=prompt_set, persistent=oneshot is None)
             if prompt_set.frame_id and frame_id and prompt_set.frame_id != frame_id:
                 job.rejected.append(f"prompts were made for frame {prompt_set.frame_id!r}, the image is "
                                     f"{frame_id!r}: not applied")
             else:
                 fitted = fit_prompts(prompt_set, image_hw)
                 job.prompts, job.indices, job.rejected = fitted.prompts, fitted.indices, fitted.rejected
+                if job.persistent and s.prompt_mask_feedback:
+                    job.prompts = self._with_feedback(job.prompts, job.indices, image_hw)
             if job.rejected:
                 self.stats.count("prompts_rejected", job.rejected[-1], n=len(job.rejected))
                 for reason in job.rejected:
@@ -524,25 +685,136 @@ class OVSAMNode(LifecycleNode):
     def _publish(self, results: list, header: Any, image_hw: tuple[int, int], job: Job, rgb: Any,
                  vocabulary_name: str, s: NodeSettings) -> FrameOutput:
         query = job.text.text if job.text is not None else ""
+        extras = outputs.FrameExtras()
+        if s.tracking:
+            extras.track_ids = self._track(results, job, header, s)
+        if job.prompt_set is not None and job.prompt_set.sources:
+            extras.sources = [job.prompt_set.source_of(r.prompt_index) for r in results]
+        points = self._frame_3d(results, header, image_hw, s, extras)
         masks = outputs.labeled_mask_array(results, header, image_hw, mode=job.mode, query=query,
-                                           vocabulary_name=vocabulary_name, vocabulary_version=self._vocab_version)
+                                           vocabulary_name=vocabulary_name, vocabulary_version=self._vocab_version,
+                                           extras=extras)
         out = FrameOutput(mode=job.mode, masks=masks, rejected=job.rejected)
         pubs = self._out_pubs
         # Auxiliary outputs first: a consumer that got ~/masks finds the rest already sent.
         if s.publish_instance_ids:
-            out.instance_ids = outputs.instance_ids_msg(results, header, image_hw)
+            out.instance_ids = outputs.instance_ids_msg(results, header, image_hw, extras.track_ids)
             if "instance_ids" in pubs:
                 pubs["instance_ids"].publish(out.instance_ids)
         if s.publish_overlay:
             checked = [check_prompt(p, image_hw) for p in job.prompts]
-            out.overlay = outputs.overlay_msg(rgb, results, header, checked)
+            out.overlay = outputs.overlay_msg(rgb, results, header, checked, extras.track_ids)
             if "overlay" in pubs:
                 pubs["overlay"].publish(out.overlay)
+        if s.publish_points and points is not None:
+            from std_msgs.msg import Header
+
+            out.points = outputs.points_msg(points, Header(stamp=header.stamp, frame_id=extras.position_frame_id),
+                                            extras.track_ids)
+            if "points" in pubs:
+                pubs["points"].publish(out.points)
         if "detections" in pubs:
             pubs["detections"].publish(outputs.detections_msg(results, header))
         if "masks" in pubs:
             pubs["masks"].publish(masks)
         return out
+
+    # ------------------------------------------------------------------ tracking, feedback, 3D
+    def _track(self, results: list, job: Job, header: Any, s: NodeSettings) -> list[int]:
+        config = s.tracker_config()
+        if self._tracker.config != config:
+            self._tracker.config = config
+        observations = []
+        for r in results:
+            x0, y0, x1, y1 = r.box
+            key = ("prompt", self._persistent_generation, r.prompt_index) if job.persistent else None
+            label = r.labels[0].class_index if r.labels else -1
+            observations.append(Observation(CroppedMask(np.asarray(r.mask[y0:y1, x0:x1], bool), x0, y0), label, key))
+        stamp = stamp_seconds(header)
+        return self._tracker.update(observations, stamp if stamp > 0 else time.monotonic())
+
+    def _with_feedback(self, prompts: list[Prompt], indices: list[int], image_hw: tuple[int, int]) -> list[Prompt]:
+        """Persistent prompts with their previous low-res mask as mask_input (same prompts and frame size)."""
+        if self._feedback_key != (self._persistent_generation, image_hw):
+            return prompts
+        return [dataclasses.replace(p, mask_input=self._feedback[i]) if i in self._feedback else p
+                for p, i in zip(prompts, indices)]
+
+    def _remember_feedback(self, results: list, image_hw: tuple[int, int], s: NodeSettings) -> None:
+        if not s.prompt_mask_feedback:
+            self._feedback = {}
+            return
+        self._feedback_key = (self._persistent_generation, image_hw)
+        self._feedback = {r.prompt_index: r.low_res_logits for r in results if r.low_res_logits is not None}
+
+    def _frame_3d(self, results: list, header: Any, image_hw: tuple[int, int], s: NodeSettings,
+                  extras: Any) -> Optional[list]:
+        """Per-instance 3D from the depth image stamped like this frame; None (and a counted, logged
+        reason in ``extras.position_status``) when it cannot be done. Never raises: 3D is optional."""
+        if not self._depth_seen:
+            return None  # no depth stream: nothing asked for, nothing to report
+        try:
+            depth_msg = self._depth_for(header, s)
+            info = self._camera_info
+            if info is None:
+                raise DepthError("no CameraInfo received on ~/depth/camera_info")
+            intrinsics = Intrinsics.from_camera_info(info)
+            depth = depth_to_metres(image_to_numpy(depth_msg), depth_msg.encoding)
+            check_pairing(depth.shape, image_hw, intrinsics)
+            if not np.isfinite(depth).any():
+                raise DepthError("the depth image has no valid pixel (all 0 / NaN)")
+            points = [backproject(r.mask, depth, intrinsics) for r in results]
+            frame_id = depth_msg.header.frame_id or header.frame_id
+            note = ""
+            if s.target_frame and s.target_frame != frame_id:
+                points, frame_id, note = self._to_target(points, frame_id, header, s.target_frame)
+            extras.geometry = [instance_geometry(p) for p in points]
+        except (DepthError, ImageConversionError, ValueError) as error:
+            reason = _shorten(f"3D skipped: {error}")
+            self.stats.count("depth_skipped", reason)
+            self._warn_once_per("depth", reason)
+            extras.position_status = reason
+            return None
+        extras.position_frame_id, extras.position_status = frame_id, note
+        return points
+
+    def _depth_for(self, header: Any, s: NodeSettings) -> Any:
+        """The depth image paired with this frame by stamp (waits briefly for one still on its way)."""
+        stamp, tolerance = header_stamp_ns(header), int(round(s.depth_tolerance * 1e9))
+        deadline = time.monotonic() + DEPTH_WAIT
+        while True:
+            found = self._depths.find(stamp, "", tolerance, time.monotonic())
+            if found.status == MATCHED:
+                return found.entry.item
+            if found.status != PENDING or time.monotonic() >= deadline:
+                raise DepthError(f"no depth image within {s.depth_tolerance * 1000:g} ms of the frame: "
+                                 f"{found.detail}")
+            time.sleep(0.005)
+
+    def _to_target(self, points: list, frame_id: str, header: Any, target: str) -> tuple[list, str, str]:
+        """Points into ``target`` via tf2 where it is installed; otherwise unchanged, with the reason."""
+        try:
+            import tf2_ros
+        except ImportError:
+            note = f"target_frame {target!r} ignored: tf2_ros is not installed; 3D is in {frame_id!r}"
+            self._warn_once_per("tf", note)
+            return points, frame_id, note
+        from rclpy.duration import Duration
+        from rclpy.time import Time
+
+        try:
+            if self._tf_buffer is None:
+                self._tf_buffer = tf2_ros.Buffer()
+                self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
+            tf = self._tf_buffer.lookup_transform(target, frame_id, Time.from_msg(header.stamp),
+                                                  timeout=Duration(seconds=0.05)).transform
+        except Exception as error:  # tf2 lookup/extrapolation/connectivity errors
+            note = f"no transform {frame_id!r} -> {target!r} ({type(error).__name__}); 3D is in {frame_id!r}"
+            self._warn_once_per("tf", note)
+            return points, frame_id, note
+        t, q = tf.translation, tf.rotation
+        moved = [transform_points(p, (t.x, t.y, t.z), (q.x, q.y, q.z, q.w)) for p in points]
+        return moved, target, ""
 
     # ------------------------------------------------------------------ services
     def _on_set_vocabulary(self, request: Any, response: Any) -> Any:

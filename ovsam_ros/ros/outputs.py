@@ -4,16 +4,25 @@
 * instance-ID image: mono16, pixel = instance_id + 1 (0 = none), lossless.
 * overlay: rgb8 debug image.
 * ``vision_msgs/Detection2DArray`` where vision_msgs is installed (not on PyPI).
+* ``sensor_msgs/PointCloud2`` of every instance's depth points (x, y, z, instance_id, track_id).
+
+:class:`FrameExtras` carries what the robot features add per instance (track
+ids, detector sources, 3D); every field is optional.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from ovsam_ros.results import InstanceResult
+from ovsam_ros.robot.depth3d import InstanceGeometry
+from ovsam_ros.robot.detections import PromptSource
+from ovsam_ros.robot.tracking import track_id_pixel
 from ovsam_ros.ros.image_conversion import numpy_to_image
 from ovsam_ros.ros.messages import instance_id_image, labeled_mask_msg
 
@@ -21,6 +30,17 @@ try:  # optional: only on full ROS installs
     from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
 except ImportError:  # pragma: no cover - not installable from PyPI
     Detection2DArray = None
+
+
+@dataclass
+class FrameExtras:
+    """Per-instance additions to one frame's outputs (lists parallel to the results)."""
+
+    track_ids: Optional[Sequence[int]] = None  # None = tracking off
+    sources: Optional[Sequence[Optional[PromptSource]]] = None
+    geometry: Optional[Sequence[Optional[InstanceGeometry]]] = None
+    position_frame_id: str = ""
+    position_status: str = ""
 
 
 def vocabulary_version(predictor: Any) -> str:
@@ -41,6 +61,7 @@ def labeled_mask_array(
     query: str = "",
     vocabulary_name: str = "",
     vocabulary_version: str = "",
+    extras: Optional[FrameExtras] = None,
 ) -> Any:
     """The ``LabeledMaskArray`` for one frame; ``header`` is copied, never replaced."""
     from ovsam_ros.msg import LabeledMaskArray
@@ -60,20 +81,78 @@ def labeled_mask_array(
             r.mask, instance_id=i, prompt_index=r.prompt_index, labels=labels,
             predicted_iou=float(r.predicted_iou), stability_score=float(r.stability_score),
         ))
+    if extras is not None:
+        _apply_extras(msg, instances, extras)
     msg.instances = instances
     return msg
 
 
-def instance_ids_msg(results: Sequence[InstanceResult], header: Any, image_hw: tuple[int, int]) -> Any:
-    ids = instance_id_image([r.mask for r in results], image_hw[0], image_hw[1])
+def _apply_extras(msg: Any, instances: list, extras: FrameExtras) -> None:
+    msg.tracked = extras.track_ids is not None
+    msg.position_frame_id, msg.position_status = extras.position_frame_id, extras.position_status
+    for i, instance in enumerate(instances):
+        if extras.track_ids is not None:
+            instance.track_id = int(extras.track_ids[i])
+        source = extras.sources[i] if extras.sources is not None else None
+        if source is not None:
+            instance.source_id, instance.source_class_id = source.id, source.class_id
+            instance.source_score = float(source.score) if math.isfinite(source.score) else 0.0
+        geometry = extras.geometry[i] if extras.geometry is not None else None
+        if geometry is not None:
+            instance.has_position = True
+            for field_name, xyz in (("centroid", geometry.centroid), ("extent_min", geometry.extent_min),
+                                    ("extent_max", geometry.extent_max)):
+                point = getattr(instance, field_name)
+                point.x, point.y, point.z = (float(v) for v in xyz)
+            instance.point_count = int(geometry.point_count)
+
+
+def instance_ids_msg(results: Sequence[InstanceResult], header: Any, image_hw: tuple[int, int],
+                     track_ids: Optional[Sequence[int]] = None) -> Any:
+    """mono16: ``instance_id + 1``, or with tracking the track id (wrapped to 1..65535; 0 = tentative, left out)."""
+    values = None if track_ids is None else [track_id_pixel(t) for t in track_ids]
+    ids = instance_id_image([r.mask for r in results], image_hw[0], image_hw[1], values)
     return numpy_to_image(ids, "mono16", header)
 
 
 def overlay_msg(image_rgb: np.ndarray, results: Sequence[InstanceResult], header: Any,
-                prompts: Sequence[Any] = ()) -> Any:
+                prompts: Sequence[Any] = (), track_ids: Optional[Sequence[int]] = None) -> Any:
     from ovsam_ros.visualize import draw_overlay
 
-    return numpy_to_image(draw_overlay(image_rgb, results, prompts), "rgb8", header)
+    return numpy_to_image(draw_overlay(image_rgb, results, prompts, ids=track_ids), "rgb8", header)
+
+
+POINT_FIELDS = (("x", 7), ("y", 7), ("z", 7), ("instance_id", 6), ("track_id", 6))  # PointField FLOAT32=7, UINT32=6
+POINT_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("instance_id", "<u4"), ("track_id", "<u4")])
+
+
+def point_records(points: Sequence[np.ndarray], track_ids: Optional[Sequence[int]] = None) -> np.ndarray:
+    """Per-instance (N_i, 3) point arrays -> one structured array in :data:`POINT_DTYPE` order."""
+    total = sum(len(p) for p in points)
+    records = np.zeros(total, dtype=POINT_DTYPE)
+    start = 0
+    for i, pts in enumerate(points):
+        end = start + len(pts)
+        if len(pts):
+            records["x"][start:end], records["y"][start:end], records["z"][start:end] = np.asarray(pts, np.float32).T
+        records["instance_id"][start:end] = i
+        records["track_id"][start:end] = track_ids[i] if track_ids is not None else 0
+        start = end
+    return records
+
+
+def points_msg(points: Sequence[np.ndarray], header: Any, track_ids: Optional[Sequence[int]] = None) -> Any:
+    """``sensor_msgs/PointCloud2`` (unorganised, little-endian) of every instance's points."""
+    from sensor_msgs.msg import PointCloud2, PointField
+
+    records = point_records(points, track_ids)
+    msg = PointCloud2(header=header, height=1, width=len(records), is_bigendian=False, is_dense=True)
+    msg.fields = [PointField(name=name, offset=POINT_DTYPE.fields[name][1], datatype=datatype, count=1)
+                  for name, datatype in POINT_FIELDS]
+    msg.point_step = POINT_DTYPE.itemsize
+    msg.row_step = msg.point_step * len(records)
+    msg.data = records.tobytes()
+    return msg
 
 
 def detections_msg(results: Sequence[InstanceResult], header: Any) -> Optional[Any]:

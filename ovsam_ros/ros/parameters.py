@@ -87,6 +87,45 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("publish_instance_ids", True, "Publish ~/instance_ids (mono16, pixel = instance_id + 1)."),
     ParamSpec("publish_overlay", False, "Publish ~/overlay (rgb8 debug image; costs a few ms per frame)."),
     ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages; 0 = off.", min=0.0, max=3600.0),
+    # -- prompts on the right frame ------------------------------------------------------
+    ParamSpec("frame_buffer_size", 30,
+              "Recent frames kept so that stamped one-shot prompts and detections run on the frame they "
+              "name (header.stamp); older ones run on the newest frame, counted.", min=1, max=1000),
+    ParamSpec("frame_buffer_max_age", 2.0,
+              "Seconds a buffered frame stays usable; also how long a prompt stamped newer than every "
+              "buffered frame waits for its frame.", min=0.01, max=3600.0),
+    ParamSpec("stamp_tolerance", 0.001,
+              "Seconds between a prompt's stamp and a buffered frame's stamp that still count as the same "
+              "frame.", min=0.0, max=1.0),
+    ParamSpec("detection_prompt_type", "box",
+              "~/detection_prompts: each detection becomes a box prompt, or a positive point at the box "
+              "centre.", choices=("box", "point")),
+    ParamSpec("detection_min_score", 0.0, "~/detection_prompts: ignore detections scored below this.",
+              min=0.0, max=1.0),
+    # -- tracking --------------------------------------------------------------------
+    ParamSpec("tracking", True,
+              "Give instances track ids that stay the same across frames (mask IoU with constant-velocity "
+              "prediction); ~/instance_ids and overlay colours then use track ids."),
+    ParamSpec("track_iou_threshold", 0.3, "Tracking: lowest mask IoU that continues a track.", min=0.0, max=1.0),
+    ParamSpec("track_lifetime", 1.0, "Tracking: seconds an unmatched track survives (an object hidden for "
+              "less keeps its id). Ids are never reused.", min=0.0, max=3600.0),
+    ParamSpec("track_min_hits", 1, "Tracking: frames a track needs before its id is reported (before: "
+              "track_id 0, left out of ~/instance_ids).", min=1, max=1000),
+    ParamSpec("track_match_label", False, "Tracking: only continue a track with an instance of the same "
+              "label."),
+    ParamSpec("prompt_mask_feedback", False,
+              "Persistent prompts: feed each prompt's previous low-resolution mask back as mask_input "
+              "(temporal stability; a bad mask can persist)."),
+    # -- depth to 3D -----------------------------------------------------------------
+    ParamSpec("depth_tolerance", 0.02,
+              "Seconds between a frame's stamp and an aligned depth image's stamp that still pair them.",
+              min=0.0, max=1.0),
+    ParamSpec("publish_points", False,
+              "Publish ~/points (PointCloud2 of every instance's depth points, fields x y z instance_id "
+              "track_id)."),
+    ParamSpec("target_frame", "",
+              "Report 3D in this TF frame (needs tf2_ros; without it 3D stays in the depth camera's frame, "
+              "with a warning). '' = the depth image's frame."),
 )
 
 SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMETERS}
@@ -177,6 +216,20 @@ class NodeSettings:
     publish_instance_ids: bool = True
     publish_overlay: bool = False
     diagnostics_period: float = 1.0
+    frame_buffer_size: int = 30
+    frame_buffer_max_age: float = 2.0
+    stamp_tolerance: float = 0.001
+    detection_prompt_type: str = "box"
+    detection_min_score: float = 0.0
+    tracking: bool = True
+    track_iou_threshold: float = 0.3
+    track_lifetime: float = 1.0
+    track_min_hits: int = 1
+    track_match_label: bool = False
+    prompt_mask_feedback: bool = False
+    depth_tolerance: float = 0.02
+    publish_points: bool = False
+    target_frame: str = ""
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> "NodeSettings":
@@ -193,6 +246,12 @@ class NodeSettings:
             box_nms_thresh=self.box_nms_thresh, min_mask_area=self.min_mask_area,
             max_instances=self.max_instances,
         )
+
+    def tracker_config(self):
+        from ovsam_ros.robot.tracking import TrackerConfig
+
+        return TrackerConfig(iou_threshold=self.track_iou_threshold, lifetime=self.track_lifetime,
+                             min_hits=self.track_min_hits, match_label=self.track_match_label)
 
 
 def defaults() -> dict[str, Value]:

@@ -22,6 +22,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ovsam_ros.prompts import Prompt, PromptError, check_prompt
+from ovsam_ros.robot.detections import PromptSource
 
 ASPECT_TOLERANCE = 0.01  # relative difference of width/height ratios accepted for rescaling
 
@@ -34,6 +35,19 @@ class PromptSet:
     source_size: tuple[int, int] = (0, 0)  # (width, height) they were made for; (0, 0) = the frame's
     frame_id: str = ""
     persistent: bool = False
+    stamp: int = 0  # ns: the frame they were made for; 0 = the next frame
+    sources: Optional[list[Optional[PromptSource]]] = None  # per prompt: the detection it came from
+    indices: Optional[list[int]] = None  # per prompt: its prompt_index (default: its position)
+
+    def index_of(self, i: int) -> int:
+        return self.indices[i] if self.indices is not None else i
+
+    def source_of(self, prompt_index: int) -> Optional[PromptSource]:
+        """The source of the prompt reported as ``prompt_index`` (None: not from a detector)."""
+        if not self.sources:
+            return None
+        position = self.indices.index(prompt_index) if self.indices is not None else prompt_index
+        return self.sources[position] if 0 <= position < len(self.sources) else None
 
 
 @dataclass
@@ -54,12 +68,22 @@ def prompt_from_msg(msg: Any) -> Prompt:
     return Prompt(points=points or None, point_labels=labels or None, box=box)
 
 
+def source_from_msg(msg: Any) -> Optional[PromptSource]:
+    """A ``SegmentationPrompt``'s detector fields; None when they are all empty."""
+    if not (msg.source_id or msg.source_class_id or msg.source_score):
+        return None
+    return PromptSource(id=msg.source_id, class_id=msg.source_class_id, score=float(msg.source_score))
+
+
 def prompt_set_from_msg(msg: Any) -> PromptSet:
+    sources = [source_from_msg(p) for p in msg.prompts]
     return PromptSet(
         prompts=[prompt_from_msg(p) for p in msg.prompts],
         source_size=(int(msg.image_width), int(msg.image_height)),
         frame_id=msg.header.frame_id,
         persistent=bool(msg.persistent),
+        stamp=int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec),
+        sources=sources if any(s is not None for s in sources) else None,
     )
 
 
@@ -101,7 +125,7 @@ def fit_prompts(prompt_set: PromptSet, frame_hw: tuple[int, int], first_index: i
     note = "" if (sx, sy) == (1.0, 1.0) else \
         f" (rescaled from {prompt_set.source_size[0]}x{prompt_set.source_size[1]})"
     for i, prompt in enumerate(prompt_set.prompts):
-        index = first_index + i
+        index = first_index + prompt_set.index_of(i)
         scaled = _scaled(prompt, sx, sy)
         try:
             check_prompt(scaled, frame_hw, index)
@@ -126,7 +150,7 @@ def check_finite(prompt_set: PromptSet) -> Optional[str]:
 
 
 # ----------------------------------------------------------------------------- building messages
-def segmentation_prompt_msg(prompt: Prompt) -> Any:
+def segmentation_prompt_msg(prompt: Prompt, source: Optional[PromptSource] = None) -> Any:
     from ovsam_ros.msg import PromptBox, PromptPoint, SegmentationPrompt
 
     msg = SegmentationPrompt()
@@ -137,17 +161,27 @@ def segmentation_prompt_msg(prompt: Prompt) -> Any:
         x0, y0, x1, y1 = (float(v) for v in prompt.box)
         msg.has_box = True
         msg.box = PromptBox(x_min=x0, y_min=y0, x_max=x1, y_max=y1)
+    if source is not None:
+        msg.source_id, msg.source_class_id = source.id, source.class_id
+        msg.source_score = float(source.score) if math.isfinite(source.score) else 0.0
     return msg
 
 
 def prompt_array_msg(prompts: Sequence[Prompt], image_size: tuple[int, int] = (0, 0), *,
-                     persistent: bool = False, frame_id: str = "") -> Any:
-    """A ``PromptArray`` for ``prompts`` made on an image of ``image_size`` = (width, height)."""
+                     persistent: bool = False, frame_id: str = "", stamp: Optional[Any] = None,
+                     sources: Optional[Sequence[Optional[PromptSource]]] = None) -> Any:
+    """A ``PromptArray`` for ``prompts`` made on an image of ``image_size`` = (width, height).
+
+    ``stamp`` (a ``builtin_interfaces/Time``): the frame they were made for; None = the next frame.
+    """
     from ovsam_ros.msg import PromptArray
 
     msg = PromptArray()
     msg.header.frame_id = frame_id
+    if stamp is not None:
+        msg.header.stamp = stamp
     msg.image_width, msg.image_height = int(image_size[0]), int(image_size[1])
-    msg.prompts = [segmentation_prompt_msg(p) for p in prompts]
+    sources = list(sources) if sources is not None else [None] * len(prompts)
+    msg.prompts = [segmentation_prompt_msg(p, s) for p, s in zip(prompts, sources)]
     msg.persistent = persistent
     return msg

@@ -46,9 +46,12 @@ def make_prompt_node(node_name: str = "demo_prompts", **node_kwargs: Any):
             self.text_pub = self.create_publisher(TextQuery, "text_query", COMMAND_QOS)
 
         def send_prompts(self, prompts: Sequence[Prompt], image_size: tuple[int, int] = (0, 0), *,
-                         persistent: bool = False, frame_id: str = "") -> Any:
-            msg = prompt_array_msg(prompts, image_size, persistent=persistent, frame_id=frame_id)
-            msg.header.stamp = self.get_clock().now().to_msg()
+                         persistent: bool = False, frame_id: str = "", stamp: Any = None,
+                         sources: Optional[Sequence[Any]] = None) -> Any:
+            """``stamp``: the image the prompts were made on (the node runs them on that frame);
+            None leaves it zero: "the next frame"."""
+            msg = prompt_array_msg(prompts, image_size, persistent=persistent, frame_id=frame_id, stamp=stamp,
+                                   sources=sources)
             self.prompt_pub.publish(msg)
             return msg
 

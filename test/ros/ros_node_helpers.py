@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from ovsam_ros.robot.tracking import track_id_pixel
 from ovsam_ros.ros.image_conversion import image_to_numpy
 from ovsam_ros.ros.messages import instance_id_image, mask_from_msg
 
@@ -40,7 +41,8 @@ def full_masks(masks_msg: Any) -> list[np.ndarray]:
 
 
 def assert_outputs_match(masks_msg: Any, ids_msg: Any, source_header: Any, image_hw: tuple[int, int]) -> None:
-    """Header copied verbatim, masks in the source size, instance-ID image agrees with the masks."""
+    """Header copied verbatim, masks in the source size, instance-ID image agrees with the masks
+    (``instance_id + 1``, or each instance's track id when the array says it is tracked)."""
     assert masks_msg.header == source_header
     assert (masks_msg.image_height, masks_msg.image_width) == image_hw
     for i, instance in enumerate(masks_msg.instances):
@@ -54,6 +56,11 @@ def assert_outputs_match(masks_msg: Any, ids_msg: Any, source_header: Any, image
         assert ids_msg.encoding == "mono16"
         ids = image_to_numpy(ids_msg)
         assert ids.shape == image_hw and ids.dtype == np.uint16
-        assert np.array_equal(ids, instance_id_image(masks, *image_hw))
-        for i, mask in enumerate(masks):  # every id pixel lies inside its mask
-            assert not (ids == i + 1)[~mask].any()
+        values = [track_id_pixel(m.track_id) for m in masks_msg.instances] if masks_msg.tracked \
+            else [i + 1 for i in range(len(masks))]
+        if masks_msg.tracked:
+            assert all(m.track_id > 0 for m in masks_msg.instances)  # track_min_hits 1: every id reported
+            assert len(set(values)) == len(values), "two instances share a track id"
+        assert np.array_equal(ids, instance_id_image(masks, *image_hw, values))
+        for value, mask in zip(values, masks):  # every id pixel lies inside its mask
+            assert not (ids == value)[~mask].any()

@@ -1,0 +1,83 @@
+"""Stamp matching in the frame ring buffer: which frame a stamped prompt runs on, and why not."""
+
+from __future__ import annotations
+
+import pytest
+
+from ovsam_ros.robot.frame_buffer import EMPTY, EXPIRED, MATCHED, MISSING, PENDING, StampedBuffer, stamp_ns
+
+MS = 1_000_000
+
+
+def camera_30hz(buffer: StampedBuffer, n: int, start: float = 100.0, frame_id: str = "cam") -> list[int]:
+    """n frames 33.3 ms apart, each received 20 ms after its stamp (monotonic clock = stamp + 0.02)."""
+    stamps = []
+    for i in range(n):
+        t = start + i / 30.0
+        stamp = stamp_ns(int(t), round((t - int(t)) * 1e9))
+        buffer.push(stamp, frame_id, f"frame{i}", received=t + 0.02)
+        stamps.append(stamp)
+    return stamps
+
+
+def test_a_prompt_100ms_late_finds_its_frame():
+    buffer = StampedBuffer(capacity=30, max_age=2.0)
+    stamps = camera_30hz(buffer, 10)
+    # A detector looked at frame 5 and answers 100 ms later (3 frames newer have arrived).
+    now = 100.0 + 5 / 30 + 0.1
+    found = buffer.find(stamps[5], "cam", tolerance_ns=1 * MS, now=now)
+    assert found.status == MATCHED and found.entry.item == "frame5" and found.offset_ns == 0
+
+
+def test_tolerance_picks_the_nearest_frame_within_it():
+    buffer = StampedBuffer()
+    stamps = camera_30hz(buffer, 5)
+    found = buffer.find(stamps[2] + 4 * MS, "cam", tolerance_ns=5 * MS, now=100.2)
+    assert found.status == MATCHED and found.entry.item == "frame2" and found.offset_ns == -4 * MS
+    missing = buffer.find(stamps[2] + 4 * MS, "cam", tolerance_ns=1 * MS, now=100.2)
+    assert missing.status == MISSING and "nearest is -4.0 ms away" in missing.detail
+
+
+def test_frames_leave_by_capacity_and_by_age():
+    buffer = StampedBuffer(capacity=3, max_age=2.0)
+    stamps = camera_30hz(buffer, 10)
+    assert len(buffer) == 3
+    gone = buffer.find(stamps[5], "cam", 0, now=100.4)
+    assert gone.status == EXPIRED and "older than" in gone.detail
+    assert buffer.find(stamps[9], "cam", 0, now=100.4).status == MATCHED
+    # 2 s after the last frame arrived, nothing is usable any more.
+    assert buffer.find(stamps[9], "cam", 0, now=100.3 + 2.1).status == EMPTY
+
+
+def test_a_stamp_newer_than_every_frame_waits_then_gives_up():
+    buffer = StampedBuffer(capacity=30, max_age=0.5)
+    stamps = camera_30hz(buffer, 3)
+    future = stamps[-1] + 33 * MS
+    assert buffer.find(future, "cam", MS, now=100.1, requested=100.09).status == PENDING
+    late = buffer.find(future, "cam", MS, now=100.1 + 0.6, requested=100.09)
+    assert late.status in (MISSING, EMPTY)
+    # The frame arrives: matched.
+    buffer.push(future, "cam", "frame3", received=100.12)
+    assert buffer.find(future, "cam", MS, now=100.13, requested=100.09).entry.item == "frame3"
+
+
+def test_frame_id_selects_the_camera_and_empty_matches_any():
+    buffer = StampedBuffer()
+    buffer.push(stamp_ns(5, 0), "left", "L", received=1.0)
+    buffer.push(stamp_ns(5, 0), "right", "R", received=1.0)
+    assert buffer.find(stamp_ns(5, 0), "right", 0, now=1.1).entry.item == "R"
+    assert buffer.find(stamp_ns(5, 0), "left", 0, now=1.1).entry.item == "L"
+    assert buffer.find(stamp_ns(5, 0), "", 0, now=1.1).status == MATCHED
+    assert buffer.find(stamp_ns(5, 0), "rear", 0, now=1.1).status == EMPTY
+    assert buffer.newest("left").item == "L" and buffer.newest().item == "R"
+
+
+def test_out_of_order_arrival_and_reconfigure():
+    buffer = StampedBuffer(capacity=5)
+    for sec in (3, 1, 2):
+        buffer.push(stamp_ns(sec, 0), "cam", sec, received=0.0)
+    assert buffer.find(stamp_ns(1, 0), "cam", 0, now=0.1).entry.item == 1
+    buffer.configure(capacity=1, max_age=1.0)
+    assert len(buffer) == 1 and buffer.newest().item == 2
+    with pytest.raises(ValueError):
+        StampedBuffer(capacity=0)

@@ -1,0 +1,297 @@
+"""The node's robot features in one process: stamped prompts on the right frame, detections as
+prompts, track ids, depth to 3D (and bad depth that only skips the 3D part)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace as NS
+
+import numpy as np
+import pytest
+from ros_node_helpers import assert_outputs_match, full_masks, make_image, test_image
+
+pytest.importorskip("rclpy")
+
+from ovsam_ros.prompts import Prompt  # noqa: E402
+from ovsam_ros.ros.image_conversion import numpy_to_image  # noqa: E402
+from ovsam_ros.ros.prompt_input import prompt_array_msg  # noqa: E402
+
+PROMPTS = [Prompt(box=[20.0, 15.0, 80.0, 70.0]), Prompt(points=[[90.0, 40.0]])]
+T0 = 1_700_000_000
+
+
+def stamp_of(i: int) -> tuple[int, int]:
+    """Frame i of a 30 Hz camera."""
+    ns = round(i * 1e9 / 30)
+    return T0 + ns // 10**9, ns % 10**9
+
+
+def time_msg(stamp: tuple[int, int]):
+    from builtin_interfaces.msg import Time
+
+    return Time(sec=stamp[0], nanosec=stamp[1])
+
+
+def stamped_prompts(i: int, prompts=PROMPTS):
+    return prompt_array_msg(prompts, stamp=time_msg(stamp_of(i)), frame_id="camera_optical_frame")
+
+
+def direct_masks(node, rgb, prompts=PROMPTS) -> list[np.ndarray]:
+    """The predictor run on one image, bypassing the node (the independent reference)."""
+    node.predictor.set_image(rgb)
+    return [r.mask for r in node.predictor.predict(prompts)]
+
+
+def test_a_detection_100ms_late_runs_on_the_frame_it_was_made_for(make_node):
+    node = make_node()
+    images = [test_image(seed=i) for i in range(4)]
+    for i, rgb in enumerate(images):  # 4 frames at 30 Hz; prompt mode without prompts: nothing to do
+        node._receive(make_image(rgb, stamp=stamp_of(i)), False)
+        assert node.process_pending() is None
+    # The prompts for frame 0 arrive 100 ms (3 frames) later.
+    node._on_prompts(stamped_prompts(0))
+    out = node.process_pending()
+    assert (out.masks.header.stamp.sec, out.masks.header.stamp.nanosec) == stamp_of(0)
+    got = full_masks(out.masks)
+    for mine, reference in zip(got, direct_masks(node, images[0])):
+        assert np.array_equal(mine, reference)
+    newest = direct_masks(node, images[3])
+    assert any(not np.array_equal(a, b) for a, b in zip(got, newest)), "frames too alike to tell apart"
+    snap = node.stats.snapshot()
+    assert snap["prompts_on_stamped_frame"] == 1 and snap["prompts_on_newest_frame"] == 0
+
+
+def test_prompts_for_a_frame_no_longer_buffered_run_on_the_newest_counted(make_node):
+    node = make_node(frame_buffer_size=2)
+    for i in range(4):
+        node._receive(make_image(test_image(seed=i), stamp=stamp_of(i)), False)
+    node._on_prompts(stamped_prompts(0))  # frame 0 left the 2-frame buffer
+    out = node.process_pending()
+    assert (out.masks.header.stamp.sec, out.masks.header.stamp.nanosec) == stamp_of(3)
+    assert len(out.masks.instances) == 2
+    snap = node.stats.snapshot()
+    assert snap["prompts_on_newest_frame"] == 1 and "expired" in snap["last_error"]
+
+
+def test_a_prompt_stamped_before_its_frame_arrives_waits_for_it(make_node):
+    node = make_node()
+    node._receive(make_image(test_image(seed=0), stamp=stamp_of(0)), False)
+    node.process_pending()
+    node._on_prompts(stamped_prompts(1))  # frame 1 is still on its way
+    assert node.process_pending() is None
+    node._receive(make_image(test_image(seed=1), stamp=stamp_of(1)), False)
+    out = node.process_pending()
+    assert (out.masks.header.stamp.sec, out.masks.header.stamp.nanosec) == stamp_of(1)
+    assert node.stats.snapshot()["prompts_on_stamped_frame"] == 1
+
+
+def detection_array(stamp, boxes):
+    """A vision_msgs/Detection2DArray look-alike (Humble+ layout) with a real std_msgs header."""
+    from std_msgs.msg import Header
+
+    header = Header(frame_id="camera_optical_frame", stamp=time_msg(stamp))
+    detections = []
+    for det_id, (cx, cy, w, h), (cls, score) in boxes:
+        detections.append(NS(header=header, id=det_id, bbox=NS(center=NS(position=NS(x=cx, y=cy), theta=0.0),
+                                                                 size_x=w, size_y=h),
+                             results=[NS(hypothesis=NS(class_id=cls, score=score), pose=None)]))
+    return NS(header=header, detections=detections)
+
+
+def test_detections_become_box_prompts_and_their_class_comes_back(make_node):
+    node = make_node()
+    rgb = test_image(seed=5)
+    msg = make_image(rgb, stamp=stamp_of(7))
+    node._receive(msg, False)
+    node.process_pending()
+    node.on_detections(detection_array(stamp_of(7), [
+        ("d0", (50.0, 42.5, 60.0, 55.0), ("cup", 0.9)),
+        ("bad", (float("nan"), 1.0, 5.0, 5.0), ("door", 0.5)),
+        ("d2", (100.0, 30.0, 20.0, 30.0), ("mug", 0.6)),
+    ]))
+    out = node.process_pending()
+    assert out.masks.header == msg.header
+    sources = [(m.prompt_index, m.source_id, m.source_class_id, round(m.source_score, 3)) for m in out.masks.instances]
+    assert sources == [(0, "d0", "cup", 0.9), (2, "d2", "mug", 0.6)]
+    reference = direct_masks(node, rgb, [Prompt(box=[20.0, 15.0, 80.0, 70.0]), Prompt(box=[90.0, 15.0, 110.0, 45.0])])
+    assert all(np.array_equal(a, b) for a, b in zip(full_masks(out.masks), reference))
+    assert node.stats.snapshot()["prompts_rejected"] == 1
+
+
+def test_track_ids_are_stable_and_drive_the_instance_id_image(make_node):
+    node = make_node()
+    node._on_prompts(prompt_array_msg(PROMPTS, persistent=True))
+    outs = []
+    for i in range(3):
+        msg = make_image(test_image(seed=i % 2), stamp=stamp_of(i))
+        node._receive(msg, False)
+        outs.append(node.process_pending())
+        assert_outputs_match(outs[-1].masks, outs[-1].instance_ids, msg.header, (96, 128))
+    ids = [[m.track_id for m in out.masks.instances] for out in outs]
+    assert ids[0] == ids[1] == ids[2] and len(set(ids[0])) == 2 and 0 not in ids[0]
+    assert all(out.masks.tracked for out in outs)
+    # New persistent prompts: new objects, new ids (never the old ones).
+    node._on_prompts(prompt_array_msg(PROMPTS, persistent=True))
+    node._receive(make_image(test_image(seed=0), stamp=stamp_of(3)), False)
+    fresh = [m.track_id for m in node.process_pending().masks.instances]
+    assert not set(fresh) & set(ids[0])
+
+
+def test_everything_mode_keeps_ids_on_a_repeated_frame_and_tracking_can_be_off(make_node):
+    node = make_node(mode="everything", points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    rgb = test_image(seed=3)
+    runs = []
+    for i in range(2):
+        node._receive(make_image(rgb, stamp=stamp_of(i)), False)
+        runs.append(node.process_pending().masks)
+    assert [m.track_id for m in runs[0].instances] == [m.track_id for m in runs[1].instances]
+    from rclpy.parameter import Parameter
+
+    node.set_parameters([Parameter("tracking", value=False)])
+    msg = make_image(rgb, stamp=stamp_of(2))
+    node._receive(msg, False)
+    out = node.process_pending()
+    assert not out.masks.tracked and all(m.track_id == 0 for m in out.masks.instances)
+    assert_outputs_match(out.masks, out.instance_ids, msg.header, (96, 128))
+
+
+def depth_msgs(stamp, depth: np.ndarray, encoding: str = "32FC1", k=(100.0, 0, 64.0, 0, 100.0, 48.0, 0, 0, 1)):
+    from sensor_msgs.msg import CameraInfo
+    from std_msgs.msg import Header
+
+    header = Header(frame_id="camera_depth_optical_frame", stamp=time_msg(stamp))
+    info = CameraInfo(header=header, width=depth.shape[1], height=depth.shape[0])
+    info.k = [float(v) for v in k]
+    return numpy_to_image(np.ascontiguousarray(depth), encoding, header), info
+
+
+def feed_with_depth(node, i, depth_msg, info):
+    if depth_msg is not None:
+        node._on_depth(depth_msg)
+    if info is not None:
+        node._on_camera_info(info)
+    msg = make_image(test_image(seed=1), stamp=stamp_of(i))
+    node._receive(msg, False)
+    return msg, node.process_pending()
+
+
+def test_depth_gives_each_instance_a_3d_centroid_extent_and_points(make_node):
+    node = make_node(publish_points=True)
+    node._on_prompts(prompt_array_msg(PROMPTS, persistent=True))
+    # A plane tilted in x: z = 1.5 + 0.01 * u metres (hand-checkable); 16UC1 millimetres.
+    u = np.arange(128, dtype=np.float64)
+    depth_m = np.tile(1.5 + 0.01 * u, (96, 1))
+    depth, info = depth_msgs(stamp_of(0), np.round(depth_m * 1000).astype(np.uint16), "16UC1")
+    _, out = feed_with_depth(node, 0, depth, info)
+    assert out.masks.position_frame_id == "camera_depth_optical_frame" and out.masks.position_status == ""
+    for instance, mask in zip(out.masks.instances, full_masks(out.masks)):
+        assert instance.has_position
+        v, uu = np.nonzero(mask)
+        z = np.round((1.5 + 0.01 * uu) * 1000) / 1000
+        expected = np.array([((uu - 64.0) * z / 100.0).mean(), ((v - 48.0) * z / 100.0).mean(), z.mean()])
+        c = instance.centroid
+        # The plane spans < 1.3 m of depth in this crop; the 4-MAD band keeps nearly all of it.
+        assert np.allclose([c.x, c.y, c.z], expected, atol=0.02), (c, expected)
+        assert instance.extent_min.z <= c.z <= instance.extent_max.z
+        assert instance.point_count >= 0.9 * mask.sum()
+    cloud = out.points
+    assert cloud.header.frame_id == "camera_depth_optical_frame" and cloud.width == sum(
+        m.point_count > 0 and int(mask.sum()) for m, mask in zip(out.masks.instances, full_masks(out.masks)))
+    names = [f.name for f in cloud.fields]
+    assert names == ["x", "y", "z", "instance_id", "track_id"]
+    records = np.frombuffer(bytes(cloud.data), dtype=np.dtype({"names": names, "formats": ["<f4"] * 3 + ["<u4"] * 2,
+                                                               "offsets": [f.offset for f in cloud.fields],
+                                                               "itemsize": cloud.point_step}))
+    first = records[records["instance_id"] == 0]
+    assert np.all(first["track_id"] == out.masks.instances[0].track_id)
+    assert first["z"].mean() == pytest.approx(out.masks.instances[0].centroid.z, abs=0.02)
+
+
+@pytest.mark.parametrize("case, why", [
+    ("wrong_size", "aligned"),
+    ("no_camera_info", "CameraInfo"),
+    ("zero_k", "uncalibrated"),
+    ("all_zero", "no valid pixel"),
+    ("stale", "no depth image within"),
+    ("bad_encoding", "not supported"),
+])
+def test_bad_depth_skips_only_the_3d_part_counted_and_explained(make_node, case, why):
+    node = make_node()
+    node._on_prompts(prompt_array_msg(PROMPTS, persistent=True))
+    good = np.full((96, 128), 2.0, np.float32)
+    depth, info = depth_msgs(stamp_of(0), good)
+    if case == "wrong_size":
+        depth, info = depth_msgs(stamp_of(0), np.full((48, 64), 2.0, np.float32))
+    elif case == "no_camera_info":
+        info = None
+    elif case == "zero_k":
+        depth, info = depth_msgs(stamp_of(0), good, k=[0.0] * 9)
+    elif case == "all_zero":
+        depth, info = depth_msgs(stamp_of(0), np.zeros((96, 128), np.uint16), "16UC1")
+    elif case == "stale":
+        depth, info = depth_msgs(stamp_of(-30), good)  # a second older than the frame
+    elif case == "bad_encoding":
+        depth, info = depth_msgs(stamp_of(0), np.zeros((96, 128), np.uint8), "mono8")
+    msg, out = feed_with_depth(node, 0, depth, info)
+    assert len(out.masks.instances) == 2 and not any(m.has_position for m in out.masks.instances)
+    assert_outputs_match(out.masks, out.instance_ids, msg.header, (96, 128))
+    assert why in out.masks.position_status and out.masks.position_frame_id == ""
+    assert node.stats.snapshot()["depth_skipped"] == 1
+    # The next frame with good depth gets its 3D again.
+    depth, info = depth_msgs(stamp_of(1), good)
+    _, out = feed_with_depth(node, 1, depth, info)
+    assert all(m.has_position and m.centroid.z == pytest.approx(2.0) for m in out.masks.instances)
+
+
+def test_without_tf2_a_target_frame_leaves_3d_in_the_camera_frame_with_a_reason(make_node):
+    try:
+        import tf2_ros  # noqa: F401
+        pytest.skip("tf2_ros is installed here; this pins the behaviour without it")
+    except ImportError:
+        pass
+    node = make_node(target_frame="base_link")
+    node._on_prompts(prompt_array_msg(PROMPTS, persistent=True))
+    depth, info = depth_msgs(stamp_of(0), np.full((96, 128), 2.0, np.float32))
+    _, out = feed_with_depth(node, 0, depth, info)
+    assert out.masks.position_frame_id == "camera_depth_optical_frame"
+    assert "tf2_ros is not installed" in out.masks.position_status
+    assert all(m.has_position for m in out.masks.instances)
+
+
+def test_real_detection2darray_over_dds(make_node, ros_context):
+    """Only where vision_msgs imports (a full ROS install): the subscription and conversion end to end."""
+    vision_msgs = pytest.importorskip("vision_msgs.msg")
+    import time
+
+    from rclpy.executors import SingleThreadedExecutor
+
+    from ovsam_ros.ros.node import COMMAND_QOS
+
+    node = make_node()
+    msg = make_image(test_image(seed=2), stamp=stamp_of(0))
+    node._receive(msg, False)
+    node.process_pending()
+    array = vision_msgs.Detection2DArray(header=msg.header)
+    det = vision_msgs.Detection2D(header=msg.header, id="x1")
+    det.bbox.center.position.x, det.bbox.center.position.y = 50.0, 40.0
+    det.bbox.size_x, det.bbox.size_y = 40.0, 30.0
+    hyp = vision_msgs.ObjectHypothesisWithPose()
+    hyp.hypothesis.class_id, hyp.hypothesis.score = "cup", 0.75
+    det.results.append(hyp)
+    array.detections.append(det)
+    from rclpy.node import Node
+
+    talker = Node("detector_standin", context=ros_context)
+    pub = talker.create_publisher(vision_msgs.Detection2DArray, "/ovsam_test/detection_prompts", COMMAND_QOS)
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(node)
+    executor.add_node(talker)
+    out = None
+    deadline = time.monotonic() + 20
+    while out is None and time.monotonic() < deadline:
+        pub.publish(array)
+        executor.spin_once(timeout_sec=0.2)
+        out = node.process_pending()
+    executor.shutdown()
+    talker.destroy_node()
+    assert out is not None and out.masks.header == msg.header
+    assert [(m.source_id, m.source_class_id) for m in out.masks.instances] == [("x1", "cup")]
