@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--offline", action="store_true", help="predictor only, no ROS (writes JSON too)")
     demo.add_argument("--frames", type=positive_int, default=10, help="camera frames to process (ROS demo; default 10)")
     demo.add_argument("--rate", type=positive_float, default=2.0, help="camera frames per second at most (default 2)")
+    demo.add_argument("--robot-frames", type=int, default=12, metavar="N",
+                      help="then N frames of an RGB-D camera with a detector stand-in answering 100 ms late: "
+                           "track ids and 3D centroids (ROS demo; 0 = skip; default 12)")
     from ovsam_ros.benchmark.cli import add_arguments as add_bench_arguments
     from ovsam_ros.export.cli import add_arguments as add_export_arguments
 
@@ -280,6 +283,8 @@ def run_demo(args: argparse.Namespace) -> int:
         return run_offline_demo(args)
     if args.frames < 1:
         raise ValueError(f"--frames must be >= 1, got {args.frames}")
+    if args.robot_frames < 0:
+        raise ValueError(f"--robot-frames must be >= 0, got {args.robot_frames}")
     from ovsam_ros.ros.demo import print_summary, run_ros_demo
 
     if args.baseline != "none":
@@ -289,13 +294,17 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         result = run_ros_demo(frames=args.frames, rate=args.rate, output_dir=args.output_dir, model=args.model,
                               vocabulary=args.vocab, device=args.device, precision=args.precision,
-                              num_threads=args.threads or 2, top_k=args.top_k)
+                              num_threads=args.threads or 2, top_k=args.top_k, robot_frames=args.robot_frames)
     except KeyboardInterrupt:
         print("ovsam demo: interrupted", file=sys.stderr)
         return 130
     print_summary(result, args.output_dir)
     if result.frames < args.frames:
         print(f"ovsam demo: error: only {result.frames} of {args.frames} results arrived", file=sys.stderr)
+        return 1
+    if result.robot is not None and result.robot.frames < args.robot_frames:
+        print(f"ovsam demo: error: only {result.robot.frames} of {args.robot_frames} robot-phase results arrived",
+              file=sys.stderr)
         return 1
     return 0
 

@@ -13,6 +13,11 @@ keep the track of that key whatever the IoU.
   be matched again (an object hidden for a few frames keeps its id).
 * A track is reported (``track_id != 0``) from its ``min_hits``-th hit on; before
   that its instances get 0 ("tentative").
+* Partial occlusion: an instance much smaller than a track (< :data:`PARTIAL_AREA` of
+  its area) that lies almost entirely (>= :data:`PARTIAL_INSIDE`) inside the track's
+  predicted mask continues that track even below ``iou_threshold`` (ranked after
+  every ordinary match); the track keeps its full mask and velocity, moved on by
+  the prediction, so the object is recognised when it re-emerges.
 
 Masks are kept cropped to their box, so the cost per pair is the overlap area,
 not the frame size. Pure numpy, no ROS.
@@ -68,19 +73,28 @@ class CroppedMask:
         return self.x + w / 2.0, self.y + h / 2.0
 
 
-def shifted_iou(a: CroppedMask, b: CroppedMask, dx: int = 0, dy: int = 0) -> float:
-    """IoU of mask ``a`` moved by (dx, dy) pixels and mask ``b``."""
-    area_a, area_b = a.area, b.area
-    if area_a == 0 or area_b == 0:
-        return 0.0
+def shifted_intersection(a: CroppedMask, b: CroppedMask, dx: int = 0, dy: int = 0) -> int:
+    """Pixels shared by mask ``a`` moved by (dx, dy) and mask ``b``."""
     ax, ay = a.x + dx, a.y + dy
     x0, y0 = max(ax, b.x), max(ay, b.y)
     x1 = min(ax + a.crop.shape[1], b.x + b.crop.shape[1])
     y1 = min(ay + a.crop.shape[0], b.y + b.crop.shape[0])
     if x1 <= x0 or y1 <= y0:
+        return 0
+    return int(np.count_nonzero(a.crop[y0 - ay:y1 - ay, x0 - ax:x1 - ax] & b.crop[y0 - b.y:y1 - b.y, x0 - b.x:x1 - b.x]))
+
+
+def shifted_iou(a: CroppedMask, b: CroppedMask, dx: int = 0, dy: int = 0) -> float:
+    """IoU of mask ``a`` moved by (dx, dy) pixels and mask ``b``."""
+    area_a, area_b = a.area, b.area
+    if area_a == 0 or area_b == 0:
         return 0.0
-    inter = int(np.count_nonzero(a.crop[y0 - ay:y1 - ay, x0 - ax:x1 - ax] & b.crop[y0 - b.y:y1 - b.y, x0 - b.x:x1 - b.x]))
+    inter = shifted_intersection(a, b, dx, dy)
     return inter / float(area_a + area_b - inter)
+
+
+PARTIAL_AREA = 0.7  # an instance below this fraction of a track's area may be a partly hidden view of it
+PARTIAL_INSIDE = 0.85  # ... when at least this fraction of it lies inside the track's predicted mask
 
 
 @dataclass
@@ -139,7 +153,7 @@ class InstanceTracker:
                     assigned[i] = tr
                     free.remove(tr)
                     break
-        # 2. The rest by shifted-mask IoU, best pair first.
+        # 2. The rest by shifted-mask IoU, best pair first; partial (occluded) views after those.
         pairs = []
         for i, obs in enumerate(observations):
             if i in assigned or obs.key is not None:
@@ -147,15 +161,23 @@ class InstanceTracker:
             for j, tr in enumerate(free):
                 if tr.key is not None or (cfg.match_label and tr.label != obs.label):
                     continue
-                iou = shifted_iou(tr.mask, obs.mask, *tr.shift_at(t))
+                shift = tr.shift_at(t)
+                iou = shifted_iou(tr.mask, obs.mask, *shift)
                 if iou >= cfg.iou_threshold and iou > 0.0:
-                    pairs.append((iou, i, j))
+                    pairs.append((1, iou, i, j))
+                elif 0 < obs.mask.area < PARTIAL_AREA * tr.mask.area:
+                    inside = shifted_intersection(tr.mask, obs.mask, *shift) / obs.mask.area
+                    if inside >= PARTIAL_INSIDE:
+                        pairs.append((0, inside, i, j))  # ranked after every ordinary match
         taken: set[int] = set()
-        for _, i, j in sorted(pairs, key=lambda p: (-p[0], p[1], p[2])):
+        partial: set[int] = set()
+        for ordinary, _, i, j in sorted(pairs, key=lambda p: (-p[0], -p[1], p[2], p[3])):
             if i in assigned or j in taken:
                 continue
             assigned[i] = free[j]
             taken.add(j)
+            if not ordinary:
+                partial.add(i)
         # 3. Update matched tracks, start new ones.
         ids = []
         for i, obs in enumerate(observations):
@@ -164,9 +186,18 @@ class InstanceTracker:
                 tr = Track(self.next_id, obs.mask, obs.label, obs.key, t)
                 self.next_id += 1
                 self.tracks.append(tr)
+            elif i in partial:
+                # A partly hidden view: keep the full mask, moved on by the prediction; keep the velocity.
+                dx, dy = tr.shift_at(t)
+                tr.mask = CroppedMask(tr.mask.crop, tr.mask.x + dx, tr.mask.y + dy)
+                tr.last_seen = max(tr.last_seen, t)
+                tr.hits += 1
             else:
                 dt = t - tr.last_seen
-                if dt > 0 and obs.mask.area and tr.mask.area:
+                ratio = obs.mask.area / tr.mask.area if tr.mask.area else 0.0
+                # Box-centre motion means motion only while the shape stays the same size (not while
+                # it is being covered or uncovered).
+                if dt > 0 and 0.8 <= ratio <= 1.25:
                     (x0, y0), (x1, y1) = tr.mask.center, obs.mask.center
                     measured = ((x1 - x0) / dt, (y1 - y0) / dt)
                     # Smooth: one bad mask should not throw the prediction far off.

@@ -11,7 +11,10 @@ Four nodes on one MultiThreadedExecutor, talking over real DDS (loopback only):
 
 The camera publishes the next frame once the previous result arrived (or after
 a timeout), at most ``rate`` frames per second, so every run shows all three
-modes. Everything lives in the namespace ``/ovsam_demo``.
+modes. Then ``robot_frames`` frames of the robot phase
+(:mod:`ovsam_ros.ros.robot_demo`): an RGB-D camera, a detector stand-in
+answering 100 ms late, track ids and 3D centroids. Everything lives in the
+namespace ``/ovsam_demo``.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class DemoResult:
     lines: list = field(default_factory=list)
     overlays: list = field(default_factory=list)
     stages_ms: dict = field(default_factory=dict)
+    robot: Any = None  # robot_demo.RobotResult
 
 
 def _listener(context: Any, output_dir: Path, result: DemoResult, printer) -> Any:
@@ -61,6 +65,7 @@ def _listener(context: Any, output_dir: Path, result: DemoResult, printer) -> An
         def __init__(self) -> None:
             super().__init__("demo_listener", namespace=NAMESPACE, context=context)
             self.overlays: dict[tuple[int, int], Any] = {}
+            self.paused = False  # the robot phase has its own listener
             self.received = threading.Condition()
             self.create_subscription(Image, "ovsam/overlay", self.on_overlay, OUTPUT_QOS)
             self.create_subscription(LabeledMaskArray, "ovsam/masks", self.on_masks, OUTPUT_QOS)
@@ -69,6 +74,8 @@ def _listener(context: Any, output_dir: Path, result: DemoResult, printer) -> An
             self.overlays[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = msg
 
         def on_masks(self, msg: Any) -> None:
+            if self.paused:
+                return
             stamp = msg.header.stamp
             latency_ms = (self.get_clock().now().nanoseconds - (stamp.sec * 10**9 + stamp.nanosec)) / 1e6
             index = result.frames
@@ -112,6 +119,7 @@ def run_ros_demo(
     num_threads: int = 2,
     top_k: Optional[int] = None,
     frame_timeout: float = 60.0,
+    robot_frames: int = 12,
     printer=print,
 ) -> DemoResult:
     """Run the demo; returns what the listener saw. Raises RuntimeError if the node cannot start."""
@@ -184,6 +192,19 @@ def run_ros_demo(
                 time.sleep(remaining)
         snap = node.stats.snapshot()
         result.stages_ms = {name: s["mean"] * 1000 for name, s in snap["stages"].items() if s}
+        if robot_frames > 0:
+            from ovsam_ros.ros.robot_demo import make_robot_nodes, run_robot_phase
+
+            listener.paused = True
+            # Detections are the prompts now; frames without them are not segmented.
+            node.set_parameters([Parameter("mode", value="prompt")])
+            robot_nodes = make_robot_nodes(NAMESPACE, context)
+            for n in robot_nodes:
+                nodes.append(n)
+                executor.add_node(n)
+            time.sleep(1.0)  # discovery
+            result.robot = run_robot_phase(*robot_nodes, frames=robot_frames, frame_timeout=frame_timeout,
+                                           printer=printer)
         return result
     finally:
         # The spinning thread must be gone before nodes are destroyed (a race there
@@ -205,4 +226,8 @@ def print_summary(result: DemoResult, output_dir: Path, printer=print) -> None:
     printer(f"demo done: {result.frames} frames, {result.instances} instances, "
             f"median latency {median:.0f} ms (camera stamp -> result received)")
     printer(f"per-stage latency, mean ms: {stages}")
+    if result.robot is not None:
+        from ovsam_ros.ros.robot_demo import print_robot_summary
+
+        print_robot_summary(result.robot, printer)
     printer(f"overlays: {len(result.overlays)} PNGs in {output_dir}/")

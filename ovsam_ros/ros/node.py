@@ -724,12 +724,27 @@ class OVSAMNode(LifecycleNode):
         config = s.tracker_config()
         if self._tracker.config != config:
             self._tracker.config = config
+        # Detector-prompted instances are tracked by the detector's box and class (what the detector
+        # vouches for); the others by their mask and OVSAM class.
+        detector_boxes = {}
+        if job.prompt_set is not None and job.prompt_set.sources:
+            for prompt, index in zip(job.prompts, job.indices):
+                source = job.prompt_set.source_of(index)
+                if source is not None and prompt.box is not None:
+                    detector_boxes[index] = (prompt.box, source.class_id)
         observations = []
         for r in results:
-            x0, y0, x1, y1 = r.box
             key = ("prompt", self._persistent_generation, r.prompt_index) if job.persistent else None
-            label = r.labels[0].class_index if r.labels else -1
-            observations.append(Observation(CroppedMask(np.asarray(r.mask[y0:y1, x0:x1], bool), x0, y0), label, key))
+            if r.prompt_index in detector_boxes:
+                box, label = detector_boxes[r.prompt_index]
+                x0, y0 = (max(0, int(round(v))) for v in box[:2])
+                x1, y1 = (int(round(v)) for v in box[2:])
+                mask = CroppedMask(np.ones((max(0, y1 - y0), max(0, x1 - x0)), bool), x0, y0)
+            else:
+                x0, y0, x1, y1 = r.box
+                mask = CroppedMask(np.asarray(r.mask[y0:y1, x0:x1], bool), x0, y0)
+                label = r.labels[0].class_index if r.labels else -1
+            observations.append(Observation(mask, label, key))
         stamp = stamp_seconds(header)
         return self._tracker.update(observations, stamp if stamp > 0 else time.monotonic())
 

@@ -128,3 +128,21 @@ def test_lifetime_expiry_and_time_jumps():
 
 def test_track_id_pixel_wraps_into_mono16():
     assert [track_id_pixel(t) for t in (0, 1, 65535, 65536, 65537)] == [0, 1, 65535, 1, 2]
+
+
+def test_a_partly_hidden_object_keeps_its_id_and_its_full_shape():
+    """A 40x40 square slides behind an occluder: only an 8-px strip of it stays visible for 3 frames
+    (IoU with the full square 0.2), then it comes out again, moved on as predicted."""
+    tracker = InstanceTracker(TrackerConfig(iou_threshold=0.3))
+
+    def square(x, visible_width=40):
+        full = np.zeros((100, 200), bool)
+        full[30:70, x:x + visible_width] = True
+        return CroppedMask.from_full(full)
+
+    ids = [tracker.update([Observation(square(10 + 5 * i))], t=i * 0.1)[0] for i in range(3)]
+    ids += [tracker.update([Observation(square(10 + 5 * i, visible_width=8))], t=i * 0.1)[0] for i in range(3, 6)]
+    assert shifted_iou(square(25), square(25, visible_width=8)) < 0.3
+    ids += [tracker.update([Observation(square(10 + 5 * i))], t=i * 0.1)[0] for i in range(6, 9)]
+    assert ids == [1] * 9
+    assert tracker.tracks[0].velocity == pytest.approx((50.0, 0.0))  # not thrown off by the strip

@@ -124,7 +124,7 @@ def test_bad_frames_and_prompts_do_not_stop_the_node(ros_group, tmp_path):
 
 def test_ovsam_demo_runs_the_ros_pipeline(ros_group, tmp_path):
     demo = ros_group.start([str(Path(sys.executable).parent / "ovsam"), "demo", "--frames", "3",
-                            "--output-dir", str(tmp_path / "demo"), "--threads", "1"])
+                            "--robot-frames", "4", "--output-dir", str(tmp_path / "demo"), "--threads", "1"])
     lines = wait_for_line(demo, "overlays:", timeout=180)
     assert demo.wait(timeout=30) == 0
     text = "\n".join(lines)
@@ -132,6 +132,9 @@ def test_ovsam_demo_runs_the_ros_pipeline(ros_group, tmp_path):
     assert "demo done: 3 frames" in text
     for mode in ("[prompt]", "[text 'cat']", "[everything]"):
         assert mode in text
+    # Robot phase: late detections ran on their own frames, with track ids, detector classes and 3D.
+    assert "robot phase done: 4 results, 4 on the frame their detections were made for" in text
+    assert "detector ball 0.90" in text and "centroid (" in text and "truth (" in text
     assert len(list((tmp_path / "demo").glob("frame_*.png"))) == 3
 
 
