@@ -196,8 +196,9 @@ def run_ros_demo(
             from ovsam_ros.ros.robot_demo import make_robot_nodes, run_robot_phase
 
             listener.paused = True
-            # Detections are the prompts now; frames without them are not segmented.
-            node.set_parameters([Parameter("mode", value="prompt")])
+            # Detections are the prompts now; frames without them are not segmented. On a busy CPU
+            # results can be more than the default 1 s track lifetime apart: keep tracks longer.
+            node.set_parameters([Parameter("mode", value="prompt"), Parameter("track_lifetime", value=5.0)])
             robot_nodes = make_robot_nodes(NAMESPACE, context)
             for n in robot_nodes:
                 nodes.append(n)

@@ -177,7 +177,7 @@ def make_robot_nodes(namespace: str, context: Any):
     return RgbdCameraAndDetector(), RobotListener()
 
 
-def run_robot_phase(camera: Any, listener: Any, *, frames: int = 12, delay: float = 0.1, rate: float = 4.0,
+def run_robot_phase(camera: Any, listener: Any, *, frames: int = 12, delay: float = 0.1, rate: float = 5.0,
                     frame_timeout: float = 30.0, printer: Callable[[str], None] = print) -> RobotResult:
     """Publish ``frames`` RGB-D frames; answer each with detections ``delay`` s late; report."""
     result = RobotResult()
