@@ -51,7 +51,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 
 @dataclass
 class ModelSpec:
-    preset: str = "tiny"
+    preset: Optional[str] = None  # None: "tiny", or the ovsam_checkpoint's own architecture
     overrides: dict[str, Any] = field(default_factory=dict)
     clip_weights: Optional[str] = None
     ovsam_checkpoint: Optional[str] = None
@@ -65,10 +65,14 @@ class ModelSpec:
     onnx_dir: Optional[str] = None
     onnx_providers: Optional[list] = None  # ONNX Runtime execution providers, best first
 
+    @property
+    def preset_name(self) -> str:
+        return self.preset or "tiny"
+
     def config(self) -> OVSAMConfig:
-        if self.preset not in PRESETS:
+        if self.preset_name not in PRESETS:
             raise ValueError(f"unknown model preset {self.preset!r}; choose from {sorted(PRESETS)}")
-        data = _merge(PRESETS[self.preset]().to_dict(), self.overrides)
+        data = _merge(PRESETS[self.preset_name]().to_dict(), self.overrides)
         if self.clip_weights:
             data["backbone"]["pretrained"] = _expand(self.clip_weights)
         return OVSAMConfig.from_dict(data)
@@ -165,7 +169,10 @@ def build_model(spec: ModelSpec) -> OVSAM:
                         "model\n!! without trained weights: masks and labels are MEANINGLESS.\n" + "!" * 78)
         return model.eval()
     if spec.ovsam_checkpoint:
+        if spec.preset is not None and spec.preset not in PRESETS:
+            raise ValueError(f"unknown model preset {spec.preset!r}; choose from {sorted(PRESETS)}")
         model = load_ovsam(_expand(spec.ovsam_checkpoint), clip_pretrained=_expand(spec.clip_weights) if spec.clip_weights else None)
+        check_preset(spec, model.cfg)
     else:
         cfg = spec.config()
         # Seeded so an untrained demo model is the same on every run and machine.
@@ -182,6 +189,20 @@ def build_model(spec: ModelSpec) -> OVSAM:
     return model.eval()
 
 
+def check_preset(spec: ModelSpec, checkpoint_cfg: OVSAMConfig) -> None:
+    """A ``preset`` next to an ``ovsam_checkpoint`` must name the checkpoint's architecture:
+    the checkpoint carries its own config, and silently using it would hide a wrong file."""
+    if spec.preset is None:
+        return
+    wanted = PRESETS[spec.preset]().backbone.model_name
+    found = checkpoint_cfg.backbone.model_name
+    if wanted != found:
+        raise ValueError(
+            f"model.preset {spec.preset!r} (CLIP {wanted}) disagrees with {spec.ovsam_checkpoint}, which holds "
+            f"a {found} model. Use the checkpoint trained for {spec.preset!r}, or drop 'preset' "
+            "(an ovsam_checkpoint carries its own architecture).")
+
+
 def untrained_warning(spec: ModelSpec) -> str:
     missing = [
         name
@@ -194,7 +215,7 @@ def untrained_warning(spec: ModelSpec) -> str:
     ]
     return (
         "\n" + "!" * 78 + "\n"
-        f"!! UNTRAINED MODEL (preset {spec.preset!r}): no {', '.join(missing)} configured.\n"
+        f"!! UNTRAINED MODEL (preset {spec.preset_name!r}): no {', '.join(missing)} configured.\n"
         "!! Parts without weights are randomly initialised: masks and labels are MEANINGLESS.\n"
         "!! Point the model config at real weight files (see README, 'Weights').\n" + "!" * 78
     )

@@ -19,6 +19,8 @@ CLIP's own normalisation (see :meth:`CLIPBackbone.normalize_for_clip`).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from typing import Callable, List, Optional, Sequence
 
@@ -230,7 +232,8 @@ def build_backbone(cfg: BackboneConfig, device: torch.device | str = "cpu") -> C
     if _open_clip_factory.get_model_config(cfg.model_name) is None:
         raise ValueError(f"unknown open_clip model {cfg.model_name!r}")
     try:
-        model = open_clip.create_model(cfg.model_name, pretrained=pretrained, device=device)
+        with _quiet_random_init(pretrained is None):
+            model = open_clip.create_model(cfg.model_name, pretrained=pretrained, device=device)
     except RuntimeError as err:
         if pretrained is None:
             raise
@@ -239,6 +242,30 @@ def build_backbone(cfg: BackboneConfig, device: torch.device | str = "cpu") -> C
             f"{pretrained}: not a valid open_clip {cfg.model_name!r} weights file: {_shorten(str(err))}"
         ) from err
     return CLIPBackbone(model, cfg.model_name)
+
+
+class _DropRandomInitNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("No pretrained weights loaded")
+
+
+@contextlib.contextmanager
+def _quiet_random_init(active: bool):
+    """open_clip logs "No pretrained weights loaded ... initialized randomly" whenever it builds
+    a model without a weights file, even when a trained ovsam_ros checkpoint is loaded into it
+    right after: misleading. The callers log what was actually loaded from where."""
+    if not active:
+        yield
+        return
+    notice = _DropRandomInitNotice()
+    targets = [logging.getLogger(), *(h for h in logging.getLogger().handlers)]
+    for target in targets:
+        target.addFilter(notice)
+    try:
+        yield
+    finally:
+        for target in targets:
+            target.removeFilter(notice)
 
 
 def _joint_dim(clip_model: nn.Module) -> int:

@@ -40,6 +40,7 @@ The prompt encoder is not in the reference files (frozen SAM ViT-H one).
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import re
@@ -495,6 +496,9 @@ def load_ovsam(
     model = OVSAM(cfg, backbone=build_backbone(backbone_cfg))
     required = [k for k in model.state_dict() if has_backbone or not k.startswith("backbone.")]
     _apply(model, path, f"{FORMAT_NAME} model", state, required)
+    logging.getLogger(__name__).info(
+        "loaded OVSAM (%s) from %s; CLIP backbone weights from %s", cfg.backbone.model_name, path,
+        "the same file" if has_backbone else backbone_cfg.pretrained)
     return model.to(device).eval()
 
 
