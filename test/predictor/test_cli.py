@@ -24,6 +24,7 @@ def test_object_spec_parsing():
     ("p:1", "point 'p:1' must be 2 comma-separated numbers, got '1'"),
     ("p:a,b", "point 'p:a,b' must be 2 comma-separated numbers, got 'a,b'"),
     ("b:1,2,3", "box 'b:1,2,3' must be 4 comma-separated numbers, got '1,2,3'"),
+    ("p:nan,1", "point 'p:nan,1' must be finite numbers (no nan/inf), got 'nan,1'"),
     ("b:1,2,3,4 b:1,2,3,4", "object 'b:1,2,3,4 b:1,2,3,4' has more than one box"),
     ("", "object '' has no point and no box"),
 ])

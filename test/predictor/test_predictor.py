@@ -82,6 +82,33 @@ def test_matches_segment_anything_sampredictor(image):
         assert result.predicted_iou == pytest.approx(float(iou[0]), abs=1e-5)
         assert (result.mask != masks[0]).mean() < 1e-4
 
+    # Multimask output, every candidate kept: SAM's three masks, in SAM's order.
+    masks, iou, low_res = theirs.predict(point_coords=point, point_labels=np.array([1]), multimask_output=True)
+    candidates = ours.predict([Prompt(points=point, point_labels=[1])], multimask_output=True, keep="all")
+    assert len(candidates) == 3
+    for k, result in enumerate(candidates):
+        np.testing.assert_allclose(result.low_res_logits, low_res[k], atol=1e-5)
+        assert result.predicted_iou == pytest.approx(float(iou[k]), abs=1e-5)
+        assert (result.mask != masks[k]).mean() < 1e-4
+    best = ours.predict([Prompt(points=point, point_labels=[1])], multimask_output=True)[0]
+    assert best.predicted_iou == pytest.approx(float(iou.max()), abs=1e-6)
+
+    # Refinement: the previous low-res logits fed back as mask_input (SAM's iterative use), with a
+    # second, negative point; and a hand-made mask_input that differs from any prediction.
+    previous = low_res[int(np.argmax(iou))]
+    blob = np.full(previous.shape, -8.0, np.float32)
+    blob[10:30, 20:50] = 8.0
+    for mask_input in (previous, blob):
+        two = dict(point_coords=np.array([[210.0, 130.0], [60.0, 40.0]]), point_labels=np.array([1, 0]))
+        masks, iou, low_res = theirs.predict(**two, mask_input=mask_input[None], multimask_output=False)
+        result = ours.predict([Prompt(points=two["point_coords"], point_labels=two["point_labels"],
+                                      mask_input=mask_input)])[0]
+        np.testing.assert_allclose(result.low_res_logits, low_res[0], atol=1e-5)
+        assert result.predicted_iou == pytest.approx(float(iou[0]), abs=1e-5)
+        assert (result.mask != masks[0]).mean() < 1e-4
+        without, _, _ = theirs.predict(**two, multimask_output=False)
+        assert (without[0] != masks[0]).mean() > 1e-3  # the mask input really changed the answer
+
 
 def test_known_object_maps_back_exactly_for_non_square_images(monkeypatch):
     """A rectangle the decoder 'predicts' in the padded frame lands on exactly the right original pixels."""
@@ -111,9 +138,34 @@ def test_known_object_maps_back_exactly_for_non_square_images(monkeypatch):
 
 
 def test_any_image_type_is_accepted(predictor):
-    for frame in (np.full((40, 70), 30000, np.uint16), np.random.default_rng(1).random((50, 30, 4)).astype(np.float32)):
-        predictor.set_image(frame)
-        assert predictor.predict([Prompt(points=[[5, 5]])])[0].mask.shape == frame.shape[:2]
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (50, 30, 3), dtype=np.uint8)
+    grey = rng.integers(0, 256, (40, 70), dtype=np.uint8)
+    prompts = [Prompt(points=[[5, 5]]), Prompt(box=[3, 4, 25, 30])]
+
+    def run(frame, image_format="RGB"):
+        predictor.set_image(frame, image_format=image_format)
+        return predictor.predict(prompts)
+
+    def same(results, reference):
+        for r, ref in zip(results, reference, strict=True):
+            assert r.mask.shape == ref.mask.shape and np.array_equal(r.mask, ref.mask)
+            np.testing.assert_array_equal(r.low_res_logits, ref.low_res_logits)
+            assert [label.class_index for label in r.labels] == [label.class_index for label in ref.labels]
+
+    # Equivalent encodings of one picture, written by hand: each must give exactly the uint8 result.
+    reference = run(rgb)
+    alpha = rng.integers(0, 256, (50, 30, 1), dtype=np.uint8)
+    same(run(rgb.astype(np.float32) / 255), reference)  # float 0..1
+    same(run(rgb.astype(np.float64)), reference)  # float 0..255
+    same(run(np.concatenate([rgb, alpha], axis=2), "RGBA"), reference)  # alpha ignored
+    same(run(np.ascontiguousarray(rgb[:, :, ::-1]), "BGR"), reference)
+    same(run(rgb.astype(np.uint16) * 257), reference)  # 16-bit: 65535 is white
+    reference = run(np.repeat(grey[:, :, None], 3, axis=2))
+    same(run(grey), reference)
+    same(run(grey[:, :, None]), reference)
+    same(run(grey.astype(np.uint16) * 257), reference)
+    assert reference[0].mask.shape == (40, 70)
 
 
 def test_tiny_and_degenerate_images(predictor):
@@ -177,9 +229,22 @@ def test_text_query_ranks_the_matching_region_first(predictor):
 
 
 def test_precision_and_device_options(image):
+    prompts = [Prompt(box=[150, 80, 320, 200]), Prompt(points=[[200, 120]]), Prompt(points=[[40, 250]])]
+    fp32 = OVSAMPredictor(tiny_model(), vocabulary="cat, dog", precision="fp32")
+    fp32.set_image(image)
+    reference = fp32.predict(prompts)
     bf16 = OVSAMPredictor(tiny_model(), vocabulary="cat, dog", precision="bf16")
     bf16.set_image(image)
-    assert bf16.predict([Prompt(box=[150, 80, 320, 200])])[0].mask.shape == (300, 500)
+    assert bf16.features.clip_features[3].dtype == torch.bfloat16  # really ran in bf16
+    for low, ref in zip(bf16.predict(prompts), reference, strict=True):
+        assert low.mask.shape == (300, 500)
+        iou = (low.mask & ref.mask).sum() / max(1, (low.mask | ref.mask).sum())
+        assert iou > 0.9, iou
+        scale = np.abs(ref.low_res_logits).max()
+        assert np.abs(low.low_res_logits - ref.low_res_logits).max() < 0.1 * scale
+        assert 0 < np.abs(low.low_res_logits - ref.low_res_logits).max()  # not silently fp32
+        assert low.predicted_iou == pytest.approx(ref.predicted_iou, abs=0.05)
+        assert np.dot(low.embedding, ref.embedding) > 0.98
     with pytest.raises(ValueError, match="precision"):
         OVSAMPredictor(tiny_model(), vocabulary=None, precision="int3")
     if not torch.cuda.is_available():
@@ -198,5 +263,33 @@ def test_baselines_relabel_the_same_masks(predictor, image, method):
     for before, after in zip(results, relabeled):
         assert after.mask is before.mask and len(after.labels) == 3
         assert not np.allclose(after.embedding, before.embedding)
+    # One crop recomputed by hand with open_clip / torchvision directly.
+    import open_clip
+    import torch.nn.functional as F
+    from torchvision.ops import roi_align
+
+    backbone = predictor.model.backbone
+    target = results[0]
+    x0, y0, x1, y1 = target.box
+    size = backbone.clip_image_size
+    with torch.no_grad():
+        if method == "image-crop":
+            mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN) * 255
+            std = torch.tensor(open_clip.OPENAI_DATASET_STD) * 255
+            crop = torch.from_numpy(image[y0:y1, x0:x1].astype(np.float32)).permute(2, 0, 1)
+            inside = torch.from_numpy(target.mask[y0:y1, x0:x1])
+            crop = torch.where(inside, crop, mean[:, None, None])  # background: CLIP's mean colour
+            crop = F.interpolate(crop[None], size=(size, size), mode="bicubic", align_corners=False)
+            expected = backbone.clip.encode_image((crop - mean[:, None, None]) / std[:, None, None])
+        else:
+            scale = predictor.model.image_size / max(image.shape[:2])  # longest side -> model input
+            box = torch.tensor([[0.0, x0 * scale, y0 * scale, x1 * scale, y1 * scale]])
+            c5 = predictor.features.clip_features[3]
+            pooled = roi_align(c5, box, output_size=size // 32, spatial_scale=1 / 32, sampling_ratio=0, aligned=True)
+            expected = backbone.clip.visual.attnpool(pooled)
+    expected = F.normalize(expected.float(), dim=-1)[0].numpy()
+    np.testing.assert_allclose(relabeled[0].embedding, expected, atol=1e-4)
+    scores = predictor.label_embeddings(torch.from_numpy(expected)[None])[0]
+    assert [label.class_index for label in relabeled[0].labels] == [label.class_index for label in scores]
     with pytest.raises(ValueError, match="baseline"):
         relabel(predictor, results, "magic")
