@@ -170,6 +170,15 @@ class OVSAMPredictor:
         self.input_size = self.transform.get_input_size(self.original_size)
         self._image_rgb = rgb
 
+    def image_state(self) -> tuple:
+        """The encoded current image (references, no copy): hand it to :meth:`restore_image_state`
+        to run prompts on this image again without encoding it again."""
+        self._require_image()
+        return (self.features, self.original_size, self.input_size, self._image_rgb)
+
+    def restore_image_state(self, state: tuple) -> None:
+        self.features, self.original_size, self.input_size, self._image_rgb = state
+
     @property
     def is_image_set(self) -> bool:
         return self.features is not None

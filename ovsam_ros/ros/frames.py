@@ -24,6 +24,7 @@ class Frame:
     msg: Any  # sensor_msgs/Image or sensor_msgs/CompressedImage
     compressed: bool
     received: float  # time.monotonic() at arrival
+    encoded: Any = None  # the predictor's image state once encoded (kept for the newest few frames)
 
 
 class LatestFrameSlot:

@@ -92,6 +92,7 @@ DEPTH_QOS = QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT, history=Histor
                        durability=DurabilityPolicy.VOLATILE)
 STAMPED_QUEUE = 32  # stamped prompt sets waiting for their frame; more and the oldest is dropped, counted
 DEPTH_WAIT = 0.1  # s the worker waits for a depth image stamped like its frame that is still on its way
+ENCODED_FRAMES = 2  # frames whose image encoding is kept, so a late prompt for them skips the encoder
 OUTPUT_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=5)
 
 
@@ -185,6 +186,7 @@ class OVSAMNode(LifecycleNode):
         self._feedback_key: tuple = ()
         self._tf_buffer: Any = None
         self._tf_listener: Any = None
+        self._encoded: deque[Frame] = deque()  # frames holding an encoding (newest last)
 
     # ------------------------------------------------------------------ parameters
     def _declare_parameters(self) -> None:
@@ -332,6 +334,9 @@ class OVSAMNode(LifecycleNode):
         self._depths.clear()
         self._depth_seen, self._camera_info = False, None
         self._tracker.reset()
+        for frame in self._encoded:
+            frame.encoded = None
+        self._encoded.clear()
         self._feedback = {}
         self._tf_buffer = self._tf_listener = None
         gc.collect()
@@ -594,7 +599,11 @@ class OVSAMNode(LifecycleNode):
             predictor.top_k = s.top_k
             if job.mode != "prompt" or job.prompts:  # all prompts rejected: nothing to encode
                 with clock.stage("encode"):
-                    predictor.set_image(rgb)
+                    if frame.encoded is not None and frame.encoded[0] is predictor:
+                        predictor.restore_image_state(frame.encoded[1])  # a late prompt: encoded already
+                    else:
+                        predictor.set_image(rgb)
+                        self._keep_encoding(frame, predictor)
                 results = self._run_job(predictor, job, s, clock)
             vocab = predictor.vocabulary
         if job.persistent:
@@ -718,6 +727,13 @@ class OVSAMNode(LifecycleNode):
         if "masks" in pubs:
             pubs["masks"].publish(masks)
         return out
+
+    def _keep_encoding(self, frame: Frame, predictor: Any) -> None:
+        """Remember ``frame``'s encoding; only the newest ENCODED_FRAMES keep theirs (memory)."""
+        frame.encoded = (predictor, predictor.image_state())
+        self._encoded.append(frame)
+        while len(self._encoded) > ENCODED_FRAMES:
+            self._encoded.popleft().encoded = None
 
     # ------------------------------------------------------------------ tracking, feedback, 3D
     def _track(self, results: list, job: Job, header: Any, s: NodeSettings) -> list[int]:

@@ -295,3 +295,27 @@ def test_real_detection2darray_over_dds(make_node, ros_context):
     talker.destroy_node()
     assert out is not None and out.masks.header == msg.header
     assert [(m.source_id, m.source_class_id) for m in out.masks.instances] == [("x1", "cup")]
+
+
+def test_a_late_prompt_for_a_frame_already_encoded_skips_the_encoder(make_node):
+    node = make_node(mode="everything", points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    rgb = test_image(seed=4)
+    node._receive(make_image(rgb, stamp=stamp_of(0)), False)
+    assert node.process_pending().mode == "everything"  # frame 0 encoded once here
+    calls = []
+    original = node.predictor.set_image
+    node.predictor.set_image = lambda *a, **k: (calls.append(1), original(*a, **k))[1]
+    node._on_prompts(stamped_prompts(0))
+    out = node.process_pending()
+    assert out.mode == "prompt" and calls == []  # the kept encoding was reused
+    node.predictor.set_image = original
+    for mine, reference in zip(full_masks(out.masks), direct_masks(node, rgb)):
+        assert np.array_equal(mine, reference)
+    # Only the newest frames keep an encoding: an older one is encoded again.
+    for i in (1, 2, 3):
+        node._receive(make_image(test_image(seed=i), stamp=stamp_of(i)), False)
+        node.process_pending()
+    node.predictor.set_image = lambda *a, **k: (calls.append(1), original(*a, **k))[1]
+    node._on_prompts(stamped_prompts(0))
+    node.process_pending()
+    assert calls == [1]
