@@ -13,10 +13,11 @@ Bundled files live in ``training/configs/`` and can be named without a path:
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
@@ -112,7 +113,21 @@ def load_config(defaults: Dict[str, Any], config: Optional[str] = None,
             cfg = merge(cfg, parse_override(text))
         except ConfigError as err:
             raise ConfigError(f"--set {text}: {err}") from None
+    bad = _non_finite(cfg)
+    if bad:  # checked before any data is read or any output written
+        raise ConfigError(f"{bad[0][0]} must be a finite number, got {bad[0][1]} (NaN and infinities are refused)")
     return cfg
+
+
+def _non_finite(value: Any, prefix: str = "") -> List[Tuple[str, float]]:
+    """``(dotted.key, value)`` of every NaN / infinite float in a nested config."""
+    if isinstance(value, dict):
+        return [hit for k, v in value.items() for hit in _non_finite(v, f"{prefix}{k}.")]
+    if isinstance(value, (list, tuple)):
+        return [hit for i, v in enumerate(value) for hit in _non_finite(v, f"{prefix}{i}.")]
+    if isinstance(value, float) and not math.isfinite(value):
+        return [(prefix.rstrip("."), value)]
+    return []
 
 
 def dump(cfg: Dict[str, Any]) -> str:

@@ -153,3 +153,15 @@ def test_depth_is_extracted_losslessly_with_its_encoding(bag, tmp_path):
         assert pixels.dtype == np.float32 and np.array_equal(pixels, _depth32(i), equal_nan=True)
     on_disk = json.loads((tmp_path / "d" / "manifest.json").read_text())
     assert on_disk["frames"] == man["frames"] and on_disk["format"] == "ovsam_ros.bag_extraction/1"
+
+
+@pytest.mark.parametrize("override", ["train.lr=.nan", "train.lr=-.inf", "train.weight_decay=.inf"])
+def test_training_refuses_non_finite_numbers_before_any_work(tmp_path, override, capsys):
+    from training import stage1
+
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as info:
+        stage1.main(["--config", "stage1_tiny", "--output-dir", str(out), "--set", override])
+    assert info.value.code == 2
+    key = override.split("=")[0]
+    assert f"{key} must be a finite number" in capsys.readouterr().err and not out.exists()
