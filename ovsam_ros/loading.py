@@ -20,6 +20,7 @@ because an untrained recognition head gives meaningless labels.
       precision: fp32
       top_k: 5
       text_cache_dir: ~/.cache/ovsam_ros/text
+      optimize: true             # inference path: BN folded, weights in the inference dtype, fused attention
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class PredictorSpec:
     precision: str = "fp32"
     top_k: int = 5
     text_cache_dir: Optional[str] = "~/.cache/ovsam_ros/text"
+    optimize: bool = True  # False: the plain modules under autocast (A/B comparisons)
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -248,5 +250,6 @@ def build_predictor(source: Union[str, Path, dict[str, Any]], **overrides: Any):
         templates=templates,
         text_cache=cache,
         trained=model_spec.trained,
+        optimize=predictor_spec.optimize,
     )
     return predictor

@@ -87,8 +87,8 @@ class ImageTransform:
         return int(original_size[0]), int(original_size[1])
 
     # -- image --------------------------------------------------------------------
-    def apply_image(self, image: np.ndarray, channel_order: str = "RGB") -> torch.Tensor:
-        """uint8 HxWx3 image -> normalised, padded float tensor [1, 3, S, S]."""
+    @staticmethod
+    def _check_image(image: np.ndarray, channel_order: str = "RGB") -> np.ndarray:
         if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an HxWx3 numpy image, got {getattr(image, 'shape', type(image))}")
         if image.dtype != np.uint8:
@@ -97,6 +97,11 @@ class ImageTransform:
             image = image[..., ::-1]
         elif channel_order.upper() != "RGB":
             raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
+        return np.ascontiguousarray(image)
+
+    def apply_image(self, image: np.ndarray, channel_order: str = "RGB") -> torch.Tensor:
+        """uint8 HxWx3 image -> normalised, padded float tensor [1, 3, S, S]."""
+        image = self._check_image(image, channel_order)
         original_size = (int(image.shape[0]), int(image.shape[1]))
         resized = self.resizer.apply_image(np.ascontiguousarray(image))
         x = torch.from_numpy(resized).permute(2, 0, 1).float()
@@ -105,6 +110,45 @@ class ImageTransform:
         x = F.pad(x, (0, self.image_size - w, 0, self.image_size - h))  # pad after normalising -> zeros
         self.original_size, self.input_size = original_size, (int(h), int(w))
         return x.unsqueeze(0)
+
+    def apply_image_device(self, image: np.ndarray, device: Union[str, torch.device],
+                           dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """:meth:`apply_image` on ``device``: the uint8 frame is uploaded once (from a reused
+        pinned buffer, non-blocking, on CUDA) and resized, normalised and padded there.
+
+        Same math as :meth:`apply_image`: an antialiased bilinear resize (PIL's, which
+        ``ResizeLongestSide`` uses) rounded back to integer levels; the two differ by at most
+        one level on some pixels (the kernels round differently). Returns ``dtype``.
+        """
+        image = self._check_image(image)
+        device = torch.device(device)
+        original_size = (int(image.shape[0]), int(image.shape[1]))
+        h, w = self.get_input_size(original_size)
+        src = torch.from_numpy(image)
+        if device.type == "cuda":
+            src = self._upload(src, device)
+        x = src.to(device).permute(2, 0, 1).unsqueeze(0).float()
+        if (h, w) != original_size:
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+            x = x.round_().clamp_(0, 255)  # PIL returns uint8 levels
+        mean, std = self.pixel_mean.to(device), self.pixel_std.to(device)
+        x = F.pad((x - mean) / std, (0, self.image_size - w, 0, self.image_size - h))
+        self.original_size, self.input_size = original_size, (int(h), int(w))
+        return x.to(dtype)
+
+    def _upload(self, src: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Host -> device copy through a pinned buffer kept between frames (no per-frame pinning)."""
+        buf, event = getattr(self, "_pinned", (None, None))
+        if buf is None or buf.shape != src.shape:
+            buf, event = torch.empty(src.shape, dtype=src.dtype, pin_memory=True), None
+        if event is not None:
+            event.synchronize()  # the previous frame's copy must have left the buffer
+        buf.copy_(src)
+        out = buf.to(device, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(device))
+        self._pinned = (buf, event)
+        return out
 
     # -- prompts: original -> input --------------------------------------------------
     def apply_coords(self, coords: ArrayLike, original_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:

@@ -1,0 +1,196 @@
+"""Inference-optimised model path: the same math as the plain model, fewer and fused kernels.
+
+:func:`prepare_for_inference` rewrites an :class:`~ovsam_ros.model.ovsam.OVSAM` IN PLACE
+for serving (the predictor, node and benchmark all go through it):
+
+* every BatchNorm of the frozen CLIP CNN is folded into the convolution before it
+  (``W' = W * g / sqrt(var + eps)``, ``b' = b' + beta - mean * g / sqrt(var + eps)``), so
+  a frame runs no ``batch_norm`` kernels (127 of them for RN50x16);
+* the image path (CLIP image tower, SAM2CLIP, CLIP2SAM) is converted ONCE to the inference
+  dtype: with the weights already in fp16/bf16 the encoder runs without autocast, which
+  otherwise re-casts every fp32 weight on every call;
+* SAM2CLIP's attention runs as one ``scaled_dot_product_attention`` with the decomposed
+  relative-position bias as its additive mask; the relative-position tables (which
+  ``segment_anything`` rebuilds from CPU index tensors on every call) are gathered once on
+  the device and refreshed only when the ``rel_pos`` parameters change;
+* the CLIP attention pool (frozen-CLIP region branch, crop baselines) only computes the
+  query of the one token it returns and uses fused SDPA.
+
+The rewritten modules keep their parameter names, so ``state_dict`` keys stay those of the
+plain model except the folded ``bn*`` entries (gone). Use this for inference only: folding
+assumes frozen BatchNorm statistics, and the model is no longer meant to be trained.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from open_clip.modified_resnet import AttentionPool2d, Bottleneck, ModifiedResNet
+from segment_anything.modeling.image_encoder import Attention, get_rel_pos
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+__all__ = [
+    "FusedAttentionPool2d",
+    "FusedRelPosAttention",
+    "fold_batchnorm",
+    "inference_dtype",
+    "prepare_for_inference",
+]
+
+
+# ------------------------------------------------------------------------------------------- BN folding
+def _fold_pair(parent: nn.Module, conv_name: str, bn_name: str) -> bool:
+    conv, bn = parent._modules.get(conv_name), parent._modules.get(bn_name)
+    if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d):
+        return False
+    if bn.training or conv.training:
+        raise RuntimeError(f"cannot fold {bn_name} into {conv_name}: the module is in training mode (call .eval())")
+    if not bn.track_running_stats or bn.running_mean is None:
+        raise RuntimeError(f"cannot fold {bn_name}: it uses batch statistics (no running stats)")
+    fused = fuse_conv_bn_eval(conv, bn)
+    for p in fused.parameters():
+        p.requires_grad_(False)
+    parent._modules[conv_name] = fused
+    parent._modules[bn_name] = nn.Identity()
+    return True
+
+
+def fold_batchnorm(module: nn.Module) -> int:
+    """Fold the BatchNorms of open_clip ``ModifiedResNet`` trunks (and conv->BN ``Sequential``s) in place.
+
+    Only pairs whose forward is known to be ``bn(conv(x))`` are folded: the ResNet stem and
+    Bottleneck ``conv{i}``/``bn{i}`` and consecutive Conv2d->BatchNorm2d in a Sequential
+    (the Bottleneck downsample). Returns the number of folded BatchNorms.
+    """
+    folded = 0
+    for parent in list(module.modules()):
+        if isinstance(parent, (ModifiedResNet, Bottleneck)):
+            for i in (1, 2, 3):
+                folded += _fold_pair(parent, f"conv{i}", f"bn{i}")
+        elif isinstance(parent, nn.Sequential):
+            names = list(parent._modules)
+            for a, b in zip(names, names[1:]):
+                folded += _fold_pair(parent, a, b)
+    return folded
+
+
+# ------------------------------------------------------------------------------------------- attention
+class FusedRelPosAttention(Attention):
+    """``segment_anything`` ViT attention as one SDPA call with the decomposed rel-pos bias as mask.
+
+    Same parameters (``qkv``, ``proj``, ``rel_pos_h``, ``rel_pos_w``) as the module it
+    replaces; the bias is ``q . R_h[h, kh] + q . R_w[w, kw]`` (unscaled ``q``, as in
+    ``add_decomposed_rel_pos``) and SDPA adds it after scaling ``q k^T`` by ``head_dim**-0.5``.
+    """
+
+    _tables: Dict[Tuple[int, int], Tuple[torch.Tensor, torch.Tensor]]
+    _tables_key: tuple
+
+    @classmethod
+    def convert(cls, attn: Attention) -> "FusedRelPosAttention":
+        if not isinstance(attn, Attention):
+            raise TypeError(f"expected a segment_anything Attention, got {type(attn).__name__}")
+        attn.__class__ = cls
+        attn._tables, attn._tables_key = {}, ()
+        return attn  # type: ignore[return-value]
+
+    def _key(self) -> tuple:
+        h, w = self.rel_pos_h, self.rel_pos_w
+        return (h.data_ptr(), h._version, h.dtype, w.data_ptr(), w._version, w.dtype)
+
+    def rel_tables(self, height: int, width: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(R_h [H, H, C], R_w [W, W, C])`` on the parameters' device; rebuilt when they change."""
+        if not torch.compiler.is_compiling():
+            key = self._key()
+            if key != self._tables_key:
+                self._tables, self._tables_key = {}, key
+        tables = self._tables.get((height, width))
+        if tables is None:
+            with torch.no_grad():
+                tables = (get_rel_pos(height, height, self.rel_pos_h).detach(),
+                          get_rel_pos(width, width, self.rel_pos_w).detach())
+            self._tables[(height, width)] = tables
+        return tables
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, _ = x.shape
+        heads = self.num_heads
+        qkv = self.qkv(x).reshape(b, h * w, 3, heads, -1).permute(2, 0, 3, 1, 4)  # 3, B, nH, HW, C
+        q, k, v = qkv.unbind(0)
+        bias: Optional[torch.Tensor] = None
+        if self.use_rel_pos:
+            table_h, table_w = self.rel_tables(h, w)
+            r_q = q.reshape(b, heads, h, w, -1)
+            rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, table_h)
+            rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, table_w)
+            bias = (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape(b, heads, h * w, h * w)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # B, nH, HW, C
+        return self.proj(out.transpose(1, 2).reshape(b, h, w, -1))
+
+
+class FusedAttentionPool2d(AttentionPool2d):
+    """CLIP ResNet attention pool computing only the query it returns (the mean token), with SDPA.
+
+    open_clip runs full self-attention over all ``HW + 1`` tokens and keeps token 0; the
+    other queries are wasted work. Same parameters and result.
+    """
+
+    @classmethod
+    def convert(cls, pool: AttentionPool2d) -> "FusedAttentionPool2d":
+        if not isinstance(pool, AttentionPool2d):
+            raise TypeError(f"expected an open_clip AttentionPool2d, got {type(pool).__name__}")
+        pool.__class__ = cls
+        return pool  # type: ignore[return-value]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c = x.shape[:2]
+        x = x.reshape(n, c, -1).transpose(1, 2)  # N, HW, C
+        x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1) + self.positional_embedding.to(x.dtype)
+        heads = self.num_heads
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(n, t.shape[1], heads, -1).transpose(1, 2)  # N, nH, L, C/nH
+
+        q = split(self.q_proj(x[:, :1]))
+        out = F.scaled_dot_product_attention(q, split(self.k_proj(x)), split(self.v_proj(x)))
+        return self.c_proj(out.transpose(1, 2).reshape(n, c))
+
+
+# ------------------------------------------------------------------------------------------- the model
+def inference_dtype(model: nn.Module) -> Optional[torch.dtype]:
+    """The dtype :func:`prepare_for_inference` converted ``model`` to, or None for a plain model."""
+    return getattr(model, "_inference_dtype", None)
+
+
+def prepare_for_inference(model: nn.Module, dtype: torch.dtype = torch.float32,
+                          channels_last: bool = False) -> nn.Module:
+    """Rewrite an ``OVSAM`` in place into its inference form (see the module docstring); returns it.
+
+    ``dtype``: the image path's weights are converted to it once (``torch.float32`` keeps
+    fp32). The text tower and the prompt decoder keep their dtype (the decoder runs under
+    autocast: its prompt-coordinate math needs fp32). Calling it again with another dtype
+    just converts again. ``channels_last``: NHWC conv weights (only where measured faster).
+    """
+    model.eval()
+    if inference_dtype(model) is None:
+        backbone = model.backbone
+        if not getattr(backbone, "frozen", True):
+            raise RuntimeError("prepare_for_inference folds BatchNorm statistics: the CLIP backbone must be frozen")
+        visual = backbone.clip.visual
+        fold_batchnorm(visual)
+        for module in list(visual.modules()):
+            if isinstance(module, AttentionPool2d) and not isinstance(module, FusedAttentionPool2d):
+                FusedAttentionPool2d.convert(module)
+        for module in list(model.sam2clip.modules()):
+            if isinstance(module, Attention) and not isinstance(module, FusedRelPosAttention):
+                FusedRelPosAttention.convert(module)
+    for part in (model.backbone.clip.visual, model.sam2clip, model.clip2sam):
+        part.to(dtype=dtype)
+    if channels_last:
+        for part in (model.backbone.clip.visual, model.sam2clip.patch_embeds, model.clip2sam.fpn):
+            part.to(memory_format=torch.channels_last)
+    model._inference_dtype = dtype
+    return model
