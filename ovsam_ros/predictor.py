@@ -42,7 +42,7 @@ from ovsam_ros.model.vocabulary import (
     load_vocabulary,
 )
 from ovsam_ros.prompts import CheckedPrompt, Prompt, check_prompt
-from ovsam_ros.results import InstanceResult, LabelScore, mask_box
+from ovsam_ros.results import InstanceResult, LabelScore
 from ovsam_ros.runtime import PRECISIONS, autocast, check_precision, resolve_device
 
 log = logging.getLogger(__name__)
@@ -297,31 +297,48 @@ class OVSAMPredictor:
         whole chunk on the device and copied to the host once per tensor (no per-prompt syncs)."""
         logits = decoded["logits"]  # [n, M, H, W]
         n, m = logits.shape[:2]
-        stability = calculate_stability_score(logits, self.mask_threshold, 1.0).cpu().numpy()
+        stability = calculate_stability_score(logits, self.mask_threshold, 1.0)
         labels = self.label_embeddings(decoded["embeddings"].flatten(0, 1))  # n*M rows, one matmul
-        masks = (logits > self.mask_threshold).cpu().numpy()
-        iou = decoded["iou"].cpu().numpy()
+        boxes, crops = self._host_crops(logits.flatten(0, 1))
+        scores = torch.stack([decoded["iou"].flatten(), stability.flatten()]).cpu().numpy()
         low_res = decoded["low_res"].cpu().numpy()
         embeddings = decoded["embeddings"].cpu().numpy()
         out = []
         for row, prompt_index in zip(range(n), prompt_indices):
             candidates = []
             for k in range(m):
-                mask = masks[row, k].copy()
+                j = row * m + k
                 candidates.append(
                     InstanceResult(
-                        mask=mask,
-                        predicted_iou=float(iou[row, k]),
-                        stability_score=float(stability[row, k]),
-                        box=mask_box(mask),
-                        labels=labels[row * m + k],
+                        mask=None,
+                        predicted_iou=float(scores[0, j]),
+                        stability_score=float(scores[1, j]),
+                        box=tuple(int(v) for v in boxes[j]),
+                        labels=labels[j],
                         prompt_index=prompt_index,
                         low_res_logits=low_res[row, k].copy(),
                         embedding=embeddings[row, k].copy(),
+                        crop=crops[j],
+                        image_size=self.original_size,
                     )
                 )
             out.append(candidates)
         return out
+
+    def _host_crops(self, logits: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Mask logits [K, H, W] on the device -> tight boxes [K, 4] (int, host) and each mask
+        thresholded and cropped to its box ON THE DEVICE; the crops reach the host in one copy
+        (full-size masks never do)."""
+        fg = logits > self.mask_threshold
+        boxes = masks_to_boxes(fg).long().cpu().numpy()  # [x0, y0, x1 + 1, y1 + 1]; zeros when empty
+        heights, widths = boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]
+        pieces = [fg[i, y0:y1, x0:x1].reshape(-1) for i, (x0, y0, x1, y1) in enumerate(boxes) if x1 > x0]
+        flat = torch.cat(pieces).cpu().numpy() if pieces else np.zeros(0, dtype=bool)
+        crops, offset = [], 0
+        for h, w in zip(heights.tolist(), widths.tolist()):
+            crops.append(flat[offset : offset + h * w].reshape(h, w))
+            offset += h * w
+        return boxes, crops
 
     def label_embeddings(self, embeddings: torch.Tensor) -> list[list[LabelScore]]:
         """Top-k labels for normalised region embeddings [K, D] (empty lists without a vocabulary)."""
@@ -380,20 +397,22 @@ class OVSAMPredictor:
         order = batched_nms(boxes[valid], iou[valid], torch.zeros_like(iou[valid]), opts.box_nms_thresh)
         index = torch.nonzero(valid).flatten()[order][: opts.max_instances]
         labels = self.label_embeddings(embeddings[index])
-        masks = (self.transform.postprocess_masks(low_res[index], self.original_size) > self.mask_threshold)
-        masks, iou, stability = masks.cpu().numpy(), iou[index].cpu().numpy(), stability[index].cpu().numpy()
+        boxes, crops = self._host_crops(self.transform.postprocess_masks(low_res[index], self.original_size))
+        scores = torch.stack([iou[index], stability[index]]).cpu().numpy()
         low_res, embeddings = low_res[index].cpu().numpy(), embeddings[index].cpu().numpy()
         results = []
-        for j in range(len(masks)):
+        for j in range(len(crops)):
             results.append(
                 InstanceResult(
-                    mask=masks[j],
-                    predicted_iou=float(iou[j]),
-                    stability_score=float(stability[j]),
-                    box=mask_box(masks[j]),
+                    mask=None,
+                    predicted_iou=float(scores[0, j]),
+                    stability_score=float(scores[1, j]),
+                    box=tuple(int(v) for v in boxes[j]),
                     labels=labels[j],
                     low_res_logits=low_res[j],
                     embedding=embeddings[j],
+                    crop=crops[j],
+                    image_size=self.original_size,
                 )
             )
         return results

@@ -19,9 +19,15 @@ class LabelScore:
 
 @dataclass
 class InstanceResult:
-    """One mask at the original image resolution and what it was recognised as."""
+    """One mask at the original image resolution and what it was recognised as.
 
-    mask: np.ndarray  # (H, W) bool, original image size
+    The predictor hands masks over CROPPED to their box (``crop``, with ``image_size``): a
+    720p frame with 100 masks would otherwise copy ~90 MB of mostly-empty pixels to the host.
+    ``mask`` gives the full-size mask (built from the crop on first use and kept); code that
+    only needs the object's pixels (the ROS messages, the instance-ID image) reads ``crop``.
+    """
+
+    mask: Optional[np.ndarray]  # (H, W) bool, original image size (None: built from crop on use)
     predicted_iou: float
     stability_score: float
     box: tuple[int, int, int, int]  # x_min, y_min, x_max, y_max (inclusive-exclusive pixels)
@@ -30,6 +36,16 @@ class InstanceResult:
     low_res_logits: Optional[np.ndarray] = None  # feed back as Prompt.mask_input to refine
     embedding: Optional[np.ndarray] = None  # region embedding in CLIP space (L2-normalised)
     query_score: Optional[float] = None  # text mode: score for the query
+    crop: Optional[np.ndarray] = None  # mask[y_min:y_max, x_min:x_max] (bool); None: slice ``mask``
+    image_size: Optional[tuple[int, int]] = None  # (H, W) of ``mask``; needed with ``crop`` alone
+
+    def __post_init__(self) -> None:
+        if self.__dict__.get("_mask") is None:
+            if self.crop is None or self.image_size is None:
+                raise ValueError("InstanceResult needs a mask, or a crop with its image_size")
+            x0, y0, x1, y1 = (int(v) for v in self.box)
+            if tuple(self.crop.shape) != (max(0, y1 - y0), max(0, x1 - x0)):
+                raise ValueError(f"crop of shape {self.crop.shape} does not fit box {self.box}")
 
     @property
     def label(self) -> str:
@@ -37,7 +53,37 @@ class InstanceResult:
 
     @property
     def area(self) -> int:
-        return int(self.mask.sum())
+        full = self.__dict__.get("_mask")
+        return int((self.crop if full is None else full).sum())
+
+    @property
+    def mask_crop(self) -> np.ndarray:
+        """The mask inside ``box`` (no full-size mask is built for it)."""
+        if self.__dict__.get("_mask") is None:
+            return self.crop
+        x0, y0, x1, y1 = (int(v) for v in self.box)
+        return self._mask[y0:y1, x0:x1]
+
+
+def _get_mask(self: InstanceResult) -> np.ndarray:
+    if self.__dict__.get("_mask") is None:
+        full = np.zeros(self.image_size, dtype=bool)
+        x0, y0, x1, y1 = (int(v) for v in self.box)
+        full[y0:y1, x0:x1] = self.crop
+        self._mask = full
+    return self._mask
+
+
+def _set_mask(self: InstanceResult, value: Optional[np.ndarray]) -> None:
+    self._mask = value
+    if value is not None and "crop" in self.__dict__:  # a new full mask replaces the crop
+        self.crop = None
+        self.image_size = tuple(value.shape[:2])
+
+
+# A property on the dataclass field: __init__ assigns through it, so ``mask`` stays the
+# first constructor argument while crop-only results build their full mask lazily.
+InstanceResult.mask = property(_get_mask, _set_mask)  # type: ignore[assignment]
 
 
 def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:

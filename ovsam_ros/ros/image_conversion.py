@@ -8,6 +8,7 @@ clear error, never a garbage frame or a crash of the node.
 
 from __future__ import annotations
 
+import array as array_module
 import sys
 from typing import Any
 
@@ -111,8 +112,48 @@ def numpy_to_image(pixels: np.ndarray, encoding: str, header: Any = None) -> Any
     msg.encoding = encoding
     msg.is_bigendian = int(sys.byteorder == "big" and dtype.itemsize > 1)
     msg.step = msg.width * channels * dtype.itemsize
-    msg.data = np.ascontiguousarray(array).tobytes()
+    set_uint8_data(msg, array)
     return msg
+
+
+def new_image_msg(height: int, width: int, encoding: str, header: Any = None) -> tuple[Any, np.ndarray]:
+    """An all-zero ``sensor_msgs/Image`` and a writable numpy view of its pixels: producers
+    draw straight into the message (no full-frame temporary, no copy into the message)."""
+    from sensor_msgs.msg import Image
+
+    if encoding not in ENCODINGS:
+        raise ImageConversionError(f"unsupported image encoding {encoding!r}")
+    dtype, channels = ENCODINGS[encoding]
+    msg = Image()
+    if header is not None:
+        msg.header = header
+    msg.height, msg.width, msg.encoding = int(height), int(width), encoding
+    msg.is_bigendian = int(sys.byteorder == "big" and dtype.itemsize > 1)
+    msg.step = msg.width * channels * dtype.itemsize
+    data = array_module.array("B", b"\0") * (msg.step * msg.height)
+    _store_data(msg, data)
+    shape = (msg.height, msg.width) if channels == 1 else (msg.height, msg.width, channels)
+    return msg, np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def _store_data(msg: Any, data: "array_module.array") -> None:
+    if "_data" in getattr(type(msg), "__slots__", ()):
+        msg._data = data  # rosidl-generated messages keep the field in this slot; the setter would copy
+    else:
+        msg.data = data
+
+
+def set_uint8_data(msg: Any, pixels: np.ndarray) -> None:
+    """``msg.data = pixels``'s bytes, in one memcpy.
+
+    rclpy's generated setter copies a ``bytes`` or ``array`` value into a new
+    ``array('B')`` element by element (5-13 ms for a 720p mono16 image, the bulk of the
+    node's per-frame ROS overhead); an ``array('B')`` filled by ``frombytes`` is stored
+    as is when assigned to the generated ``_data`` slot.
+    """
+    data = array_module.array("B")
+    data.frombytes(np.ascontiguousarray(pixels).reshape(-1).view(np.uint8).data)
+    _store_data(msg, data)
 
 
 def compressed_to_numpy(msg: Any) -> tuple[np.ndarray, str]:

@@ -29,8 +29,11 @@ def labeled_mask_msg(
     labels: Sequence[tuple[int, str, float]] = (),
     predicted_iou: float = float("nan"),
     stability_score: float = float("nan"),
+    crop_box: tuple[int, int, int, int] | None = None,
 ) -> Any:
-    """A ``LabeledMask`` for a full-frame boolean ``mask``.
+    """A ``LabeledMask`` for a full-frame boolean ``mask``, or for a mask already cropped to
+    its tight box ``crop_box`` = (x_min, y_min, x_max, y_max) (the predictor's crops: no
+    full-frame mask needs to exist).
 
     ``labels`` are (class_index, name, score) candidates, best first; the first
     becomes the instance's label.
@@ -39,7 +42,15 @@ def labeled_mask_msg(
     from sensor_msgs.msg import RegionOfInterest
 
     mask = np.asarray(mask, dtype=bool)
-    x, y, w, h = mask_bbox(mask)
+    if crop_box is None:
+        x, y, w, h = mask_bbox(mask)
+        crop = mask[y : y + h, x : x + w]
+    else:
+        x, y = int(crop_box[0]), int(crop_box[1])
+        w, h = int(crop_box[2]) - x, int(crop_box[3]) - y
+        if mask.shape != (max(h, 0), max(w, 0)):
+            raise ValueError(f"crop of shape {mask.shape} does not fit crop_box {tuple(crop_box)}")
+        crop = mask
     msg = LabeledMask()
     msg.instance_id = int(instance_id)
     msg.prompt_index = int(prompt_index)
@@ -52,8 +63,7 @@ def labeled_mask_msg(
     msg.predicted_iou = float(predicted_iou)
     msg.stability_score = float(stability_score)
     msg.bbox = RegionOfInterest(x_offset=x, y_offset=y, width=w, height=h, do_rectify=False)
-    crop = mask[y : y + h, x : x + w].astype(np.uint8) * 255
-    msg.mask = numpy_to_image(crop, "mono8")
+    msg.mask = numpy_to_image(crop.astype(np.uint8) * 255, "mono8")
     return msg
 
 
@@ -83,4 +93,21 @@ def instance_id_image(masks: Sequence[np.ndarray], height: int, width: int,
         value = index + 1 if values is None else int(values[index])
         if value:
             ids[(ids == 0) & np.asarray(mask, dtype=bool)] = value
+    return ids
+
+
+def instance_id_image_from_crops(crops: Sequence[np.ndarray], boxes: Sequence[Sequence[int]], height: int,
+                                 width: int, out: np.ndarray | None = None,
+                                 values: Sequence[int] | None = None) -> np.ndarray:
+    """:func:`instance_id_image` from masks cropped to their (x_min, y_min, x_max, y_max) boxes:
+    only each box's pixels are touched (same result, no full-frame mask per instance).
+    ``out``: an all-zero uint16 (height, width) array to draw into (e.g. a message's pixels)."""
+    ids = np.zeros((height, width), dtype=np.uint16) if out is None else out
+    for index, (crop, box) in enumerate(zip(crops, boxes)):
+        value = index + 1 if values is None else int(values[index])
+        if not value:
+            continue
+        x0, y0, x1, y1 = (int(v) for v in box)
+        region = ids[y0:y1, x0:x1]
+        region[(region == 0) & np.asarray(crop, dtype=bool)] = value
     return ids

@@ -758,7 +758,7 @@ class OVSAMNode(LifecycleNode):
                 mask = CroppedMask(np.ones((max(0, y1 - y0), max(0, x1 - x0)), bool), x0, y0)
             else:
                 x0, y0, x1, y1 = r.box
-                mask = CroppedMask(np.asarray(r.mask[y0:y1, x0:x1], bool), x0, y0)
+                mask = CroppedMask(np.asarray(r.mask_crop, bool), x0, y0)  # no full-frame mask needed
                 label = r.labels[0].class_index if r.labels else -1
             observations.append(Observation(mask, label, key))
         stamp = stamp_seconds(header)

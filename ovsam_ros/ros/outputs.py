@@ -23,8 +23,8 @@ from ovsam_ros.results import InstanceResult
 from ovsam_ros.robot.depth3d import InstanceGeometry
 from ovsam_ros.robot.detections import PromptSource
 from ovsam_ros.robot.tracking import track_id_pixel
-from ovsam_ros.ros.image_conversion import numpy_to_image
-from ovsam_ros.ros.messages import instance_id_image, labeled_mask_msg
+from ovsam_ros.ros.image_conversion import new_image_msg, numpy_to_image
+from ovsam_ros.ros.messages import instance_id_image, instance_id_image_from_crops, labeled_mask_msg
 
 try:  # optional: only on full ROS installs
     from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
@@ -77,9 +77,11 @@ def labeled_mask_array(
         if mode == "text" and r.query_score is not None:
             # The phrase is the answer in text mode; class_index -1: not a vocabulary class.
             labels = [(-1, query, r.query_score)] + labels
+        # Predictor results carry their mask cropped to the box: never build the full frame.
+        mask, box = (r.mask, None) if r.crop is None else (r.crop, r.box)
         instances.append(labeled_mask_msg(
-            r.mask, instance_id=i, prompt_index=r.prompt_index, labels=labels,
-            predicted_iou=float(r.predicted_iou), stability_score=float(r.stability_score),
+            mask, instance_id=i, prompt_index=r.prompt_index, labels=labels,
+            predicted_iou=float(r.predicted_iou), stability_score=float(r.stability_score), crop_box=box,
         ))
     if extras is not None:
         _apply_extras(msg, instances, extras)
@@ -111,6 +113,11 @@ def instance_ids_msg(results: Sequence[InstanceResult], header: Any, image_hw: t
                      track_ids: Optional[Sequence[int]] = None) -> Any:
     """mono16: ``instance_id + 1``, or with tracking the track id (wrapped to 1..65535; 0 = tentative, left out)."""
     values = None if track_ids is None else [track_id_pixel(t) for t in track_ids]
+    if all(r.crop is not None for r in results):  # drawn straight into the message's pixels
+        msg, pixels = new_image_msg(image_hw[0], image_hw[1], "mono16", header)
+        instance_id_image_from_crops([r.crop for r in results], [r.box for r in results], *image_hw, out=pixels,
+                                     values=values)
+        return msg
     ids = instance_id_image([r.mask for r in results], image_hw[0], image_hw[1], values)
     return numpy_to_image(ids, "mono16", header)
 

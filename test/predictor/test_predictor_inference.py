@@ -72,3 +72,34 @@ def test_reduced_precision_converts_the_image_path_once():
     assert {p.dtype for p in model.backbone.clip.visual.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in model.decoder.parameters()} == {torch.float32}  # runs under autocast
     assert predictor._packed_text.matrix.dtype == torch.bfloat16
+
+
+def test_results_carry_box_crops_equal_to_sam_postprocessing(image):
+    """Masks are thresholded and cropped on the device; the crop, box and (lazily built) full mask
+    equal segment_anything's own postprocessing of the same low-res logits."""
+    from segment_anything.modeling import Sam
+
+    from ovsam_ros.predictor import EverythingOptions
+    from ovsam_ros.results import mask_box
+
+    model = tiny_model(seed=5)
+    predictor = OVSAMPredictor(model, vocabulary=None)
+    predictor.set_image(image)
+
+    class _Encoder(torch.nn.Module):
+        img_size = model.image_size
+
+    sam = Sam(_Encoder(), model.decoder.prompt_encoder, model.decoder.mask_decoder)
+    prompts = [Prompt(box=[150, 80, 320, 200]), Prompt(points=[[200, 120]]), Prompt(points=[[20, 280]])]
+    options = EverythingOptions(points_per_side=4, pred_iou_thresh=-1e9, stability_score_thresh=0.0)
+    results = predictor.predict(prompts, multimask_output=True, keep="all") + predictor.everything(options)
+    assert len(results) > 9
+    for r in results:
+        assert r.crop is not None and r.__dict__.get("_mask") is None
+        low = torch.as_tensor(r.low_res_logits)[None, None]
+        with torch.no_grad():
+            full = (sam.postprocess_masks(low, predictor.input_size, predictor.original_size) > 0)[0, 0].numpy()
+        assert r.box == mask_box(full)
+        x0, y0, x1, y1 = r.box
+        assert np.array_equal(r.crop, full[y0:y1, x0:x1]) and r.area == int(full.sum())
+        assert np.array_equal(r.mask, full)

@@ -1,0 +1,63 @@
+"""Messages and the instance-ID image built from masks cropped to their boxes equal those built
+from the full-frame masks (the predictor's results never hold a full-frame mask)."""
+
+import numpy as np
+import pytest
+
+from ovsam_ros.results import InstanceResult, LabelScore, mask_box
+from ovsam_ros.ros import outputs
+from ovsam_ros.ros.messages import instance_id_image, instance_id_image_from_crops, labeled_mask_msg
+
+
+def _masks(h: int = 40, w: int = 60, n: int = 6, seed: int = 0) -> list:
+    rng = np.random.default_rng(seed)
+    masks = []
+    for i in range(n):
+        m = np.zeros((h, w), bool)
+        if i != 2:  # mask 2 stays empty
+            x0, y0 = rng.integers(0, w - 10), rng.integers(0, h - 10)
+            m[y0 : y0 + rng.integers(2, 20), x0 : x0 + rng.integers(2, 30)] = True
+            m[rng.integers(0, h), rng.integers(0, w)] = True  # a stray pixel widens the box
+        masks.append(m)
+    return masks
+
+
+def _crop(mask):
+    x0, y0, x1, y1 = mask_box(mask)
+    return mask[y0:y1, x0:x1], (x0, y0, x1, y1)
+
+
+def test_instance_ids_from_crops_equal_full_masks():
+    masks = _masks()
+    crops, boxes = zip(*(_crop(m) for m in masks))
+    assert np.array_equal(instance_id_image_from_crops(crops, boxes, 40, 60), instance_id_image(masks, 40, 60))
+
+
+def test_labeled_mask_from_crop_equals_full_mask_message():
+    for mask in _masks():
+        crop, box = _crop(mask)
+        a = labeled_mask_msg(mask, instance_id=1, labels=[(3, "cup", 0.7)])
+        b = labeled_mask_msg(crop, instance_id=1, labels=[(3, "cup", 0.7)], crop_box=box)
+        assert a.bbox == b.bbox and a.mask == b.mask
+    with pytest.raises(ValueError, match="does not fit"):
+        labeled_mask_msg(np.ones((3, 3), bool), instance_id=0, crop_box=(0, 0, 4, 3))
+
+
+def test_outputs_use_crops_without_building_full_masks():
+    from std_msgs.msg import Header
+
+    masks = _masks()
+    results = []
+    for i, mask in enumerate(masks):
+        crop, box = _crop(mask)
+        results.append(InstanceResult(None, 0.9, 0.8, box, [LabelScore(i, f"c{i}", 0.5)], prompt_index=i,
+                                      crop=crop, image_size=(40, 60)))
+    array = outputs.labeled_mask_array(results, Header(), (40, 60), mode="prompt")
+    ids = outputs.instance_ids_msg(results, Header(), (40, 60))
+    assert all(r.__dict__.get("_mask") is None for r in results)  # no full-frame mask was built
+    full = [InstanceResult(m, 0.9, 0.8, mask_box(m), [LabelScore(i, f"c{i}", 0.5)], prompt_index=i)
+            for i, m in enumerate(masks)]
+    assert outputs.labeled_mask_array(full, Header(), (40, 60), mode="prompt").instances == array.instances
+    assert outputs.instance_ids_msg(full, Header(), (40, 60)) == ids
+    assert [r.area for r in results] == [int(m.sum()) for m in masks]
+    assert all(np.array_equal(r.mask, m) for r, m in zip(results, masks))  # built on demand
