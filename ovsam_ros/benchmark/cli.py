@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU); default: PyTorch's")
     r.add_argument("--channels-last", action="store_true", help="NHWC convolutions (GPUs with tensor cores)")
     r.add_argument("--compile", action="store_true", help="torch.compile the image path and decoder")
+    r.add_argument("--plain", action="store_true",
+                   help="time the stage rows on the plain model (autocast, unfused) instead of the inference path; "
+                        "the frame[N] rows always show both")
     s = parser.add_argument_group("sweeps")
     s.add_argument("--prompts", type=int, nargs="+", default=[1, 10, 100], metavar="N",
                    help="prompt batch sizes (default 1 10 100)")
@@ -68,6 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="two-backbone baselines to measure alongside (default both; 'none' skips)")
     s.add_argument("--baseline-sam", default=None, choices=["tiny", "vit_b", "vit_l", "vit_h"],
                    help="SAM image encoder of the baseline (default: vit_h for full-size models, tiny for tiny)")
+    s.add_argument("--no-frames", action="store_true",
+                   help="skip the end-to-end frame[N] rows (plain vs optimised path, FPS, aten ops per frame)")
     s.add_argument("--no-region-branch", action="store_true",
                    help="skip timing OVSAM's optional frozen-CLIP ensemble branch")
     h = parser.add_argument_group("measurement")
@@ -93,7 +98,7 @@ def settings_from_args(args: argparse.Namespace, command: str):
         synonyms=args.synonyms, predictor_classes=args.predictor_classes, grids=list(args.grid),
         repeats=args.repeats, warmup=args.warmup, memory=not args.no_memory, flops_only=args.flops_only,
         baselines=baselines, baseline_sam=args.baseline_sam, region_branch=not args.no_region_branch,
-        everything_filters=not args.everything_unfiltered,
+        everything_filters=not args.everything_unfiltered, frames=not args.no_frames, optimize=not args.plain,
         channels_last=args.channels_last, compile=args.compile, load_weights=args.load_weights, seed=args.seed,
         command=command,
     )

@@ -18,6 +18,8 @@ initialised copies of the (small) decoder and CLIP2SAM head on the CPU.
 
 from __future__ import annotations
 
+import math
+
 import contextlib
 from dataclasses import dataclass, field
 from functools import partial
@@ -103,14 +105,30 @@ def default_sam_family(cfg: OVSAMConfig) -> str:
     return "vit_h" if cfg.sam2clip.embed_dim == 1280 else "tiny"
 
 
+#: Mean synonyms per class of the shipped vocabularies (COCO 1.0, LVIS 1.52, ImageNet-21K 1.87).
+MEAN_SYNONYMS = {80: 1.0, 1203: 1.52, 21843: 1.87}
+
+
 def random_text(num_classes: int, num_synonyms: int, dim: int, device: torch.device | str = "cpu",
-                dtype: torch.dtype = torch.float32, seed: int = 0) -> TextEmbeddings:
-    """Random unit text embeddings [C, S, D] (timing/FLOPs only: the values do not matter)."""
+                dtype: torch.dtype = torch.float32, seed: int = 0, ragged: bool = False) -> TextEmbeddings:
+    """Random unit text embeddings [C, S, D] (timing/FLOPs only: the values do not matter).
+
+    ``ragged``: valid synonyms per class drawn so their mean is that of the shipped vocabulary
+    of this size (padding as in real vocabularies: what the packed text matrix drops).
+    """
     from ovsam_ros.model.vocabulary import Vocabulary
 
     gen = torch.Generator().manual_seed(seed)
     emb = torch.nn.functional.normalize(torch.randn(num_classes, num_synonyms, dim, generator=gen), dim=-1)
     valid = torch.ones(num_classes, num_synonyms, dtype=torch.bool)
+    mean = MEAN_SYNONYMS.get(num_classes, 1.87)
+    if ragged and num_synonyms > 1 and mean > 1.0:
+        # geometric counts >= 1 with the target mean, capped at num_synonyms
+        u = torch.rand(num_classes, generator=gen).clamp(min=1e-12)
+        counts = (torch.log(u) / math.log(1.0 - 1.0 / mean)).floor().long() + 1
+        counts = counts.clamp(max=num_synonyms)
+        valid = torch.arange(num_synonyms) < counts.unsqueeze(1)
+        emb = emb * valid.unsqueeze(-1)
     names = [f"class {i}" for i in range(num_classes)]
     vocab = Vocabulary(name=f"random{num_classes}", version="", classes=names, synonyms=[[n] for n in names])
     return TextEmbeddings(emb, valid, vocab).to(device, dtype)

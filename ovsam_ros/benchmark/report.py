@@ -113,6 +113,13 @@ def render(report: Dict[str, Any], markdown: bool = False) -> str:
         out.append("")
         out.append(_table(header, rows, markdown))
         out.append(run["summary"]["note"])
+        if run.get("frames"):
+            from ovsam_ros.benchmark.frame import FRAME_HEADER, frame_table_rows
+
+            out.append("")
+            out.append(_table(FRAME_HEADER, frame_table_rows(run["frames"]), markdown))
+            out.append("frame[N] = set_image (preprocess + encode) + predict(N clicks) with host results; same weights "
+                       "and frame on both paths; aten ops counted with torch.profiler (CPU side) for one frame.")
         if run.get("everything_kept"):
             out.append(f"everything mode masks kept (random weights): {run['everything_kept']}")
     out.append("")

@@ -56,6 +56,8 @@ class BenchSettings:
     everything_filters: bool = True  # False: no IoU/stability filtering (worst case for everything mode)
     channels_last: bool = False
     compile: bool = False
+    optimize: bool = True  # stage rows on the inference path (False: plain modules under autocast)
+    frames: bool = True  # end-to-end frame[N] rows, plain and optimised side by side
     load_weights: bool = False
     seed: int = 0
     command: str = ""
@@ -116,7 +118,11 @@ def build_timed_model(cfg: OVSAMConfig, spec, backend: str, settings: BenchSetti
     model = model.to(device).eval()
     if backend == "torch":
         from ovsam_ros.export.torch_runtime import optimize_for_inference
+        from ovsam_ros.model.inference import prepare_for_inference
+        from ovsam_ros.runtime import PRECISIONS
 
+        if settings.optimize:  # before compiling: the compiled graphs must see the final modules
+            prepare_for_inference(model, PRECISIONS[settings.precision])
         model = optimize_for_inference(model, channels_last=settings.channels_last, compile=settings.compile)
     return model
 
@@ -213,8 +219,26 @@ def _run_size(cfg: OVSAMConfig, spec, backend: str, settings: BenchSettings, dev
         "image_size": cfg.image_size, "embedding_size": cfg.embedding_size, "baseline_sam": family,
         "params": flops.params, "stages": [r.to_dict() for r in ordered], **extra,
     }
+    if not settings.flops_only and settings.frames and backend == "torch":
+        from ovsam_ros.benchmark.frame import time_frames
+        from ovsam_ros.benchmark.stages import random_frame
+
+        say("  end-to-end frames, plain vs optimised path")
+        text = random_text(settings.predictor_classes, synonyms_for(settings.predictor_classes), _clip_dim(cfg),
+                           ragged=True)
+        run["frames"] = time_frames(cfg, text, random_frame(*settings.frame), settings.prompts, device,
+                                    settings.precision, settings.repeats, settings.warmup, settings.memory,
+                                    settings.seed, say)
     run["summary"] = summarize(run, settings)
     return run
+
+
+def _clip_dim(cfg: OVSAMConfig) -> int:
+    from ovsam_ros.model.backbone import register_tiny_clip_configs
+    from open_clip import factory
+
+    register_tiny_clip_configs()
+    return int(cfg.clip2sam.embed_dim or factory.get_model_config(cfg.backbone.model_name)["embed_dim"])
 
 
 def _group_of(name: str, params: Dict[str, Any]) -> str:
@@ -252,8 +276,9 @@ def _time_size(cfg, spec, backend, settings, device, family, say):
                          warmup=settings.warmup, memory=settings.memory, channels_last=settings.channels_last)
     runner = StageRunner(opts, log=say)
     dim = model.clip_dim
-    text = random_text(settings.predictor_classes, synonyms_for(settings.predictor_classes), dim)
-    predictor = OVSAMPredictor(model, vocabulary=text, device=str(device), precision=settings.precision)
+    text = random_text(settings.predictor_classes, synonyms_for(settings.predictor_classes), dim, ragged=True)
+    predictor = OVSAMPredictor(model, vocabulary=text, device=str(device), precision=settings.precision,
+                               optimize=settings.optimize)
     frame = random_frame(*settings.frame)
     extra = time_ovsam(model, predictor, frame, settings.prompts, settings.vocab_pairs(), settings.grids, runner,
                        region_branch=settings.region_branch, everything_filters=settings.everything_filters)

@@ -40,10 +40,11 @@ from segment_anything.utils.amg import calculate_stability_score
 from ovsam_ros.benchmark.flops import build_sam_encoder, point_prompts, random_text
 from ovsam_ros.benchmark.harness import StageResult, measure_memory, time_call
 from ovsam_ros.image_input import to_uint8_rgb
+from ovsam_ros.model.inference import inference_dtype
 from ovsam_ros.model.ovsam import OVSAM, ImageFeatures, masks_to_boxes
 from ovsam_ros.model.recognition import class_logits, topk_labels
 from ovsam_ros.model.transforms import ImageTransform
-from ovsam_ros.results import InstanceResult, mask_box
+from ovsam_ros.results import InstanceResult
 from ovsam_ros.runtime import autocast
 
 
@@ -74,12 +75,13 @@ class StageRunner:
         self.log = log or (lambda _msg: None)
 
     def run(self, name: str, group: str, fn: Callable[[], Any], params: Optional[dict] = None,
-            note: str = "", repeats: Optional[int] = None) -> StageResult:
+            note: str = "", repeats: Optional[int] = None, use_autocast: bool = True) -> StageResult:
         row = StageResult(name=name, group=group, params=dict(params or {}), note=note)
         opts = self.opts
+        precision = opts.precision if use_autocast else "fp32"  # fp32 = no autocast
 
         def call() -> Any:
-            with torch.inference_mode(), autocast(opts.device, opts.precision):
+            with torch.inference_mode(), autocast(opts.device, precision):
                 return fn()
 
         row.timing = time_call(call, opts.device, repeats or opts.repeats, opts.warmup)
@@ -91,7 +93,7 @@ class StageRunner:
 
 
 def _features(model, x: torch.Tensor, opts: TimingOptions) -> ImageFeatures:
-    with torch.inference_mode(), autocast(opts.device, opts.precision):
+    with torch.inference_mode(), autocast(opts.device, opts.precision if inference_dtype(model) is None else "fp32"):
         return model.encode_image(x)
 
 
@@ -106,19 +108,26 @@ def time_ovsam(model, predictor, frame: np.ndarray, prompts: Sequence[int], voca
     input_size = transform.get_input_size(original)
 
     def preprocess() -> torch.Tensor:
-        x = transform.apply_image(to_uint8_rgb(frame)).to(device)
+        if getattr(predictor, "device_preprocess", False):  # what set_image does on a GPU
+            x = transform.apply_image_device(to_uint8_rgb(frame), device)
+        else:
+            x = transform.apply_image(to_uint8_rgb(frame)).to(device)
         return x.contiguous(memory_format=torch.channels_last) if opts.channels_last else x
 
     runner.run("preprocess", "image", preprocess, note=f"{original[1]}x{original[0]} uint8 -> {model.image_size}px")
     x = preprocess()
+    # The inference path holds its image-path weights in the inference dtype and runs them
+    # without autocast (as set_image does); the plain path runs under autocast.
+    plain = inference_dtype(model) is None
     if isinstance(model, OVSAM):
-        with torch.inference_mode(), autocast(device, opts.precision):
+        with torch.inference_mode(), autocast(device, opts.precision if plain else "fp32"):
             clip_feats = model.backbone(x)
-        runner.run("clip_encoder", "image", lambda: model.backbone(x))
-        runner.run("sam2clip", "image", lambda: model.sam2clip(clip_feats))
-        runner.run("fpn", "image", lambda: model.clip2sam.fpn_features(clip_feats))
+        runner.run("clip_encoder", "image", lambda: model.backbone(x), use_autocast=plain)
+        runner.run("sam2clip", "image", lambda: model.sam2clip(clip_feats), use_autocast=plain)
+        runner.run("fpn", "image", lambda: model.clip2sam.fpn_features(clip_feats), use_autocast=plain)
         del clip_feats
-    runner.run("encode_image", "image", lambda: model.encode_image(x), note="what set_image() runs")
+    runner.run("encode_image", "image", lambda: model.encode_image(x), note="what set_image() runs",
+               use_autocast=plain)
     features = _features(model, x, opts)
 
     # The predictor shares these features (as set_image would have computed them).
@@ -147,13 +156,16 @@ def time_ovsam(model, predictor, frame: np.ndarray, prompts: Sequence[int], voca
         with torch.inference_mode(), autocast(device, opts.precision):
             low_res = model.decode(features, coords, labels, multimask_output=False)["masks_lowres"].float()
 
-        def postprocess() -> list:
+        def postprocess() -> tuple:
+            # As the predictor does: upsample + threshold on the device, masks cropped to their
+            # boxes there, one host copy for all crops.
             logits = transform.postprocess_masks(low_res, original)
-            stability = calculate_stability_score(logits, 0.0, 1.0).cpu().numpy()
-            masks = (logits > 0.0).cpu().numpy()
-            return [(mask_box(masks[i, 0]), stability[i, 0]) for i in range(masks.shape[0])]
+            stability = calculate_stability_score(logits, 0.0, 1.0)
+            boxes, crops = predictor._host_crops(logits.flatten(0, 1))
+            return boxes, crops, stability.cpu().numpy()
 
-        runner.run("postprocess", "prompt", postprocess, params, note=f"to {original[1]}x{original[0]}, host masks")
+        runner.run("postprocess", "prompt", postprocess, params,
+                   note=f"to {original[1]}x{original[0]}, host masks cropped to their boxes")
         h, w = original
         pts = point_prompts(n, (h, w), seed=1)[0].cpu().numpy()
         clicks = [Prompt(points=pts[i].tolist(), point_labels=[1]) for i in range(n)]
