@@ -21,6 +21,8 @@ because an untrained recognition head gives meaningless labels.
       top_k: 5
       text_cache_dir: ~/.cache/ovsam_ros/text
       optimize: true             # inference path: BN folded, weights in the inference dtype, fused attention
+      compile: off               # off | reduce-overhead (CUDA graphs) | max-autotune | default; CUDA only
+      compile_cache_dir: ~/.cache/ovsam_ros/compile   # persistent compile cache (warm restarts in seconds)
 """
 
 from __future__ import annotations
@@ -99,6 +101,8 @@ class PredictorSpec:
     top_k: int = 5
     text_cache_dir: Optional[str] = "~/.cache/ovsam_ros/text"
     optimize: bool = True  # False: the plain modules under autocast (A/B comparisons)
+    compile: str = "off"  # torch.compile mode on CUDA (ovsam_ros.model.compile.COMPILE_MODES); ignored on CPU
+    compile_cache_dir: Optional[str] = "~/.cache/ovsam_ros/compile"
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -251,5 +255,7 @@ def build_predictor(source: Union[str, Path, dict[str, Any]], **overrides: Any):
         text_cache=cache,
         trained=model_spec.trained,
         optimize=predictor_spec.optimize,
+        compile=predictor_spec.compile,
+        compile_cache_dir=_expand(predictor_spec.compile_cache_dir) if predictor_spec.compile_cache_dir else None,
     )
     return predictor

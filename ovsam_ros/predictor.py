@@ -27,6 +27,7 @@ from torchvision.ops import batched_nms
 
 from ovsam_ros.image_input import to_uint8_rgb
 from ovsam_ros.model.fingerprint import text_weights_fingerprint
+from ovsam_ros.model.compile import check_compile_mode, compile_model
 from ovsam_ros.model.inference import prepare_for_inference
 from ovsam_ros.model.ovsam import OVSAM, ImageFeatures, masks_to_boxes
 from ovsam_ros.model.packed_text import PackedText, packed_class_logits
@@ -79,6 +80,8 @@ class OVSAMPredictor:
         max_prompts_per_batch: int = 64,
         trained: bool = False,
         optimize: bool = True,
+        compile: str = "off",
+        compile_cache_dir: Optional[str] = None,
     ) -> None:
         self.device = resolve_device(device)
         self.precision = check_precision(precision)
@@ -89,6 +92,15 @@ class OVSAMPredictor:
         self.optimized = bool(optimize) and isinstance(model, OVSAM)
         if self.optimized:
             prepare_for_inference(self.model, PRECISIONS[self.precision])
+        # compile: torch.compile mode (e.g. "reduce-overhead": CUDA graphs) on CUDA only; the
+        # compiled artefacts are saved to compile_cache_dir after the first frame, so a restart
+        # with a warm cache starts in seconds. Ignored (logged) on CPUs.
+        self._compile_cache = None
+        self.compiled = False
+        if check_compile_mode(compile) != "off" and isinstance(model, OVSAM):
+            self._compile_cache = compile_model(self.model, compile, compile_cache_dir, self.device)
+            self.compiled = self.device.type == "cuda"
+        self._compile_saved: set[str] = set()
         self._packed_text: Optional[PackedText] = None
         # Resize/normalise/pad where the model runs: on a GPU that is ~0.2 ms instead of ~10 ms
         # of host work plus a float upload; on CPUs PIL's resize is the faster of the two.
@@ -189,6 +201,7 @@ class OVSAMPredictor:
         with contextlib.nullcontext() if self.optimized else autocast(self.device, self.precision):
             features = self.model.encode_image(batch)
         self.features = features
+        self._save_compile_cache("encode")
         self.original_size = (rgb.shape[0], rgb.shape[1])
         self.input_size = self.transform.get_input_size(self.original_size)
         self._image_rgb = rgb
@@ -201,6 +214,17 @@ class OVSAMPredictor:
 
     def restore_image_state(self, state: tuple) -> None:
         self.features, self.original_size, self.input_size, self._image_rgb = state
+
+    def _save_compile_cache(self, stage: str) -> None:
+        """After the first encode / decode, persist what was compiled (once per stage)."""
+        if self._compile_cache is None or stage in self._compile_saved:
+            return
+        self._compile_saved.add(stage)
+        try:
+            path = self._compile_cache.save()
+            log.info("compile cache written after the first %s: %s", stage, path)
+        except Exception as error:  # never lose a frame over the cache
+            log.warning("could not write the compile cache: %s", error)
 
     @property
     def is_image_set(self) -> bool:
@@ -252,6 +276,8 @@ class OVSAMPredictor:
                 decoded = self._upsample(decoded)
                 for prompt_index, candidates in zip(chunk, self._to_results(decoded, chunk)):
                     results[prompt_index] = candidates
+        if checked:
+            self._save_compile_cache("decode")
         return [r for rs in results if rs for r in rs]
 
     def _decode(self, prompts: Sequence[CheckedPrompt], multimask_output: bool) -> dict[str, torch.Tensor]:
