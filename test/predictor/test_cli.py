@@ -120,11 +120,27 @@ def test_corrupt_image_file(tmp_path, capsys):
 
 
 def test_sixteen_bit_grey_image(tmp_path):
-    path = tmp_path / "depth.png"
-    cv2.imwrite(str(path), (np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 20))
-    out = tmp_path / "d.json"
-    assert main(["segment", str(path), "--box", "5,5,40,30", "--out", str(out), "-q"]) == 0
-    assert json.loads(out.read_text())["width"] == 64
+    # A 16-bit grey PNG and its explicit 8-bit version (v8 * 257 + noise inside the rounding bucket,
+    # written by hand) must give the same result; cv2 would otherwise be free to read either way.
+    rng = np.random.default_rng(4)
+    yy, xx = np.mgrid[:48, :64]
+    grey8 = ((xx * 4 + yy * 2) % 256).astype(np.uint8)
+    grey8[10:30, 12:40] = 230
+    grey16 = (grey8.astype(np.int32) * 257 + rng.integers(-128, 128, grey8.shape)).clip(0, 65535).astype(np.uint16)
+    results = []
+    for name, pixels in (("depth16.png", grey16), ("grey8.png", grey8)):
+        path, out = tmp_path / name, tmp_path / f"{name}.json"
+        assert cv2.imwrite(str(path), pixels)
+        assert cv2.imread(str(path), cv2.IMREAD_UNCHANGED).dtype == pixels.dtype
+        assert main(["segment", str(path), "--box", "5,5,40,30", "--point", "20,20", "--out", str(out), "-q",
+                     "--threads", "1"]) == 0
+        results.append(json.loads(out.read_text()))
+    wide, narrow = results
+    assert (wide["width"], wide["height"]) == (64, 48)
+    assert len(wide["instances"]) == len(narrow["instances"]) == 2
+    for a, b in zip(wide["instances"], narrow["instances"]):
+        assert np.array_equal(decode_rle(a["segmentation"]), decode_rle(b["segmentation"]))
+        assert a["predicted_iou"] == b["predicted_iou"] and a["labels"] == b["labels"]
 
 
 # ----------------------------------------------------------------------------- bad input (issue #14)

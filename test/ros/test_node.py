@@ -194,14 +194,26 @@ def test_16bit_and_float_images(make_node):
     from ovsam_ros.ros.image_conversion import numpy_to_image
 
     node = make_node()
-    node._on_prompts(prompts_msg([Prompt(points=[[50, 40]])], persistent=True))
-    depth = (np.random.default_rng(1).random((60, 80)) * 4000).astype(np.uint16)
-    for pixels, encoding in ((depth, "16UC1"), (depth.astype(np.float32) / 4000, "32FC1"),
-                             (np.dstack([depth] * 3), "rgb16")):
-        msg = numpy_to_image(pixels, encoding, make_image(test_image()).header)
+    node._on_prompts(prompts_msg([Prompt(points=[[50, 40]]), Prompt(box=[10, 10, 80, 70])], persistent=True))
+    rgb = test_image()
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    rng = np.random.default_rng(1)
+    # Hand-made wide encodings of the same 8-bit pixels: v * 257 (+ noise inside the rounding bucket)
+    # for 16 bit, v / 255 (+ noise under half a step) for float. Each must give the 8-bit result.
+    wide = lambda v: (v.astype(np.int32) * 257 + rng.integers(-128, 128, v.shape)).clip(0, 65535).astype(np.uint16)
+    unit = lambda v: (v / 255 + rng.uniform(-0.4, 0.4, v.shape) / 255).clip(0, 1).astype(np.float32)
+    grey_reference = feed(node, make_image(np.repeat(grey[:, :, None], 3, axis=2), "rgb8"))
+    rgb_reference = feed(node, make_image(rgb, "rgb8"))
+    assert len(grey_reference.masks.instances) == 2
+    for pixels, encoding, reference in ((wide(grey), "16UC1", grey_reference), (wide(grey), "mono16", grey_reference),
+                                        (unit(grey), "32FC1", grey_reference), (wide(rgb), "rgb16", rgb_reference),
+                                        (np.ascontiguousarray(wide(rgb)[:, :, ::-1]), "bgr16", rgb_reference)):
+        msg = numpy_to_image(pixels, encoding, make_image(rgb).header)
         out = feed(node, msg)
         assert out is not None, encoding
-        assert_outputs_match(out.masks, out.instance_ids, msg.header, (60, 80))
+        assert_outputs_match(out.masks, out.instance_ids, msg.header, (96, 128))
+        for got, want in zip(full_masks(out.masks), full_masks(reference.masks), strict=True):
+            assert np.array_equal(got, want), encoding
 
 
 def _lying(msg, **fields):
