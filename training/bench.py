@@ -126,7 +126,7 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     lo, hi = args.source_size
     data = make_dataset(work / "data", train=n_images, val=0, seed=0, size_range=(lo, hi),
                         max_objects=args.instances, radius_range=(0.04 * lo, 0.12 * lo))
-    common = [f"train.max_steps={steps}", f"train.batch_size={args.batch_size}", "train.epochs=1",
+    common = [f"train.max_steps={steps}", f"train.batch_size={args.batch_size}",
               f"train.num_workers={args.num_workers}", f"train.device={args.device}", f"train.amp={args.amp}",
               "train.progress=false", "train.tensorboard=false", "train.checkpoint_every=0",
               "train.log_every=1000000", f"model.preset={args.model}", "model.include_backbone=false",
@@ -138,7 +138,7 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     results: Dict[str, Dict[str, Any]] = {}
     cache = work / "teacher_cache"
     s1 = [f"data.images={data['images']}/train", f"teacher.kind={teacher}", f"teacher.dtype={args.teacher_dtype}",
-          f"teacher.cache_dir={cache}", "teacher.cache_dtype=float16"]
+          f"teacher.cache_dir={cache}", "teacher.cache_dtype=float16", "train.epochs=1"]
     if args.teacher_checkpoint:
         s1.append(f"teacher.checkpoint={args.teacher_checkpoint}")
     if teacher == "tiny" and not args.model.startswith("tiny"):
@@ -159,7 +159,7 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
         else:
             cfg = _quiet_cfg(stage2.DEFAULTS, None, [
                 *common, f"data.annotations={data['train']}", f"data.images={data['images']}",
-                "data.vocabulary=null", "data.instances_per_image=40", "text.templates=vild",
+                "data.vocabulary=null", "data.instances_per_image=40", "text.templates=vild", "train.epochs=1000",
                 f"output_dir={work / stage}"])
             info = stage2.train(cfg, quiet=True)
         res = summarize(info.history, args.warmup, args.batch_size)
