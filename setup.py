@@ -5,7 +5,18 @@ training pipeline. The ROS messages are built by CMake (colcon, or tools/setup.s
 Pinned versions live in requirements.txt; the ranges here are only what the code needs.
 """
 
+from glob import glob
+
 from setuptools import find_packages, setup
+
+# The files a colcon install puts in share/ovsam_ros (CMakeLists.txt) go to the same place
+# under the pip prefix; ovsam_ros.resources finds them there (model YAMLs for `--model tiny`,
+# the .msg definitions for rosbag label extraction, the node's parameter files).
+SHARE = "share/ovsam_ros"
+DATA_FILES = [(f"{SHARE}/{folder}", sorted(glob(f"{folder}/*.{ext}")))
+              for folder, ext in (("config", "yaml"), ("config/models", "yaml"), ("launch", "py"),
+                                  ("msg", "msg"), ("srv", "srv"))]
+DATA_FILES.append((SHARE, ["package.xml"]))
 
 setup(
     name="ovsam_ros",
@@ -18,6 +29,7 @@ setup(
     packages=find_packages(include=["ovsam_ros", "ovsam_ros.*", "training", "training.*"]),
     package_data={"ovsam_ros": ["data/vocabularies/*.json", "data/samples/*"],
                   "training": ["configs/*.yaml"]},
+    data_files=DATA_FILES,
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",

@@ -3,10 +3,12 @@
     ros2 launch ovsam_ros ovsam.launch.py camera:=/camera/color/image_raw
     ros2 launch ovsam_ros ovsam.launch.py config:=$(ros2 pkg prefix ovsam_ros)/share/ovsam_ros/config/jetson.yaml
     ros2 launch ovsam_ros ovsam.launch.py namespace:=front model:=rn50x16 device:=cuda precision:=fp16
+    ros2 launch ovsam_ros ovsam.launch.py camera:=/front/image_raw image_transport:=compressed
 
 Arguments: config (parameters YAML), namespace, camera (image topic; its
-``/compressed`` sibling is remapped too), model / device / precision (override the
-config when not empty), autostart (configure + activate through the lifecycle).
+``/compressed`` sibling is remapped too), model / device / precision / image_transport /
+input_reliability / input_depth / output_reliability (override the config when not
+empty), autostart (configure, then activate once configure succeeded).
 
 Needs launch and launch_ros (a ROS 2 install). Without them, start the node with
 its console script: ``ovsam-node --params-file config/ovsam.yaml --ros-args -r image:=/camera/image_raw``.
@@ -24,13 +26,18 @@ from launch_ros.substitutions import FindPackageShare
 from lifecycle_msgs.msg import Transition
 
 
+# Launch arguments that override one node parameter when not empty (name -> parameter type).
+OVERRIDES = {"model": str, "device": str, "precision": str, "image_transport": str,
+             "input_reliability": str, "input_depth": int, "output_reliability": str}
+
+
 def _node_and_lifecycle(context, *args, **kwargs):
     camera = LaunchConfiguration("camera").perform(context).rstrip("/")
     overrides = {}
-    for name in ("model", "device", "precision"):
-        value = LaunchConfiguration(name).perform(context)
+    for name, kind in OVERRIDES.items():
+        value = LaunchConfiguration(name).perform(context).strip()
         if value:  # empty: keep the config file's value
-            overrides[name] = value
+            overrides[name] = kind(value)
     node = LifecycleNode(
         package="ovsam_ros",
         executable="ovsam_node",
@@ -46,9 +53,12 @@ def _node_and_lifecycle(context, *args, **kwargs):
         event=ChangeState(lifecycle_node_matcher=matches_action(node), transition_id=Transition.TRANSITION_CONFIGURE),
         condition=autostart,
     )
+    # Activate only when a CONFIGURE reached inactive: with goal_state alone, every return to
+    # inactive (an operator's deactivate) would re-activate the node at once.
     activate = RegisterEventHandler(
         OnStateTransition(
             target_lifecycle_node=node,
+            start_state="configuring",
             goal_state="inactive",
             entities=[EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
                                                   transition_id=Transition.TRANSITION_ACTIVATE))],
@@ -70,6 +80,15 @@ def generate_launch_description() -> LaunchDescription:
                               description="model YAML name (config/models/) or path; empty = the config's"),
         DeclareLaunchArgument("device", default_value="", description="cpu | cuda | cuda:N | auto; empty = the config's"),
         DeclareLaunchArgument("precision", default_value="", description="fp32 | fp16 | bf16; empty = the config's"),
+        DeclareLaunchArgument("image_transport", default_value="",
+                              description="raw (subscribe <camera>) | compressed (<camera>/compressed); "
+                                          "empty = the config's"),
+        DeclareLaunchArgument("input_reliability", default_value="",
+                              description="camera QoS: best_effort (matches every camera) | reliable; "
+                                          "empty = the config's"),
+        DeclareLaunchArgument("input_depth", default_value="", description="camera QoS depth; empty = the config's"),
+        DeclareLaunchArgument("output_reliability", default_value="",
+                              description="QoS of the outputs: reliable | best_effort; empty = the config's"),
         DeclareLaunchArgument("autostart", default_value="true",
                               description="configure and activate the lifecycle node on launch"),
         OpaqueFunction(function=_node_and_lifecycle),

@@ -36,9 +36,12 @@ from typing import Any, Optional, Union
 import torch
 import yaml
 
+from ovsam_ros.backends import TORCH
+from ovsam_ros.backends import get as get_backend
 from ovsam_ros.model.checkpoints import load_ovsam
 from ovsam_ros.model.config import OVSAMConfig
 from ovsam_ros.model.ovsam import OVSAM, build_ovsam
+from ovsam_ros.resources import config_dir, model_config_dir, share_dirs
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,8 @@ PRESETS = {
     "convnext_large": OVSAMConfig.convnext_large,
 }
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+# config/ of the checkout or install this code runs from (ovsam_ros.resources); None when not found.
+CONFIG_DIR = config_dir()
 
 
 @dataclass
@@ -83,10 +87,8 @@ class ModelSpec:
     @property
     def trained(self) -> bool:
         """Whether every part that recognition depends on comes from a trained file."""
-        if self.backend == "onnx":
-            from ovsam_ros.export.backend import read_manifest
-
-            return bool(read_manifest(self).get("trained", False))
+        if self.backend != TORCH:
+            return get_backend(self.backend).trained(self)
         return bool(self.ovsam_checkpoint) or bool(
             self.clip_weights and self.sam2clip_checkpoint and self.clip2sam_checkpoint
         )
@@ -130,16 +132,28 @@ def _from_mapping(cls: type, data: Optional[dict[str, Any]], where: str):
     return cls(**data)
 
 
+def bundled_model_names() -> list[str]:
+    """Names ``model: <name>`` accepts (the YAMLs in the installed config/models/)."""
+    folder = model_config_dir()
+    return [] if folder is None else sorted(p.stem for p in folder.glob("*.yaml"))
+
+
 def resolve_config_path(name_or_path: Union[str, Path]) -> Path:
-    """A path, or the name of a file in config/models/ ("tiny", "rn50x16")."""
+    """A path, or the name of a bundled file in config/models/ ("tiny", "rn50x16")."""
     path = Path(_expand(str(name_or_path)))
     if path.is_file():
         return path
-    bundled = CONFIG_DIR / "models" / f"{name_or_path}.yaml"
+    folder = model_config_dir()
+    if folder is None:
+        looked = ", ".join(str(d) for d in share_dirs()) or "no share directory found"
+        raise FileNotFoundError(
+            f"model config {name_or_path!r} is not a file, and the bundled config/models/ of ovsam_ros was not "
+            f"found ({looked}; AMENT_PREFIX_PATH={os.environ.get('AMENT_PREFIX_PATH', '')!r})")
+    bundled = folder / f"{name_or_path}.yaml"
     if bundled.is_file():
         return bundled
-    choices = sorted(p.stem for p in (CONFIG_DIR / "models").glob("*.yaml"))
-    raise FileNotFoundError(f"model config {name_or_path!r} not found (not a file, not one of {choices})")
+    raise FileNotFoundError(f"model config {name_or_path!r} not found (not a file, not one of "
+                            f"{bundled_model_names()} in {folder})")
 
 
 def load_specs(source: Union[str, Path, dict[str, Any]]) -> tuple[ModelSpec, PredictorSpec]:
@@ -164,12 +178,8 @@ def load_specs(source: Union[str, Path, dict[str, Any]]) -> tuple[ModelSpec, Pre
 
 def build_model(spec: ModelSpec) -> OVSAM:
     """Build the model a spec describes; logs a loud warning when it is not fully trained."""
-    if spec.backend not in ("torch", "onnx"):
-        raise ValueError(f"model.backend must be 'torch' or 'onnx', got {spec.backend!r}")
-    if spec.backend == "onnx":
-        from ovsam_ros.export.backend import load_onnx_model
-
-        model = load_onnx_model(spec)
+    if spec.backend != TORCH:
+        model = get_backend(spec.backend).load(spec)
         if not model.trained:
             log.warning("\n" + "!" * 78 + f"\n!! UNTRAINED MODEL: the ONNX graphs in {spec.onnx_dir} were exported from a "
                         "model\n!! without trained weights: masks and labels are MEANINGLESS.\n" + "!" * 78)

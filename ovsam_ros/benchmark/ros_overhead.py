@@ -36,7 +36,6 @@ import zlib
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-ROOT = Path(__file__).resolve().parents[2]
 MODEL_STAGES = ("encode", "decode", "recognition")
 NODE_STAGES = ("preprocess", "publish", "total")
 
@@ -108,7 +107,7 @@ def run_client(out: Path, sizes: Sequence[tuple[int, int]], frames: int, warmup:
 
     deadline = time.monotonic() + timeout
     while not (node.count_subscribers("image") and node.count_publishers("ovsam/masks")
-               and node.count_subscribers("prompts")):
+               and node.count_subscribers("ovsam/prompts")):
         if time.monotonic() > deadline:
             raise TimeoutError("the OVSAM node did not appear")
         time.sleep(0.1)
@@ -244,7 +243,9 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         raise FileNotFoundError(f"{node_exe} missing: install the package (tools/setup.sh) first")
     with tempfile.TemporaryDirectory(prefix="ovsam_ros_overhead_") as tmp:
         tmp = Path(tmp)
-        config = yaml.safe_load((ROOT / "config" / "ovsam.yaml").read_text())
+        from ovsam_ros.resources import find_bundled
+
+        config = yaml.safe_load(find_bundled("config/ovsam.yaml").read_text())
         config["/**"]["ros__parameters"].update({
             "model": args.model, "num_threads": args.threads, "diagnostics_period": 0.02, "mode": "prompt",
             "publish_overlay": False, "max_rate_hz": 0.0, "publish_instance_ids": not args.no_instance_ids,
@@ -265,7 +266,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
             client = group.start([sys.executable, "-m", "ovsam_ros.benchmark.ros_overhead", "--client",
                                   str(records_path), "--frames", str(args.frames), "--warmup", str(args.warmup),
                                   "--timeout", str(args.timeout), "--sizes", *[f"{w}x{h}" for w, h in args.sizes]],
-                                 cwd=str(ROOT))
+                                 cwd=str(tmp))
             lines = wait_for_line(client, "done", timeout=args.timeout + 60 * len(args.sizes) * (args.frames + args.warmup))
             code = client.wait(timeout=30)
             if code != 0 or not records_path.exists():

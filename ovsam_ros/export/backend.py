@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ovsam_ros.backends import Backend, register
 from ovsam_ros.export.onnx_export import DECODER_INPUTS, DECODER_OUTPUTS, FORMAT, MANIFEST
 from ovsam_ros.model.config import OVSAMConfig
 from ovsam_ros.model.ovsam import ImageFeatures
@@ -304,3 +305,6 @@ def load_onnx_model(spec) -> OnnxOVSAM:
 
 
 __all__ = ["OnnxOVSAM", "TextTower", "load_onnx_model", "read_manifest", "resolve_providers", "sam_point_inputs"]
+
+
+register(Backend("onnx", load=load_onnx_model, trained=lambda spec: bool(read_manifest(spec).get("trained", False))))

@@ -15,13 +15,12 @@ import argparse
 import itertools
 import sys
 import time
-from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 import cv2
 import numpy as np
 
-SAMPLES_DIR = Path(__file__).resolve().parents[1] / "data" / "samples"
+from ovsam_ros.resources import SAMPLES_DIR  # package data: travels with the code
 
 
 def sample_images() -> list[tuple[str, np.ndarray]]:

@@ -58,7 +58,7 @@ def _listener(context: Any, output_dir: Path, result: DemoResult, printer) -> An
 
     from ovsam_ros.msg import LabeledMaskArray
     from ovsam_ros.ros.image_conversion import image_to_numpy
-    from ovsam_ros.ros.node import OUTPUT_QOS
+    from ovsam_ros.ros.qos import OUTPUT_QOS
     from ovsam_ros.visualize import save_rgb
 
     class DemoListener(Node):

@@ -86,6 +86,7 @@ class NodeStats:
             self.frames_idle = 0  # nothing to do (prompt mode without prompts)
             self.frames_failed = 0  # inference raised
             self.prompts_rejected = 0
+            self.qos_incompatible = 0  # publishers whose QoS cannot match a subscription
             self.zero_stamps = 0
             self.prompts_on_stamped_frame = 0  # stamped prompts run on the buffered frame they name
             self.prompts_on_newest_frame = 0  # stamped prompts whose frame was gone: newest frame instead
@@ -141,6 +142,7 @@ class NodeStats:
                 "frames_idle": self.frames_idle,
                 "frames_failed": self.frames_failed,
                 "prompts_rejected": self.prompts_rejected,
+                "qos_incompatible": self.qos_incompatible,
                 "zero_stamps": self.zero_stamps,
                 "prompts_on_stamped_frame": self.prompts_on_stamped_frame,
                 "prompts_on_newest_frame": self.prompts_on_newest_frame,
@@ -174,17 +176,20 @@ def summary_line(snap: dict[str, Any]) -> str:
 
 
 def diagnostic_array(snap: dict[str, Any], *, name: str, stamp: Any, state: str,
-                     extra: Iterable[tuple[str, str]] = (), previous: Optional[dict[str, Any]] = None) -> Any:
-    """A ``DiagnosticArray`` with one status for the node.
+                     extra: Iterable[tuple[str, str]] = (), previous: Optional[dict[str, Any]] = None,
+                     error: str = "", stale: Optional[str] = None) -> Any:
+    """A ``DiagnosticArray`` with one status for the node, in any lifecycle state.
 
-    WARN when frames were rejected or failed since ``previous`` (the last published snapshot).
+    ERROR with ``error`` (why the last configure failed) while that holds; when active, WARN
+    with ``stale`` (why the input looks dead), or when frames were rejected or failed since
+    ``previous`` (the last published snapshot); OK otherwise.
     """
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
     status = DiagnosticStatus(name=name, hardware_id="ovsam_ros")
     values = [("state", state)]
     for key in ("frames_received", "frames_processed", "frames_dropped", "frames_rejected", "frames_idle",
-                "frames_failed", "prompts_rejected", "zero_stamps", "prompts_on_stamped_frame",
+                "frames_failed", "prompts_rejected", "qos_incompatible", "zero_stamps", "prompts_on_stamped_frame",
                 "prompts_on_newest_frame", "depth_skipped"):
         values.append((key, str(snap[key])))
     values.append(("processing_rate_hz", f"{snap['processing_rate_hz']:.3f}"))
@@ -200,13 +205,18 @@ def diagnostic_array(snap: dict[str, Any], *, name: str, stamp: Any, state: str,
     values += list(extra)
     if snap["last_error"]:
         values.append(("last_error", snap["last_error"]))
-    status.values = [KeyValue(key=k, value=v) for k, v in values]
-    if state != "active":
+    if error:
+        values.append(("configure_error", error))
+        status.level, status.message = DiagnosticStatus.ERROR, f"{state}: configure failed: {error}"
+    elif state != "active":
         status.level, status.message = DiagnosticStatus.OK, f"{state}"
-    elif any(snap[k] > (previous or {}).get(k, 0) for k in ("frames_failed", "frames_rejected")):
+    elif stale:
+        status.level, status.message = DiagnosticStatus.WARN, f"active; {stale}"
+    elif any(snap[k] > (previous or {}).get(k, 0) for k in ("frames_failed", "frames_rejected", "qos_incompatible")):
         status.level, status.message = DiagnosticStatus.WARN, f"active; bad input or errors: {snap['last_error']}"
     else:
         status.level, status.message = DiagnosticStatus.OK, "active"
+    status.values = [KeyValue(key=k, value=v) for k, v in values]
     array = DiagnosticArray(status=[status])
     array.header.stamp = stamp
     return array

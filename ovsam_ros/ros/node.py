@@ -63,7 +63,6 @@ import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 import numpy as np
 
@@ -80,20 +79,13 @@ from ovsam_ros.ros.image_conversion import ImageConversionError, image_to_numpy
 from ovsam_ros.ros.param_checks import ParamsFileError, check_params_file, unknown_parameters
 from ovsam_ros.ros.parameters import CONFIGURE_TIME, MODES, PARAMETERS, SPECS, NodeSettings, descriptor, validate
 from ovsam_ros.ros.prompt_input import PromptSet, fit_prompts, prompt_from_msg, prompt_set_from_msg
+from ovsam_ros.ros.qos import (COMMAND_QOS, DEPTH_QOS, DETECTION_QOS, DIAGNOSTICS_QOS,  # noqa: F401 (re-exported)
+                               OUTPUT_QOS, SENSOR_QOS, incompatible_qos_callbacks, input_qos, output_qos)
 from ovsam_ros.ros.vocabulary_access import allowed_dirs, resolve_request
 
-# Cameras: newest frame only, never a queue of stale ones.
-SENSOR_QOS = QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST, depth=1,
-                        durability=DurabilityPolicy.VOLATILE)
-# Prompts are commands: reliable, a few may queue.
-COMMAND_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=10)
-# Depth is looked up by stamp later: keep a few, best effort (matches any publisher).
-DEPTH_QOS = QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST, depth=5,
-                       durability=DurabilityPolicy.VOLATILE)
 STAMPED_QUEUE = 32  # stamped prompt sets waiting for their frame; more and the oldest is dropped, counted
 DEPTH_WAIT = 0.1  # s the worker waits for a depth image stamped like its frame that is still on its way
 ENCODED_FRAMES = 2  # frames whose image encoding is kept, so a late prompt for them skips the encoder
-OUTPUT_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=5)
 
 
 @dataclass
@@ -187,6 +179,15 @@ class OVSAMNode(LifecycleNode):
         self._tf_buffer: Any = None
         self._tf_listener: Any = None
         self._encoded: deque[Frame] = deque()  # frames holding an encoding (newest last)
+        self._last_input = time.monotonic()  # last image received (or activation)
+        self._image_topic = ""
+        # Diagnostics in EVERY lifecycle state (a failed configure is when they matter most):
+        # a plain publisher and timer owned by the node, not created by configure.
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS)
+        self._diag_timer = self.create_timer(0.1, self._on_diagnostics_tick,
+                                             callback_group=MutuallyExclusiveCallbackGroup())
 
     # ------------------------------------------------------------------ parameters
     def _declare_parameters(self) -> None:
@@ -265,14 +266,15 @@ class OVSAMNode(LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.stats.reset()
+        self._last_input = time.monotonic()
         self._stop.clear()
         self._slot.reopen()
         self._active = True
         if self._start_worker:
             self._worker = threading.Thread(target=self._worker_loop, name="ovsam-worker", daemon=True)
             self._worker.start()
-        self.get_logger().info(f"active: mode {self.settings.mode!r}, waiting for images on "
-                               f"{self.resolve_topic_name('image')}")
+        self.get_logger().info(f"active: mode {self.settings.mode!r}, waiting for {self.settings.image_transport} "
+                               f"images on {self._image_topic}")
         return super().on_activate(state)  # enables the lifecycle publishers
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -347,48 +349,73 @@ class OVSAMNode(LifecycleNode):
 
     # ------------------------------------------------------------------ interfaces
     def _create_interfaces(self) -> None:
-        from diagnostic_msgs.msg import DiagnosticArray
         from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
         from std_srvs.srv import Trigger
 
         from ovsam_ros.msg import LabeledMaskArray, PromptArray, TextQuery
         from ovsam_ros.srv import Segment, SetVocabulary
 
+        s = self.settings
         images, commands = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()
         vocab_group, segment_group = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()
-        timers, depth_group = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()
+        depth_group = MutuallyExclusiveCallbackGroup()
+        out_qos = output_qos(s.output_reliability)
         pubs = {
-            "masks": self.create_lifecycle_publisher(LabeledMaskArray, "~/masks", OUTPUT_QOS),
-            "instance_ids": self.create_lifecycle_publisher(Image, "~/instance_ids", OUTPUT_QOS),
-            "overlay": self.create_lifecycle_publisher(Image, "~/overlay", OUTPUT_QOS),
-            "diagnostics": self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", OUTPUT_QOS),
-            "points": self.create_lifecycle_publisher(PointCloud2, "~/points", OUTPUT_QOS),
+            "masks": self.create_lifecycle_publisher(LabeledMaskArray, "~/masks", out_qos),
+            "instance_ids": self.create_lifecycle_publisher(Image, "~/instance_ids", out_qos),
+            "overlay": self.create_lifecycle_publisher(Image, "~/overlay", out_qos),
+            "points": self.create_lifecycle_publisher(PointCloud2, "~/points", out_qos),
         }
         if outputs.Detection2DArray is not None:
-            pubs["detections"] = self.create_lifecycle_publisher(outputs.Detection2DArray, "~/detections", OUTPUT_QOS)
+            pubs["detections"] = self.create_lifecycle_publisher(outputs.Detection2DArray, "~/detections", out_qos)
         self._out_pubs = pubs
+        # ONE camera subscription: subscribing to both would make the camera's compressed plugin
+        # encode every frame and interleave raw and lossy frames in the newest-frame slot.
+        if s.image_transport == "compressed":
+            image_type, image_name, on_image = CompressedImage, "image/compressed", self._on_compressed
+        else:
+            image_type, image_name, on_image = Image, "image", self._on_image
+        self._image_topic = self.resolve_topic_name(image_name)
+        other = "reliable" if s.input_reliability == "best_effort" else "best_effort"
+        image_events = incompatible_qos_callbacks(
+            self._report_qos, self._image_topic,
+            f"Set input_reliability:={other} (now {s.input_reliability}) or change the camera's QoS.")
+        command_events = incompatible_qos_callbacks(
+            self._report_qos, "~/prompts or ~/text_query",
+            "Publish prompts and text queries RELIABLE + TRANSIENT_LOCAL "
+            "(ros2 topic pub --qos-reliability reliable --qos-durability transient_local).")
+
+        def subscribe(msg_type: Any, name: str, callback: Any, qos: Any, group: Any, events: Any) -> Any:
+            kwargs = {"callback_group": group}
+            if events is not None:
+                kwargs["event_callbacks"] = events
+            return self.create_subscription(msg_type, name, callback, qos, **kwargs)
+
+        # Prompt inputs and services live under the node (~/): with an empty namespace, plain
+        # relative names would land at /prompts, /segment, ... and collide with other nodes.
         self._owned_entities = [
-            ("sub", self.create_subscription(Image, "image", self._on_image, SENSOR_QOS, callback_group=images)),
-            ("sub", self.create_subscription(CompressedImage, "image/compressed", self._on_compressed, SENSOR_QOS,
-                                             callback_group=images)),
-            ("sub", self.create_subscription(PromptArray, "prompts", self._on_prompts, COMMAND_QOS,
-                                             callback_group=commands)),
-            ("sub", self.create_subscription(TextQuery, "text_query", self._on_text_query, COMMAND_QOS,
-                                             callback_group=commands)),
+            ("sub", subscribe(image_type, image_name, on_image, input_qos(s.input_reliability, s.input_depth),
+                              images, image_events)),
+            ("sub", subscribe(PromptArray, "~/prompts", self._on_prompts, COMMAND_QOS, commands, command_events)),
+            ("sub", subscribe(TextQuery, "~/text_query", self._on_text_query, COMMAND_QOS, commands,
+                              command_events)),
             ("sub", self.create_subscription(Image, "~/depth/image", self._on_depth, DEPTH_QOS,
                                              callback_group=depth_group)),
             ("sub", self.create_subscription(CameraInfo, "~/depth/camera_info", self._on_camera_info, DEPTH_QOS,
                                              callback_group=depth_group)),
-            ("srv", self.create_service(Trigger, "clear_prompts", self._on_clear_prompts, callback_group=commands)),
-            ("srv", self.create_service(SetVocabulary, "set_vocabulary", self._on_set_vocabulary,
+            ("srv", self.create_service(Trigger, "~/clear_prompts", self._on_clear_prompts, callback_group=commands)),
+            ("srv", self.create_service(SetVocabulary, "~/set_vocabulary", self._on_set_vocabulary,
                                         callback_group=vocab_group)),
-            ("srv", self.create_service(Segment, "segment", self._on_segment, callback_group=segment_group)),
-            ("timer", self.create_timer(0.1, self._on_diagnostics_tick, callback_group=timers)),
+            ("srv", self.create_service(Segment, "~/segment", self._on_segment, callback_group=segment_group)),
         ]
         if outputs.Detection2DArray is not None:  # vision_msgs is not on PyPI: only on full ROS installs
             self._owned_entities.append(("sub", self.create_subscription(
-                outputs.Detection2DArray, "~/detection_prompts", self.on_detections, COMMAND_QOS,
+                outputs.Detection2DArray, "~/detection_prompts", self.on_detections, DETECTION_QOS,
                 callback_group=commands)))
+
+    def _report_qos(self, reason: str) -> None:
+        self.stats.count("qos_incompatible", reason)
+        self._warn_once_per("qos", reason, period=30.0)
 
     def _destroy_interfaces(self) -> None:
         for kind, entity in self._owned_entities:
@@ -408,6 +435,7 @@ class OVSAMNode(LifecycleNode):
     def _receive(self, msg: Any, compressed: bool) -> None:
         if not self._active:
             return
+        self._last_input = time.monotonic()
         stamp = stamp_seconds(msg.header)
         age = None if stamp == 0.0 else self.get_clock().now().nanoseconds * 1e-9 - stamp
         if age is None:
@@ -933,21 +961,35 @@ class OVSAMNode(LifecycleNode):
             self._last_log = now
             self.get_logger().info(summary_line(self.stats.snapshot()))
 
+    def input_silence(self) -> Optional[str]:
+        """Why the input looks dead (active, and no image for ``input_timeout`` s); None if it does not."""
+        timeout = self.settings.input_timeout
+        silent = time.monotonic() - self._last_input
+        if not self._active or timeout <= 0 or silent < timeout:
+            return None
+        return (f"no image on {self._image_topic} for {silent:.0f} s (input_timeout {timeout:g} s): check the camera "
+                f"topic/remap, image_transport ({self.settings.image_transport}) and input_reliability "
+                f"({self.settings.input_reliability})")
+
     def publish_diagnostics(self) -> Any:
         snap = self.stats.snapshot()
         predictor = self.predictor
-        extra = [("mode", self.settings.mode)]
+        state = self.state_label
+        extra = [("mode", self.settings.mode), ("image_transport", self.settings.image_transport)]
+        if self._image_topic:
+            extra.append(("image_topic", self._image_topic))
         if predictor is not None:
             vocab = predictor.vocabulary
             extra += [("model", self.settings.model), ("device", str(predictor.device)),
                       ("precision", predictor.precision), ("trained", str(predictor.trained).lower()),
                       ("vocabulary", f"{vocab.name} ({len(vocab)} classes)" if vocab else "")]
+        # A failed configure leaves the node unconfigured with a reason: that is an ERROR until fixed.
+        error = self.last_error if state == "unconfigured" else ""
         array = diagnostic_array(snap, name=f"{self.get_name()}: ovsam", stamp=self.get_clock().now().to_msg(),
-                                 state=self.state_label, extra=extra, previous=self._last_diag_snapshot)
+                                 state=state, extra=extra, previous=self._last_diag_snapshot, error=error,
+                                 stale=self.input_silence())
         self._last_diag_snapshot = snap
-        pub = self._out_pubs.get("diagnostics")
-        if pub is not None:
-            pub.publish(array)
+        self._diag_pub.publish(array)
         return array
 
     def _warn_once_per(self, key: str, message: str, period: float = 10.0, force: bool = False) -> None:
@@ -976,8 +1018,12 @@ def _shorten(text: str, limit: int = 500) -> str:
 
 # ----------------------------------------------------------------------------- entry point
 def ros_environment_defaults() -> None:
-    """Defaults for running from a plain venv: local-only discovery, ament index in this prefix."""
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    """The ament index in this prefix when nothing set one (a plain venv with the ROS wheels).
+
+    Discovery settings (ROS_AUTOMATIC_DISCOVERY_RANGE, ROS_DOMAIN_ID, ROS_STATIC_PEERS) are the
+    user's: the node, the camera and the prompt tools must reach an off-board camera or an rviz
+    laptop when the robot's environment says so. Only ``ovsam demo`` and the tests pin LOCALHOST.
+    """
     os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)
 
 

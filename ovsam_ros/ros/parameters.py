@@ -22,6 +22,8 @@ Value = Union[bool, int, float, str]
 
 MODES = ("prompt", "everything", "text")
 PRECISIONS = ("", "fp32", "fp16", "bf16")
+TRANSPORTS = ("raw", "compressed")
+RELIABILITIES = ("best_effort", "reliable")  # the names ros2 topic --qos-reliability uses
 _DEVICE_RE = re.compile(r"^(|auto|cpu|cuda(:\d+)?|mps)$")
 
 
@@ -57,6 +59,19 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               read_only=True),
     ParamSpec("device", "", "cpu | cuda | cuda:N | auto; '' = the model YAML's.", when="configure"),
     ParamSpec("precision", "", "fp32 | fp16 | bf16; '' = the model YAML's.", choices=PRECISIONS, when="configure"),
+    # -- ROS interfaces (read at configure) ----------------------------------------------
+    ParamSpec("image_transport", "raw",
+              "Camera input, ONE subscription: raw (sensor_msgs/Image on 'image') or compressed "
+              "(sensor_msgs/CompressedImage on 'image/compressed', JPEG/PNG).", choices=TRANSPORTS,
+              when="configure"),
+    ParamSpec("input_reliability", "best_effort",
+              "QoS reliability of the camera subscription: best_effort matches every camera; reliable "
+              "matches only reliable publishers.", choices=RELIABILITIES, when="configure"),
+    ParamSpec("input_depth", 1, "QoS depth of the camera subscription; 1 = only the newest frame.",
+              min=1, max=100, when="configure"),
+    ParamSpec("output_reliability", "reliable",
+              "QoS reliability of ~/masks, ~/instance_ids, ~/overlay, ~/detections: reliable matches every "
+              "subscriber; best_effort never blocks on a slow link.", choices=RELIABILITIES, when="configure"),
     # -- compute ---------------------------------------------------------------------
     ParamSpec("num_threads", 2,
               "torch CPU threads (process-wide); 0 = PyTorch's default (all cores).", min=0, max=256),
@@ -86,7 +101,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     # -- outputs ---------------------------------------------------------------------
     ParamSpec("publish_instance_ids", True, "Publish ~/instance_ids (mono16, pixel = instance_id + 1)."),
     ParamSpec("publish_overlay", False, "Publish ~/overlay (rgb8 debug image; costs a few ms per frame)."),
-    ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages; 0 = off.", min=0.0, max=3600.0),
+    ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages (in every lifecycle state); 0 = off.",
+              min=0.0, max=3600.0),
+    ParamSpec("input_timeout", 5.0,
+              "Diagnostics turn WARN when the active node received no image for this many seconds; 0 = never.",
+              min=0.0, max=3600.0),
     # -- prompts on the right frame ------------------------------------------------------
     ParamSpec("frame_buffer_size", 30,
               "Recent frames kept so that stamped one-shot prompts and detections run on the frame they "
@@ -199,6 +218,10 @@ class NodeSettings:
     vocabulary_dirs: str = ""
     device: str = ""
     precision: str = ""
+    image_transport: str = "raw"
+    input_reliability: str = "best_effort"
+    input_depth: int = 1
+    output_reliability: str = "reliable"
     num_threads: int = 2
     max_rate_hz: float = 0.0
     mode: str = "prompt"
@@ -216,6 +239,7 @@ class NodeSettings:
     publish_instance_ids: bool = True
     publish_overlay: bool = False
     diagnostics_period: float = 1.0
+    input_timeout: float = 5.0
     frame_buffer_size: int = 30
     frame_buffer_max_age: float = 2.0
     stamp_tolerance: float = 0.001

@@ -31,19 +31,23 @@ def text_query_msg(text: str, *, persistent: bool = False, max_instances: int = 
     return msg
 
 
-def make_prompt_node(node_name: str = "demo_prompts", **node_kwargs: Any):
-    """A node with ``send_prompts(...)`` and ``send_text(...)`` publishing on ``prompts`` / ``text_query``."""
+def make_prompt_node(node_name: str = "demo_prompts", target: str = "ovsam", **node_kwargs: Any):
+    """A node with ``send_prompts(...)`` and ``send_text(...)`` publishing on the OVSAM node's
+    ``~/prompts`` / ``~/text_query``: ``<target>/prompts`` (relative ``target`` = a node in this
+    node's namespace). RELIABLE + TRANSIENT_LOCAL: a node that (re)starts later still gets the last ones."""
     from rclpy.node import Node
 
     from ovsam_ros.msg import PromptArray, TextQuery
-    from ovsam_ros.ros.node import COMMAND_QOS
     from ovsam_ros.ros.prompt_input import prompt_array_msg
+    from ovsam_ros.ros.qos import COMMAND_QOS
+
+    base = target.rstrip("/")
 
     class PromptSource(Node):
         def __init__(self) -> None:
             super().__init__(node_name, **node_kwargs)
-            self.prompt_pub = self.create_publisher(PromptArray, "prompts", COMMAND_QOS)
-            self.text_pub = self.create_publisher(TextQuery, "text_query", COMMAND_QOS)
+            self.prompt_pub = self.create_publisher(PromptArray, f"{base}/prompts", COMMAND_QOS)
+            self.text_pub = self.create_publisher(TextQuery, f"{base}/text_query", COMMAND_QOS)
 
         def send_prompts(self, prompts: Sequence[Prompt], image_size: tuple[int, int] = (0, 0), *,
                          persistent: bool = False, frame_id: str = "", stamp: Any = None,
@@ -65,7 +69,9 @@ def make_prompt_node(node_name: str = "demo_prompts", **node_kwargs: Any):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ovsam_ros.cli import _box, _point, parse_object
+    from ovsam_ros.prompt_parsing import parse_box as _box
+    from ovsam_ros.prompt_parsing import parse_object
+    from ovsam_ros.prompt_parsing import parse_point as _point
     from ovsam_ros.ros.camera_demo import parse_size
 
     parser = argparse.ArgumentParser(prog="ovsam-demo-prompts", description=__doc__.split("\n\n")[0],
@@ -82,7 +88,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--clear", action="store_true", help="clear persistent prompts and the text query")
     parser.add_argument("--frame-id", default="", help="camera frame the prompts were made for ('' = any)")
     parser.add_argument("--period", type=float, default=1.0, help="republish every N s (0 = once; default 1)")
-    parser.add_argument("--count", type=int, default=5, help="publish this many times (0 = until Ctrl-C)")
+    parser.add_argument("--count", type=int, default=5,
+                        help="publish this many times (0 = until Ctrl-C; while running, the last messages stay "
+                             "latched for a node that restarts)")
+    parser.add_argument("--target", default="ovsam",
+                        help="the OVSAM node to prompt: its name in this namespace or a full path such as "
+                             "/robot1/ovsam (default: ovsam -> ovsam/prompts, ovsam/text_query)")
     argv = list(sys.argv[1:] if argv is None else argv)
     ros_args = argv[argv.index("--ros-args"):] if "--ros-args" in argv else []
     args = parser.parse_args(argv[: len(argv) - len(ros_args)])
@@ -96,7 +107,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from rclpy.executors import ExternalShutdownException
 
     rclpy.init(args=["ovsam-demo-prompts", *ros_args])
-    node = make_prompt_node()
+    node = make_prompt_node(target=args.target)
     size = args.image_size or (0, 0)
     sent = 0
     try:

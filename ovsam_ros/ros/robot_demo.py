@@ -122,7 +122,7 @@ def make_robot_nodes(namespace: str, context: Any):
     from ovsam_ros.msg import LabeledMaskArray, PromptArray
     from ovsam_ros.robot.detections import prompts_from_detections
     from ovsam_ros.ros.image_conversion import numpy_to_image
-    from ovsam_ros.ros.node import COMMAND_QOS, OUTPUT_QOS
+    from ovsam_ros.ros.qos import COMMAND_QOS, DETECTION_QOS, OUTPUT_QOS
     from ovsam_ros.ros.prompt_input import prompt_array_msg
     from ovsam_ros.ros.outputs import Detection2DArray
 
@@ -134,9 +134,9 @@ def make_robot_nodes(namespace: str, context: Any):
             self.info_pub = self.create_publisher(CameraInfo, "ovsam/depth/camera_info", qos_profile_sensor_data)
             self.uses_vision_msgs = Detection2DArray is not None
             if Detection2DArray is not None:
-                self.det_pub = self.create_publisher(Detection2DArray, "ovsam/detection_prompts", COMMAND_QOS)
-            else:
-                self.det_pub = self.create_publisher(PromptArray, "prompts", COMMAND_QOS)
+                self.det_pub = self.create_publisher(Detection2DArray, "ovsam/detection_prompts", DETECTION_QOS)
+            else:  # stamped one-shot prompts on the node's ~/prompts (commands: reliable, transient-local)
+                self.det_pub = self.create_publisher(PromptArray, "ovsam/prompts", COMMAND_QOS)
 
         def publish_frame(self, scene: SceneFrame) -> Any:
             header = Header(frame_id="camera_color_optical_frame", stamp=self.get_clock().now().to_msg())

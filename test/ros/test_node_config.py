@@ -84,7 +84,8 @@ def test_launch_file_is_valid_python_with_the_documented_arguments():
     assert "generate_launch_description" in names
     arguments = {node.args[0].value for node in ast.walk(tree)
                  if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "DeclareLaunchArgument"}
-    assert arguments == {"config", "namespace", "camera", "model", "device", "precision", "autostart"}
+    assert arguments == {"config", "namespace", "camera", "model", "device", "precision", "autostart",
+                         "image_transport", "input_reliability", "input_depth", "output_reliability"}
     assert '"ovsam_node"' in source  # the executable installed from scripts/
 
 

@@ -65,12 +65,10 @@ MANIFEST_FORMAT = "ovsam_ros.bag_extraction/1"
 
 
 def _msg_dirs() -> List[Path]:
-    """Where the ovsam_ros .msg files may live: the source tree, or an ament install."""
-    dirs = [Path(__file__).resolve().parents[2] / "msg"]
-    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
-        if prefix:
-            dirs.append(Path(prefix) / "share" / "ovsam_ros" / "msg")
-    return [d for d in dirs if d.is_dir()]
+    """Where the ovsam_ros .msg files may live: the checkout, this install's share dir, the ament index."""
+    from ovsam_ros.resources import share_dirs
+
+    return [d / "msg" for d in share_dirs() if (d / "msg").is_dir()]
 
 
 def ovsam_types() -> Dict[str, Any]:

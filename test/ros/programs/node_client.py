@@ -61,7 +61,7 @@ class Client:
         self.node.create_subscription(LabeledMaskArray, f"{ns}/ovsam/masks", self._on_masks, reliable)
         self.node.create_subscription(Image, f"{ns}/ovsam/instance_ids", self._on_ids, reliable)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, reliable)
-        self.segment = self.node.create_client(Segment, f"{ns}/segment")
+        self.segment = self.node.create_client(Segment, f"{ns}/ovsam/segment")
         self.executor = MultiThreadedExecutor(num_threads=2)
         self.executor.add_node(self.node)
         self.executor.add_node(self.prompts)
@@ -105,7 +105,7 @@ class Client:
         while time.monotonic() < deadline:
             if (self.node.count_subscribers(f"{self.ns}/image") > 0
                     and self.node.count_publishers(f"{self.ns}/ovsam/masks") > 0
-                    and self.node.count_subscribers(f"{self.ns}/prompts") > 0):
+                    and self.node.count_subscribers(f"{self.ns}/ovsam/prompts") > 0):
                 time.sleep(0.5)  # let the matching finish on both sides
                 return
             time.sleep(0.1)

@@ -1,0 +1,190 @@
+"""The installed package is the first-class citizen: a colcon-style prefix and `pip install .`.
+
+Every process here runs from a fresh virtual environment that sees the project's
+dependencies but NOT this checkout (its editable .pth is left out, cwd is a temp dir),
+so a file found only in the source tree fails the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+from launch_sim import evaluate, lifecycle_requests, node_command
+
+from ovsam_ros.ros.isolation import wait_for_line
+
+ROOT = Path(__file__).resolve().parents[2]
+PROGRAMS = Path(__file__).parent / "programs"
+SITE_REL = Path(sysconfig.get_paths()["purelib"]).relative_to(sys.prefix)
+
+pytestmark = pytest.mark.e2e
+
+
+def clean_venv(where: Path, with_pip: bool = False) -> Path:
+    """A new venv whose only extra path is the project's site-packages (minus the editable checkout)."""
+    cmd = [sys.executable, "-m", "venv", str(where)]
+    subprocess.run(cmd if with_pip else [*cmd, "--without-pip"], check=True, capture_output=True)
+    deps = sysconfig.get_paths()["purelib"]
+    lines = [deps]
+    for pth in sorted(Path(deps).glob("*.pth")):
+        if "ovsam" in pth.name:  # __editable__.ovsam_ros-*.pth: the checkout
+            continue
+        lines += [line for line in pth.read_text().splitlines() if line.startswith("import")]
+    (where / SITE_REL).mkdir(parents=True, exist_ok=True)
+    (where / SITE_REL / "zz_project_dependencies.pth").write_text("\n".join(lines) + "\n")
+    return where / "bin" / "python"
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env.update(extra)
+    return env
+
+
+# What every clean process checks first: nothing of ovsam_ros comes from the checkout.
+NOT_FROM_SOURCE = (
+    "import os, sys, ovsam_ros; root = {root!r}; norm = lambda p: os.path.abspath(p or '.');"
+    "assert root not in [norm(p) for p in sys.path], sys.path;"
+    "assert os.path.join(root, 'ovsam_ros') not in [norm(p) for p in ovsam_ros.__path__], ovsam_ros.__path__;"
+)
+
+
+@pytest.fixture(scope="module")
+def colcon_prefix(tmp_path_factory) -> Path:
+    """What `colcon build` (no --symlink-install) does: CMake configure, build, install into a prefix."""
+    tmp = tmp_path_factory.mktemp("colcon")
+    prefix, build, src = tmp / "install", tmp / "build", tmp / "src"
+    # Build from a copy: CMake refuses exported include paths inside the source tree,
+    # and this checkout's .venv (holding the numpy headers) lives inside it.
+    src.mkdir()
+    for name in ("package.xml", "CMakeLists.txt"):
+        shutil.copy(ROOT / name, src / name)
+    for name in ("msg", "srv", "launch", "config", "scripts", "ovsam_ros", "training"):
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "AMENT_PREFIX_PATH": sys.prefix, "CMAKE_PREFIX_PATH": sys.prefix}
+    for cmd in (
+        ["cmake", "-S", str(src), "-B", str(build), "-Wno-dev", f"-DCMAKE_INSTALL_PREFIX={prefix}",
+         f"-DPython3_EXECUTABLE={sys.executable}", "-DBUILD_TESTING=OFF", "-DOVSAM_INSTALL_PYTHON=ON"],
+        ["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2)],
+        ["cmake", "--install", str(build)],
+    ):
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    shutil.rmtree(src)  # the installed package must not need its sources
+    return prefix
+
+
+@pytest.fixture(scope="module")
+def prefix_python(colcon_prefix, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """(python, env) as a sourced colcon workspace gives them: the prefix overlays the ROS install."""
+    python = clean_venv(tmp_path_factory.mktemp("venv") / "venv")
+    overlay = {"PYTHONPATH": str(colcon_prefix / SITE_REL),
+               "AMENT_PREFIX_PATH": f"{colcon_prefix}{os.pathsep}{sys.prefix}",
+               "PATH": f"{colcon_prefix / 'bin'}{os.pathsep}{python.parent}{os.pathsep}{os.environ['PATH']}"}
+    return python, overlay
+
+
+def test_colcon_install_exposes_code_messages_configs_and_training(colcon_prefix, prefix_python, tmp_path):
+    python, overlay = prefix_python
+    env = clean_env(**overlay)
+    site = colcon_prefix / SITE_REL
+    probe = NOT_FROM_SOURCE.format(root=str(ROOT)) + (
+        "import ovsam_ros.msg, ovsam_ros.srv, ovsam_ros.ros.messages as m, training.stage2, training.data.rosbag as rb;"
+        "from ovsam_ros.loading import bundled_model_names, resolve_config_path, load_specs;"
+        "from ovsam_ros.resources import config_dir;"
+        "print(ovsam_ros.msg.__file__); print(m.__file__); print(training.stage2.__file__);"
+        "print(config_dir()); print(resolve_config_path('tiny')); print(','.join(bundled_model_names()));"
+        "print(rb._msg_dirs()[0]); print(ovsam_ros.srv.SetVocabulary.Request().vocabulary == '');"
+        "print(load_specs('jetson_onnx')[0].backend)"
+    )
+    out = subprocess.run([str(python), "-c", probe], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    msg_file, messages_file, stage2, configs, tiny, names, msg_dir, ok, backend = out.stdout.split()
+    for path in (msg_file, messages_file, stage2):
+        assert path.startswith(str(site)), path
+    share = colcon_prefix / "share" / "ovsam_ros"
+    assert Path(configs) == share / "config" and Path(tiny) == share / "config" / "models" / "tiny.yaml"
+    assert {"tiny", "rn50x16", "jetson_onnx"} <= set(names.split(","))
+    assert Path(msg_dir) == share / "msg" and ok == "True" and backend == "onnx"
+    # The CLI and the training entry points are on PATH after `source install/setup.bash`.
+    setup_py = (ROOT / "setup.py").read_text()
+    scripts = dict(re.findall(r'"([\w-]+) = ([\w.]+:\w+)"', setup_py))
+    assert len(scripts) >= 10
+    for script, target in scripts.items():
+        path = colcon_prefix / "bin" / script
+        assert os.access(path, os.X_OK), path
+        module, func = target.split(":")
+        assert f"from {module} import {func}" in path.read_text(), path
+    for script in ("ovsam", "ovsam-train-stage2"):  # two run for real (each import costs seconds)
+        result = subprocess.run([str(colcon_prefix / "bin" / script), "--help"], cwd=tmp_path, capture_output=True,
+                                text=True, env=env, timeout=300)
+        assert result.returncode == 0 and "usage:" in result.stdout, (script, result.stderr[-2000:])
+
+
+@pytest.mark.ros
+def test_node_from_the_colcon_prefix_runs_as_ros2_launch_starts_it(colcon_prefix, prefix_python, ros_group,
+                                                                    tmp_path):
+    """The launch file's own command line (executable, parameters file, overrides, remaps), its lifecycle
+    requests (configure, then activate), a frame on the camera topic, masks out: model `tiny` from share/."""
+    python, overlay = prefix_python  # on top of the group's ROS environment (domain id, loopback)
+    share = colcon_prefix / "share" / "ovsam_ros"
+    launched = evaluate(share / "launch" / "ovsam.launch.py", share, camera="/camera/image_raw", model="tiny")
+    argv = node_command(launched, colcon_prefix, tmp_path)
+    assert launched.parameters[0] == str(share / "config" / "ovsam.yaml")
+    # lib/ovsam_ros/ovsam_node starts with `#!/usr/bin/env python3`: run it with the workspace's python.
+    node = ros_group.start([str(python), *argv], env=overlay, cwd=str(tmp_path))
+    wait_for_line(node, "ovsam-node ready (unconfigured)", timeout=180)
+    transitions, state = lifecycle_requests(launched, [])
+    assert (transitions, state) == (["configure", "activate"], "active")
+    out = tmp_path / "steps.json"
+    client = ros_group.start([sys.executable, str(PROGRAMS / "launch_client.py"), str(out), "/ovsam",
+                              "/camera/image_raw", "/ovsam/prompts", *transitions])
+    wait_for_line(client, "done", timeout=400)
+    steps = json.loads(out.read_text())
+    assert steps["transitions"] == [["configure", True, "inactive"], ["activate", True, "active"]]
+    assert steps["masks"] == {"stamp": 42, "frame_id": "camera", "mode": "prompt", "instances": 1, "size": [160, 120]}
+    ros_group.stop(node)
+    log = node.stdout.read().decode(errors="replace")
+    assert "model 'tiny' loaded" in log, log[-3000:]
+
+
+def test_pip_install_into_a_fresh_venv_runs_ovsam_segment_on_a_sample(tmp_path):
+    """`pip install .` (no deps: they come from the project's venv) in a fresh venv, then `ovsam segment`."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("setup.py", "pyproject.toml", "README.md", "package.xml"):
+        shutil.copy(ROOT / name, src / name)
+    for name in ("ovsam_ros", "training", "config", "launch", "msg", "srv"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    venv = tmp_path / "venv"
+    python = clean_venv(venv)
+    env = clean_env(PATH=f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", AMENT_PREFIX_PATH="")
+    install = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
+                              "--no-build-isolation", "--no-index", "--quiet", str(src)],
+                             capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
+    shutil.rmtree(src)
+    where = subprocess.run(
+        [str(python), "-c", NOT_FROM_SOURCE.format(root=str(ROOT)) +
+         "from ovsam_ros.resources import SAMPLES_DIR, config_dir; print(SAMPLES_DIR); print(config_dir())"],
+        capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert where.returncode == 0, where.stderr
+    samples, configs = (Path(line) for line in where.stdout.split())
+    assert str(samples).startswith(str(venv)) and configs == venv / "share" / "ovsam_ros" / "config"
+    result = subprocess.run(
+        [str(venv / "bin" / "ovsam"), "segment", str(samples / "chelsea.png"), "--model", "tiny", "--point",
+         "200,150", "--box", "50,40,300,250", "--threads", "1", "--out", str(tmp_path / "r.json")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((tmp_path / "r.json").read_text())
+    instances = data["instances"] if isinstance(data, dict) else data
+    assert len(instances) == 2
