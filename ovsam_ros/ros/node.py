@@ -15,34 +15,29 @@ What a frame is used for, first match wins: one-shot prompts, a one-shot text
 query, persistent prompts, a persistent text query, then parameter ``mode``
 (``everything``; ``text`` with parameter ``query``; ``prompt`` = nothing to do).
 
-Stamped one-shot prompts (``PromptArray`` or ``~/detection_prompts`` with a
-non-zero ``header.stamp``) run on the frame they name, looked up in a ring
-buffer of recent frames (:mod:`ovsam_ros.robot.frame_buffer`); when that frame
-is gone they run on the newest one, counted (``prompts_on_newest_frame``) and
-logged. Instances get track ids (:mod:`ovsam_ros.robot.tracking`) and, with an
-aligned depth image + CameraInfo, a 3D centroid and extent
-(:mod:`ovsam_ros.robot.depth3d`); bad depth skips only the 3D part, counted.
+Topics (``image`` relative, so namespaces and remaps work; the rest under the node):
 
-Topics (relative, so namespaces and remaps work):
+===========================  ====  ==========================================
+``image``                    sub   sensor_msgs/Image (``image_transport: raw``)
+``image/compressed``         sub   sensor_msgs/CompressedImage (``image_transport: compressed``)
+``~/prompts``                sub   ovsam_ros/PromptArray (reliable, transient-local)
+``~/text_query``             sub   ovsam_ros/TextQuery (reliable, transient-local)
+``~/detection_prompts``      sub   vision_msgs/Detection2DArray (if vision_msgs is installed)
+``~/depth/image``            sub   sensor_msgs/Image 16UC1 (mm) / 32FC1 (m), aligned to ``image``
+``~/depth/camera_info``      sub   sensor_msgs/CameraInfo of the depth image
+``~/masks``                  pub   ovsam_ros/LabeledMaskArray (header = the image's)
+``~/instance_ids``           pub   sensor_msgs/Image mono16, pixel = instance_id + 1
+``~/overlay``                pub   sensor_msgs/Image rgb8 (``publish_overlay``)
+``~/detections``             pub   vision_msgs/Detection2DArray (if vision_msgs is installed)
+``~/points``                 pub   sensor_msgs/PointCloud2 (``publish_points``)
+``/diagnostics``             pub   diagnostic_msgs/DiagnosticArray (every lifecycle state)
+``~/set_vocabulary``         srv   ovsam_ros/SetVocabulary
+``~/segment``                srv   ovsam_ros/Segment
+``~/clear_prompts``          srv   std_srvs/Trigger
+===========================  ====  ==========================================
 
-=====================  ====  ==========================================
-``image``              sub   sensor_msgs/Image (sensor-data QoS, depth 1)
-``image/compressed``   sub   sensor_msgs/CompressedImage (same)
-``prompts``            sub   ovsam_ros/PromptArray
-``text_query``         sub   ovsam_ros/TextQuery
-``~/detection_prompts`` sub  vision_msgs/Detection2DArray (if vision_msgs is installed)
-``~/depth/image``      sub   sensor_msgs/Image 16UC1 (mm) / 32FC1 (m), aligned to ``image``
-``~/depth/camera_info`` sub  sensor_msgs/CameraInfo of the depth image
-``~/masks``            pub   ovsam_ros/LabeledMaskArray (header = the image's)
-``~/instance_ids``     pub   sensor_msgs/Image mono16, pixel = instance_id + 1
-``~/overlay``          pub   sensor_msgs/Image rgb8 (``publish_overlay``)
-``~/detections``       pub   vision_msgs/Detection2DArray (if vision_msgs is installed)
-``~/points``           pub   sensor_msgs/PointCloud2 (``publish_points``)
-``/diagnostics``       pub   diagnostic_msgs/DiagnosticArray
-``set_vocabulary``     srv   ovsam_ros/SetVocabulary
-``segment``            srv   ovsam_ros/Segment
-``clear_prompts``      srv   std_srvs/Trigger
-=====================  ====  ==========================================
+Camera QoS (``input_reliability``, ``input_depth``) and output QoS (``output_reliability``)
+are parameters (ovsam_ros.ros.qos).
 """
 
 from __future__ import annotations
