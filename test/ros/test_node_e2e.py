@@ -115,8 +115,10 @@ def test_bad_frames_and_prompts_do_not_stop_the_node(ros_group, tmp_path):
     assert len(good.instances) == 1 and good.header.stamp.sec == 20  # persistent prompt again
     ros_group.stop(node)
     log = node.stdout.read().decode(errors="replace")
+    # (the corrupt JPEG the client also sends goes to image/compressed, which a raw-transport node does
+    # not subscribe: corrupt compressed data is covered in test_node.py and below with transport compressed)
     for reason in ("step 7 is smaller than one row", "zero size", "unsupported image encoding 'yuv422'",
-                   "could not decode compressed image", "point coordinates must be finite",
+                   "point coordinates must be finite",
                    "has no area inside the 160x120 image"):
         assert reason in log, reason
     assert "UNTRAINED MODEL" in "\n".join(node.startup_lines)
@@ -170,7 +172,7 @@ def test_console_scripts_camera_prompts_node_pipeline(ros_group, tmp_path):
     from ovsam_ros.msg import LabeledMaskArray
 
     bindir = Path(sys.executable).parent
-    start_node(ros_group, tmp_path)
+    start_node(ros_group, tmp_path, image_transport="compressed")  # the camera below sends JPEG only
     got = tmp_path / "got.bin"
     listener = ros_group.start([sys.executable, str(PROGRAMS / "labeled_mask_listener.py"), str(got),
                                 "--ros-args", "-r", "masks:=/ovsam/masks"])
