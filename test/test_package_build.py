@@ -54,10 +54,12 @@ def test_colcon_test_runs_the_pytest_suite():
     assert block.index("endif()") < block.index("ament_package()")
 
 
-def test_cmake_installs_the_same_console_scripts_as_setup_py():
-    setup_py = dict(re.findall(r'"([\w-]+) = ([\w.]+:\w+)"', (ROOT / "setup.py").read_text()))
-    cmake = dict(re.findall(r'"([\w-]+)=([\w.]+:\w+)"', (ROOT / "CMakeLists.txt").read_text()))
-    assert setup_py and cmake == setup_py
+def test_cmake_installs_the_console_scripts_of_setup_py():
+    """CMake reads setup.py's entry points (one list); the colcon install test checks the wrappers."""
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    assert 'file(STRINGS "${CMAKE_CURRENT_SOURCE_DIR}/setup.py" OVSAM_ENTRY_LINES' in cmake
+    assert "install(PROGRAMS \"${script}\" DESTINATION bin)" in cmake
+    assert len(re.findall(r'"([\w-]+) = ([\w.]+:\w+)",', (ROOT / "setup.py").read_text())) >= 10
 
 
 def test_imports_run_one_way():
