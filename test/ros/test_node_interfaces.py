@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def image_subscriptions(node) -> dict[str, object]:
-    return {s.topic_name: s for s in node.subscriptions if s.topic_name.split("/")[-1] in ("image", "compressed")}
+    """The camera subscriptions (these nodes run in the root namespace; ~/depth/image is not one)."""
+    return {s.topic_name: s for s in node.subscriptions if s.topic_name in ("/image", "/image/compressed")}
 
 
 def spin_until(context, nodes, condition, timeout: float = 20.0) -> bool:
