@@ -65,7 +65,7 @@ def colcon_prefix(tmp_path_factory) -> Path:
     # Build from a copy: CMake refuses exported include paths inside the source tree,
     # and this checkout's .venv (holding the numpy headers) lives inside it.
     src.mkdir()
-    for name in ("package.xml", "CMakeLists.txt"):
+    for name in ("package.xml", "CMakeLists.txt", "setup.py"):  # CMake reads the console scripts from setup.py
         shutil.copy(ROOT / name, src / name)
     for name in ("msg", "srv", "launch", "config", "scripts", "ovsam_ros", "training"):
         if (ROOT / name).is_dir():
