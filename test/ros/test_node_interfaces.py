@@ -195,6 +195,14 @@ def test_readme_topic_and_service_names_are_the_nodes(make_node):
     listed = {m.replace("~/", "/ovsam/") if m.startswith("~/") else ("/" + m if not m.startswith("/") else m)
               for m in re.findall(r"^\| `([~/\w]+)`", table, re.M)}
     assert listed == names, (sorted(listed - names), sorted(names - listed))
+    # The SROS2 policy (docs/sros2) allows exactly these names too (plus ROS's own per-node ones).
+    import xml.etree.ElementTree as ET
+
+    policy = ET.parse(ROOT / "docs" / "sros2" / "ovsam_node_policy.xml").getroot()
+    allowed = {"/" + e.text.strip() for e in policy.iter() if e.tag in ("topic", "service")}
+    builtin = re.compile(r"^/(rosout|parameter_events|ovsam/(transition_event|change_state|get_state|get_available_\w+|"
+                         r"get_transition_graph|\w*parameter\w*))$")
+    assert {n for n in allowed if not builtin.match(n)} == names
 
 
 # ----------------------------------------------------------------------------- diagnostics
