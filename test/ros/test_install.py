@@ -25,7 +25,9 @@ ROOT = Path(__file__).resolve().parents[2]
 PROGRAMS = Path(__file__).parent / "programs"
 SITE_REL = Path(sysconfig.get_paths()["purelib"]).relative_to(sys.prefix)
 
-pytestmark = pytest.mark.e2e
+# The module's CMake build (messages for 10 interfaces) runs in the first test's setup: ~1-2 min alone,
+# it passed 600 s on this project's 2-core machine with a dozen other builds running.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 
 def clean_venv(where: Path, with_pip: bool = False) -> Path:
