@@ -27,7 +27,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["ovsam_ros", "ovsam_ros.*", "training", "training.*"]),
-    package_data={"ovsam_ros": ["data/vocabularies/*.json", "data/samples/*"],
+    package_data={"ovsam_ros": ["data/vocabularies/*.json", "data/samples/*", "data/models/*"],
                   "training": ["configs/*.yaml"]},
     data_files=DATA_FILES,
     install_requires=[
@@ -50,6 +50,7 @@ setup(
     entry_points={
         "console_scripts": [
             "ovsam = ovsam_ros.cli:main",
+            "ovsam-train-stage0 = training.stage0:main",
             "ovsam-train-stage1 = training.stage1:main",
             "ovsam-train-stage2 = training.stage2:main",
             "ovsam-train-bench = training.bench:main",

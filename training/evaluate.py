@@ -10,7 +10,11 @@ label; reported per prompt type:
 * label accuracy (% of instances whose top-1 label is the ground-truth class),
   overall / base / novel, plus per class (IoU, accuracy, count),
 * optionally the paper's recognition baselines on the SAME masks
-  (``--baselines image-crop feature-crop``, see ``ovsam_ros.baselines``).
+  (``--baselines image-crop feature-crop``, see ``ovsam_ros.baselines``),
+* optionally (``--text-queries``, ours) the text-query hit rate: for every class
+  present in an image, ``predictor.query(class name)`` over the image's
+  everything-mode masks; a hit when its best mask overlaps an instance of that
+  class with IoU >= 0.5; per split (base / novel).
 
 The predictor is the one robots use (``OVSAMPredictor``), so the numbers are
 what the node will deliver. Base / novel come from the vocabulary's split
@@ -53,9 +57,26 @@ def mask_iou(pred: np.ndarray, gt: np.ndarray) -> float:
     return float(np.logical_and(pred, gt).sum() / union)
 
 
+#: IoU at which a text query's best mask counts as finding the object.
+QUERY_HIT_IOU = 0.5
+
+
+def text_query_hits(predictor, instances: Sequence[Any], masks: Sequence[np.ndarray], vocab,
+                    split_of) -> List[Dict[str, Any]]:
+    """Query every class present in the current image (everything-mode candidates computed once)."""
+    candidates = predictor.everything()
+    rows = []
+    for label in sorted({inst.label for inst in instances}):
+        truth = [m for inst, m in zip(instances, masks) if inst.label == label]
+        found = predictor.query(vocab.classes[label], candidates=candidates, max_instances=1)
+        best = max((mask_iou(found[0].mask, t) for t in truth), default=0.0) if found else 0.0
+        rows.append({"label": label, "split": split_of(label), "iou": best, "hit": best >= QUERY_HIT_IOU})
+    return rows
+
+
 def evaluate(predictor, coco: CocoInstances, prompts: Sequence[str] = PROMPT_TYPES,
              baselines: Sequence[str] = (), max_images: Optional[int] = None, multimask: bool = False,
-             progress: bool = True) -> Dict[str, Any]:
+             progress: bool = True, text_queries: bool = False) -> Dict[str, Any]:
     """Run the protocol; returns the metrics dict (see module doc)."""
     from ovsam_ros.baselines import relabel
     from ovsam_ros.prompts import Prompt
@@ -67,6 +88,7 @@ def evaluate(predictor, coco: CocoInstances, prompts: Sequence[str] = PROMPT_TYP
     if predictor.vocabulary is None or predictor.vocabulary.fingerprint() != vocab.fingerprint():
         predictor.set_vocabulary(vocab)
     records: Dict[str, List[Dict[str, Any]]] = {p: [] for p in prompts}
+    query_rows: List[Dict[str, Any]] = []
     skipped = defaultdict(int)
     images = coco.images[: max_images] if max_images else coco.images
     bar = None
@@ -107,6 +129,9 @@ def evaluate(predictor, coco: CocoInstances, prompts: Sequence[str] = PROMPT_TYP
                 for b, rs in relabeled.items():
                     row[f"pred_{b}"] = rs[j].labels[0].class_index if rs[j].labels else -1
                 records[kind].append(row)
+        if text_queries:
+            query_rows += text_query_hits(predictor, [i for i, _ in valid], [m for _, m in valid], vocab,
+                                          coco.split_of)
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -123,7 +148,16 @@ def evaluate(predictor, coco: CocoInstances, prompts: Sequence[str] = PROMPT_TYP
     }
     for kind, rows in records.items():
         out["prompts"][kind] = summarize(rows, vocab, baselines)
+    if text_queries:
+        out["text_query"] = {"hit_iou": QUERY_HIT_IOU, "overall": _hit_block(query_rows)}
+        for s in sorted({r["split"] for r in query_rows}):
+            out["text_query"][s] = _hit_block([r for r in query_rows if r["split"] == s])
     return out
+
+
+def _hit_block(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+    return {"queries": len(rows), "hit_rate": _mean([float(r["hit"]) for r in rows]),
+            "mean_iou": _mean([r["iou"] for r in rows])}
 
 
 def _mask_box(m: np.ndarray):
@@ -172,6 +206,10 @@ def format_table(metrics: Dict[str, Any]) -> str:
         for b, acc in m["baselines"].items():
             lines.append(f"{kind:8s} {b:13s} {'':6s} {'':6s} {'':6s} {pct(acc['overall'])} {pct(acc.get('base'))} "
                          f"{pct(acc.get('novel'))}")
+    if "text_query" in metrics:
+        tq = metrics["text_query"]
+        lines.append(f"text query (class names, hit = best mask IoU >= {tq['hit_iou']}): " + ", ".join(
+            f"{k} {pct(v['hit_rate']).strip()}% of {v['queries']}" for k, v in tq.items() if isinstance(v, dict)))
     lines.append("")
     for kind, m in metrics["prompts"].items():
         lines.append(f"per class ({kind} prompts):")
@@ -217,6 +255,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--prompts", nargs="+", default=list(PROMPT_TYPES), choices=PROMPT_TYPES)
     parser.add_argument("--baselines", nargs="*", default=[], choices=["image-crop", "feature-crop"])
     parser.add_argument("--max-images", type=int, default=None)
+    parser.add_argument("--text-queries", action="store_true",
+                        help="also query every class present in an image by name (everything-mode masks) and "
+                             "report the hit rate (best mask IoU >= 0.5 with an instance of that class)")
     parser.add_argument("--multimask", action="store_true",
                         help="let the decoder propose 3 masks and keep the best by predicted IoU "
                              "(default: the single trained mask, as in the reference)")
@@ -233,7 +274,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         predictor = build_eval_predictor(args.checkpoint, args.model, args.device, args.precision, args.templates,
                                          args.clip_weights)
         metrics = evaluate(predictor, coco, args.prompts, args.baselines, args.max_images, args.multimask,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, text_queries=args.text_queries)
     except (DataError, FileNotFoundError, ValueError) as err:
         print(f"ovsam-evaluate: error: {err}", file=sys.stderr)
         return 2

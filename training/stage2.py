@@ -58,6 +58,8 @@ DEFAULTS: Dict[str, Any] = {
     "output_dir": "runs/stage2",
     "model": copy.deepcopy(engine.MODEL_DEFAULTS),
     "train_prompt_encoder": False,  # reference: frozen (SAM's); True helps a randomly initialised one
+    "train_sam2clip": False,  # reference: frozen after stage 1; True (ours) lets the mask loss refine it,
+    #                           for a stage 1 whose teacher is weak (the shapes-world recipe)
     "data": {
         "annotations": None,  # COCO-format instances JSON
         "images": None,  # image root (file_name is relative to it); default: next to the JSON
@@ -103,7 +105,7 @@ DEFAULTS: Dict[str, Any] = {
 }
 
 
-def trainable_filter(model: OVSAM, iou_weight: float, prompt_encoder: bool = False):
+def trainable_filter(model: OVSAM, iou_weight: float, prompt_encoder: bool = False, sam2clip: bool = False):
     label_mlp = model.clip2sam.label_weight != 0.0
     use_iou = model.decoder.output_tokens == "sam"
     hyper = "decoder.mask_decoder.output_hypernetworks_mlps."
@@ -111,6 +113,8 @@ def trainable_filter(model: OVSAM, iou_weight: float, prompt_encoder: bool = Fal
     def keep(name: str) -> bool:
         if name.startswith("clip2sam."):
             return True
+        if name.startswith("sam2clip."):
+            return sam2clip
         if name.startswith("decoder.prompt_encoder."):
             return prompt_encoder
         if name == "decoder.label_token.weight":
@@ -191,7 +195,8 @@ class Stage2Task(engine.Task):
         seed = int(cfg["seed"])
         self.model = engine.build_model(cfg["model"], seed, resume_from).to(env.device)
         self.trainable = engine.freeze_all_but(
-            self.model, trainable_filter(self.model, float(lcfg["iou_weight"]), bool(cfg["train_prompt_encoder"])))
+            self.model, trainable_filter(self.model, float(lcfg["iou_weight"]), bool(cfg["train_prompt_encoder"]),
+                                         bool(cfg["train_sam2clip"])))
         self.model.eval()
         self.net = Stage2Net(self.model)
         size = self.model.image_size

@@ -35,7 +35,7 @@ from open_clip.modified_resnet import ModifiedResNet
 from open_clip.timm_model import TimmModel
 
 from .checkpoints import CheckpointError
-from .config import TINY_CONVNEXT_CLIP, TINY_RN_CLIP, BackboneConfig
+from .config import SHAPES_CLIP, TINY_CONVNEXT_CLIP, TINY_RN_CLIP, BackboneConfig
 
 _TINY_TEXT_CFG = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}
 
@@ -60,6 +60,14 @@ TINY_CLIP_CONFIGS = {
             "image_size": 256,
         },
         "text_cfg": dict(_TINY_TEXT_CFG),
+    },
+    # The shapes-world CLIP (training/stage0.py pretrains it): a tiny ModifiedResNet whose
+    # native crop size (64 px) is about the size objects have in 256 px scenes, and a short
+    # text context (captions are a few words).
+    SHAPES_CLIP: {
+        "embed_dim": 64,
+        "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "patch_size": None},
+        "text_cfg": {**_TINY_TEXT_CFG, "context_length": 32},
     },
 }
 

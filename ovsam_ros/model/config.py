@@ -19,6 +19,8 @@ from typing import Any, Dict, Optional, Tuple, Type, TypeVar
 # Registered with open_clip at runtime by ``backbone.register_tiny_clip_configs``.
 TINY_RN_CLIP = "ovsam-tiny-rn"
 TINY_CONVNEXT_CLIP = "ovsam-tiny-convnext"
+# The small CLIP of the bundled shapes-world model (trained by training/stage0.py).
+SHAPES_CLIP = "ovsam-shapes-rn"
 
 # Output stride of the SAM image embedding relative to the padded input image.
 EMBEDDING_STRIDE = 16

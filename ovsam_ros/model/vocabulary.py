@@ -9,7 +9,9 @@ CLIP text tower). Built-in vocabularies:
 * ``lvis`` (LVIS v1, 1203 classes; ``lvis_base`` 866, ``lvis_novel`` the 337
   rare classes),
 * ``imagenet21k`` (21,843 WordNet synsets; built at run time from the synset and
-  lemma lists that ``timm`` ships, nothing is downloaded).
+  lemma lists that ``timm`` ships, nothing is downloaded),
+* ``shapes`` (the synthetic world of the bundled demo model: 6 colours x 6 shapes;
+  ``shapes_base`` 30, ``shapes_novel`` the 6 held-out colour-shape pairs).
 
 Users can also pass a ``.txt`` file (one class per line, synonyms separated by
 ``,``), a ``.json`` file (this package's format, a COCO/LVIS annotation file's
@@ -124,6 +126,10 @@ BUILTIN_VOCABULARIES: Dict[str, Tuple[str, Optional[Tuple[str, ...]]]] = {
     "imagenet21k": ("imagenet21k", None),
     "in21k": ("imagenet21k", None),
     "imagenet_21k": ("imagenet21k", None),
+    # the synthetic world of the bundled demo model (training/synthetic.py --world shapes)
+    "shapes": ("shapes", None),
+    "shapes_base": ("shapes", ("base",)),
+    "shapes_novel": ("shapes", ("novel",)),
 }
 
 _SYNONYM_SEPARATORS = re.compile(r",|/|_or_")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from training import evaluate, stage1, stage2, synthetic
+from training import evaluate, stage0, stage1, stage2, synthetic
 from training.config import CONFIG_DIR, ConfigError, load_config, parse_override
 from training.data import rosbag
 
@@ -14,9 +14,9 @@ def test_bundled_configs_load_against_their_stage():
     names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
     assert {"stage1_tiny", "stage2_tiny", "stage1_rn50x16", "stage2_coco_rn50x16"} <= set(names)
     for name in names:
-        defaults = stage1.DEFAULTS if name.startswith("stage1") else stage2.DEFAULTS
+        defaults = {"stage0": stage0.DEFAULTS, "stage1": stage1.DEFAULTS}.get(name[:6], stage2.DEFAULTS)
         cfg = load_config(defaults, name)
-        assert cfg["train"]["batch_size"] >= 1
+        assert cfg["train"].get("batch_size", 1) >= 1
     ref = load_config(stage2.DEFAULTS, "stage2_coco_rn50x16")
     assert ref["train"]["lr"] == 1e-4 and ref["train"]["milestones"] == [8, 11] and ref["train"]["grad_clip"] == 0.01
     assert ref["loss"]["num_points"] == 12544 and ref["data"]["instances_per_image"] == 40

@@ -1,0 +1,227 @@
+"""Train the bundled shapes-world demo model from nothing (``tools/train_demo_model.sh``).
+
+Every stage is this package's own pipeline, run in one process:
+
+1. ``training.synthetic`` writes the shapes world (6 colours x 6 shapes, 6 held-out
+   novel pairs; train split = base classes only) with COCO masks and captions;
+2. stage 0 (``training.stage0``) pretrains the small open_clip CLIP on captioned crops;
+3. stage 1 (``training.stage1``) distils SAM2CLIP on top of that frozen CLIP;
+4. stage 2 (``training.stage2``) trains CLIP2SAM + decoder (+ the neck) on base classes;
+5. ``training.evaluate`` scores the stage-1 and stage-2 models on held-out scenes.
+
+Each stage must improve its own metric over its starting point (zero-shot accuracy
+for stage 0, distillation loss for stage 1, box-prompt IoU and label accuracy of the
+whole model for stage 2); the run fails otherwise. ``--quick`` does all of it at a
+reduced size (CI). ``--install`` copies the result into the package
+(``ovsam_ros/data/models/shapes.pt`` + ``shapes_metrics.json``), where the ``shapes``
+model YAML finds it.
+
+    python -m training.demo_model --out runs/shapes            # the bundled model
+    python -m training.demo_model --out /tmp/q --quick         # every stage, small, with checks
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+log = logging.getLogger("training")
+
+PACKAGE_MODEL_DIR = Path(__file__).resolve().parents[1] / "ovsam_ros" / "data" / "models"
+
+#: Run sizes. ``full`` makes the bundled model; ``quick`` checks every stage in CI.
+SIZES: Dict[str, Dict[str, int]] = {
+    "full": {"train": 600, "val": 100, "stage0_steps": 1000, "stage1_steps": 75, "stage2_steps": 400,
+             "eval_images": 100},
+    "quick": {"train": 40, "val": 12, "stage0_steps": 80, "stage1_steps": 20, "stage2_steps": 40,
+              "eval_images": 12},
+}
+
+
+class StageCheckFailed(RuntimeError):
+    """A stage did not improve its own metric."""
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(sum(values) / max(1, len(values)))
+
+
+def evaluate_model(checkpoint: Path, annotations: str, images: str, max_images: int,
+                   text_queries: bool = False) -> Dict[str, Any]:
+    from .data.coco import CocoInstances
+    from .evaluate import build_eval_predictor, evaluate
+
+    coco = CocoInstances(annotations, images)
+    predictor = build_eval_predictor(str(checkpoint), None, "cpu", "fp32", "single")
+    return evaluate(predictor, coco, ("box", "point"), max_images=max_images, progress=False,
+                    text_queries=text_queries)
+
+
+def headline(metrics: Dict[str, Any]) -> Dict[str, Optional[float]]:
+    """The numbers the issue's targets name, from an ``evaluate`` result."""
+    out: Dict[str, Optional[float]] = {}
+    for kind, m in metrics["prompts"].items():
+        out[f"{kind}_iou"] = m["overall"]["iou"]
+        out[f"{kind}_accuracy"] = m["overall"]["accuracy"]
+        out[f"{kind}_accuracy_base"] = m.get("base", {}).get("accuracy")
+        out[f"{kind}_accuracy_novel"] = m.get("novel", {}).get("accuracy")
+    for split, m in metrics.get("text_query", {}).items():
+        if isinstance(m, dict):
+            out[f"text_query_hit_rate_{split}"] = m["hit_rate"]
+    return out
+
+
+def run(out: Path, quick: bool = False, seed: int = 0, threads: int = 1, quiet: bool = True,
+        stage2_steps: Optional[int] = None, stage0_steps: Optional[int] = None) -> Dict[str, Any]:
+    """The whole recipe into ``out``; returns the summary (also ``out/summary.json``)."""
+    import torch
+
+    from . import stage0, stage1, stage2
+    from .config import load_config
+    from .synthetic import make_dataset
+
+    size = dict(SIZES["quick" if quick else "full"])
+    if stage2_steps:
+        size["stage2_steps"] = int(stage2_steps)
+    if stage0_steps:
+        size["stage0_steps"] = int(stage0_steps)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(threads)
+    timings: Dict[str, float] = {}
+    checks: List[Dict[str, Any]] = []
+
+    def check(stage: str, metric: str, before: Optional[float], after: Optional[float]) -> None:
+        ok = before is not None and after is not None and after > before
+        checks.append({"stage": stage, "metric": metric, "before": before, "after": after, "improved": ok})
+        print(f"[{stage}] {metric}: {before} -> {after} {'(improved)' if ok else '(NOT improved)'}", flush=True)
+
+    t = time.time()
+    data = make_dataset(out / "data", seed=seed, world="shapes", captions=True,
+                        splits={"train": size["train"], "val": size["val"]})
+    timings["data"] = time.time() - t
+    print(f"[data] {size['train']} training / {size['val']} held-out scenes in {timings['data']:.0f} s", flush=True)
+    images = data["images"]
+
+    # -- stage 0: CLIP ----------------------------------------------------------------
+    t = time.time()
+    cfg0 = load_config(copy.deepcopy(stage0.DEFAULTS), "stage0_shapes", [
+        f"output_dir={out / 'stage0'}", f"seed={seed}", f"data.annotations={data['train']}",
+        f"data.images={images}", f"data.val_annotations={data['val']}", f"train.steps={size['stage0_steps']}",
+        f"train.threads={threads}"])
+    s0 = stage0.train(cfg0, quiet=quiet)
+    timings["stage0"] = time.time() - t
+    check("stage0", "zero-shot accuracy on held-out crops", s0["zero_shot_before"]["accuracy"],
+          s0["zero_shot_after"]["accuracy"])
+    print(f"[stage0] novel-class zero-shot accuracy {s0['zero_shot_after'].get('accuracy_novel')}, "
+          f"{timings['stage0']:.0f} s", flush=True)
+    clip = out / "stage0" / "clip.pt"
+
+    # -- stage 1: SAM2CLIP ------------------------------------------------------------
+    t = time.time()
+    cfg1 = load_config(copy.deepcopy(stage1.DEFAULTS), "stage1_shapes", [
+        f"output_dir={out / 'stage1'}", f"seed={seed}", f"model.clip_weights={clip}",
+        f"data.images={Path(images) / 'train'}", f"teacher.cache_dir={out / 'teacher_cache'}",
+        f"train.max_steps={size['stage1_steps']}", f"train.threads={threads}", "train.epochs=100",
+        f"train.progress={not quiet}", "train.tensorboard=false"])
+    s1 = stage1.train(cfg1, quiet=quiet)
+    timings["stage1"] = time.time() - t
+    losses = [h["loss"] for h in s1.history if "loss" in h]
+    k = max(1, min(5, len(losses) // 4))
+    check("stage1", "distillation MSE (first vs last logged steps)", -_mean(losses[:k]), -_mean(losses[-k:]))
+
+    # -- stage 2: CLIP2SAM + decoder ----------------------------------------------------
+    t = time.time()
+    cfg2 = load_config(copy.deepcopy(stage2.DEFAULTS), "stage2_shapes", [
+        f"output_dir={out / 'stage2'}", f"seed={seed}", f"model.init_checkpoint={s1.final_model}",
+        f"data.annotations={data['train']}", f"data.images={images}", f"train.max_steps={size['stage2_steps']}",
+        "train.epochs=1000", f"train.threads={threads}", f"train.progress={not quiet}", "train.tensorboard=false"])
+    s2 = stage2.train(cfg2, quiet=quiet)
+    timings["stage2"] = time.time() - t
+
+    # -- evaluation: the whole model before (stage-1 output) and after stage 2 -------------
+    t = time.time()
+    before = evaluate_model(s1.final_model, data["val"], images, size["eval_images"])
+    after = evaluate_model(s2.final_model, data["val"], images, size["eval_images"], text_queries=True)
+    timings["evaluate"] = time.time() - t
+    hb, ha = headline(before), headline(after)
+    check("stage2", "box-prompt mask IoU", hb["box_iou"], ha["box_iou"])
+    check("stage2", "box-prompt label accuracy", hb["box_accuracy"], ha["box_accuracy"])
+
+    summary = {
+        "quick": quick, "seed": seed, "sizes": size, "seconds": {k: round(v, 1) for k, v in timings.items()},
+        "total_seconds": round(sum(timings.values()), 1),
+        "stage0": {k: s0[k] for k in ("zero_shot_before", "zero_shot_after", "steps", "seconds")},
+        "stage1": {"steps": s1.steps, "first_loss": losses[0] if losses else None,
+                   "last_loss": losses[-1] if losses else None},
+        "stage2": {"steps": s2.steps},
+        "eval_stage1_model": hb, "eval_final": ha, "eval_final_full": after, "checks": checks,
+        "model": str(s2.final_model),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps({"seconds": summary["seconds"], "final": ha}, indent=1), flush=True)
+    failed = [c for c in checks if not c["improved"]]
+    if failed:
+        raise StageCheckFailed("stage(s) did not improve their metric: "
+                               + "; ".join(f"{c['stage']} {c['metric']} {c['before']} -> {c['after']}" for c in failed))
+    return summary
+
+
+def bundle(model_path: Path, dest: Path) -> int:
+    """Re-save the stage-2 model for the package (config + weights, no optimizer state); returns bytes."""
+    from ovsam_ros.model.checkpoints import load_ovsam, save_ovsam
+
+    model = load_ovsam(str(model_path))
+    save_ovsam(model, dest, include_backbone=True,
+               extra={"description": "ovsam_ros shapes-world demo model (knows only the synthetic shapes world)",
+                      "recreate": "bash tools/train_demo_model.sh"})
+    return os.path.getsize(dest)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="train_demo_model",
+        description="Train the bundled shapes-world demo model from nothing with this package's pipeline "
+                    "(synthetic world -> stage 0 CLIP -> stage 1 -> stage 2 -> evaluation). Fails when a "
+                    "stage does not improve its own metric.")
+    parser.add_argument("--out", default="runs/shapes", help="work folder (default runs/shapes; never in git)")
+    parser.add_argument("--quick", action="store_true", help="every stage at a reduced size (CI check, minutes)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--stage0-steps", type=int, default=None, help="override the stage-0 step count")
+    parser.add_argument("--stage2-steps", type=int, default=None, help="override the stage-2 step count")
+    parser.add_argument("--install", action="store_true",
+                        help=f"copy the model and its metrics into {PACKAGE_MODEL_DIR} (the 'shapes' model YAML)")
+    parser.add_argument("--verbose", action="store_true", help="progress bars and per-step logs")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        summary = run(Path(args.out), args.quick, args.seed, args.threads, quiet=not args.verbose,
+                      stage2_steps=args.stage2_steps, stage0_steps=args.stage0_steps)
+    except StageCheckFailed as err:
+        print(f"train_demo_model: FAILED: {err}", file=sys.stderr)
+        return 1
+    dest = Path(args.out) / "shapes.pt"
+    nbytes = bundle(Path(summary["model"]), dest)
+    print(f"model: {dest} ({nbytes / 1e6:.1f} MB), total {summary['total_seconds']:.0f} s")
+    if args.install:
+        PACKAGE_MODEL_DIR.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(dest, PACKAGE_MODEL_DIR / "shapes.pt")
+        metrics = {k: summary[k] for k in ("seed", "sizes", "seconds", "total_seconds", "stage0", "eval_final",
+                                           "eval_final_full", "checks")}
+        (PACKAGE_MODEL_DIR / "shapes_metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        print(f"installed into {PACKAGE_MODEL_DIR}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
