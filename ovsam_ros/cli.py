@@ -5,8 +5,8 @@
     ovsam query IMAGE "red cup"
     ovsam demo
 
-Every sub-command takes --model (a YAML in config/models/ or a path; default:
-the tiny random-init model that needs no weights) and prints a table of what it
+Every sub-command takes --model (a YAML in config/models/ or a path; default: shapes,
+the bundled demo model that knows only the synthetic shapes world) and prints a table of what it
 found. JSON output holds COCO RLE masks in the original image frame.
 """
 
@@ -36,9 +36,10 @@ def _add_common(parser: argparse.ArgumentParser, image: bool = True) -> None:
     if image:
         parser.add_argument("image", help="image file (PNG, JPEG, 8/16-bit, grey or colour)")
     group = parser.add_argument_group("model")
-    group.add_argument("--model", default="tiny",
-                       help="model YAML: a name in config/models/ (tiny, rn50x16, convnext_large) or a path "
-                            "(default: tiny, random weights, meaningless labels)")
+    group.add_argument("--model", default="shapes",
+                       help="model YAML: a name in config/models/ (shapes, tiny, rn50x16, convnext_large) or a path "
+                            "(default: shapes, the bundled demo model trained on the synthetic shapes world only; "
+                            "tiny: random weights)")
     group.add_argument("--vocab", default=None,
                        help="coco | lvis | imagenet21k | a .txt/.json file | 'cup, door handle' (default: the model YAML's)")
     group.add_argument("--device", default=None, help="cpu | cuda | cuda:N | auto (default: the model YAML's)")
@@ -113,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--robot-frames", type=int, default=12, metavar="N",
                       help="then N frames of an RGB-D camera with a detector stand-in answering 100 ms late: "
                            "track ids and 3D centroids (ROS demo; 0 = skip; default 12)")
+    demo.add_argument("--scenes", choices=["world", "samples"], default="world",
+                      help="world: new scenes of the shapes world with ground truth; every result is scored "
+                           "(IoU, label, text-query hit) (default); samples: the bundled photos (unscored)")
     from ovsam_ros.benchmark.cli import add_arguments as add_bench_arguments
     from ovsam_ros.export.cli import add_arguments as add_export_arguments
 
@@ -250,12 +254,13 @@ def run_demo(args: argparse.Namespace) -> int:
 
     if args.baseline != "none":
         print(f"NOTE: --baseline {args.baseline} applies to --offline only; the node uses CLIP2SAM labels.")
-    print(f"ovsam demo: OVSAM node + sample camera + prompt source + listener in one process "
+    print(f"ovsam demo: OVSAM node + demo camera ({args.scenes}) + prompt source + listener in one process "
           f"(ROS 2, {args.frames} frames, model {args.model!r}); Ctrl-C stops it.")
     try:
         result = run_ros_demo(frames=args.frames, rate=args.rate, output_dir=args.output_dir, model=args.model,
                               vocabulary=args.vocab, device=args.device, precision=args.precision,
-                              num_threads=args.threads or 2, top_k=args.top_k, robot_frames=args.robot_frames)
+                              num_threads=args.threads or 2, top_k=args.top_k, robot_frames=args.robot_frames,
+                              scenes=args.scenes)
     except KeyboardInterrupt:
         print("ovsam demo: interrupted", file=sys.stderr)
         return 130

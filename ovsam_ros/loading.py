@@ -71,6 +71,9 @@ class ModelSpec:
     backend: str = "torch"
     onnx_dir: Optional[str] = None
     onnx_providers: Optional[list] = None  # ONNX Runtime execution providers, best first
+    # Logged when the model is built: what the model knows (e.g. the shapes demo model: only
+    # the synthetic shapes world) and how to switch to real weights.
+    notice: Optional[str] = None
 
     @property
     def preset_name(self) -> str:
@@ -117,7 +120,14 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: Prefix of a path inside the installed ovsam_ros Python package (bundled weights), e.g.
+#: ``ovsam_ros://data/models/shapes.pt``: model YAMLs are installed apart from the package.
+PACKAGE_SCHEME = "ovsam_ros://"
+
+
 def _expand(path: str) -> str:
+    if str(path).startswith(PACKAGE_SCHEME):
+        return str(Path(__file__).resolve().parent / str(path)[len(PACKAGE_SCHEME):])
     return os.path.expandvars(os.path.expanduser(path))
 
 
@@ -202,6 +212,8 @@ def build_model(spec: ModelSpec) -> OVSAM:
             )
     if not spec.trained:
         log.warning(untrained_warning(spec))
+    if spec.notice:
+        log.warning(spec.notice.strip())
     return model.eval()
 
 

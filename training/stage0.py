@@ -324,7 +324,7 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None, quiet: bool = False
         if bar is not None:
             bar.update(1)
         if (step + 1) % log_every == 0 or step + 1 == steps:
-            rec = {"step": step + 1, "lr": sched.get_last_lr()[0], "logit_scale": float(model.logit_scale.exp()),
+            rec = {"step": step + 1, "lr": sched.get_last_lr()[0], "logit_scale": float(model.logit_scale.detach().exp()),
                    **{f"loss_{k}": float(np.mean(v)) for k, v in running.items()}}
             running = {}
             every = int(tcfg["eval_every"])

@@ -1,12 +1,16 @@
 """``ovsam-demo-camera``: a stand-in camera for demos and tests.
 
-Publishes the bundled sample images, or a short generated clip of moving
-shapes, as ``sensor_msgs/Image`` (or ``CompressedImage``) on ``image`` at a
-fixed rate. Each frame is stamped with the publisher's clock at the moment it
-is "captured" and carries a ``frame_id``, like a real driver.
+Publishes the bundled sample images, a short generated clip of moving
+shapes, or new scenes of the shapes world (``world``: what the bundled ``shapes``
+model was trained on, never its training images) as ``sensor_msgs/Image`` (or
+``CompressedImage``) on ``image`` at a fixed rate. Each frame is stamped with the
+publisher's clock at the moment it is "captured" and carries a ``frame_id``, like a
+real driver. With ``world`` the exact instance masks and class names of each frame
+go out as ``ovsam_ros/LabeledMaskArray`` on ``image/ground_truth`` (same header).
 
     ovsam-demo-camera --source samples --rate 2 --frames 10
     ovsam-demo-camera --source shapes --size 640x480 --rate 15 --compressed jpeg
+    ovsam-demo-camera --source world --seed 2026 --size 320x240
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ import cv2
 import numpy as np
 
 from ovsam_ros.resources import SAMPLES_DIR  # package data: travels with the code
+SOURCES = ("samples", "shapes", "world")
+#: Scene stream of the demo camera's shapes world: no training run uses it.
+WORLD_DEMO_SEED = 2026
 
 
 def sample_images() -> list[tuple[str, np.ndarray]]:
@@ -52,15 +59,46 @@ def shapes_frame(index: int, width: int = 640, height: int = 480, frames: int = 
     return canvas
 
 
-def frame_source(source: str, size: tuple[int, int] = (640, 480), clip_frames: int = 60) -> Iterator[tuple[str, np.ndarray]]:
-    """Endless (name, RGB frame) iterator: the samples in a loop, or the shapes clip in a loop."""
+def world_frames(size: tuple[int, int] = (320, 240), seed: int = WORLD_DEMO_SEED) -> Iterator[tuple[str, np.ndarray, list]]:
+    """Endless (name, RGB frame, [(class name, split, mask)]) over new shapes-world scenes."""
+    from ovsam_ros.shapes_world import WORLD_CLASSES, world_scene
+
+    for i in itertools.count():
+        rgb, instances = world_scene(seed, i, size)
+        truth = [(WORLD_CLASSES[c].name, WORLD_CLASSES[c].split, m) for c, m in instances]
+        yield f"world_{seed}_{i:04d}", rgb, truth
+
+
+def frame_source(source: str, size: tuple[int, int] = (640, 480), clip_frames: int = 60,
+                 seed: int = WORLD_DEMO_SEED) -> Iterator[tuple[str, np.ndarray]]:
+    """Endless (name, RGB frame) iterator: the samples in a loop, the shapes clip in a loop, or world scenes."""
     if source == "samples":
         yield from itertools.cycle(sample_images())
     elif source == "shapes":
         for i in itertools.count():
             yield f"shapes_{i % clip_frames:03d}", shapes_frame(i, size[0], size[1], clip_frames)
+    elif source == "world":
+        for name, rgb, _truth in world_frames(size, seed):
+            yield name, rgb
     else:
-        raise ValueError(f"source must be 'samples' or 'shapes', got {source!r}")
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+
+
+def truth_message(truth: Sequence[tuple[str, str, np.ndarray]], header: Any) -> Any:
+    """Ground truth of one frame as a LabeledMaskArray (label = class name, score 1, split in ``mode``)."""
+    from ovsam_ros.msg import LabeledMaskArray
+    from ovsam_ros.ros.messages import labeled_mask_msg
+    from ovsam_ros.shapes_world import WORLD_CLASSES
+
+    index = {c.name: i for i, c in enumerate(WORLD_CLASSES)}
+    msg = LabeledMaskArray()
+    msg.header = header
+    if truth:
+        msg.image_height, msg.image_width = (int(v) for v in truth[0][2].shape)
+    msg.mode, msg.vocabulary_name = "ground_truth", "shapes"
+    msg.instances = [labeled_mask_msg(m, instance_id=i, prompt_index=i, labels=[(index.get(name, -1), name, 1.0)])
+                     for i, (name, _split, m) in enumerate(truth)]
+    return msg
 
 
 def image_message(rgb: np.ndarray, encoding: str, header: Any) -> Any:
@@ -94,29 +132,65 @@ def compressed_message(rgb: np.ndarray, fmt: str, header: Any) -> Any:
     return msg
 
 
+#: Ground truth is published reliably (a consumer scoring results must not miss it).
+TRUTH_QOS_DEPTH = 10
+
+
 def make_camera_node(*, source: str = "samples", encoding: str = "rgb8", compressed: str = "",
                      frame_id: str = "camera_optical_frame", size: tuple[int, int] = (640, 480),
-                     node_name: str = "demo_camera", **node_kwargs: Any):
-    """A node with ``publish_next()`` that publishes the next frame now (stamped now)."""
+                     node_name: str = "demo_camera", seed: int = WORLD_DEMO_SEED, **node_kwargs: Any):
+    """A node with ``publish_next()`` that publishes the next frame now (stamped now).
+
+    ``source='world'``: also publishes each frame's ground truth on ``image/ground_truth``
+    (published first, so it is there when the frame's result is) and keeps it in ``last_truth``.
+    """
     from rclpy.node import Node
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import CompressedImage, Image
     from std_msgs.msg import Header
 
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+
     class DemoCamera(Node):
         def __init__(self) -> None:
             super().__init__(node_name, **node_kwargs)
-            self.frames = frame_source(source, size)
+            self.world = world_frames(size, seed) if source == "world" else None
+            self.frames = None if self.world is not None else frame_source(source, size)
+            self.last_truth: list = []
+            self._pending: Optional[tuple] = None
+            self.on_header: Optional[Any] = None  # called with each frame's header before it is published
             self.count = 0
             if compressed:
                 self.pub = self.create_publisher(CompressedImage, "image/compressed", qos_profile_sensor_data)
             else:
                 self.pub = self.create_publisher(Image, "image", qos_profile_sensor_data)
+            self.truth_pub = None
+            if self.world is not None:
+                from ovsam_ros.msg import LabeledMaskArray
+
+                self.truth_pub = self.create_publisher(LabeledMaskArray, "image/ground_truth", TRUTH_QOS_DEPTH)
+
+        def prepare_next(self) -> list:
+            """Draw the next world scene now (publish_next sends it); returns its ground truth."""
+            if self.world is None:
+                return []
+            if self._pending is None:
+                self._pending = next(self.world)
+            return self._pending[2]
 
         def publish_next(self) -> tuple[str, Any]:
-            name, rgb = next(self.frames)
+            if self.world is not None:
+                self.prepare_next()
+                (name, rgb, self.last_truth), self._pending = self._pending, None
+            else:
+                name, rgb = next(self.frames)
             header = Header(frame_id=frame_id, stamp=self.get_clock().now().to_msg())
+            if self.on_header is not None:
+                self.on_header(header)
             msg = compressed_message(rgb, compressed, header) if compressed else image_message(rgb, encoding, header)
+            if self.truth_pub is not None:
+                self.truth_pub.publish(truth_message(self.last_truth, header))
             self.pub.publish(msg)
             self.count += 1
             return name, msg
@@ -136,14 +210,18 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="ovsam-demo-camera", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--source", choices=["samples", "shapes"], default="samples")
+    parser.add_argument("--source", choices=list(SOURCES), default="samples",
+                        help="samples: the bundled photos; shapes: a moving-shapes clip; world: new scenes of the "
+                             "shapes world (the bundled model's world) + their ground truth on image/ground_truth")
+    parser.add_argument("--seed", type=int, default=WORLD_DEMO_SEED, help="scene stream of --source world")
     parser.add_argument("--rate", type=float, default=2.0, help="frames per second (default 2)")
     parser.add_argument("--frames", type=int, default=0, help="stop after this many frames (0 = run until Ctrl-C)")
     parser.add_argument("--frame-id", default="camera_optical_frame")
     parser.add_argument("--encoding", default="rgb8", choices=["rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16"])
     parser.add_argument("--compressed", choices=["png", "jpeg"], default=None,
                         help="publish sensor_msgs/CompressedImage on image/compressed instead")
-    parser.add_argument("--size", type=parse_size, default=(640, 480), help="shapes clip size (default 640x480)")
+    parser.add_argument("--size", type=parse_size, default=None,
+                        help="shapes clip / world scene size (default 640x480 for shapes, 320x240 for world)")
     argv = list(sys.argv[1:] if argv is None else argv)
     ros_args = argv[argv.index("--ros-args"):] if "--ros-args" in argv else []
     args = parser.parse_args(argv[: len(argv) - len(ros_args)])
@@ -157,8 +235,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from rclpy.executors import ExternalShutdownException
 
     rclpy.init(args=["ovsam-demo-camera", *ros_args])
+    size = args.size or ((320, 240) if args.source == "world" else (640, 480))
     node = make_camera_node(source=args.source, encoding=args.encoding, compressed=args.compressed or "",
-                            frame_id=args.frame_id, size=args.size)
+                            frame_id=args.frame_id, size=size, seed=args.seed)
 
     period, next_time = 1.0 / args.rate, time.monotonic()
     try:

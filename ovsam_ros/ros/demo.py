@@ -3,11 +3,17 @@
 Four nodes on one MultiThreadedExecutor, talking over real DDS (loopback only):
 
 * the OVSAM node (lifecycle, configured + activated here),
-* a sample camera publishing the bundled images (stamped, frame_id set),
-* a prompt source cycling through point/box prompts, a text query and
-  everything mode (no prompts),
-* a listener printing one summary line per ``LabeledMaskArray`` and writing
-  the node's overlay images to ``outputs/demo/``.
+* a demo camera (stamped, frame_id set) publishing either new scenes of the
+  shapes world with their ground truth (``scenes='world'``, the default: what the
+  bundled ``shapes`` model knows) or the bundled photos (``scenes='samples'``),
+* a prompt source: on world scenes it boxes every object, clicks every object
+  (one interior point) and asks for a class in the scene by name (base and novel
+  classes in turn); on photos it cycles fixed point/box prompts, a text query and
+  everything mode,
+* a listener printing one line per ``LabeledMaskArray`` (on world scenes also the
+  IoU of each mask against the truth and whether its label is right, and a scored
+  summary at the end, see :mod:`ovsam_ros.demo_scoring`) and writing the node's
+  overlay images to ``outputs/demo/``.
 
 The camera publishes the next frame once the previous result arrived (or after
 a timeout), at most ``rate`` frames per second, so every run shows all three
@@ -31,6 +37,8 @@ from ovsam_ros.prompts import Prompt
 
 NAMESPACE = "/ovsam_demo"
 SCHEDULE = ("prompt", "text", "everything")
+WORLD_SCHEDULE = ("box", "point", "text")
+WORLD_FRAME_SIZE = (320, 240)
 # Prompts are made for a 600x400 image: coffee.png is that size; chelsea.png (451x300)
 # has the same aspect ratio within 1%, so the node rescales them (and says nothing).
 PROMPT_IMAGE_SIZE = (600, 400)
@@ -50,28 +58,59 @@ class DemoResult:
     overlays: list = field(default_factory=list)
     stages_ms: dict = field(default_factory=dict)
     robot: Any = None  # robot_demo.RobotResult
+    scores: Any = None  # demo_scoring.Scoreboard on world scenes
 
 
-def _listener(context: Any, output_dir: Path, result: DemoResult, printer) -> Any:
+def _listener(context: Any, output_dir: Path, result: DemoResult, printer, scoring: bool = False) -> Any:
     from rclpy.node import Node
     from sensor_msgs.msg import Image
 
+    from ovsam_ros.demo_scoring import Scoreboard, TruthObject
     from ovsam_ros.msg import LabeledMaskArray
+    from ovsam_ros.ros.camera_demo import TRUTH_QOS_DEPTH
     from ovsam_ros.ros.image_conversion import image_to_numpy
     from ovsam_ros.ros.qos import OUTPUT_QOS
+    from ovsam_ros.ros.messages import mask_from_msg
+    from ovsam_ros.shapes_world import WORLD_CLASSES
     from ovsam_ros.visualize import save_rgb
+
+    splits = {c.name: c.split for c in WORLD_CLASSES}
+    if scoring:
+        result.scores = Scoreboard()
 
     class DemoListener(Node):
         def __init__(self) -> None:
             super().__init__("demo_listener", namespace=NAMESPACE, context=context)
             self.overlays: dict[tuple[int, int], Any] = {}
             self.paused = False  # the robot phase has its own listener
+            self.truth: dict[tuple[int, int], list] = {}
+            self.kinds: dict[tuple[int, int], str] = {}  # stamp -> box | point (prompt frames of world scenes)
             self.received = threading.Condition()
             self.create_subscription(Image, "ovsam/overlay", self.on_overlay, OUTPUT_QOS)
             self.create_subscription(LabeledMaskArray, "ovsam/masks", self.on_masks, OUTPUT_QOS)
+            if scoring:
+                self.create_subscription(LabeledMaskArray, "image/ground_truth", self.on_truth,
+                                         TRUTH_QOS_DEPTH)
 
         def on_overlay(self, msg: Any) -> None:
             self.overlays[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = msg
+
+        def on_truth(self, msg: Any) -> None:
+            h, w = msg.image_height, msg.image_width
+            self.truth[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = [
+                TruthObject(m.label, splits.get(m.label, "base"), mask_from_msg(m, h, w)) for m in msg.instances]
+
+        def score(self, msg: Any, key: tuple[int, int]) -> list[str]:
+            truth = self.truth.pop(key, None)
+            if truth is None:
+                return ["    (no ground truth received for this frame: not scored)"]
+            h, w = msg.image_height, msg.image_width
+            if msg.mode == "text":
+                masks = [mask_from_msg(m, h, w) for m in msg.instances]
+                return result.scores.score_query(msg.query, truth, masks)
+            kind = self.kinds.pop(key, "box")
+            results = [(m.prompt_index, mask_from_msg(m, h, w), m.label) for m in msg.instances]
+            return result.scores.score_prompts(kind, truth, results)
 
         def on_masks(self, msg: Any) -> None:
             if self.paused:
@@ -89,10 +128,16 @@ def _listener(context: Any, output_dir: Path, result: DemoResult, printer) -> An
                 result.overlays.append(path)
                 written = f" -> {path}"
             query = f" {msg.query!r}" if msg.query else ""
+            key = (stamp.sec, stamp.nanosec)
+            kind = self.kinds.get(key, msg.mode) if scoring else msg.mode
             line = (f"frame {index:3d}  stamp {stamp.sec}.{stamp.nanosec:09d}  {msg.header.frame_id}  "
-                    f"{msg.image_width}x{msg.image_height}  [{msg.mode}{query}]  {len(msg.instances)} instance(s)"
-                    f"{': ' + labels if labels else ''}  latency {latency_ms:.0f} ms{written}")
+                    f"{msg.image_width}x{msg.image_height}  [{kind}{query}]  {len(msg.instances)} instance(s)"
+                    f"{': ' + labels if labels and not scoring else ''}  latency {latency_ms:.0f} ms{written}")
             printer(line)
+            if scoring:
+                result.scores.latencies_ms.append(latency_ms)
+                for extra in self.score(msg, key):
+                    printer(extra)
             with self.received:
                 result.frames += 1
                 result.instances += len(msg.instances)
@@ -107,12 +152,29 @@ def _listener(context: Any, output_dir: Path, result: DemoResult, printer) -> An
     return DemoListener()
 
 
+def _world_prompts(phase: str, truth: list) -> list:
+    from ovsam_ros.demo_scoring import TruthObject
+
+    objs = [TruthObject(name, split, m) for name, split, m in truth]
+    if phase == "box":
+        return [Prompt(box=o.box) for o in objs]
+    return [Prompt(points=[o.point], point_labels=[1]) for o in objs]
+
+
+def _world_query(truth: list, want_novel: bool, index: int) -> Optional[str]:
+    """A class present in the scene: a novel one when asked for and present, else a base one."""
+    names = sorted({name for name, split, _ in truth if (split == "novel") == want_novel})
+    if not names:
+        names = sorted({name for name, _, _ in truth})
+    return names[index % len(names)] if names else None
+
+
 def run_ros_demo(
     *,
     frames: int = 10,
     rate: float = 2.0,
     output_dir: Path = Path("outputs/demo"),
-    model: str = "tiny",
+    model: str = "shapes",
     vocabulary: Optional[str] = None,
     device: Optional[str] = None,
     precision: Optional[str] = None,
@@ -120,9 +182,16 @@ def run_ros_demo(
     top_k: Optional[int] = None,
     frame_timeout: float = 60.0,
     robot_frames: int = 12,
+    scenes: str = "world",
     printer=print,
 ) -> DemoResult:
-    """Run the demo; returns what the listener saw. Raises RuntimeError if the node cannot start."""
+    """Run the demo; returns what the listener saw. Raises RuntimeError if the node cannot start.
+
+    ``scenes``: ``world`` (new shapes-world scenes + ground truth, scored) or ``samples``.
+    """
+    if scenes not in ("world", "samples"):
+        raise ValueError(f"scenes must be 'world' or 'samples', got {scenes!r}")
+    world = scenes == "world"
     # Demo traffic stays on this machine; the ament index is this environment.
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)
@@ -146,16 +215,20 @@ def run_ros_demo(
         Parameter("precision", value=precision or ""),
         Parameter("num_threads", value=num_threads),
         Parameter("mode", value="everything"),
-        # An untrained model's IoU / stability estimates are noise: keep every mask, show a few.
-        Parameter("points_per_side", value=8),
-        Parameter("pred_iou_thresh", value=0.0),
-        Parameter("stability_score_thresh", value=0.0),
-        Parameter("min_mask_area", value=16),
-        Parameter("max_instances", value=5),
         Parameter("top_k", value=top_k or 3),
         Parameter("publish_overlay", value=True),
         Parameter("diagnostics_period", value=1.0),
     ]
+    if world:
+        # text queries pick among everything-mode masks: a 12 x 12 grid covers every object
+        overrides += [Parameter("points_per_side", value=12), Parameter("pred_iou_thresh", value=0.5),
+                      Parameter("stability_score_thresh", value=0.8), Parameter("min_mask_area", value=64),
+                      Parameter("max_instances", value=5)]
+    else:
+        # An untrained model's IoU / stability estimates are noise: keep every mask, show a few.
+        overrides += [Parameter("points_per_side", value=8), Parameter("pred_iou_thresh", value=0.0),
+                      Parameter("stability_score_thresh", value=0.0), Parameter("min_mask_area", value=16),
+                      Parameter("max_instances", value=5)]
     executor = MultiThreadedExecutor(num_threads=4, context=context)
     nodes: list[Any] = []
     spinner: Optional[threading.Thread] = None
@@ -164,10 +237,10 @@ def run_ros_demo(
         nodes.append(node)
         if not node.autostart():
             raise RuntimeError(f"the OVSAM node did not start: {node.last_error}")
-        camera = make_camera_node(source="samples", frame_id="camera_optical_frame", namespace=NAMESPACE,
-                                  context=context)
+        camera = make_camera_node(source="world" if world else "samples", frame_id="camera_optical_frame",
+                                  size=WORLD_FRAME_SIZE, namespace=NAMESPACE, context=context)
         prompts = make_prompt_node(namespace=NAMESPACE, context=context)
-        listener = _listener(context, output_dir, result, printer)
+        listener = _listener(context, output_dir, result, printer, scoring=world)
         nodes += [camera, prompts, listener]
         for n in nodes:
             executor.add_node(n)
@@ -175,15 +248,30 @@ def run_ros_demo(
         spinner.start()
         time.sleep(1.0)  # discovery between the nodes
         period = 1.0 / rate if rate > 0 else 0.0
+        queries = 0
         for i in range(frames):
             started = time.monotonic()
-            phase = SCHEDULE[i % len(SCHEDULE)]
-            if phase == "prompt":
-                prompts.send_prompts(DEMO_PROMPTS, PROMPT_IMAGE_SIZE, persistent=False)
-            elif phase == "text":
-                prompts.send_text("cat", persistent=False, max_instances=3)
-            if phase != "everything":
+            if world:
+                phase = WORLD_SCHEDULE[i % len(WORLD_SCHEDULE)]
+                truth = camera.prepare_next()
+                if phase == "text":
+                    query = _world_query(truth, want_novel=queries % 2 == 0, index=queries // 2)
+                    queries += 1
+                    if query:
+                        prompts.send_text(query, persistent=False, max_instances=3)
+                elif truth:
+                    prompts.send_prompts(_world_prompts(phase, truth), WORLD_FRAME_SIZE, persistent=False)
+                camera.on_header = lambda header, phase=phase: listener.kinds.__setitem__(
+                    (header.stamp.sec, header.stamp.nanosec), phase)
                 time.sleep(0.3)  # the prompt is on another topic: let it arrive before the frame
+            else:
+                phase = SCHEDULE[i % len(SCHEDULE)]
+                if phase == "prompt":
+                    prompts.send_prompts(DEMO_PROMPTS, PROMPT_IMAGE_SIZE, persistent=False)
+                elif phase == "text":
+                    prompts.send_text("cat", persistent=False, max_instances=3)
+                if phase != "everything":
+                    time.sleep(0.3)  # the prompt is on another topic: let it arrive before the frame
             camera.publish_next()
             if not listener.wait_for(i + 1, frame_timeout):
                 printer(f"frame {i}: no result within {frame_timeout:.0f} s (continuing)")
@@ -232,3 +320,6 @@ def print_summary(result: DemoResult, output_dir: Path, printer=print) -> None:
 
         print_robot_summary(result.robot, printer)
     printer(f"overlays: {len(result.overlays)} PNGs in {output_dir}/")
+    if result.scores is not None:
+        for line in result.scores.summary():
+            printer(line)

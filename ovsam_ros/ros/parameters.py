@@ -45,8 +45,9 @@ class ParamSpec:
 
 PARAMETERS: tuple[ParamSpec, ...] = (
     # -- model (read at configure) ---------------------------------------------------
-    ParamSpec("model", "tiny",
-              "Model YAML: a name in config/models/ (tiny, rn50x16, convnext_large) or a path. "
+    ParamSpec("model", "shapes",
+              "Model YAML: a name in config/models/ (shapes, tiny, rn50x16, convnext_large) or a path. "
+              "'shapes' is the bundled demo model: it knows only the synthetic shapes world. "
               "'tiny' is a random-init smoke-test model: labels are meaningless.", when="configure"),
     ParamSpec("vocabulary", "",
               "Initial vocabulary: coco | lvis | imagenet21k | a .txt/.json path | 'cup, door handle' | "
@@ -213,7 +214,7 @@ def descriptor(spec: ParamSpec):
 class NodeSettings:
     """A consistent snapshot of every parameter (swapped atomically when one changes)."""
 
-    model: str = "tiny"
+    model: str = "shapes"
     vocabulary: str = ""
     vocabulary_dirs: str = ""
     device: str = ""

@@ -125,8 +125,9 @@ def test_bad_frames_and_prompts_do_not_stop_the_node(ros_group, tmp_path):
 
 
 def test_ovsam_demo_runs_the_ros_pipeline(ros_group, tmp_path):
-    demo = ros_group.start([str(Path(sys.executable).parent / "ovsam"), "demo", "--frames", "3",
-                            "--robot-frames", "4", "--output-dir", str(tmp_path / "demo"), "--threads", "1"])
+    """The untrained tiny model on the bundled photos: runs end to end, says loudly it is untrained."""
+    demo = ros_group.start([str(Path(sys.executable).parent / "ovsam"), "demo", "--frames", "3", "--model", "tiny",
+                            "--scenes", "samples", "--robot-frames", "4", "--output-dir", str(tmp_path / "demo"), "--threads", "1"])
     lines = wait_for_line(demo, "overlays:", timeout=180)
     assert demo.wait(timeout=30) == 0
     text = "\n".join(lines)
@@ -137,6 +138,25 @@ def test_ovsam_demo_runs_the_ros_pipeline(ros_group, tmp_path):
     # Robot phase: late detections ran on their own frames, with track ids, detector classes and 3D.
     assert "robot phase done: 4 results, 4 on the frame their detections were made for" in text
     assert "detector ball 0.90" in text and "centroid (" in text and "truth (" in text
+    assert len(list((tmp_path / "demo").glob("frame_*.png"))) == 3
+
+
+def test_ovsam_demo_default_scores_the_bundled_model_on_world_scenes(ros_group, tmp_path):
+    """The default demo: the bundled shapes model on new world scenes, every result scored against the truth."""
+    demo = ros_group.start([str(Path(sys.executable).parent / "ovsam"), "demo", "--frames", "3",
+                            "--output-dir", str(tmp_path / "demo"), "--threads", "1"])
+    lines = wait_for_line(demo, "latency (stamp -> result)", timeout=240)
+    assert demo.wait(timeout=30) == 0
+    text = "\n".join(lines)
+    assert "UNTRAINED MODEL" not in text and "knows only the synthetic shapes world" in text
+    assert "demo done: 3 frames" in text
+    for mode in ("[box]", "[point]", "[text '"):
+        assert mode in text
+    # every prompted object gets a line with its IoU against the truth and the label verdict
+    object_lines = [line for line in lines if " IoU " in line and "label " in line]
+    assert len(object_lines) >= 2
+    assert "score against the ground truth" in text and "label accuracy, novel" in text
+    assert "query '" in text
     assert len(list((tmp_path / "demo").glob("frame_*.png"))) == 3
 
 

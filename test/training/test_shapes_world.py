@@ -53,8 +53,10 @@ def _digest(root: Path) -> str:
 
 def test_shapes_world_dataset(tmp_path):
     a = make_dataset(tmp_path / "a", seed=5, world="shapes", captions=True, splits={"train": 6, "val": 6})
-    b = make_dataset(tmp_path / "b", seed=5, world="shapes", captions=True, splits={"train": 6, "val": 6})
+    make_dataset(tmp_path / "b", seed=5, world="shapes", captions=True, splits={"train": 6, "val": 6})
+    make_dataset(tmp_path / "c", seed=6, world="shapes", splits={"train": 6, "val": 6})
     assert _digest(tmp_path / "a" / "images") == _digest(tmp_path / "b" / "images")
+    assert _digest(tmp_path / "a" / "images") != _digest(tmp_path / "c" / "images")
     train = CocoInstances(a["train"], a["images"])
     assert len(train.vocab) == 36 and train.vocab.split.count("novel") == 6
     labels = [i.label for r in train.images for i in r.instances]

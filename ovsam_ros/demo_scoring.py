@@ -1,0 +1,111 @@
+"""Scores of the demo against the shapes world's ground truth (pure NumPy, no ROS).
+
+The demo camera publishes scenes of the shapes world with their exact instance
+masks; the prompt source prompts every object by its box or by one interior
+point (the evaluation protocol's distance-transform point) and sends text queries
+naming a class in the scene. A :class:`Scoreboard` turns each result into per-object
+lines (mask IoU against the truth, label right or wrong) and a summary: mean IoU per
+prompt kind, label accuracy on base and novel classes, the text-query hit rate
+(best mask IoU >= 0.5 with an object of the queried class) and latency.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+#: IoU at which a text query's best mask counts as finding the object (as in ``ovsam-evaluate``).
+QUERY_HIT_IOU = 0.5
+
+
+@dataclass
+class TruthObject:
+    name: str
+    split: str  # base | novel
+    mask: np.ndarray  # bool [H, W]
+
+    @property
+    def box(self) -> List[float]:
+        ys, xs = np.nonzero(self.mask)
+        return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+
+    @property
+    def point(self) -> List[float]:
+        """The pixel farthest from the mask boundary (the paper's point prompt)."""
+        import cv2
+
+        dist = cv2.distanceTransform(np.pad(self.mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+        y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+        return [float(x) + 0.5, float(y) + 0.5]
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+@dataclass
+class Scoreboard:
+    ious: Dict[str, List[float]] = field(default_factory=lambda: {"box": [], "point": []})
+    labels: Dict[str, List[bool]] = field(default_factory=lambda: {"base": [], "novel": []})
+    queries: Dict[str, List[bool]] = field(default_factory=lambda: {"base": [], "novel": []})
+    latencies_ms: List[float] = field(default_factory=list)
+
+    def score_prompts(self, kind: str, truth: Sequence[TruthObject],
+                      results: Sequence[Tuple[int, np.ndarray, str]]) -> List[str]:
+        """``results``: (prompt index, mask, label) per instance. Returns one line per object."""
+        by_prompt = {i: (m, label) for i, m, label in results}
+        lines = []
+        for i, obj in enumerate(truth):
+            if i not in by_prompt:
+                self.ious[kind].append(0.0)
+                self.labels[obj.split].append(False)
+                lines.append(f"    {obj.name:16s} {obj.split:5s}  no result")
+                continue
+            mask, label = by_prompt[i]
+            iou = mask_iou(mask, obj.mask)
+            ok = label == obj.name
+            self.ious[kind].append(iou)
+            self.labels[obj.split].append(ok)
+            lines.append(f"    {obj.name:16s} {obj.split:5s}  IoU {iou:.2f}  label {'OK   ' if ok else 'WRONG'}"
+                         + ("" if ok else f" (said {label or '-'!r})"))
+        return lines
+
+    def score_query(self, query: str, truth: Sequence[TruthObject], masks: Sequence[np.ndarray]) -> List[str]:
+        """The best (first) mask of a text query against the objects of that class."""
+        targets = [o for o in truth if o.name == query]
+        if not targets:
+            return [f"    query {query!r}: not in this scene (not scored)"]
+        best = max((mask_iou(masks[0], o.mask) for o in targets), default=0.0) if masks else 0.0
+        hit = best >= QUERY_HIT_IOU
+        self.queries[targets[0].split].append(hit)
+        return [f"    query {query!r} ({targets[0].split}): best mask IoU {best:.2f} -> {'FOUND' if hit else 'MISSED'}"]
+
+    def summary(self) -> List[str]:
+        def pct(values: Sequence[bool]) -> str:
+            return f"{100 * np.mean(values):5.1f}% ({int(np.sum(values))}/{len(values)})" if len(values) else "   -  "
+
+        def mean(values: Sequence[float]) -> str:
+            return f"{np.mean(values):.3f} (n={len(values)})" if len(values) else "-"
+
+        lat = sorted(self.latencies_ms)
+        return [
+            "score against the ground truth (held-out scenes of the shapes world):",
+            f"  mask IoU, box prompts     {mean(self.ious['box'])}",
+            f"  mask IoU, point prompts   {mean(self.ious['point'])}",
+            f"  label accuracy, base      {pct(self.labels['base'])}",
+            f"  label accuracy, novel     {pct(self.labels['novel'])}   (colour-shape pairs never trained; chance ~3%)",
+            f"  text query hit, base      {pct(self.queries['base'])}",
+            f"  text query hit, novel     {pct(self.queries['novel'])}",
+            f"  latency (stamp -> result) median {lat[len(lat) // 2]:.0f} ms" if lat else "  latency -",
+        ]
+
+    def as_dict(self) -> Dict[str, Optional[float]]:
+        def m(values: Sequence[float]) -> Optional[float]:
+            return float(np.mean(values)) if len(values) else None
+
+        return {"iou_box": m(self.ious["box"]), "iou_point": m(self.ious["point"]),
+                "accuracy_base": m(self.labels["base"]), "accuracy_novel": m(self.labels["novel"]),
+                "query_hit_base": m(self.queries["base"]), "query_hit_novel": m(self.queries["novel"])}

