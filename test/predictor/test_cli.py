@@ -46,7 +46,7 @@ def test_help_explains_every_command(capsys):
 def test_segment_writes_json_and_overlay(tmp_path, capsys):
     out, overlay = tmp_path / "r.json", tmp_path / "o.png"
     code = main(["segment", str(SAMPLE), "--point", "300,200", "--box", "100,50,400,350",
-                 "--object", "p:300,200 n:50,50", "--vocab", "cup, saucer, spoon, table",
+                 "--object", "p:300,200 n:50,50", "--vocab", "cup, saucer, spoon, table", "--model", "tiny",
                  "--threads", "1", "--out", str(out), "--overlay", str(overlay)])
     assert code == 0
     data = json.loads(out.read_text())

@@ -103,7 +103,7 @@ def test_burst_of_200_frames_never_processes_a_stale_frame(ros_group, tmp_path):
 def test_bad_frames_and_prompts_do_not_stop_the_node(ros_group, tmp_path):
     from ovsam_ros.msg import LabeledMaskArray
 
-    node = start_node(ros_group, tmp_path)
+    node = start_node(ros_group, tmp_path, model="tiny")  # pins the UNTRAINED warning of a random model
     out = tmp_path / "out"
     summary = run_client(ros_group, "bad", out)
     assert node.poll() is None
