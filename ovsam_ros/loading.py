@@ -108,6 +108,9 @@ class PredictorSpec:
     optimize: bool = True  # False: the plain modules under autocast (A/B comparisons)
     compile: str = "off"  # torch.compile mode on CUDA (ovsam_ros.model.compile.COMPILE_MODES); ignored on CPU
     compile_cache_dir: Optional[str] = "~/.cache/ovsam_ros/compile"
+    # everything(): with the published decoder (no IoU head), score masks with an extra pass of
+    # SAM's own decoder from model.sam_checkpoint (needs that file; masks are unchanged).
+    sam_iou: bool = True
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -266,6 +269,12 @@ def build_predictor(source: Union[str, Path, dict[str, Any]], **overrides: Any):
     vocabulary = None if predictor_spec.vocabulary is None else load_vocabulary(predictor_spec.vocabulary)
     templates = get_templates(predictor_spec.templates)
     model = build_model(model_spec)
+    iou_scorer = None
+    if (predictor_spec.sam_iou and model_spec.backend == "torch" and model_spec.sam_checkpoint
+            and not model_spec.ovsam_checkpoint and model.decoder.output_tokens == "reference"):
+        from ovsam_ros.model.checkpoints import load_sam_iou_scorer
+
+        iou_scorer = load_sam_iou_scorer(model.cfg.decoder, _expand(model_spec.sam_checkpoint))
     cache = TextEmbeddingCache(_expand(predictor_spec.text_cache_dir)) if predictor_spec.text_cache_dir else None
     predictor = OVSAMPredictor(
         model,
@@ -279,5 +288,6 @@ def build_predictor(source: Union[str, Path, dict[str, Any]], **overrides: Any):
         optimize=predictor_spec.optimize,
         compile=predictor_spec.compile,
         compile_cache_dir=_expand(predictor_spec.compile_cache_dir) if predictor_spec.compile_cache_dir else None,
+        iou_scorer=iou_scorer,
     )
     return predictor

@@ -82,6 +82,7 @@ class OVSAMPredictor:
         optimize: bool = True,
         compile: str = "off",
         compile_cache_dir: Optional[str] = None,
+        iou_scorer: Optional[torch.nn.Module] = None,
     ) -> None:
         self.device = resolve_device(device)
         self.precision = check_precision(precision)
@@ -114,6 +115,9 @@ class OVSAMPredictor:
         self.mask_threshold = mask_threshold
         self.max_prompts_per_batch = max_prompts_per_batch
         self.trained = trained  # False: random-init parts, labels are meaningless (callers warn)
+        # SAM's own decoder (model.sam_iou.SAMIoUScorer): predicted IoU for everything() when the
+        # OVSAM decoder has no IoU token (the published "reference" token set).
+        self.iou_scorer = iou_scorer.to(self.device).eval() if iou_scorer is not None else None
         self.text: Optional[TextEmbeddings] = None
         self._text_encoder_instance: Optional[OpenCLIPTextEncoder] = None
         self._text_weights_id: Optional[str] = None
@@ -385,7 +389,17 @@ class OVSAMPredictor:
         """Segment and label every object: a point grid, filtered by IoU and stability, NMS-deduplicated.
 
         Follows ``segment_anything``'s automatic mask generator (single crop).
-        Results are sorted by predicted IoU, best first.
+        What is filtered depends on the decoder's token set:
+
+        * ``"sam"`` tokens: 3 masks per point, filtered by the decoder's own
+          predicted IoU and by stability score, NMS ranked by predicted IoU;
+        * ``"reference"`` tokens (published OVSAM decoder, no IoU head): 1 mask
+          per point, filtered by stability score; with an ``iou_scorer`` (SAM's
+          original decoder run on the same embedding and prompts) also by its
+          predicted IoU, which then ranks NMS; without one ``predicted_iou`` is
+          NaN and NMS ranks by stability score.
+
+        Results are sorted by that ranking score, best first.
         """
         opts = options or EverythingOptions()
         self._require_image()
@@ -400,9 +414,13 @@ class OVSAMPredictor:
             coords = self.transform.apply_coords(points[:, None, :], self.original_size).to(self.device)
             labels = torch.ones(coords.shape[:2], dtype=torch.int64, device=self.device)
             decoded = self._run_decoder(coords, labels, None, None, multimask_output=True)
+            if decoded["iou"].shape[1] == 1 and self.iou_scorer is not None and bool(decoded["iou"].isnan().all()):
+                decoded["iou"] = self._sam_iou(coords, labels).unsqueeze(1)
             decoded = {key: value.flatten(0, 1) for key, value in decoded.items()}
             # The IoU filter needs no full-resolution mask: upsample only the masks that pass it.
-            decoded = {key: value[decoded["iou"] > opts.pred_iou_thresh] for key, value in decoded.items()}
+            # NaN IoU (no IoU head, no scorer): that filter does not apply.
+            passes = decoded["iou"].isnan() | (decoded["iou"] > opts.pred_iou_thresh)
+            decoded = {key: value[passes] for key, value in decoded.items()}
             logits = self._upsample(decoded)["logits"]
             stability = calculate_stability_score(logits, self.mask_threshold, opts.stability_score_offset)
             keep = stability >= opts.stability_score_thresh
@@ -420,7 +438,8 @@ class OVSAMPredictor:
         valid = areas > max(0, opts.min_mask_area)
         if not bool(valid.any()):
             return []
-        order = batched_nms(boxes[valid], iou[valid], torch.zeros_like(iou[valid]), opts.box_nms_thresh)
+        rank = torch.where(iou.isnan(), stability, iou)
+        order = batched_nms(boxes[valid], rank[valid], torch.zeros_like(rank[valid]), opts.box_nms_thresh)
         index = torch.nonzero(valid).flatten()[order][: opts.max_instances]
         labels = self.label_embeddings(embeddings[index])
         boxes, crops = self._host_crops(self.transform.postprocess_masks(low_res[index], self.original_size))
@@ -442,6 +461,15 @@ class OVSAMPredictor:
                 )
             )
         return results
+
+    def _sam_iou(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """[N] IoU predicted by SAM's original decoder for the same prompts and image embedding."""
+        features = self._require_image()
+        decoder = self.model.decoder
+        with autocast(self.device, self.precision):
+            sparse, dense = decoder.encode_prompts(coords, labels)
+            iou = self.iou_scorer(features.sam_embedding[:1], decoder.prompt_encoder.get_dense_pe(), sparse, dense)
+        return iou.float()
 
     # ------------------------------------------------------------------ text query
     @torch.inference_mode()

@@ -16,6 +16,7 @@ from .checkpoints import (
     load_reference_sam2clip,
     load_sam_decoder,
     load_sam_image_encoder,
+    load_sam_iou_scorer,
     save_ovsam,
 )
 from .clip2sam import CLIP2SAM
@@ -23,6 +24,7 @@ from .config import BackboneConfig, CLIP2SAMConfig, DecoderConfig, OVSAMConfig, 
 from .decoder import DecoderOutput, OVSAMDecoder
 from .ovsam import OVSAM, ImageFeatures, build_ovsam, masks_to_boxes
 from .sam2clip import SAM2CLIP
+from .sam_iou import SAMIoUScorer
 from .transforms import PIXEL_MEAN, PIXEL_STD, ImageTransform, postprocess_masks
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "PIXEL_STD",
     "SAM2CLIP",
     "SAM2CLIPConfig",
+    "SAMIoUScorer",
     "build_backbone",
     "build_ovsam",
     "build_sam_teacher",
@@ -51,6 +54,7 @@ __all__ = [
     "load_reference_sam2clip",
     "load_sam_decoder",
     "load_sam_image_encoder",
+    "load_sam_iou_scorer",
     "masks_to_boxes",
     "postprocess_masks",
     "register_tiny_clip_configs",

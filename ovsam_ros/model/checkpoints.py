@@ -57,7 +57,9 @@ from ovsam_ros.files import atomic_write
 from .config import OVSAMConfig
 
 if TYPE_CHECKING:  # import cycles: ovsam -> backbone -> checkpoints
+    from .config import DecoderConfig
     from .decoder import OVSAMDecoder
+    from .sam_iou import SAMIoUScorer
     from .ovsam import OVSAM
 
 FORMAT_NAME = "ovsam_ros"
@@ -281,8 +283,15 @@ def load_reference_sam2clip(model: "OVSAM", path: PathLike, weights_only: bool =
     )
 
 
-def load_reference_clip2sam(model: "OVSAM", path: PathLike, weights_only: bool = True) -> None:
-    """Load a reference CLIP2SAM file (``fpn_neck.*`` + ``mask_decoder.*``) into ``model``."""
+def load_reference_clip2sam(model: "OVSAM", path: PathLike, weights_only: bool = True) -> int:
+    """Load a reference CLIP2SAM file (``fpn_neck.*`` + ``mask_decoder.*``) into ``model``.
+
+    Returns the number of mask tokens the file's decoder was trained with
+    (1 for the published files). When the model's ``decoder.output_tokens``
+    is ``"auto"`` and the file has one mask token, the decoder switches to
+    the ``"reference"`` token set: the fine-tuned transformer only gives the
+    published masks with the tokens it was trained with.
+    """
     ref = load_state_dict_file(path, weights_only)
     ours, unmapped = reference_clip2sam_to_ours(ref)
     if not ours and not unmapped:
@@ -300,6 +309,11 @@ def load_reference_clip2sam(model: "OVSAM", path: PathLike, weights_only: bool =
         partial_rows=["decoder.mask_decoder.mask_tokens.weight"],
         display=lambda k: ours_to_reference_key(k) or k,
     )
+    tokens = ours.get("decoder.mask_decoder.mask_tokens.weight")
+    num_tokens = int(tokens.shape[0]) if tokens is not None else 0
+    if num_tokens == 1 and model.cfg.decoder.output_tokens == "auto":
+        model.decoder.output_tokens = "reference"
+    return num_tokens
 
 
 def export_reference_checkpoints(model: "OVSAM") -> Tuple[StateDict, StateDict]:
@@ -335,6 +349,20 @@ def load_sam_decoder(decoder: "OVSAMDecoder", path: PathLike, weights_only: bool
         raise CheckpointError(f"{path}: no 'prompt_encoder.*' keys: not a SAM checkpoint")
     required = [k for k in decoder.state_dict() if k.startswith(("prompt_encoder.", "mask_decoder."))]
     _apply(decoder, path, "SAM prompt encoder / mask decoder", provided, required)
+
+
+def load_sam_iou_scorer(cfg: "DecoderConfig", path: PathLike, weights_only: bool = True) -> "SAMIoUScorer":
+    """Meta SAM ``mask_decoder.*`` -> a frozen :class:`~ovsam_ros.model.sam_iou.SAMIoUScorer` (strict)."""
+    from .sam_iou import SAMIoUScorer
+
+    scorer = SAMIoUScorer(cfg)
+    sd = {f"mask_decoder.{k}": v for k, v in strip_prefix(load_state_dict_file(path, weights_only), "mask_decoder").items()}
+    if not sd:
+        raise CheckpointError(f"{path}: no 'mask_decoder.*' keys: not a SAM checkpoint")
+    _apply(scorer, path, "SAM mask decoder (IoU scorer)", sd, scorer.state_dict().keys())
+    for p in scorer.parameters():
+        p.requires_grad_(False)
+    return scorer.eval()
 
 
 def load_sam_image_encoder(encoder: nn.Module, path: PathLike, weights_only: bool = True) -> None:
@@ -516,6 +544,7 @@ __all__ = [
     "load_reference_sam2clip",
     "load_sam_decoder",
     "load_sam_image_encoder",
+    "load_sam_iou_scorer",
     "load_state_dict_file",
     "ours_to_reference_key",
     "read_checkpoint",

@@ -22,6 +22,9 @@ TINY_CONVNEXT_CLIP = "ovsam-tiny-convnext"
 # The small CLIP of the bundled shapes-world model (trained by training/stage0.py).
 SHAPES_CLIP = "ovsam-shapes-rn"
 
+# Decoder output-token sets (see DecoderConfig).
+OUTPUT_TOKEN_SETS = ("auto", "sam", "reference")
+
 # Output stride of the SAM image embedding relative to the padded input image.
 EMBEDDING_STRIDE = 16
 
@@ -79,8 +82,14 @@ class DecoderConfig:
     """SAM prompt encoder + mask decoder, plus OVSAM's label token.
 
     ``output_tokens``:
+      * ``"auto"`` (default): ``"reference"`` as soon as a published
+        clip2sam file (one mask token, no IoU head) is loaded into the
+        decoder, ``"sam"`` otherwise. Published weights then give the
+        published masks; a Meta SAM decoder keeps SAM's behaviour.
       * ``"sam"``: SAM's IoU token and 1 + ``num_multimask_outputs`` mask
-        tokens (multimask output and IoU predictions available).
+        tokens (multimask output and IoU predictions available). With a
+        fine-tuned reference decoder this changes every mask (the extra
+        tokens take part in the transformer's token self-attention).
       * ``"reference"``: only mask token 0 and no IoU token, exactly the
         token set the published OVSAM decoder was trained with (single
         mask, IoU predictions are NaN).
@@ -99,7 +108,7 @@ class DecoderConfig:
     mask_in_chans: int = 16
     label_token: bool = True
     label_mlp_depth: int = 3
-    output_tokens: str = "sam"
+    output_tokens: str = "auto"
 
 
 C = TypeVar("C")
@@ -165,9 +174,9 @@ class OVSAMConfig:
                 "sam2clip.out_chans must equal decoder.transformer_dim "
                 f"({self.sam2clip.out_chans} != {self.decoder.transformer_dim})"
             )
-        if self.decoder.output_tokens not in ("sam", "reference"):
+        if self.decoder.output_tokens not in OUTPUT_TOKEN_SETS:
             raise ValueError(
-                f"decoder.output_tokens must be 'sam' or 'reference', got {self.decoder.output_tokens!r}"
+                f"decoder.output_tokens must be one of {OUTPUT_TOKEN_SETS}, got {self.decoder.output_tokens!r}"
             )
         if len(self.sam2clip.strides) != 4 or len(self.clip2sam.strides) != 4:
             raise ValueError("OVSAM uses exactly four CLIP stages (strides 4/8/16/32)")

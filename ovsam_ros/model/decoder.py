@@ -57,7 +57,8 @@ class OVSAMDecoder(nn.Module):
         self.label_token = nn.Embedding(1, d)
         self.label_mlp = MLP(d, d, label_dim, cfg.label_mlp_depth)
         self.use_label_token = cfg.label_token
-        self.output_tokens = cfg.output_tokens
+        # "auto" means SAM's token set until a published (one mask token) decoder is loaded.
+        self.output_tokens = "sam" if cfg.output_tokens == "auto" else cfg.output_tokens
 
     @property
     def image_size(self) -> int:

@@ -51,7 +51,7 @@ def test_save_load_reproduces_outputs_exactly(tmp_path, tiny_model_factory, tiny
     assert os.listdir(path.parent) == ["tiny.pt"]  # atomic write leaves no temp file
     cfg, state, payload = read_ovsam_checkpoint(path)
     assert (payload["format"], payload["version"], payload["extra"]) == ("ovsam_ros", 1, {"step": 7})
-    assert cfg == model.cfg and set(state) == set(model.state_dict())
+    assert cfg == model.current_config() and set(state) == set(model.state_dict())  # "auto" saved resolved
 
     loaded = load_ovsam(path)
     other = tiny_model_factory("rn", seed=42)  # a differently initialised model really differs
@@ -349,3 +349,73 @@ def test_open_clip_weights_wrong_model(tmp_path):
     torch.save(open_clip.create_model("ovsam-tiny-convnext").state_dict(), path)
     with pytest.raises(CheckpointError, match="convnext_weights.pt"):
         build_backbone(BackboneConfig("ovsam-tiny-rn", str(path)))
+
+
+# --- published files: default decoder token set ---------------------------------------------------
+def _published_files(tmp_path, source):
+    """A Meta-SAM-layout file and the two reference files, all from ``source`` (random weights)."""
+    from segment_anything.modeling import MaskDecoder
+
+    p1, p2, _, _ = _write_reference(tmp_path, source)
+    sam_path = tmp_path / "sam_vit_tiny.pth"
+    # SAM's decoder differs from the fine-tuned one: Meta SAM weights of its own.
+    torch.manual_seed(77)
+    sam_md = MaskDecoder(
+        transformer_dim=32,
+        transformer=source.decoder.mask_decoder.transformer.__class__(depth=2, embedding_dim=32, mlp_dim=64, num_heads=2),
+        iou_head_hidden_dim=32,
+    )
+    sd = {f"prompt_encoder.{k}": v for k, v in source.decoder.prompt_encoder.state_dict().items()}
+    sd.update({f"mask_decoder.{k}": v for k, v in sam_md.state_dict().items()})
+    torch.save(sd, sam_path)
+    return sam_path, p1, p2
+
+
+def test_published_clip2sam_defaults_to_reference_token_set(tmp_path, tiny_model_factory, tiny_images):
+    source = tiny_model_factory("rn", seed=0, output_tokens="reference")
+    sam_path, p1, p2 = _published_files(tmp_path, source)
+    cfg = OVSAMConfig.tiny()
+    assert cfg.decoder.output_tokens == "auto"
+    cfg.backbone.pretrained = str(tmp_path / "clip.pt")
+    torch.save(source.backbone.clip.state_dict(), cfg.backbone.pretrained)
+    model = build_ovsam(cfg, sam_checkpoint=sam_path, sam2clip_checkpoint=p1, clip2sam_checkpoint=p2)
+    assert model.decoder.output_tokens == "reference"
+    # Bit-identical to the reference token set (itself pinned against the reference head in test_decoder).
+    _assert_same(_run(model, tiny_images), _run(source, tiny_images))
+    assert model.current_config().decoder.output_tokens == "reference"
+
+    # An explicit choice wins: SAM's token set with the fine-tuned transformer gives other masks.
+    cfg_sam = OVSAMConfig.from_dict({**cfg.to_dict(), "decoder": {**cfg.to_dict()["decoder"], "output_tokens": "sam"}})
+    sam_tokens = build_ovsam(cfg_sam, sam_checkpoint=sam_path, sam2clip_checkpoint=p1, clip2sam_checkpoint=p2)
+    assert sam_tokens.decoder.output_tokens == "sam"
+    with torch.no_grad():
+        f = model.encode_image(tiny_images)
+        ref = model.decode(f, boxes=BOXES, multimask_output=False)["masks_lowres"]
+        other = sam_tokens.decode(f, boxes=BOXES, multimask_output=False)["masks_lowres"]
+    assert not torch.equal(ref > 0, other > 0)
+
+    # Without a clip2sam file (Meta SAM decoder only) "auto" keeps SAM's token set.
+    assert build_ovsam(OVSAMConfig.tiny(), sam_checkpoint=sam_path).decoder.output_tokens == "sam"
+
+
+def test_sam_iou_scorer_is_sams_own_decoder(tmp_path, tiny_model_factory):
+    from segment_anything.modeling import MaskDecoder, TwoWayTransformer
+
+    from ovsam_ros.model import load_sam_iou_scorer
+
+    source = tiny_model_factory("rn", seed=0)
+    sam_path, _, _ = _published_files(tmp_path, source)
+    scorer = load_sam_iou_scorer(source.cfg.decoder, sam_path)
+    sam_md = MaskDecoder(transformer_dim=32, iou_head_hidden_dim=32,
+                         transformer=TwoWayTransformer(depth=2, embedding_dim=32, mlp_dim=64, num_heads=2))
+    sam_md.load_state_dict({k[len("mask_decoder."):]: v for k, v in torch.load(sam_path).items()
+                            if k.startswith("mask_decoder.")})
+    emb = torch.randn(1, 32, 16, 16)
+    pe = source.decoder.prompt_encoder
+    with torch.no_grad():
+        sparse, dense = pe(points=None, boxes=BOXES, masks=None)
+        ours = scorer(emb, pe.get_dense_pe(), sparse, dense)
+        _, expected = sam_md(emb, pe.get_dense_pe(), sparse, dense, multimask_output=False)
+    torch.testing.assert_close(ours, expected[:, 0], rtol=0, atol=1e-6)
+    with pytest.raises(CheckpointError, match="mask_decoder"):
+        load_sam_iou_scorer(source.cfg.decoder, tmp_path / "clip2sam_coco_rn50x16.pth")

@@ -293,3 +293,56 @@ def test_baselines_relabel_the_same_masks(predictor, image, method):
     assert [label.class_index for label in relabeled[0].labels] == [label.class_index for label in scores]
     with pytest.raises(ValueError, match="baseline"):
         relabel(predictor, results, "magic")
+
+
+def test_everything_with_reference_tokens_filters_by_stability_and_optional_sam_iou(image):
+    """Published decoder (one mask token, no IoU head): stability filter; IoU from SAM's own decoder."""
+    from segment_anything.modeling import MaskDecoder, TwoWayTransformer
+    from segment_anything.utils.amg import build_point_grid
+
+    from ovsam_ros.model.sam_iou import SAMIoUScorer
+
+    model = tiny_model(output_tokens="reference")
+    with torch.no_grad():  # random init gives logits near 0 (stability 0): make them decisive
+        model.decoder.mask_decoder.output_hypernetworks_mlps[0].layers[-1].weight.mul_(30)
+    predictor = OVSAMPredictor(model, vocabulary="coco", top_k=1)
+    predictor.set_image(image)
+    options = EverythingOptions(points_per_side=4, stability_score_thresh=0.12, box_nms_thresh=1.0,
+                                max_instances=100)
+    plain = predictor.everything(options)
+    # The default IoU threshold must not drop every mask when there is no IoU head ...
+    assert plain and all(np.isnan(r.predicted_iou) and r.stability_score >= 0.12 for r in plain)
+    # ... and the stability threshold does filter (16 grid points, one mask each).
+    assert len(plain) < len(predictor.everything(EverythingOptions(points_per_side=4, stability_score_thresh=0.0,
+                                                                   box_nms_thresh=1.0))) == 16
+    stabilities = [r.stability_score for r in plain]
+    assert stabilities == sorted(stabilities, reverse=True)  # ranked by stability without an IoU
+
+    torch.manual_seed(5)
+    scorer = SAMIoUScorer(model.cfg.decoder)
+    scored = OVSAMPredictor(model, vocabulary="coco", top_k=1, iou_scorer=scorer)
+    scored.set_image(image)
+    loose = scored.everything(EverythingOptions(points_per_side=4, pred_iou_thresh=-10.0,
+                                                stability_score_thresh=0.12, box_nms_thresh=1.0, max_instances=100))
+    # Same masks as without the scorer (it only adds a score), now with SAM's predicted IoU.
+    assert sorted(m.mask.sum() for m in loose) == sorted(m.mask.sum() for m in plain)
+    # Independent: segment_anything's MaskDecoder forward (single-mask output) on the same embedding.
+    sam_md = MaskDecoder(transformer_dim=32, iou_head_hidden_dim=32,
+                         transformer=TwoWayTransformer(depth=2, embedding_dim=32, mlp_dim=64, num_heads=2))
+    sam_md.load_state_dict(scorer.mask_decoder.state_dict())
+    height, width = image.shape[:2]
+    grid = build_point_grid(4) * np.array([[width, height]])
+    coords = scored.transform.apply_coords(grid[:, None, :], (height, width))
+    pe = model.decoder.prompt_encoder
+    with torch.no_grad():
+        sparse, dense = pe(points=(coords, torch.ones(coords.shape[:2], dtype=torch.int64)), boxes=None, masks=None)
+        _, expected = sam_md(scored.features.sam_embedding, pe.get_dense_pe(), sparse, dense, multimask_output=False)
+    expected = expected[:, 0].numpy()
+    for r in loose:
+        assert np.isclose(expected, r.predicted_iou, atol=1e-5).any()
+    ious = [r.predicted_iou for r in loose]
+    assert ious == sorted(ious, reverse=True)
+    threshold = float(np.median(expected))
+    strict = scored.everything(EverythingOptions(points_per_side=4, pred_iou_thresh=threshold,
+                                                 stability_score_thresh=0.12, box_nms_thresh=1.0))
+    assert all(r.predicted_iou > threshold for r in strict) and len(strict) < len(loose)
