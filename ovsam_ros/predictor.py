@@ -151,13 +151,13 @@ class OVSAMPredictor:
             with torch.inference_mode():
                 return encode_vocabulary(
                     self._text_encoder, self.model.tokenizer, vocab, self.templates,
-                    device=self.device, progress=progress, model_id=self.model.cfg.backbone.model_name,
+                    device=self.device, progress=progress, model_id=self.text_model_id,
                 )
 
         if self.text_cache is None:
             return compute()
         return self.text_cache.get_or_compute(
-            compute, model_id=self.model.cfg.backbone.model_name, weights_id=self.text_weights_id,
+            compute, model_id=self.text_model_id, weights_id=self.text_weights_id,
             vocab=vocab, templates=self.templates,
         )
 
@@ -167,6 +167,17 @@ class OVSAMPredictor:
         if self._text_encoder_instance is None:
             self._text_encoder_instance = OpenCLIPTextEncoder(self.model.backbone.clip)
         return self._text_encoder_instance
+
+    @property
+    def text_model_id(self) -> str:
+        """Text-tower architecture id for the embedding cache: the activation is not in the weights."""
+        from open_clip.transformer import QuickGELU
+
+        name = self.model.cfg.backbone.model_name
+        clip = getattr(getattr(self.model, "backbone", None), "clip", None)
+        if clip is not None and not name.endswith("-quickgelu") and any(isinstance(m, QuickGELU) for m in clip.modules()):
+            name += "-quickgelu"
+        return name
 
     @property
     def text_weights_id(self) -> str:

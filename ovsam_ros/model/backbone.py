@@ -221,6 +221,38 @@ def boxes_to_rois(boxes: torch.Tensor, batch_indices: Optional[torch.Tensor] = N
     return torch.cat([batch_indices.to(boxes).view(-1, 1), boxes], dim=1)
 
 
+def is_torchscript_archive(path: str) -> bool:
+    """True for a TorchScript zip (OpenAI's original CLIP ``.pt`` files are such archives)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    # torch.save zips hold data.pkl; TorchScript archives also hold code/ and constants.pkl.
+    return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
+
+
+def resolve_quick_gelu(cfg: BackboneConfig) -> bool:
+    """Whether to build ``cfg.model_name`` with QuickGELU.
+
+    An explicit ``cfg.quick_gelu`` wins. Otherwise: ``-quickgelu`` names
+    already are; an OpenAI TorchScript archive is; and a name whose every
+    open_clip pretrained tag was trained with QuickGELU (``RN50x16``: only
+    ``openai``) is, because any real weights for it come from those runs.
+    Names without known weights (tests' tiny models, ConvNeXt LAION) keep GELU.
+    """
+    if cfg.quick_gelu is not None:
+        return bool(cfg.quick_gelu)
+    if cfg.model_name.endswith("-quickgelu"):
+        return True
+    if cfg.pretrained is not None and is_torchscript_archive(os.path.expanduser(str(cfg.pretrained))):
+        return True
+    tags = open_clip.list_pretrained_tags_by_model(cfg.model_name)
+    flags = {bool(open_clip.get_pretrained_cfg(cfg.model_name, t).get("quick_gelu", False)) for t in tags}
+    return flags == {True}
+
+
 def build_backbone(cfg: BackboneConfig, device: torch.device | str = "cpu") -> CLIPBackbone:
     """Create the open_clip model named in ``cfg`` with LOCAL weights (or random init).
 
@@ -239,9 +271,19 @@ def build_backbone(cfg: BackboneConfig, device: torch.device | str = "cpu") -> C
             )
     if _open_clip_factory.get_model_config(cfg.model_name) is None:
         raise ValueError(f"unknown open_clip model {cfg.model_name!r}")
+    quick_gelu = resolve_quick_gelu(cfg)
+    if pretrained is not None and is_torchscript_archive(pretrained):
+        # OpenAI's own files: open_clip only reads them with weights_only=False; a TorchScript
+        # archive's weights come out of torch.jit.load without unpickling Python objects.
+        with _quiet_random_init(True):  # the weights are loaded right below
+            model = open_clip.create_model(cfg.model_name, pretrained=None, device=device, force_quick_gelu=quick_gelu)
+        _load_torchscript_weights(model, pretrained, cfg.model_name)
+        return CLIPBackbone(model, cfg.model_name)
     try:
         with _quiet_random_init(pretrained is None):
-            model = open_clip.create_model(cfg.model_name, pretrained=pretrained, device=device)
+            model = open_clip.create_model(
+                cfg.model_name, pretrained=pretrained, device=device, force_quick_gelu=quick_gelu
+            )
     except RuntimeError as err:
         if pretrained is None:
             raise
@@ -276,6 +318,29 @@ def _quiet_random_init(active: bool):
             target.removeFilter(notice)
 
 
+# Entries of OpenAI's TorchScript state dicts that are not open_clip parameters.
+_OPENAI_ARCHIVE_EXTRAS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
+
+
+def _load_torchscript_weights(model: nn.Module, path: str, model_name: str) -> None:
+    try:
+        archive = torch.jit.load(path, map_location="cpu")
+    except Exception as err:
+        raise CheckpointError(f"{path}: not a readable TorchScript CLIP archive: {_shorten(str(err))}") from err
+    sd = {k: v for k, v in archive.state_dict().items() if k not in _OPENAI_ARCHIVE_EXTRAS}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    mismatched = sorted(k for k in set(sd) & set(own) if sd[k].shape != own[k].shape)
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            f"{path}: not a valid open_clip {model_name!r} weights file: missing {missing[:10]}, "
+            f"unexpected {unexpected[:10]}, shape mismatch {mismatched[:10]}"
+        )
+    with torch.no_grad():
+        model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()})
+
+
 def _joint_dim(clip_model: nn.Module) -> int:
     proj = getattr(clip_model, "text_projection", None)
     if isinstance(proj, nn.Linear):
@@ -296,5 +361,7 @@ __all__: Sequence[str] = [
     "TINY_CLIP_CONFIGS",
     "boxes_to_rois",
     "build_backbone",
+    "is_torchscript_archive",
     "register_tiny_clip_configs",
+    "resolve_quick_gelu",
 ]

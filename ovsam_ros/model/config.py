@@ -41,6 +41,10 @@ class BackboneConfig:
 
     model_name: str = "RN50x16"
     pretrained: Optional[str] = None
+    # Activation of the CLIP towers. OpenAI's CLIP weights were trained with QuickGELU, and
+    # open_clip builds plain GELU unless told otherwise (every text embedding then differs).
+    # None: decide from the weights (see backbone.resolve_quick_gelu).
+    quick_gelu: Optional[bool] = None
 
 
 @dataclass

@@ -114,3 +114,68 @@ def test_vit_towers_rejected():
     vit = open_clip.create_model("test-tiny-vit")
     with pytest.raises(ValueError, match="four stages"):
         CLIPBackbone(vit, "test-tiny-vit")
+
+
+# --- OpenAI weights: QuickGELU ----------------------------------------------------------------------
+# A tiny RN CLIP whose head counts follow OpenAI's conventions (text heads = width // 64), so that
+# open_clip's OpenAI loader can rebuild it from the weights alone.
+_OPENAI_TINY = "ovsam-test-openai-rn"
+
+
+def _openai_tiny_files(tmp_path):
+    from open_clip import factory
+
+    factory._MODEL_CONFIGS.setdefault(_OPENAI_TINY, {
+        "embed_dim": 64,
+        "vision_cfg": {"image_size": 256, "layers": [1, 1, 1, 1], "width": 16, "patch_size": None},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
+    })
+    torch.manual_seed(0)
+    source = open_clip.create_model(_OPENAI_TINY).eval()
+    with torch.no_grad():  # OpenAI weights are fp16 (open_clip's OpenAI path rounds to fp16): be exact in fp16
+        for t in source.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(t.half().float())
+    archive = tmp_path / "RN-tiny-openai.pt"  # OpenAI ships TorchScript archives
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(source), str(archive))
+    plain = tmp_path / "open_clip_pytorch_model.bin"
+    torch.save(source.state_dict(), plain)
+    return archive, plain
+
+
+def test_openai_weights_get_quickgelu_like_open_clips_openai_loader(tmp_path):
+    from open_clip.openai import load_openai_model
+
+    archive, plain = _openai_tiny_files(tmp_path)
+    with torch.no_grad():
+        # Independent: open_clip's own OpenAI path (builds the model from the weights with QuickGELU).
+        # (given the plain state dict: it rejects the attn_mask buffer our scripted test archive carries)
+        reference = load_openai_model(str(plain), precision="fp32", device="cpu").eval()
+        ours = build_backbone(BackboneConfig(_OPENAI_TINY, str(archive)))  # detected from the archive
+        tokens = ours.tokenizer(["a photo of a cat.", "There is a door handle in the scene"])
+        expected = reference.encode_text(tokens)
+        torch.testing.assert_close(ours.encode_text(tokens), expected, rtol=0, atol=1e-5)
+        explicit = build_backbone(BackboneConfig(_OPENAI_TINY, str(plain), quick_gelu=True))
+        torch.testing.assert_close(explicit.encode_text(tokens), expected, rtol=0, atol=1e-5)
+        # What open_clip.create_model(name, pretrained=<file>) gives by default: GELU, other embeddings.
+        gelu = build_backbone(BackboneConfig(_OPENAI_TINY, str(plain)))
+        assert (gelu.encode_text(tokens) - expected).abs().max() > 1e-3
+        # The image taps use the same activation choice (ModifiedResNet has ReLU; attnpool none).
+        images = torch.randn(1, 3, 256, 256)
+        torch.testing.assert_close(ours(images)[-1], reference.visual.layer4(reference.visual.layer3(
+            reference.visual.layer2(reference.visual.layer1(reference.visual.stem(images))))), rtol=0, atol=1e-5)
+
+
+def test_quick_gelu_resolution():
+    from ovsam_ros.model.backbone import resolve_quick_gelu
+
+    assert resolve_quick_gelu(BackboneConfig("RN50x16", None))  # its only weights: OpenAI's
+    assert resolve_quick_gelu(BackboneConfig("RN50", None))
+    assert not resolve_quick_gelu(BackboneConfig("convnext_large_d_320", None))  # LAION, GELU
+    assert not resolve_quick_gelu(BackboneConfig("RN50x16", None, quick_gelu=False))  # explicit wins
+    register_tiny_clip_configs()
+    assert not resolve_quick_gelu(BackboneConfig("ovsam-tiny-rn", None))
