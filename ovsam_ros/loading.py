@@ -111,6 +111,12 @@ class PredictorSpec:
     # everything(): with the published decoder (no IoU head), score masks with an extra pass of
     # SAM's own decoder from model.sam_checkpoint (needs that file; masks are unchanged).
     sam_iou: bool = True
+    # Label with the reference's frozen-CLIP ensemble (learned x CLIP geometric mean, alpha for
+    # base classes, beta for novel ones; see OVSAMPredictor.ensemble_logits). The published
+    # rn50x16 configs turn it on; it needs the CLIP image head (PyTorch backend).
+    clip_ensemble: bool = False
+    ensemble_alpha: float = 0.1
+    ensemble_beta: float = 0.9
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -289,5 +295,8 @@ def build_predictor(source: Union[str, Path, dict[str, Any]], **overrides: Any):
         compile=predictor_spec.compile,
         compile_cache_dir=_expand(predictor_spec.compile_cache_dir) if predictor_spec.compile_cache_dir else None,
         iou_scorer=iou_scorer,
+        clip_ensemble=predictor_spec.clip_ensemble,
+        ensemble_alpha=predictor_spec.ensemble_alpha,
+        ensemble_beta=predictor_spec.ensemble_beta,
     )
     return predictor

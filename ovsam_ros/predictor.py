@@ -26,12 +26,12 @@ from segment_anything.utils.amg import build_point_grid, calculate_stability_sco
 from torchvision.ops import batched_nms
 
 from ovsam_ros.image_input import to_uint8_rgb
-from ovsam_ros.model.fingerprint import text_weights_fingerprint
+from ovsam_ros.model.fingerprint import text_model_id, text_weights_fingerprint
 from ovsam_ros.model.compile import check_compile_mode, compile_model
 from ovsam_ros.model.inference import prepare_for_inference
 from ovsam_ros.model.ovsam import OVSAM, ImageFeatures, masks_to_boxes
 from ovsam_ros.model.packed_text import PackedText, packed_class_logits
-from ovsam_ros.model.recognition import class_logits, topk_labels
+from ovsam_ros.model.recognition import class_logits, ensemble, topk_labels
 from ovsam_ros.model.transforms import ImageTransform
 from ovsam_ros.model.vocabulary import (
     VILD_TEMPLATES,
@@ -83,6 +83,10 @@ class OVSAMPredictor:
         compile: str = "off",
         compile_cache_dir: Optional[str] = None,
         iou_scorer: Optional[torch.nn.Module] = None,
+        clip_ensemble: bool = False,
+        ensemble_alpha: float = 0.1,
+        ensemble_beta: float = 0.9,
+        exclude_unused: bool = False,
     ) -> None:
         self.device = resolve_device(device)
         self.precision = check_precision(precision)
@@ -118,6 +122,17 @@ class OVSAMPredictor:
         # SAM's own decoder (model.sam_iou.SAMIoUScorer): predicted IoU for everything() when the
         # OVSAM decoder has no IoU token (the published "reference" token set).
         self.iou_scorer = iou_scorer.to(self.device).eval() if iou_scorer is not None else None
+        # Reference evaluation ensemble: learned scores geometric-mean-combined with a frozen-CLIP
+        # branch (RoIAlign on C5 + CLIP's own attention pool), alpha for base classes and background,
+        # beta for the others (base/novel from the vocabulary's split). What makes novel classes work.
+        if clip_ensemble and not hasattr(getattr(model, "backbone", None), "pool_regions"):
+            raise ValueError("clip_ensemble needs the PyTorch model (its CLIP image head); this backend has none")
+        self.clip_ensemble = bool(clip_ensemble)
+        self.ensemble_alpha = float(ensemble_alpha)
+        self.ensemble_beta = float(ensemble_beta)
+        # Open-vocabulary COCO evaluation: classes split "unused" (outside 48/17) are never predicted.
+        # Off for robots: all 80 COCO classes stay nameable (the ensemble treats them as novel).
+        self.exclude_unused = bool(exclude_unused)
         self.text: Optional[TextEmbeddings] = None
         self._text_encoder_instance: Optional[OpenCLIPTextEncoder] = None
         self._text_weights_id: Optional[str] = None
@@ -170,14 +185,9 @@ class OVSAMPredictor:
 
     @property
     def text_model_id(self) -> str:
-        """Text-tower architecture id for the embedding cache: the activation is not in the weights."""
-        from open_clip.transformer import QuickGELU
-
-        name = self.model.cfg.backbone.model_name
+        """Text-tower architecture id for the embedding cache (the activation is not in the weights)."""
         clip = getattr(getattr(self.model, "backbone", None), "clip", None)
-        if clip is not None and not name.endswith("-quickgelu") and any(isinstance(m, QuickGELU) for m in clip.modules()):
-            name += "-quickgelu"
-        return name
+        return text_model_id(self.model.cfg.backbone.model_name, clip)
 
     @property
     def text_weights_id(self) -> str:
@@ -263,7 +273,8 @@ class OVSAMPredictor:
 
     @torch.inference_mode()
     def predict(
-        self, prompts: Sequence[Prompt], multimask_output: bool = False, keep: str = "best"
+        self, prompts: Sequence[Prompt], multimask_output: bool = False, keep: str = "best",
+        clip_boxes: Optional[np.ndarray] = None,
     ) -> list[InstanceResult]:
         """Segment and name one object per prompt.
 
@@ -271,10 +282,14 @@ class OVSAMPredictor:
         a single ambiguous click); ``keep="best"`` returns the one with the highest
         predicted IoU, ``keep="all"`` returns every candidate (same prompt_index).
         Results come back in prompt order. An empty prompt list gives [].
+        ``clip_boxes`` [N, 4] (original pixels, xyxy): the boxes the frozen-CLIP ensemble pools
+        instead of each predicted mask's box (the reference evaluation pools ground-truth boxes).
         """
         if keep not in ("best", "all"):
             raise ValueError(f"keep must be 'best' or 'all', got {keep!r}")
         checked = self.check_prompts(prompts)
+        if clip_boxes is not None and np.shape(clip_boxes) != (len(checked), 4):
+            raise ValueError(f"clip_boxes must be [{len(checked)}, 4] (one xyxy box per prompt), got {np.shape(clip_boxes)}")
         results: list[Optional[list[InstanceResult]]] = [None] * len(checked)
         # SAM needs the same prompt structure within one decoder call; group by it
         # (no padding tokens, so each prompt gets exactly SAM's answer).
@@ -286,6 +301,9 @@ class OVSAMPredictor:
             for start in range(0, len(indices), self.max_prompts_per_batch):
                 chunk = indices[start : start + self.max_prompts_per_batch]
                 decoded = self._decode([checked[i] for i in chunk], multimask_output)
+                if clip_boxes is not None:
+                    given = self.transform.apply_boxes(np.asarray(clip_boxes, np.float32)[chunk], self.original_size)
+                    decoded["roi_boxes"] = given.to(self.device).unsqueeze(1).expand_as(decoded["roi_boxes"])
                 if keep == "best":
                     decoded = _select_best(decoded)
                 decoded = self._upsample(decoded)
@@ -318,6 +336,10 @@ class OVSAMPredictor:
             "low_res": out["masks_lowres"].float(),
             "iou": out["iou"].float(),
             "embeddings": F.normalize(out["region_embeddings"].float(), dim=-1),
+            # input pixels: the frozen-CLIP branch pools the box CLIP2SAM pooled
+            "roi_boxes": (out["roi_boxes"] if out.get("roi_boxes") is not None else
+                          masks_to_boxes(out["masks_lowres"]) * (self.model.image_size / out["masks_lowres"].shape[-1])
+                          ).float(),
         }
 
     def _upsample(self, decoded: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -339,7 +361,8 @@ class OVSAMPredictor:
         logits = decoded["logits"]  # [n, M, H, W]
         n, m = logits.shape[:2]
         stability = calculate_stability_score(logits, self.mask_threshold, 1.0)
-        labels = self.label_embeddings(decoded["embeddings"].flatten(0, 1))  # n*M rows, one matmul
+        labels = self._labels(decoded["embeddings"].flatten(0, 1), decoded["low_res"].flatten(0, 1),
+                              decoded["roi_boxes"].flatten(0, 1))  # n*M rows, one matmul
         boxes, crops = self._host_crops(logits.flatten(0, 1))
         scores = torch.stack([decoded["iou"].flatten(), stability.flatten()]).cpu().numpy()
         low_res = decoded["low_res"].cpu().numpy()
@@ -382,13 +405,51 @@ class OVSAMPredictor:
         return boxes, crops
 
     def label_embeddings(self, embeddings: torch.Tensor) -> list[list[LabelScore]]:
-        """Top-k labels for normalised region embeddings [K, D] (empty lists without a vocabulary)."""
+        """Top-k labels for normalised region embeddings [K, D] (empty lists without a vocabulary).
+
+        Learned classifier only: the frozen-CLIP ensemble needs the masks and boxes too."""
         if self.text is None:
             return [[] for _ in range(embeddings.shape[0])]
+        return self._topk(self._learned_logits(embeddings))
+
+    def _learned_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         if self._packed_text is not None:
-            logits = packed_class_logits(embeddings, self._packed_text)
-        else:
-            logits = class_logits(embeddings, self.text)
+            return packed_class_logits(embeddings, self._packed_text)
+        return class_logits(embeddings, self.text)
+
+    def _labels(self, embeddings: torch.Tensor, low_res: torch.Tensor, roi_boxes: torch.Tensor) -> list[list[LabelScore]]:
+        """Top-k labels of K regions: embeddings [K, D], low-res mask logits [K, h, w], input-pixel boxes [K, 4]."""
+        if self.text is None:
+            return [[] for _ in range(embeddings.shape[0])]
+        logits = self._learned_logits(embeddings)
+        if self.clip_ensemble and embeddings.shape[0]:
+            logits = self.ensemble_logits(logits, low_res, roi_boxes)
+        elif self.exclude_unused and self.text.vocab.split:
+            unused = torch.tensor([s == "unused" for s in self.text.vocab.split], device=logits.device)
+            logits[:, : unused.numel()] = logits[:, : unused.numel()].masked_fill(unused, float("-inf"))
+        return self._topk(logits)
+
+    def ensemble_logits(self, learned: torch.Tensor, low_res: torch.Tensor, roi_boxes: torch.Tensor) -> torch.Tensor:
+        """Reference ``open_voc_inference``: combine learned logits [K, C+1] with frozen CLIP's.
+
+        CLIP's attention pool reads each box RoIAligned from the stride-32 map to its native grid
+        (12x12 for RN50x16); rows whose mask is empty at that map's resolution keep the learned
+        score; with ``exclude_unused`` classes split ``unused`` are excluded (the reference's -1000).
+        """
+        features = self._require_image()
+        c5 = features.clip_features[-1][:1]
+        with autocast(self.device, self.precision):
+            clip_embeddings = self.model.backbone.pool_regions(c5, roi_boxes.to(c5.device))
+        clip_logits = class_logits(clip_embeddings.float(), self.text)
+        at_c5 = F.interpolate(low_res.unsqueeze(1).float(), size=c5.shape[-2:], mode="bilinear", align_corners=False)
+        valid = (at_c5 > 0).flatten(1).any(dim=1)
+        split = self.text.vocab.split or [None] * len(self.text.vocab)
+        base = [s == "base" for s in split]
+        ignore = [s == "unused" for s in split] if self.exclude_unused else []
+        return ensemble(learned, clip_logits, base, self.ensemble_alpha, self.ensemble_beta, valid=valid,
+                        ignore_mask=ignore if any(ignore) else None)
+
+    def _topk(self, logits: torch.Tensor) -> list[list[LabelScore]]:
         return [
             [LabelScore(class_index=int(i), name=name, score=float(s)) for i, name, s in row]
             for row in topk_labels(logits, self.text.vocab, k=self.top_k)
@@ -442,6 +503,7 @@ class OVSAMPredictor:
             kept["box"].append(masks_to_boxes(logits, self.mask_threshold))
             kept["embedding"].append(decoded["embeddings"][keep])
             kept["low_res"].append(decoded["low_res"][keep])
+            kept["roi_boxes"].append(decoded["roi_boxes"][keep])
         if not kept:
             return []
         iou, stability, areas = torch.cat(kept["iou"]), torch.cat(kept["stability"]), torch.cat(kept["area"])
@@ -452,7 +514,7 @@ class OVSAMPredictor:
         rank = torch.where(iou.isnan(), stability, iou)
         order = batched_nms(boxes[valid], rank[valid], torch.zeros_like(rank[valid]), opts.box_nms_thresh)
         index = torch.nonzero(valid).flatten()[order][: opts.max_instances]
-        labels = self.label_embeddings(embeddings[index])
+        labels = self._labels(embeddings[index], low_res[index], torch.cat(kept["roi_boxes"])[index])
         boxes, crops = self._host_crops(self.transform.postprocess_masks(low_res[index], self.original_size))
         scores = torch.stack([iou[index], stability[index]]).cpu().numpy()
         low_res, embeddings = low_res[index].cpu().numpy(), embeddings[index].cpu().numpy()

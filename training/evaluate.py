@@ -39,11 +39,12 @@ import numpy as np
 
 from .data.coco import CocoInstances
 from .data.common import DataError, write_json
-from .data.transforms import distance_transform_point
+from .data.transforms import distance_transform_point, reference_point
 
 log = logging.getLogger("training")
 
 PROMPT_TYPES = ("box", "point")
+POINT_RULES = ("reference", "centered")
 
 
 def _mean(values: Sequence[float]) -> Optional[float]:
@@ -76,8 +77,18 @@ def text_query_hits(predictor, instances: Sequence[Any], masks: Sequence[np.ndar
 
 def evaluate(predictor, coco: CocoInstances, prompts: Sequence[str] = PROMPT_TYPES,
              baselines: Sequence[str] = (), max_images: Optional[int] = None, multimask: bool = False,
-             progress: bool = True, text_queries: bool = False) -> Dict[str, Any]:
-    """Run the protocol; returns the metrics dict (see module doc)."""
+             progress: bool = True, text_queries: bool = False, point_rule: str = "reference") -> Dict[str, Any]:
+    """Run the protocol; returns the metrics dict (see module doc).
+
+    As the reference: instances of classes split ``unused`` (COCO's 15 classes outside the
+    48/17 split) are dropped and those classes can never be predicted; the frozen-CLIP
+    ensemble (when the predictor has it on) pools each instance's ground-truth box.
+    ``point_rule``: ``reference`` (first distance-transform maximum of the mask resized to the
+    model input, :func:`reference_point`) or ``centered`` (the maximum nearest the centroid of
+    the tied maxima, on the original mask).
+    """
+    if point_rule not in POINT_RULES:
+        raise ValueError(f"point_rule must be one of {POINT_RULES}, got {point_rule!r}")
     from ovsam_ros.baselines import relabel
     from ovsam_ros.prompts import Prompt
 
@@ -87,6 +98,7 @@ def evaluate(predictor, coco: CocoInstances, prompts: Sequence[str] = PROMPT_TYP
     vocab = coco.vocab
     if predictor.vocabulary is None or predictor.vocabulary.fingerprint() != vocab.fingerprint():
         predictor.set_vocabulary(vocab)
+    predictor.exclude_unused = True
     records: Dict[str, List[Dict[str, Any]]] = {p: [] for p in prompts}
     query_rows: List[Dict[str, Any]] = []
     skipped = defaultdict(int)
@@ -106,19 +118,24 @@ def evaluate(predictor, coco: CocoInstances, prompts: Sequence[str] = PROMPT_TYP
         predictor.set_image(image)
         valid = [(inst, m) for inst, m in zip(record.instances, masks) if m.any()]
         skipped["empty_mask"] += len(masks) - len(valid)
+        kept = [(inst, m) for inst, m in valid if coco.split_of(inst.label) != "unused"]
+        skipped["unused_class"] += len(valid) - len(kept)
+        valid = kept
         if not valid:
             if bar is not None:
                 bar.update(1)
             continue
         for kind in prompts:
-            plist = []
+            plist, gt_boxes = [], []
             for inst, m in valid:
+                box = inst.box_xyxy() if inst.bbox is not None else _mask_box(m)
+                gt_boxes.append(list(box))
                 if kind == "box":
-                    box = inst.box_xyxy() if inst.bbox is not None else _mask_box(m)
                     plist.append(Prompt(box=list(box)))
                 else:
-                    plist.append(Prompt(points=[list(distance_transform_point(m))], point_labels=[1]))
-            results = predictor.predict(plist, multimask_output=multimask, keep="best")
+                    plist.append(Prompt(points=[list(_point(predictor, m, point_rule))], point_labels=[1]))
+            results = predictor.predict(plist, multimask_output=multimask, keep="best",
+                                        clip_boxes=np.asarray(gt_boxes, np.float32))
             if len(results) != len(plist):
                 raise RuntimeError(f"predictor returned {len(results)} results for {len(plist)} prompts")
             relabeled = {b: relabel(predictor, results, b) for b in baselines}
@@ -158,6 +175,16 @@ def evaluate(predictor, coco: CocoInstances, prompts: Sequence[str] = PROMPT_TYP
 def _hit_block(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     return {"queries": len(rows), "hit_rate": _mean([float(r["hit"]) for r in rows]),
             "mean_iou": _mean([r["iou"] for r in rows])}
+
+
+def _point(predictor, mask: np.ndarray, rule: str):
+    """One positive point (original pixels) for ``mask`` by ``rule`` (see :func:`evaluate`)."""
+    if rule == "centered":
+        return distance_transform_point(mask)
+    oh, ow = mask.shape
+    h, w = predictor.transform.get_input_size((oh, ow))
+    x, y = reference_point(mask, (h, w))
+    return x * ow / w, y * oh / h  # the predictor maps it back to exactly (x, y) input pixels
 
 
 def _mask_box(m: np.ndarray):
@@ -219,7 +246,7 @@ def format_table(metrics: Dict[str, Any]) -> str:
 
 
 def build_eval_predictor(checkpoint: Optional[str], model_yaml: Optional[str], device: str, precision: str,
-                         templates: str, clip_weights: Optional[str] = None):
+                         templates: str, clip_weights: Optional[str] = None, clip_ensemble: bool = True):
     """The robots' predictor, from an ovsam_ros checkpoint or a model YAML (vocabulary set later)."""
     from ovsam_ros.loading import build_predictor
     from ovsam_ros.model.checkpoints import load_ovsam
@@ -230,8 +257,8 @@ def build_eval_predictor(checkpoint: Optional[str], model_yaml: Optional[str], d
         clip = os.path.expanduser(clip_weights) if clip_weights else None
         model = load_ovsam(os.path.expanduser(checkpoint), clip_pretrained=clip)
         return OVSAMPredictor(model, vocabulary=None, device=device, precision=precision,
-                              templates=get_templates(templates), trained=True)
-    predictor = build_predictor(model_yaml, device=device, precision=precision)
+                              templates=get_templates(templates), trained=True, clip_ensemble=clip_ensemble)
+    predictor = build_predictor(model_yaml, device=device, precision=precision, clip_ensemble=clip_ensemble)
     predictor.templates = get_templates(templates)
     return predictor
 
@@ -261,6 +288,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--multimask", action="store_true",
                         help="let the decoder propose 3 masks and keep the best by predicted IoU "
                              "(default: the single trained mask, as in the reference)")
+    parser.add_argument("--clip-ensemble", default="on", choices=["on", "off"],
+                        help="combine the learned labels with the frozen-CLIP branch as the reference evaluation "
+                             "always does (geometric mean, alpha 0.1 base / beta 0.9 novel; default: on)")
+    parser.add_argument("--point-rule", default="reference", choices=list(POINT_RULES),
+                        help="point* prompt: 'reference' = first distance-transform maximum of the mask resized to "
+                             "the model input (the paper's tables); 'centered' = the maximum nearest the centroid "
+                             "of the tied maxima on the original mask")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--templates", default="vild", help="prompt templates: vild | single")
@@ -272,9 +306,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         coco = CocoInstances(args.annotations, args.images, args.vocabulary, unknown_category=args.unknown_category)
         predictor = build_eval_predictor(args.checkpoint, args.model, args.device, args.precision, args.templates,
-                                         args.clip_weights)
+                                         args.clip_weights, clip_ensemble=args.clip_ensemble == "on")
         metrics = evaluate(predictor, coco, args.prompts, args.baselines, args.max_images, args.multimask,
-                           progress=not args.no_progress, text_queries=args.text_queries)
+                           progress=not args.no_progress, text_queries=args.text_queries,
+                           point_rule=args.point_rule)
     except (DataError, FileNotFoundError, ValueError) as err:
         print(f"ovsam-evaluate: error: {err}", file=sys.stderr)
         return 2

@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from ovsam_ros.model.fingerprint import text_weights_fingerprint
+from ovsam_ros.model.fingerprint import text_model_id, text_weights_fingerprint
 from ovsam_ros.model.ovsam import OVSAM
 from ovsam_ros.model.vocabulary import (
     OpenCLIPTextEncoder,
@@ -164,7 +164,7 @@ def encode_text(model: OVSAM, vocab: Vocabulary, templates: Any, cache_dir: Opti
                 device: torch.device, env: Optional[engine.DistEnv] = None) -> TextEmbeddings:
     """Text embeddings of ``vocab`` with the model's CLIP text tower (cached on disk when asked)."""
     templates = get_templates(templates)
-    model_id = model.cfg.backbone.model_name
+    model_id = text_model_id(model.cfg.backbone.model_name, model.backbone.clip)
 
     def compute() -> TextEmbeddings:
         with torch.no_grad():

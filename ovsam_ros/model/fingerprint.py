@@ -47,3 +47,13 @@ def text_weights_fingerprint(clip_model: nn.Module) -> str:
     valid when only the image tower changes.
     """
     return state_dict_fingerprint(clip_model.state_dict(), include=lambda name: not name.startswith("visual."))
+
+
+def text_model_id(model_name: str, clip_model: Optional[nn.Module]) -> str:
+    """Architecture id of a text tower for cache keys: ``model_name``, ``-quickgelu`` appended when
+    the tower runs QuickGELU (the activation is not in the weights, but changes every embedding)."""
+    from open_clip.transformer import QuickGELU
+
+    if clip_model is None or model_name.endswith("-quickgelu"):
+        return model_name
+    return model_name + "-quickgelu" if any(isinstance(m, QuickGELU) for m in clip_model.modules()) else model_name

@@ -60,6 +60,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               read_only=True),
     ParamSpec("device", "", "cpu | cuda | cuda:N | auto; '' = the model YAML's.", when="configure"),
     ParamSpec("precision", "", "fp32 | fp16 | bf16; '' = the model YAML's.", choices=PRECISIONS, when="configure"),
+    ParamSpec("clip_ensemble", "",
+              "Label with the reference's frozen-CLIP ensemble (learned x CLIP geometric mean; what makes "
+              "novel classes work): on | off; '' = the model YAML's (on for the published rn50x16 configs).",
+              choices=("", "on", "off"), when="configure"),
     # -- ROS interfaces (read at configure) ----------------------------------------------
     ParamSpec("image_transport", "raw",
               "Camera input, ONE subscription: raw (sensor_msgs/Image on 'image') or compressed "
@@ -219,6 +223,7 @@ class NodeSettings:
     vocabulary_dirs: str = ""
     device: str = ""
     precision: str = ""
+    clip_ensemble: str = ""
     image_transport: str = "raw"
     input_reliability: str = "best_effort"
     input_depth: int = 1

@@ -346,3 +346,58 @@ def test_everything_with_reference_tokens_filters_by_stability_and_optional_sam_
     strict = scored.everything(EverythingOptions(points_per_side=4, pred_iou_thresh=threshold,
                                                  stability_score_thresh=0.12, box_nms_thresh=1.0))
     assert all(r.predicted_iou > threshold for r in strict) and len(strict) < len(loose)
+
+
+def test_clip_ensemble_is_the_reference_geometric_mean(image):
+    """Labels with clip_ensemble: q^(1-a) p^a for base classes and background, q^(1-b) p^b for novel ones,
+    unused classes excluded, p from CLIP's own attention pool on the box RoIAligned from C5 (hand-written)."""
+    from torchvision.ops import roi_align
+
+    model = tiny_model()
+    with torch.no_grad():  # random init gives logits near 0, empty at C5 resolution: make them decisive
+        model.decoder.mask_decoder.output_hypernetworks_mlps[0].layers[-1].weight.mul_(30)
+    predictor = OVSAMPredictor(model, vocabulary="coco", top_k=80, clip_ensemble=True, exclude_unused=True)
+    plain = OVSAMPredictor(model, vocabulary="coco", top_k=80)
+    predictor.set_image(image)
+    plain.set_image(image)
+    prompts = [Prompt(box=[150, 80, 320, 200]), Prompt(box=[10, 10, 300, 290])]
+    results = predictor.predict(prompts)
+    learned_only = plain.predict(prompts)
+    text = predictor.text
+    emb, valid = text.embeddings, text.valid  # [C, S, D], [C, S]
+
+    def logits(x):  # cosine, max over synonyms, x scale, background column 0
+        sims = torch.einsum("d,csd->cs", torch.nn.functional.normalize(x, dim=-1), emb)
+        sims = sims.masked_fill(~valid, -torch.inf).max(dim=1).values * model_scale
+        return torch.cat([sims, torch.zeros(1)])
+
+    from ovsam_ros.model.recognition import DEFAULT_LOGIT_SCALE as model_scale
+
+    split = text.vocab.split
+    c5 = predictor.features.clip_features[-1]
+    checked_nonempty = []
+    for r, base_r in zip(results, learned_only):
+        assert np.array_equal(r.mask, base_r.mask)  # the ensemble changes labels only
+        low = torch.as_tensor(r.low_res_logits)[None, None]
+        ys, xs = np.nonzero(r.low_res_logits > 0)  # the box CLIP2SAM pools: the low-res mask's, input pixels
+        box = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32) * 4
+        roi = roi_align(c5, torch.cat([torch.zeros(1), box])[None], output_size=256 // 32, spatial_scale=1 / 32,
+                        sampling_ratio=0, aligned=True)
+        with torch.no_grad():
+            p = logits(model.backbone.clip.visual.attnpool(roi)[0]).softmax(-1)
+        q = logits(torch.as_tensor(r.embedding)).softmax(-1)
+        nonempty = bool((torch.nn.functional.interpolate(low, size=c5.shape[-2:], mode="bilinear") > 0).any())
+        a, b = (0.1, 0.9) if nonempty else (0.0, 0.0)
+        weight = torch.tensor([a if s == "base" else b for s in split] + [a])
+        g = q ** (1 - weight) * p ** weight
+        g[:-1][torch.tensor([s == "unused" for s in split])] = 0
+        expected = g / g.sum()
+        got = {lab.class_index: lab.score for lab in r.labels}
+        assert set(got) == {i for i, s in enumerate(split) if s != "unused"}
+        for i, score in got.items():
+            assert abs(score - float(expected[i])) < 1e-4, (i, score, float(expected[i]))
+        assert r.labels[0].class_index == int(expected[:-1].argmax())
+        checked_nonempty.append(nonempty)
+    assert any(checked_nonempty)
+    # Labels really changed (the frozen-CLIP branch carries information).
+    assert any(r.labels[0].score != b.labels[0].score for r, b in zip(results, learned_only))

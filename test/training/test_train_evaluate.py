@@ -149,3 +149,40 @@ def test_protocol_scores_known_answers(synth):
     doubled = run(lambda m, label: (_doubled(m), label))
     for kind in ("box", "point"):
         assert doubled[kind]["overall"]["iou"] == 0.5  # intersection / union, not / ground-truth area
+
+
+def test_reference_point_rule_is_the_first_distance_transform_maximum():
+    from training.data.transforms import distance_transform_point, reference_point
+
+    mask = np.zeros((20, 20), bool)
+    mask[2:8, 3:13] = True  # rows 2..7, cols 3..12
+    # By hand: distance to the nearest background pixel = min(r - 1, 8 - r, c - 2, 13 - c); its maximum 3
+    # holds on rows 4-5, cols 5-10; the first in row-major order is (row 4, col 5).
+    assert reference_point(mask, (20, 20)) == (5.0, 4.0)
+    assert distance_transform_point(mask) != (5.0, 4.0)  # our centred rule picks the middle of the plateau
+    # The reference resizes the mask to the model input first (nearest), and works in input pixels.
+    big = np.kron(mask, np.ones((2, 2), bool))  # 40 x 40, input 20 x 20
+    assert reference_point(big, (20, 20)) == (5.0, 4.0)
+
+
+def test_unused_classes_are_dropped_and_never_predicted(tmp_path):
+    import torch
+
+    from ovsam_ros.model import OVSAMConfig
+    from ovsam_ros.model.ovsam import OVSAM
+    from ovsam_ros.model.vocabulary import Vocabulary
+    from ovsam_ros.predictor import OVSAMPredictor
+    from ovsam_ros.prompts import Prompt
+
+    torch.manual_seed(0)
+    vocab = Vocabulary("v", "", ["cat", "dog", "car"], [["cat"], ["dog"], ["car"]], split=["base", "unused", "novel"])
+    predictor = OVSAMPredictor(OVSAM(OVSAMConfig.tiny()).eval(), vocabulary=vocab, top_k=3)
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    predictor.set_image(image)
+    names = {lab.name for r in predictor.predict([Prompt(box=[5, 5, 40, 40])]) for lab in r.labels}
+    assert "dog" in names  # robots: every class stays nameable
+    predictor.exclude_unused = True
+    for ensemble in (False, True):
+        predictor.clip_ensemble = ensemble
+        names = {lab.name for r in predictor.predict([Prompt(box=[5, 5, 40, 40])]) for lab in r.labels}
+        assert names == {"cat", "car"}

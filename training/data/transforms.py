@@ -156,6 +156,25 @@ def distance_transform_point(mask: np.ndarray) -> Tuple[float, float]:
     return float(xs[j]), float(ys[j])
 
 
+def reference_point(mask: np.ndarray, input_size: Tuple[int, int]) -> Tuple[float, float]:
+    """The reference evaluation's point prompt, in INPUT pixels (x, y).
+
+    As ``get_center_coords`` in HarborYuan/ovsam: the ground-truth mask is first resized
+    (nearest) to the model input size ``(h, w)`` (long side = model size), padded by one
+    background pixel, distance-transformed, and the FIRST maximum in row-major order is
+    taken. The reference uses kornia's convolutional distance transform (an approximation
+    of the Euclidean one); this uses OpenCV's exact one, so on near-ties the pixel may differ.
+    """
+    import cv2
+
+    h, w = int(input_size[0]), int(input_size[1])
+    resized = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+    padded = np.pad(resized, 1)
+    dist = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+    flat = int(np.argmax(dist))  # numpy's argmax: the first maximum, row-major (like torch's on CPU)
+    return float(flat % w), float(flat // w)
+
+
 def sample_prompt_kinds(rng: np.random.Generator, count: int, box_fraction: float) -> np.ndarray:
     """[count] bool, True = box prompt; exactly round(count * box_fraction) boxes at random positions."""
     n_box = int(round(count * box_fraction))
@@ -168,6 +187,7 @@ def sample_prompt_kinds(rng: np.random.Generator, count: int, box_fraction: floa
 __all__: Sequence[str] = [
     "Augment",
     "distance_transform_point",
+    "reference_point",
     "masks_to_boxes_np",
     "pad_masks",
     "random_points_in_masks",
