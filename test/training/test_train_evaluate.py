@@ -67,7 +67,10 @@ class _ScriptedPredictor:
     then ``answer(gt_mask, gt_label)`` decides what to report: an oracle, an empty one, ..."""
 
     def __init__(self, loaded, answer):
+        from ovsam_ros.model.transforms import ImageTransform
+
         self.loaded, self.answer, self.vocabulary, self.gt = loaded, answer, None, None
+        self.transform = ImageTransform(1024)  # the reference point rule works in model-input pixels
 
     def set_vocabulary(self, vocab):
         self.vocabulary = vocab
@@ -87,7 +90,7 @@ class _ScriptedPredictor:
         assert len(hits) == 1, f"prompt {prompt} matches {len(hits)} instances"
         return hits[0]
 
-    def predict(self, prompts, multimask_output=False, keep="best"):
+    def predict(self, prompts, multimask_output=False, keep="best", clip_boxes=None):
         from types import SimpleNamespace
 
         out = []
