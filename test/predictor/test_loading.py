@@ -67,3 +67,14 @@ def test_ovsam_checkpoint_round_trip_through_yaml(tmp_path, caplog):
     assert np.array_equal(results[0].mask, results[1].mask)
     assert np.array_equal(results[0].low_res_logits, results[1].low_res_logits)
     assert [l.name for l in results[0].labels] == [l.name for l in results[1].labels]
+
+
+def test_published_configs_follow_the_reference_configs():
+    """RoI sizes of HarborYuan/ovsam's ovsam_{coco,lvis}_rn50x16_point.py (12 and 7), ensemble on."""
+    from ovsam_ros.loading import load_specs
+
+    for name, roi, vocab, head in (("rn50x16_coco", 12, "coco", "clip2sam_coco"), ("rn50x16", 7, "lvis", "clip2sam_lvis")):
+        model, predictor = load_specs(name)
+        cfg = model.config()
+        assert (cfg.clip2sam.roi_size, predictor.vocabulary, predictor.clip_ensemble) == (roi, vocab, True)
+        assert head in model.clip2sam_checkpoint and cfg.decoder.output_tokens == "auto"
