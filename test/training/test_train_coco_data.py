@@ -194,3 +194,16 @@ def test_decoded_size_must_match_the_record(tmp_path):
     coco = CocoInstances(_write(tmp_path, [_ann(1, seg=rle)], images=images))
     with pytest.raises(DataError, match="differs from the annotation"):
         coco.load(0)
+
+
+def test_lvis_entries_without_file_name_use_the_coco_url_split_folder(tmp_path):
+    # LVIS v1 image entries have no file_name, only the COCO url; the file lies in <root>/<split>/<name>.
+    (tmp_path / "val2017").mkdir()
+    cv2.imwrite(str(tmp_path / "val2017" / "000000397133.jpg"), np.zeros((H, W, 3), np.uint8))
+    images = [{"id": 1, "coco_url": "http://images.cocodataset.org/val2017/000000397133.jpg", "height": H, "width": W}]
+    data = CocoInstances(_write(tmp_path, [_ann()], images=images, image_files=()))
+    assert [Path(r.file) for r in data.images] == [(tmp_path / "val2017" / "000000397133.jpg").resolve()]
+    assert len(data.images[0].instances) == 1
+
+    with pytest.raises(DataError, match="without 'id'/'file_name'"):
+        CocoInstances(_write(tmp_path, [_ann()], images=[{"id": 1, "height": H, "width": W}], image_files=()))

@@ -133,6 +133,25 @@ def _finite_numbers(values: Sequence[Any]) -> bool:
         return False
 
 
+def image_file_name(entry: Any) -> Optional[str]:
+    """An image entry's path relative to the image root.
+
+    COCO entries carry ``file_name``. LVIS v1 entries carry only ``coco_url``
+    (``http://images.cocodataset.org/val2017/000000397133.jpg``); LVIS tools read
+    them as ``<split folder>/<file>`` under the COCO image root, and so do we.
+    """
+    if not isinstance(entry, dict):
+        return None
+    if entry.get("file_name"):
+        return str(entry["file_name"])
+    url = entry.get("coco_url")
+    if isinstance(url, str) and url.count("/") >= 2:
+        folder, name = url.rstrip("/").split("/")[-2:]
+        if folder and name:
+            return f"{folder}/{name}"
+    return None
+
+
 class CocoInstances:
     """Validated COCO instance annotations mapped onto a vocabulary.
 
@@ -191,9 +210,11 @@ class CocoInstances:
         records: Dict[Any, ImageRecord] = {}
         missing: List[str] = []
         for entry in data["images"]:
-            if not isinstance(entry, dict) or "id" not in entry or "file_name" not in entry:
-                raise DataError(f"{path}: image entry without 'id'/'file_name': {str(entry)[:200]}")
-            file = str(Path(self.image_root) / str(entry["file_name"]))
+            name = image_file_name(entry)
+            if name is None or "id" not in entry:
+                raise DataError(f"{path}: image entry without 'id'/'file_name' (or an LVIS 'coco_url'): {str(entry)[:200]}")
+            entry = {**entry, "file_name": name}
+            file = str(Path(self.image_root) / name)
             try:
                 h, w = int(entry["height"]), int(entry["width"])
             except (KeyError, TypeError, ValueError):
@@ -240,7 +261,8 @@ class CocoInstances:
             return str(root.resolve())
         for candidate in (path.parent, path.parent.parent / "images"):
             images = data.get("images") or []
-            if images and isinstance(images[0], dict) and (candidate / str(images[0].get("file_name", ""))).is_file():
+            first = image_file_name(images[0]) if images else None
+            if first and (candidate / first).is_file():
                 return str(candidate.resolve())
         return str(path.parent.resolve())
 
