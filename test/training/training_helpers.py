@@ -95,6 +95,7 @@ def labeled_array_msg(store, stamp_ns: int, frame_id: str, shape, instances: Ite
     Header, Time = T["std_msgs/msg/Header"], T["builtin_interfaces/msg/Time"]
     ROI, Arr = T["sensor_msgs/msg/RegionOfInterest"], T["ovsam_ros/msg/LabeledMaskArray"]
     LM, LS = T["ovsam_ros/msg/LabeledMask"], T["ovsam_ros/msg/LabelScore"]
+    Point = T["geometry_msgs/msg/Point"]
     header = Header(stamp=Time(sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9), frame_id=frame_id)
     out = []
     for i, (mask, label, idx, score) in enumerate(instances):
@@ -106,9 +107,13 @@ def labeled_array_msg(store, stamp_ns: int, frame_id: str, shape, instances: Ite
                       alternatives=[LS(label=label, class_index=idx, score=score)], predicted_iou=0.9,
                       stability_score=0.9,
                       bbox=ROI(x_offset=int(x0), y_offset=int(y0), height=int(y1 - y0), width=int(x1 - x0),
-                               do_rectify=False), mask=m))
+                               do_rectify=False), mask=m,
+                      track_id=0, source_id="", source_class_id="", source_score=0.0, has_position=False,
+                      centroid=Point(x=0.0, y=0.0, z=0.0), extent_min=Point(x=0.0, y=0.0, z=0.0),
+                      extent_max=Point(x=0.0, y=0.0, z=0.0), point_count=0))
     return Arr(header=header, image_height=shape[0], image_width=shape[1], mode="everything", query="",
-               vocabulary_name="test", vocabulary_version="1", instances=out)
+               vocabulary_name="test", vocabulary_version="1", tracked=False, position_frame_id="",
+               position_status="", instances=out)
 
 
 def write_bag(path: Path, storage: str, topics: Dict[str, str], messages: Sequence[tuple], store=None) -> Path:
