@@ -36,6 +36,18 @@ class DecoderOutput(NamedTuple):
     label_embeddings: Optional[torch.Tensor]  # [N, label_dim] or None without the label token
 
 
+def build_sam_mask_decoder(cfg: DecoderConfig) -> MaskDecoder:
+    """segment_anything's MaskDecoder with the sizes in ``cfg`` (shared by OVSAMDecoder and SAMIoUScorer)."""
+    d = cfg.transformer_dim
+    return MaskDecoder(
+        transformer_dim=d,
+        transformer=TwoWayTransformer(depth=cfg.depth, embedding_dim=d, mlp_dim=cfg.mlp_dim, num_heads=cfg.num_heads),
+        num_multimask_outputs=cfg.num_multimask_outputs,
+        iou_head_depth=cfg.iou_head_depth,
+        iou_head_hidden_dim=cfg.iou_head_hidden_dim,
+    )
+
+
 class OVSAMDecoder(nn.Module):
     def __init__(self, cfg: DecoderConfig, image_size: int, embedding_size: int, label_dim: int) -> None:
         super().__init__()
@@ -46,13 +58,7 @@ class OVSAMDecoder(nn.Module):
             input_image_size=(image_size, image_size),
             mask_in_chans=cfg.mask_in_chans,
         )
-        self.mask_decoder = MaskDecoder(
-            transformer_dim=d,
-            transformer=TwoWayTransformer(depth=cfg.depth, embedding_dim=d, mlp_dim=cfg.mlp_dim, num_heads=cfg.num_heads),
-            num_multimask_outputs=cfg.num_multimask_outputs,
-            iou_head_depth=cfg.iou_head_depth,
-            iou_head_hidden_dim=cfg.iou_head_hidden_dim,
-        )
+        self.mask_decoder = build_sam_mask_decoder(cfg)
         # Names and shapes as in the reference OVSAMHead (label_mlp: SAM MLP, d -> d -> clip_dim).
         self.label_token = nn.Embedding(1, d)
         self.label_mlp = MLP(d, d, label_dim, cfg.label_mlp_depth)

@@ -17,22 +17,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from segment_anything.modeling import MaskDecoder, TwoWayTransformer
-
 from .config import DecoderConfig
+from .decoder import build_sam_mask_decoder
 
 
 class SAMIoUScorer(nn.Module):
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
-        d = cfg.transformer_dim
-        self.mask_decoder = MaskDecoder(
-            transformer_dim=d,
-            transformer=TwoWayTransformer(depth=cfg.depth, embedding_dim=d, mlp_dim=cfg.mlp_dim, num_heads=cfg.num_heads),
-            num_multimask_outputs=cfg.num_multimask_outputs,
-            iou_head_depth=cfg.iou_head_depth,
-            iou_head_hidden_dim=cfg.iou_head_hidden_dim,
-        )
+        self.mask_decoder = build_sam_mask_decoder(cfg)
 
     def forward(
         self,
