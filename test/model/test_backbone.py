@@ -3,6 +3,7 @@ from __future__ import annotations
 import open_clip
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ovsam_ros.model import BackboneConfig, CheckpointError, OVSAMConfig, build_backbone
 from ovsam_ros.model.backbone import register_tiny_clip_configs
@@ -49,12 +50,31 @@ def test_text_tower_and_tokenizer(backbone):
     assert torch.allclose(again[0], emb[0], atol=1e-6) and not torch.allclose(emb[0], emb[1], atol=1e-3)
 
 
+# CLIP's published (OpenAI) pixel statistics, 0..1 RGB: written out, not read from open_clip
+CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+
+
 def test_encode_image_crop_baseline(backbone):
-    crops = torch.rand(3, 3, 40, 70) * 255
-    x = backbone.normalize_for_clip(crops)
-    assert x.shape == (3, 3, backbone.clip_image_size, backbone.clip_image_size)
-    emb = backbone.encode_image(x, normalize=True)
-    assert emb.shape == (3, 64)
+    """A crop (RGB 0..255) through normalize_for_clip + encode_image equals CLIP's image tower (open_clip's own
+    forward) on the crop normalised by hand: at the native size (no resize), and for a one-colour crop of
+    another size (any resize of a flat image is that flat image)."""
+    s = backbone.clip_image_size
+    visual = backbone.clip.visual
+    native = torch.rand(1, 3, s, s, generator=torch.Generator().manual_seed(4)) * 255
+    colour = torch.tensor([200.0, 40.0, 90.0]).view(1, 3, 1, 1)
+    flat = colour.expand(1, 3, 40, 70)
+    with torch.no_grad():
+        got = backbone.encode_image(backbone.normalize_for_clip(native), normalize=True)
+        want = F.normalize(visual((native / 255 - CLIP_MEAN) / CLIP_STD), dim=-1)
+        got_flat = backbone.encode_image(backbone.normalize_for_clip(flat), normalize=True)
+        want_flat = F.normalize(visual(((colour / 255 - CLIP_MEAN) / CLIP_STD).expand(1, 3, s, s)), dim=-1)
+        batch = backbone.encode_image(backbone.normalize_for_clip(torch.cat([native, native.flip(-1)])), normalize=True)
+    assert got.shape == (1, 64) and backbone.normalize_for_clip(flat).shape == (1, 3, s, s)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got_flat, want_flat, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(batch[:1], got, atol=1e-5, rtol=1e-4)  # a crop's embedding ignores its batch
+    assert F.cosine_similarity(got, got_flat).item() < 0.999
 
 
 def test_pool_regions_full_box_equals_clip_head(backbone):

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ovsam_ros.model import ImageTransform, OVSAM, OVSAMConfig, masks_to_boxes
 from ovsam_ros.model.config import BackboneConfig
@@ -132,7 +135,34 @@ def test_train_mode_keeps_clip_frozen(tiny_model_factory):
     assert model.sam2clip.blocks[0].attn.qkv.weight.grad is not None
 
 
+def _hand_clip_text(clip, tokens: torch.Tensor) -> torch.Tensor:
+    """CLIP's text tower written out from its weights: token + position embedding, pre-LN blocks with
+    CAUSAL multi-head attention (q/k/v split by hand), final LN, the EOT token's feature, projection, L2."""
+    x = clip.token_embedding.weight[tokens] + clip.positional_embedding
+    n = tokens.shape[1]
+    causal = torch.full((n, n), float("-inf")).triu(1)
+    for blk in clip.transformer.resblocks:
+        attn = blk.attn
+        heads, d = attn.num_heads, x.shape[-1]
+        q, k, v = F.linear(blk.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = (t.reshape(t.shape[0], n, heads, d // heads).transpose(1, 2) for t in (q, k, v))
+        w = (q @ k.transpose(-1, -2) / math.sqrt(d // heads) + causal).softmax(dim=-1)
+        x = x + attn.out_proj((w @ v).transpose(1, 2).reshape(x.shape))
+        h = blk.ln_2(x)
+        x = x + blk.mlp.c_proj(F.gelu(blk.mlp.c_fc(h)))
+    x = clip.ln_final(x)
+    eot = (tokens == 49407).int().argmax(dim=1)  # CLIP's end-of-text id
+    return F.normalize(x[torch.arange(len(tokens)), eot] @ clip.text_projection, dim=-1)
+
+
 def test_text_path(tiny_model):
     tokens = tiny_model.tokenizer(["a cat", "a robot arm"])
-    emb = tiny_model.encode_text(tokens, normalize=True)
+    # CLIP's published BPE: <start> a cat <end> = 49406 320 2368 49407, then zero padding to 77
+    assert tokens.shape == (2, 77) and tokens[0, :4].tolist() == [49406, 320, 2368, 49407]
+    assert not tokens[0, 4:].any() and tokens[1, 0] == 49406 and tokens[1, 4] == 49407 and not tokens[1, 5:].any()
+    with torch.no_grad():
+        emb = tiny_model.encode_text(tokens, normalize=True)
+        want = _hand_clip_text(tiny_model.backbone.clip, tokens)
     assert emb.shape == (2, tiny_model.clip_dim)
+    torch.testing.assert_close(emb, want, atol=1e-5, rtol=1e-5)
+    assert F.cosine_similarity(emb[0], emb[1], dim=0) < 0.999  # the two prompts really differ
