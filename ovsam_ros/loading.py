@@ -38,9 +38,9 @@ import yaml
 
 from ovsam_ros.backends import TORCH
 from ovsam_ros.backends import get as get_backend
-from ovsam_ros.model.checkpoints import load_ovsam
+from ovsam_ros.model.build import build_ovsam, load_ovsam
 from ovsam_ros.model.config import OVSAMConfig
-from ovsam_ros.model.ovsam import OVSAM, build_ovsam
+from ovsam_ros.model.ovsam import OVSAM
 from ovsam_ros.resources import config_dir, model_config_dir, share_dirs
 
 log = logging.getLogger(__name__)

@@ -185,7 +185,8 @@ def run(out: Path, quick: bool = False, seed: int = 0, threads: int = 1, quiet: 
 
 def bundle(model_path: Path, dest: Path) -> int:
     """Re-save the stage-2 model for the package (config + weights, no optimizer state); returns bytes."""
-    from ovsam_ros.model.checkpoints import load_ovsam, save_ovsam
+    from ovsam_ros.model.build import load_ovsam
+    from ovsam_ros.model.checkpoints import save_ovsam
 
     model = load_ovsam(str(model_path))
     save_ovsam(model, dest, include_backbone=True,

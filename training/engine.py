@@ -46,7 +46,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ovsam_ros.model.checkpoints import CheckpointError, load_ovsam, save_ovsam
+from ovsam_ros.model.build import load_ovsam
+from ovsam_ros.model.checkpoints import CheckpointError, save_ovsam
+from ovsam_ros.model.errors import UnsafeCheckpointError
+from ovsam_ros.model.safe_load import safe_torch_load
 from ovsam_ros.model.ovsam import OVSAM
 
 from .config import dump
@@ -711,7 +714,7 @@ def build_model(mcfg: Dict[str, Any], seed: int, resume_from: Optional[Path] = N
     applied on top), else the preset built from the listed files (random init for what none provides)."""
     from ovsam_ros.loading import ModelSpec
     from ovsam_ros.model import checkpoints as ck
-    from ovsam_ros.model.ovsam import build_ovsam
+    from ovsam_ros.model.build import build_ovsam
 
     def path(key: str) -> Optional[str]:
         return os.path.expanduser(mcfg[key]) if mcfg.get(key) else None
@@ -738,8 +741,12 @@ def build_model(mcfg: Dict[str, Any], seed: int, resume_from: Optional[Path] = N
 
 def load_resume_state(path: Path) -> Dict[str, Any]:
     file = path / "state.pt"
+    # Our own format, but --resume may point at a run folder copied from anywhere: read it like any
+    # file (no code runs), and refuse classes, which state.pt never holds (numpy RNG arrays are data).
     try:
-        state = torch.load(file, map_location="cpu", weights_only=False)  # our own file
+        state = safe_torch_load(file, foreign="refuse")
+    except UnsafeCheckpointError:
+        raise
     except Exception as err:  # a truncated zip: PytorchStreamReader errors, EOFError, ...
         raise CheckpointError(f"{file}: unreadable training state ({type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else ''}); resume from an earlier "

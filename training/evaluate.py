@@ -249,7 +249,7 @@ def build_eval_predictor(checkpoint: Optional[str], model_yaml: Optional[str], d
                          templates: str, clip_weights: Optional[str] = None, clip_ensemble: bool = True):
     """The robots' predictor, from an ovsam_ros checkpoint or a model YAML (vocabulary set later)."""
     from ovsam_ros.loading import build_predictor
-    from ovsam_ros.model.checkpoints import load_ovsam
+    from ovsam_ros.model.build import load_ovsam
     from ovsam_ros.model.vocabulary import get_templates
     from ovsam_ros.predictor import OVSAMPredictor
 

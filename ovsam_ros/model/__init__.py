@@ -7,11 +7,9 @@ open-vocabulary recognition. See ``ovsam.py`` for the data flow and
 """
 
 from .backbone import CLIPBackbone, build_backbone, register_tiny_clip_configs
+from .build import build_ovsam, load_ovsam
 from .checkpoints import (
-    CheckpointError,
-    CheckpointNotFoundError,
     build_sam_teacher,
-    load_ovsam,
     load_reference_clip2sam,
     load_reference_sam2clip,
     load_sam_decoder,
@@ -22,7 +20,8 @@ from .checkpoints import (
 from .clip2sam import CLIP2SAM
 from .config import BackboneConfig, CLIP2SAMConfig, DecoderConfig, OVSAMConfig, SAM2CLIPConfig
 from .decoder import DecoderOutput, OVSAMDecoder
-from .ovsam import OVSAM, ImageFeatures, build_ovsam, masks_to_boxes
+from .errors import CheckpointError, CheckpointNotFoundError, UnsafeCheckpointError
+from .ovsam import OVSAM, ImageFeatures, masks_to_boxes
 from .sam2clip import SAM2CLIP
 from .sam_iou import SAMIoUScorer
 from .transforms import PIXEL_MEAN, PIXEL_STD, ImageTransform, postprocess_masks
@@ -46,6 +45,7 @@ __all__ = [
     "SAM2CLIP",
     "SAM2CLIPConfig",
     "SAMIoUScorer",
+    "UnsafeCheckpointError",
     "build_backbone",
     "build_ovsam",
     "build_sam_teacher",

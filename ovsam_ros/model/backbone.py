@@ -34,7 +34,7 @@ from open_clip import factory as _open_clip_factory
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.timm_model import TimmModel
 
-from .checkpoints import CheckpointError
+from .errors import CheckpointError
 from .config import SHAPES_CLIP, TINY_CONVNEXT_CLIP, TINY_RN_CLIP, BackboneConfig
 
 _TINY_TEXT_CFG = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}

@@ -40,14 +40,10 @@ The prompt encoder is not in the reference files (frozen SAM ViT-H one).
 
 from __future__ import annotations
 
-import logging
 import os
-import pickle
-import re
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -55,25 +51,25 @@ from torch import nn
 from ovsam_ros.files import atomic_write
 
 from .config import OVSAMConfig
+from .errors import CheckpointError, CheckpointNotFoundError, UnsafeCheckpointError
+from .keymaps import (
+    OPTIONAL_DECODER,
+    clip2sam_required,
+    ours_to_reference_key,
+    reference_clip2sam_to_ours,
+)
+from .safe_load import safe_torch_load
+from .sam_iou import SAMIoUScorer
 
-if TYPE_CHECKING:  # import cycles: ovsam -> backbone -> checkpoints
+if TYPE_CHECKING:  # annotations only: the loaders take any module with these attributes
     from .config import DecoderConfig
     from .decoder import OVSAMDecoder
-    from .sam_iou import SAMIoUScorer
     from .ovsam import OVSAM
 
 FORMAT_NAME = "ovsam_ros"
 FORMAT_VERSION = 1
 PathLike = Union[str, "os.PathLike[str]"]
 StateDict = Dict[str, torch.Tensor]
-
-
-class CheckpointError(ValueError):
-    """A weights file could not be used; the message names the file and the keys."""
-
-
-class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
-    """The weights file does not exist."""
 
 
 # ---------------------------------------------------------------------------
@@ -105,8 +101,15 @@ def _report(
     return "\n".join(lines)
 
 
-def read_checkpoint(path: PathLike, weights_only: bool = True) -> Any:
-    """``torch.load`` on CPU with clear errors. ``weights_only=False`` only for trusted files."""
+def read_checkpoint(path: PathLike, foreign: str = "stand_in") -> Any:
+    """The object in a weights file, read on CPU without running code from it.
+
+    ``.safetensors`` files go through ``safetensors``; pickles through
+    :func:`~ovsam_ros.model.safe_load.safe_torch_load` (torch's weights-only unpickler with
+    numpy / plain-data constructors allowed; ``foreign="stand_in"`` turns classes this
+    package does not know, e.g. mmengine's ``HistoryBuffer``, into inert stand-ins,
+    ``"refuse"`` rejects them).
+    """
     path = os.path.expanduser(os.fspath(path))
     if not os.path.exists(path):
         raise CheckpointNotFoundError(f"checkpoint file not found: {path}")
@@ -121,15 +124,7 @@ def read_checkpoint(path: PathLike, weights_only: bool = True) -> Any:
             return load_file(path, device="cpu")
         except Exception as err:
             raise CheckpointError(f"{path}: not a readable safetensors file: {err}") from err
-    try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{path}: refused to unpickle non-tensor objects with weights_only=True "
-            f"(pass weights_only=False only if you trust this file): {str(err).splitlines()[0]}"
-        ) from err
-    except Exception as err:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: {type(err).__name__}: {err}") from err
+    return safe_torch_load(path, foreign=foreign)
 
 
 def extract_state_dict(obj: Any, path: PathLike) -> StateDict:
@@ -149,8 +144,10 @@ def extract_state_dict(obj: Any, path: PathLike) -> StateDict:
     return sd
 
 
-def load_state_dict_file(path: PathLike, weights_only: bool = True) -> StateDict:
-    return extract_state_dict(read_checkpoint(path, weights_only=weights_only), path)
+def load_state_dict_file(path: PathLike) -> StateDict:
+    """The tensors of a weights file (under ``state_dict`` / ``model`` if present); every other
+    entry (mmengine ``meta``, ``message_hub``, optimizer state, ...) is read inertly and dropped."""
+    return extract_state_dict(read_checkpoint(path), path)
 
 
 def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> StateDict:
@@ -159,7 +156,7 @@ def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> StateDict:
     return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
-def _apply(
+def apply_state_dict(
     module: nn.Module,
     path: PathLike,
     what: str,
@@ -209,71 +206,12 @@ def _apply(
 # ---------------------------------------------------------------------------
 # (a) reference OVSAM checkpoints
 # ---------------------------------------------------------------------------
-# (reference regex, our key template) pairs for the clip2sam file.
-_CLIP2SAM_RULES: List[Tuple[re.Pattern, str]] = [
-    (re.compile(r"^fpn_neck\.lateral_convs\.(\d+)\.conv\.(weight|bias)$"), r"clip2sam.fpn.inner_blocks.\1.0.\2"),
-    (re.compile(r"^fpn_neck\.fpn_convs\.(\d+)\.conv\.(weight|bias)$"), r"clip2sam.fpn.layer_blocks.\1.0.\2"),
-    (re.compile(r"^mask_decoder\.roi_conv\.0\.conv\.weight$"), r"clip2sam.roi_conv.0.weight"),
-    (re.compile(r"^mask_decoder\.label_token\.weight$"), r"decoder.label_token.weight"),
-    (re.compile(r"^mask_decoder\.label_mlp\.(.+)$"), r"decoder.label_mlp.\1"),
-    (re.compile(r"^mask_decoder\.mask_decoder\.(.+)$"), r"decoder.mask_decoder.\1"),
-]
-_CLIP2SAM_PREFIXES = ("fpn_neck.", "mask_decoder.")
-# Ours, not in the reference decoder (1 mask token, no IoU head): loaded if present, else kept.
-_OPTIONAL_DECODER = re.compile(
-    r"^decoder\.mask_decoder\.(iou_token\..*|iou_prediction_head\..*|output_hypernetworks_mlps\.([1-9]\d*)\..*)$"
-)
-
-
-_CLIP2SAM_INVERSE: List[Tuple[re.Pattern, str]] = [
-    (re.compile(r"^clip2sam\.fpn\.inner_blocks\.(\d+)\.0\.(weight|bias)$"), r"fpn_neck.lateral_convs.\1.conv.\2"),
-    (re.compile(r"^clip2sam\.fpn\.layer_blocks\.(\d+)\.0\.(weight|bias)$"), r"fpn_neck.fpn_convs.\1.conv.\2"),
-    (re.compile(r"^clip2sam\.roi_conv\.0\.weight$"), r"mask_decoder.roi_conv.0.conv.weight"),
-    (re.compile(r"^decoder\.label_token\.weight$"), r"mask_decoder.label_token.weight"),
-    (re.compile(r"^decoder\.label_mlp\.(.+)$"), r"mask_decoder.label_mlp.\1"),
-    (re.compile(r"^decoder\.mask_decoder\.(.+)$"), r"mask_decoder.mask_decoder.\1"),
-]
-
-
-def ours_to_reference_key(key: str) -> Optional[str]:
-    """Reference clip2sam-file name of one of our ``OVSAM`` keys (None if not in that file)."""
-    for pattern, template in _CLIP2SAM_INVERSE:
-        if pattern.match(key):
-            return pattern.sub(template, key)
-    return None
-
-
-def _clip2sam_required(own_keys: Iterable[str]) -> List[str]:
-    req = []
-    for k in own_keys:
-        if k.startswith("clip2sam.") or k.startswith("decoder.label_"):
-            req.append(k)
-        elif k.startswith("decoder.mask_decoder.") and not _OPTIONAL_DECODER.match(k):
-            req.append(k)
-    return req
-
-
-def reference_clip2sam_to_ours(ref: Mapping[str, torch.Tensor]) -> Tuple[StateDict, List[str]]:
-    """Rename the reference's ``fpn_neck.*`` / ``mask_decoder.*`` keys; returns (ours, unmapped)."""
-    ours, unmapped = {}, []
-    for k, v in ref.items():
-        if not k.startswith(_CLIP2SAM_PREFIXES):
-            continue  # other prefixes in the file are not this loader's business (as in the reference)
-        for pattern, template in _CLIP2SAM_RULES:
-            if pattern.match(k):
-                ours[pattern.sub(template, k)] = v
-                break
-        else:
-            unmapped.append(k)
-    return ours, unmapped
-
-
-def load_reference_sam2clip(model: "OVSAM", path: PathLike, weights_only: bool = True) -> None:
+def load_reference_sam2clip(model: "OVSAM", path: PathLike) -> None:
     """Load a reference SAM2CLIP neck file (``neck_student.*``) into ``model.sam2clip``."""
-    sd = strip_prefix(load_state_dict_file(path, weights_only), "neck_student")
+    sd = strip_prefix(load_state_dict_file(path), "neck_student")
     if not sd:
         raise CheckpointError(f"{path}: no 'neck_student.*' keys: not a reference SAM2CLIP checkpoint")
-    _apply(
+    apply_state_dict(
         model.sam2clip,
         path,
         "reference SAM2CLIP (neck_student.*)",
@@ -283,7 +221,7 @@ def load_reference_sam2clip(model: "OVSAM", path: PathLike, weights_only: bool =
     )
 
 
-def load_reference_clip2sam(model: "OVSAM", path: PathLike, weights_only: bool = True) -> int:
+def load_reference_clip2sam(model: "OVSAM", path: PathLike) -> int:
     """Load a reference CLIP2SAM file (``fpn_neck.*`` + ``mask_decoder.*``) into ``model``.
 
     Returns the number of mask tokens the file's decoder was trained with
@@ -292,18 +230,18 @@ def load_reference_clip2sam(model: "OVSAM", path: PathLike, weights_only: bool =
     the ``"reference"`` token set: the fine-tuned transformer only gives the
     published masks with the tokens it was trained with.
     """
-    ref = load_state_dict_file(path, weights_only)
+    ref = load_state_dict_file(path)
     ours, unmapped = reference_clip2sam_to_ours(ref)
     if not ours and not unmapped:
         raise CheckpointError(f"{path}: no 'fpn_neck.*' / 'mask_decoder.*' keys: not a reference CLIP2SAM checkpoint")
     # Validate against the parts of OVSAM this file covers (backbone, sam2clip, prompt encoder excluded).
     covered = {k for k in model.state_dict() if k.startswith(("clip2sam.", "decoder.label_", "decoder.mask_decoder."))}
-    _apply(
+    apply_state_dict(
         model,
         path,
         "reference CLIP2SAM (fpn_neck.*, mask_decoder.*)",
         ours,
-        _clip2sam_required(covered),
+        clip2sam_required(covered),
         unexpected=[f"{k} (no counterpart)" for k in unmapped]
         + [ours_to_reference_key(k) or k for k in ours if k not in covered],
         partial_rows=["decoder.mask_decoder.mask_tokens.weight"],
@@ -326,7 +264,7 @@ def export_reference_checkpoints(model: "OVSAM") -> Tuple[StateDict, StateDict]:
     sam2clip = {f"neck_student.{k}": v.clone() for k, v in model.sam2clip.state_dict().items()}
     clip2sam: StateDict = {}
     for k, v in model.state_dict().items():
-        if _OPTIONAL_DECODER.match(k):
+        if OPTIONAL_DECODER.match(k):
             continue
         ref = ours_to_reference_key(k)
         if ref is not None:
@@ -338,39 +276,37 @@ def export_reference_checkpoints(model: "OVSAM") -> Tuple[StateDict, StateDict]:
 # ---------------------------------------------------------------------------
 # (b) Meta SAM checkpoints
 # ---------------------------------------------------------------------------
-def load_sam_decoder(decoder: "OVSAMDecoder", path: PathLike, weights_only: bool = True) -> None:
+def load_sam_decoder(decoder: "OVSAMDecoder", path: PathLike) -> None:
     """Meta SAM ``prompt_encoder.*`` + ``mask_decoder.*`` -> ``decoder`` (strict on those).
 
     The label token / label MLP are not in SAM files and keep their values.
     """
-    sd = load_state_dict_file(path, weights_only)
+    sd = load_state_dict_file(path)
     provided = {k: v for k, v in sd.items() if k.startswith(("prompt_encoder.", "mask_decoder."))}
     if not any(k.startswith("prompt_encoder.") for k in provided):
         raise CheckpointError(f"{path}: no 'prompt_encoder.*' keys: not a SAM checkpoint")
     required = [k for k in decoder.state_dict() if k.startswith(("prompt_encoder.", "mask_decoder."))]
-    _apply(decoder, path, "SAM prompt encoder / mask decoder", provided, required)
+    apply_state_dict(decoder, path, "SAM prompt encoder / mask decoder", provided, required)
 
 
-def load_sam_iou_scorer(cfg: "DecoderConfig", path: PathLike, weights_only: bool = True) -> "SAMIoUScorer":
+def load_sam_iou_scorer(cfg: "DecoderConfig", path: PathLike) -> "SAMIoUScorer":
     """Meta SAM ``mask_decoder.*`` -> a frozen :class:`~ovsam_ros.model.sam_iou.SAMIoUScorer` (strict)."""
-    from .sam_iou import SAMIoUScorer
-
     scorer = SAMIoUScorer(cfg)
-    sd = {f"mask_decoder.{k}": v for k, v in strip_prefix(load_state_dict_file(path, weights_only), "mask_decoder").items()}
+    sd = {f"mask_decoder.{k}": v for k, v in strip_prefix(load_state_dict_file(path), "mask_decoder").items()}
     if not sd:
         raise CheckpointError(f"{path}: no 'mask_decoder.*' keys: not a SAM checkpoint")
-    _apply(scorer, path, "SAM mask decoder (IoU scorer)", sd, scorer.state_dict().keys())
+    apply_state_dict(scorer, path, "SAM mask decoder (IoU scorer)", sd, scorer.state_dict().keys())
     for p in scorer.parameters():
         p.requires_grad_(False)
     return scorer.eval()
 
 
-def load_sam_image_encoder(encoder: nn.Module, path: PathLike, weights_only: bool = True) -> None:
+def load_sam_image_encoder(encoder: nn.Module, path: PathLike) -> None:
     """Meta SAM ``image_encoder.*`` -> a ``segment_anything`` ``ImageEncoderViT`` (strict)."""
-    sd = strip_prefix(load_state_dict_file(path, weights_only), "image_encoder")
+    sd = strip_prefix(load_state_dict_file(path), "image_encoder")
     if not sd:
         raise CheckpointError(f"{path}: no 'image_encoder.*' keys: not a SAM checkpoint")
-    _apply(encoder, path, "SAM image encoder", sd, encoder.state_dict().keys(), display=lambda k: f"image_encoder.{k}")
+    apply_state_dict(encoder, path, "SAM image encoder", sd, encoder.state_dict().keys(), display=lambda k: f"image_encoder.{k}")
 
 
 # A small SAM-family encoder with the tiny OVSAM preset's geometry (256 px in, 16x16x32 out).
@@ -470,14 +406,11 @@ def read_ovsam_checkpoint(path: PathLike) -> Tuple[OVSAMConfig, StateDict, Dict[
             f"not a model. Use the model checkpoint saved with it: {model_file}"
             f"{'' if model_file.is_file() else ' (missing here)'}, or the run's final <output_dir>/model.pt.")
     try:
-        obj = read_checkpoint(path)
-    except CheckpointError as err:
-        if isinstance(err.__cause__, pickle.UnpicklingError):  # "weights_only=False" is no advice for a YAML user
-            raise CheckpointError(
-                f"{path}: not an {FORMAT_NAME} model checkpoint: it holds Python objects besides tensors, "
-                "which model files never do (give the model.pt a training run wrote, or convert the file "
-                "with save_ovsam)") from err
-        raise
+        obj = read_checkpoint(path, foreign="refuse")  # our own format: only tensors and plain data
+    except UnsafeCheckpointError as err:
+        raise UnsafeCheckpointError(
+            f"{err} Not an {FORMAT_NAME} model checkpoint: give the model.pt a training run wrote, or convert "
+            "the file with save_ovsam.") from None
     if not isinstance(obj, Mapping) or obj.get("format") != FORMAT_NAME:
         hint = ""
         if isinstance(obj, Mapping):
@@ -500,46 +433,17 @@ def read_ovsam_checkpoint(path: PathLike) -> Tuple[OVSAMConfig, StateDict, Dict[
     return cfg, dict(state), dict(obj)
 
 
-def load_ovsam(
-    path: PathLike,
-    device: Union[str, torch.device] = "cpu",
-    clip_pretrained: Optional[PathLike] = None,
-) -> "OVSAM":
-    """Rebuild an :class:`OVSAM` from an ``ovsam_ros`` checkpoint (strict)."""
-    from .backbone import build_backbone
-    from .ovsam import OVSAM
-
-    cfg, state, _ = read_ovsam_checkpoint(path)
-    has_backbone = any(k.startswith("backbone.") for k in state)
-    if has_backbone:
-        backbone_cfg = replace(cfg.backbone, pretrained=None)  # weights come from this file
-    else:
-        pretrained = clip_pretrained if clip_pretrained is not None else cfg.backbone.pretrained
-        if pretrained is None:
-            raise CheckpointError(
-                f"{path}: saved without CLIP backbone weights and no open_clip weights file given "
-                "(set clip_pretrained= or config backbone.pretrained)"
-            )
-        backbone_cfg = replace(cfg.backbone, pretrained=os.fspath(pretrained))
-    model = OVSAM(cfg, backbone=build_backbone(backbone_cfg))
-    required = [k for k in model.state_dict() if has_backbone or not k.startswith("backbone.")]
-    _apply(model, path, f"{FORMAT_NAME} model", state, required)
-    logging.getLogger(__name__).info(
-        "loaded OVSAM (%s) from %s; CLIP backbone weights from %s", cfg.backbone.model_name, path,
-        "the same file" if has_backbone else backbone_cfg.pretrained)
-    return model.to(device).eval()
-
-
 __all__ = [
     "CheckpointError",
     "CheckpointNotFoundError",
+    "UnsafeCheckpointError",
     "TRAIN_STATE_FORMAT",
     "is_train_state_file",
     "TINY_TEACHER_KWARGS",
+    "apply_state_dict",
     "build_sam_teacher",
     "export_reference_checkpoints",
     "extract_state_dict",
-    "load_ovsam",
     "load_reference_clip2sam",
     "load_reference_sam2clip",
     "load_sam_decoder",

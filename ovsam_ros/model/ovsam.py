@@ -197,33 +197,4 @@ class OVSAM(nn.Module):
         return postprocess_masks(masks, self.image_size, input_size, original_size)
 
 
-def build_ovsam(
-    cfg: OVSAMConfig,
-    sam_checkpoint: Optional[str] = None,
-    sam2clip_checkpoint: Optional[str] = None,
-    clip2sam_checkpoint: Optional[str] = None,
-    device: Union[str, torch.device] = "cpu",
-) -> OVSAM:
-    """Build OVSAM from the published pieces (all LOCAL files, all optional).
-
-    * CLIP weights: ``cfg.backbone.pretrained`` (open_clip file);
-    * ``sam_checkpoint``: Meta ``sam_vit_*.pth`` -> prompt encoder + decoder;
-    * ``sam2clip_checkpoint``: reference ``sam2clip_vith_rn50x16.pth``;
-    * ``clip2sam_checkpoint``: reference ``clip2sam_{coco,lvis}_rn50x16.pth``,
-      loaded after SAM so its fine-tuned decoder weights win.
-
-    For an ``ovsam_ros`` checkpoint use ``checkpoints.load_ovsam`` instead.
-    """
-    from . import checkpoints  # local import: checkpoints imports this module
-
-    model = OVSAM(cfg)
-    if sam_checkpoint is not None:
-        checkpoints.load_sam_decoder(model.decoder, sam_checkpoint)
-    if sam2clip_checkpoint is not None:
-        checkpoints.load_reference_sam2clip(model, sam2clip_checkpoint)
-    if clip2sam_checkpoint is not None:
-        checkpoints.load_reference_clip2sam(model, clip2sam_checkpoint)
-    return model.to(device).eval()
-
-
-__all__ = ["ImageFeatures", "OVSAM", "build_ovsam", "masks_to_boxes"]
+__all__ = ["ImageFeatures", "OVSAM", "masks_to_boxes"]

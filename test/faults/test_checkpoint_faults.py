@@ -90,3 +90,24 @@ def test_the_training_state_given_as_a_model_says_which_file_to_use(run_dir):
     torch.save({"w": torch.zeros(2), "meta": engine.DistEnv}, other)  # a class reference: not weights-only
     with pytest.raises(CheckpointError, match="holds Python objects besides tensors"):
         read_ovsam_checkpoint(other)
+
+
+class _Touch:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').close()",)
+
+
+def test_resume_never_runs_code_from_a_state_file(run_dir, tmp_path):
+    """--resume may point at a run folder copied from anywhere: state.pt is read with the safe
+    loader (numpy RNG arrays are data, see the test above) and a code payload is refused."""
+    folder = _step(run_dir, 3)
+    state = torch.load(folder / "state.pt", weights_only=False)
+    marker = tmp_path / "ran"
+    state["extra"] = _Touch(marker)
+    torch.save(state, folder / "state.pt")
+    with pytest.raises(CheckpointError, match="refused to load.*builtins.exec.*Nothing from the file was executed"):
+        engine.load_resume_state(folder)
+    assert not marker.exists()
