@@ -54,7 +54,7 @@ class InstanceResult:
     @property
     def area(self) -> int:
         full = self.__dict__.get("_mask")
-        return int((self.crop if full is None else full).sum())
+        return int(np.count_nonzero(self.crop if full is None else full))
 
     @property
     def mask_crop(self) -> np.ndarray:

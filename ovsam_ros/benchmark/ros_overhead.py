@@ -267,11 +267,18 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                                   str(records_path), "--frames", str(args.frames), "--warmup", str(args.warmup),
                                   "--timeout", str(args.timeout), "--sizes", *[f"{w}x{h}" for w, h in args.sizes]],
                                  cwd=str(tmp))
-            lines = wait_for_line(client, "done", timeout=args.timeout + 60 * len(args.sizes) * (args.frames + args.warmup))
-            code = client.wait(timeout=30)
+            try:
+                lines = wait_for_line(client, "done",
+                                      timeout=args.timeout + 60 * len(args.sizes) * (args.frames + args.warmup))
+                code = client.wait(timeout=30)
+            except TimeoutError as exc:
+                lines, code = [str(exc)], None
             if code != 0 or not records_path.exists():
-                rest = client.stdout.read().decode(errors="replace") if client.stdout else ""
-                raise RuntimeError(f"benchmark client failed (exit code {code}):\n" + "\n".join(lines[-30:]) + rest)
+                rest = client.stdout.read().decode(errors="replace") if client.stdout and code is not None else ""
+                group.stop(node)  # its log says why no result came back (e.g. a model error per frame)
+                node_log = node.stdout.read().decode(errors="replace") if node.stdout else ""
+                raise RuntimeError(f"benchmark client failed (exit code {code}):\n" + "\n".join(lines[-30:]) + rest
+                                   + "\n--- node output (last 40 lines) ---\n" + "\n".join(node_log.splitlines()[-40:]))
             group.stop(node)
         data = json.loads(records_path.read_text())
     records = data["records"]

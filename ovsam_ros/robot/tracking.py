@@ -65,7 +65,13 @@ class CroppedMask:
 
     @property
     def area(self) -> int:
-        return int(self.crop.sum())
+        # Counted once: matching reads it several times per pair, and a 720p mask is ~1 MB of bools
+        # (``sum`` would widen every element to int64 first). The crop is never modified in place.
+        area = self.__dict__.get("_area")
+        if area is None or area[0] is not self.crop:
+            area = (self.crop, int(np.count_nonzero(self.crop)))
+            self.__dict__["_area"] = area
+        return area[1]
 
     @property
     def center(self) -> tuple[float, float]:

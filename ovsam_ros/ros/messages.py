@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ovsam_ros.results import mask_box
-from ovsam_ros.ros.image_conversion import image_to_numpy, numpy_to_image
+from ovsam_ros.ros.image_conversion import image_to_numpy, new_image_msg
 
 
 def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -63,7 +63,9 @@ def labeled_mask_msg(
     msg.predicted_iou = float(predicted_iou)
     msg.stability_score = float(stability_score)
     msg.bbox = RegionOfInterest(x_offset=x, y_offset=y, width=w, height=h, do_rectify=False)
-    msg.mask = numpy_to_image(crop.astype(np.uint8) * 255, "mono8")
+    # 0/255 written straight into the message's buffer: one pass over the crop, no temporaries.
+    msg.mask, pixels = new_image_msg(crop.shape[0], crop.shape[1], "mono8")
+    np.multiply(crop, np.uint8(255), out=pixels, dtype=np.uint8)
     return msg
 
 
@@ -88,12 +90,8 @@ def instance_id_image(masks: Sequence[np.ndarray], height: int, width: int,
     overwrite an earlier one, so the best instance owns contested pixels. A
     value of 0 leaves that mask out (a tentative track).
     """
-    ids = np.zeros((height, width), dtype=np.uint16)
-    for index, mask in enumerate(masks):
-        value = index + 1 if values is None else int(values[index])
-        if value:
-            ids[(ids == 0) & np.asarray(mask, dtype=bool)] = value
-    return ids
+    boxes = [(0, 0, width, height)] * len(masks)
+    return instance_id_image_from_crops(masks, boxes, height, width, values=values)
 
 
 def instance_id_image_from_crops(crops: Sequence[np.ndarray], boxes: Sequence[Sequence[int]], height: int,
@@ -103,11 +101,25 @@ def instance_id_image_from_crops(crops: Sequence[np.ndarray], boxes: Sequence[Se
     only each box's pixels are touched (same result, no full-frame mask per instance).
     ``out``: an all-zero uint16 (height, width) array to draw into (e.g. a message's pixels)."""
     ids = np.zeros((height, width), dtype=np.uint16) if out is None else out
-    for index, (crop, box) in enumerate(zip(crops, boxes)):
+    if ids.shape != (height, width) or ids.dtype != np.uint16:
+        raise ValueError(f"out must be a uint16 array of shape {(height, width)}, got {ids.dtype} {ids.shape}")
+    # Painted last mask first, so an earlier mask overwrites a later one where they overlap: the
+    # same "first mask owns the pixel" rule as testing ``ids == 0`` per mask. Branch-free
+    # (region += crop * (value - region), exact in uint16's wrap-around arithmetic): masked
+    # assignment costs 10-15x more on speckled masks (branch misprediction per pixel).
+    for index in reversed(range(len(crops))):
         value = index + 1 if values is None else int(values[index])
-        if not value:
+        if not value:  # tentative track: left out, it claims no pixel
             continue
-        x0, y0, x1, y1 = (int(v) for v in box)
+        if not 0 < value <= 0xFFFF:
+            raise ValueError(f"instance-ID value {value} of mask {index} does not fit a mono16 pixel")
+        x0, y0, x1, y1 = (int(v) for v in boxes[index])
+        crop = np.asarray(crops[index], dtype=bool)
+        if crop.shape != (max(0, y1 - y0), max(0, x1 - x0)) or x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+            raise ValueError(f"mask {index} of shape {crop.shape} does not fit box {(x0, y0, x1, y1)} "
+                             f"in a {width}x{height} image")
         region = ids[y0:y1, x0:x1]
-        region[(region == 0) & np.asarray(crop, dtype=bool)] = value
+        step = np.subtract(np.uint16(value), region)
+        step *= crop.view(np.uint8)
+        region += step
     return ids

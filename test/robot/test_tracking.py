@@ -146,3 +146,13 @@ def test_a_partly_hidden_object_keeps_its_id_and_its_full_shape():
     ids += [tracker.update([Observation(square(10 + 5 * i))], t=i * 0.1)[0] for i in range(6, 9)]
     assert ids == [1] * 9
     assert tracker.tracks[0].velocity == pytest.approx((50.0, 0.0))  # not thrown off by the strip
+
+
+def test_cropped_mask_area_counts_the_current_crop():
+    rng = np.random.default_rng(1)
+    crop = rng.random((30, 40)) < 0.3
+    mask = CroppedMask(crop, 2, 3)
+    assert mask.area == sum(bool(v) for v in crop.ravel())  # counted by hand
+    mask.crop = np.ones((2, 5), bool)  # a replaced crop is counted again, not the cached count
+    assert mask.area == 10
+    assert CroppedMask(np.zeros((0, 0), bool), 0, 0).area == 0
