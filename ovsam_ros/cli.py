@@ -42,6 +42,9 @@ def _add_common(parser: argparse.ArgumentParser, image: bool = True) -> None:
                             "tiny: random weights)")
     group.add_argument("--vocab", default=None,
                        help="coco | lvis | imagenet21k | a .txt/.json file | 'cup, door handle' (default: the model YAML's)")
+    group.add_argument("--synonyms", default=None, choices=["all", "names"],
+                       help="which texts name a class: every synonym the vocabulary lists, or the class name alone "
+                            "(the reference's LVIS text); default: the model YAML's")
     group.add_argument("--device", default=None, help="cpu | cuda | cuda:N | auto (default: the model YAML's)")
     group.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"], help="default: the model YAML's")
     group.add_argument("--top-k", type=positive_int, default=None, help="labels reported per instance (default: 5)")
@@ -159,7 +162,8 @@ def _make_predictor(args: argparse.Namespace):
         torch.set_num_threads(args.threads)
 
     return build_predictor(args.model, vocabulary=args.vocab, device=args.device,
-                           precision=args.precision, top_k=args.top_k)
+                           precision=args.precision, top_k=args.top_k,
+                           names_only={"names": True, "all": False}.get(args.synonyms))
 
 
 def _everything_options(args: argparse.Namespace):
@@ -259,7 +263,7 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         result = run_ros_demo(frames=args.frames, rate=args.rate, output_dir=args.output_dir, model=args.model,
                               vocabulary=args.vocab, device=args.device, precision=args.precision,
-                              num_threads=args.threads or 2, top_k=args.top_k, robot_frames=args.robot_frames,
+                              synonyms=args.synonyms, num_threads=args.threads or 2, top_k=args.top_k, robot_frames=args.robot_frames,
                               scenes=args.scenes)
     except KeyboardInterrupt:
         print("ovsam demo: interrupted", file=sys.stderr)

@@ -23,6 +23,8 @@ because an untrained recognition head gives meaningless labels.
       optimize: true             # inference path: BN folded, weights in the inference dtype, fused attention
       compile: off               # off | reduce-overhead (CUDA graphs) | max-autotune | default; CUDA only
       compile_cache_dir: ~/.cache/ovsam_ros/compile   # persistent compile cache (warm restarts in seconds)
+      names_only: false          # true: each class encoded from its name alone (the reference's LVIS text)
+      max_synonyms: null         # at most N synonyms per class (null: all)
 """
 
 from __future__ import annotations
@@ -117,6 +119,11 @@ class PredictorSpec:
     clip_ensemble: bool = False
     ensemble_alpha: float = 0.1
     ensemble_beta: float = 0.9
+    # Which texts name a class: names_only = each class's name alone (the reference's LVIS text
+    # embeddings); max_synonyms = at most N synonyms per class (null: all). The published LVIS
+    # config sets names_only; COCO keeps the reference's per-class synonym lists.
+    names_only: bool = False
+    max_synonyms: Optional[int] = None
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -272,7 +279,8 @@ def build_predictor(source: Union[str, Path, dict[str, Any]], **overrides: Any):
         setattr(predictor_spec, key, value)
     # Cheap input checks before the model load (seconds, minutes for large presets): a
     # vocabulary typo or missing file fails now.
-    vocabulary = None if predictor_spec.vocabulary is None else load_vocabulary(predictor_spec.vocabulary)
+    vocabulary = None if predictor_spec.vocabulary is None else load_vocabulary(
+        predictor_spec.vocabulary, max_synonyms=predictor_spec.max_synonyms, names_only=predictor_spec.names_only)
     templates = get_templates(predictor_spec.templates)
     model = build_model(model_spec)
     iou_scorer = None
@@ -298,5 +306,7 @@ def build_predictor(source: Union[str, Path, dict[str, Any]], **overrides: Any):
         clip_ensemble=predictor_spec.clip_ensemble,
         ensemble_alpha=predictor_spec.ensemble_alpha,
         ensemble_beta=predictor_spec.ensemble_beta,
+        names_only=predictor_spec.names_only,
+        max_synonyms=predictor_spec.max_synonyms,
     )
     return predictor

@@ -39,6 +39,8 @@ from ovsam_ros.model.vocabulary import (
     TextEmbeddingCache,
     TextEmbeddings,
     Vocabulary,
+    VocabularySpec,
+    check_synonym_options,
     encode_vocabulary,
     load_vocabulary,
 )
@@ -87,6 +89,8 @@ class OVSAMPredictor:
         ensemble_alpha: float = 0.1,
         ensemble_beta: float = 0.9,
         exclude_unused: bool = False,
+        names_only: bool = False,
+        max_synonyms: Optional[int] = None,
     ) -> None:
         self.device = resolve_device(device)
         self.precision = check_precision(precision)
@@ -133,6 +137,11 @@ class OVSAMPredictor:
         # Open-vocabulary COCO evaluation: classes split "unused" (outside 48/17) are never predicted.
         # Off for robots: all 80 COCO classes stay nameable (the ensemble treats them as novel).
         self.exclude_unused = bool(exclude_unused)
+        # Which texts name a class (applied to every vocabulary this predictor loads): names_only
+        # = the class name alone (the reference's LVIS text), max_synonyms = at most N synonyms.
+        check_synonym_options(max_synonyms, names_only)
+        self.names_only = names_only
+        self.max_synonyms = max_synonyms
         self.text: Optional[TextEmbeddings] = None
         self._text_encoder_instance: Optional[OpenCLIPTextEncoder] = None
         self._text_weights_id: Optional[str] = None
@@ -141,12 +150,19 @@ class OVSAMPredictor:
         self.reset_image()
 
     # ------------------------------------------------------------------ vocabulary
-    def set_vocabulary(self, vocabulary: Union[str, Vocabulary, TextEmbeddings]) -> TextEmbeddings:
-        """Switch the class list; text is encoded once (and cached on disk when a cache is set)."""
+    def vocabulary_for(self, spec: Union[VocabularySpec, Vocabulary]) -> Vocabulary:
+        """``spec`` (anything :func:`load_vocabulary` accepts) with this predictor's synonym
+        policy (``names_only``, ``max_synonyms``) applied: the classes it would encode."""
+        return load_vocabulary(spec, max_synonyms=self.max_synonyms, names_only=self.names_only)
+
+    def set_vocabulary(self, vocabulary: Union[VocabularySpec, Vocabulary, TextEmbeddings]) -> TextEmbeddings:
+        """Switch the class list; text is encoded once (and cached on disk when a cache is set).
+
+        TextEmbeddings are used as given; anything else goes through :meth:`vocabulary_for`."""
         if isinstance(vocabulary, TextEmbeddings):
             text = vocabulary
         else:
-            text = self.encode_vocabulary(load_vocabulary(vocabulary))
+            text = self.encode_vocabulary(vocabulary)
         # Kept on the device: recognition is then one matmul with no host transfer.
         self.text = text.to(self.device)
         self._packed_text = (
@@ -154,14 +170,17 @@ class OVSAMPredictor:
         )
         return self.text
 
-    def encode_vocabulary(self, vocab: Union[str, Vocabulary], progress: bool = True) -> TextEmbeddings:
+    def encode_vocabulary(self, vocab: Union[VocabularySpec, Vocabulary], progress: bool = True) -> TextEmbeddings:
         """Text embeddings of ``vocab`` WITHOUT switching to it (uses the on-disk cache).
 
         Lets a caller encode a large vocabulary while this predictor keeps
-        serving frames, then swap it in with :meth:`set_vocabulary`.
+        serving frames, then swap it in with :meth:`set_vocabulary`. The synonym policy
+        (:meth:`vocabulary_for`) is applied first.
         """
-        if isinstance(vocab, str):
-            vocab = load_vocabulary(vocab)
+        return self._encode(self.vocabulary_for(vocab), progress)
+
+    def _encode(self, vocab: Vocabulary, progress: bool = True) -> TextEmbeddings:
+        """Text embeddings of exactly ``vocab`` (no synonym policy), through the cache."""
         def compute() -> TextEmbeddings:
             with torch.inference_mode():
                 return encode_vocabulary(
@@ -570,7 +589,8 @@ class OVSAMPredictor:
         candidates = [c for c in candidates if c.embedding is not None]
         if not candidates:
             return []
-        query_text = self.encode_vocabulary(Vocabulary.from_names([phrase], name="query"), progress=False)
+        # The phrase as typed ("sofa/couch" keeps both): the synonym policy is for vocabularies.
+        query_text = self._encode(Vocabulary.from_names([phrase], name="query"), progress=False)
         embeddings = torch.as_tensor(np.stack([c.embedding for c in candidates]), device=self.device)
         query_logit = class_logits(embeddings, query_text.to(self.device), with_background=False)  # [N, 1]
         if self.text is not None:

@@ -96,8 +96,10 @@ def evaluate(predictor, coco: CocoInstances, prompts: Sequence[str] = PROMPT_TYP
         if p not in PROMPT_TYPES:
             raise ValueError(f"prompt type must be one of {PROMPT_TYPES}, got {p!r}")
     vocab = coco.vocab
-    if predictor.vocabulary is None or predictor.vocabulary.fingerprint() != vocab.fingerprint():
-        predictor.set_vocabulary(vocab)
+    # The dataset's classes with the predictor's synonym policy (names only for the LVIS config).
+    wanted = predictor.vocabulary_for(vocab)
+    if predictor.vocabulary is None or predictor.vocabulary.fingerprint() != wanted.fingerprint():
+        predictor.set_vocabulary(wanted)
     predictor.exclude_unused = True
     records: Dict[str, List[Dict[str, Any]]] = {p: [] for p in prompts}
     query_rows: List[Dict[str, Any]] = []
@@ -246,8 +248,11 @@ def format_table(metrics: Dict[str, Any]) -> str:
 
 
 def build_eval_predictor(checkpoint: Optional[str], model_yaml: Optional[str], device: str, precision: str,
-                         templates: str, clip_weights: Optional[str] = None, clip_ensemble: bool = True):
-    """The robots' predictor, from an ovsam_ros checkpoint or a model YAML (vocabulary set later)."""
+                         templates: str, clip_weights: Optional[str] = None, clip_ensemble: bool = True,
+                         names_only: Optional[bool] = None):
+    """The robots' predictor, from an ovsam_ros checkpoint or a model YAML (vocabulary set later).
+
+    ``names_only``: None = the model YAML's (all synonyms for a checkpoint)."""
     from ovsam_ros.loading import build_predictor
     from ovsam_ros.model.build import load_ovsam
     from ovsam_ros.model.vocabulary import get_templates
@@ -257,8 +262,10 @@ def build_eval_predictor(checkpoint: Optional[str], model_yaml: Optional[str], d
         clip = os.path.expanduser(clip_weights) if clip_weights else None
         model = load_ovsam(os.path.expanduser(checkpoint), clip_pretrained=clip)
         return OVSAMPredictor(model, vocabulary=None, device=device, precision=precision,
-                              templates=get_templates(templates), trained=True, clip_ensemble=clip_ensemble)
-    predictor = build_predictor(model_yaml, device=device, precision=precision, clip_ensemble=clip_ensemble)
+                              templates=get_templates(templates), trained=True, clip_ensemble=clip_ensemble,
+                              names_only=bool(names_only))
+    predictor = build_predictor(model_yaml, device=device, precision=precision, clip_ensemble=clip_ensemble,
+                                names_only=names_only)
     predictor.templates = get_templates(templates)
     return predictor
 
@@ -291,6 +298,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--clip-ensemble", default="on", choices=["on", "off"],
                         help="combine the learned labels with the frozen-CLIP branch as the reference evaluation "
                              "always does (geometric mean, alpha 0.1 base / beta 0.9 novel; default: on)")
+    parser.add_argument("--synonyms", default=None, choices=["all", "names"],
+                        help="which texts name a class: every synonym the vocabulary lists, or the class name "
+                             "alone (the reference's LVIS text); default: the model YAML's (names for rn50x16 "
+                             "LVIS, all for rn50x16_coco), all for --checkpoint")
     parser.add_argument("--point-rule", default="reference", choices=list(POINT_RULES),
                         help="point* prompt: 'reference' = first distance-transform maximum of the mask resized to "
                              "the model input (the paper's tables); 'centered' = the maximum nearest the centroid "
@@ -306,7 +317,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         coco = CocoInstances(args.annotations, args.images, args.vocabulary, unknown_category=args.unknown_category)
         predictor = build_eval_predictor(args.checkpoint, args.model, args.device, args.precision, args.templates,
-                                         args.clip_weights, clip_ensemble=args.clip_ensemble == "on")
+                                         args.clip_weights, clip_ensemble=args.clip_ensemble == "on",
+                                         names_only={"names": True, "all": False}.get(args.synonyms))
         metrics = evaluate(predictor, coco, args.prompts, args.baselines, args.max_images, args.multimask,
                            progress=not args.no_progress, text_queries=args.text_queries,
                            point_rule=args.point_rule)

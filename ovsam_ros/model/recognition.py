@@ -27,8 +27,9 @@ from .vocabulary import BACKGROUND_NAME, TextEmbeddings, Vocabulary
 
 __all__ = ["DEFAULT_LOGIT_SCALE", "RecognitionHead", "class_logits", "ensemble", "topk_labels"]
 
-#: Fixed logit scale of the reference classifier (``exp(4.6052)``).
-DEFAULT_LOGIT_SCALE = 100.0
+#: Fixed logit scale of the reference classifier: it keeps ``4.6052`` in a float32 buffer and
+#: multiplies the cosine similarity by its ``exp()``, which is 100.00296 in float32 (not 100).
+DEFAULT_LOGIT_SCALE = 100.00296020507812
 
 Label = Tuple[int, str, float]
 
@@ -44,7 +45,7 @@ def class_logits(
     Args:
         region_embeddings: ``[N, D]`` (any norm; they are L2-normalised here).
         text: :class:`TextEmbeddings` with ``embeddings [C, S, D]`` and ``valid [C, S]``.
-        logit_scale: multiplier of the cosine similarity (100 in the reference).
+        logit_scale: multiplier of the cosine similarity (``exp(4.6052)`` = 100.003 in the reference).
         with_background: append a background column whose logit is always 0.
 
     Returns:

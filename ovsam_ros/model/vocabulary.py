@@ -68,6 +68,7 @@ __all__ = [
     "Vocabulary",
     "VocabularyWarning",
     "builtin_names",
+    "check_synonym_options",
     "check_truncation",
     "classify_spec",
     "clean_name",
@@ -76,6 +77,7 @@ __all__ = [
     "get_templates",
     "load_vocabulary",
     "looks_like_path",
+    "name_prompts",
     "split_synonyms",
     "unknown_vocabulary_error",
 ]
@@ -166,6 +168,17 @@ def split_synonyms(text: str) -> List[str]:
     return _unique(clean_name(part) for part in _SYNONYM_SEPARATORS.split(str(text)))
 
 
+def name_prompts(name: str) -> List[str]:
+    """The texts the reference encodes for one raw class string (its ``split_label``).
+
+    The :func:`split_synonyms` rule on the name as the dataset writes it: LVIS
+    ``"tape_(sticky_cloth_or_paper)"`` becomes ``["tape (sticky cloth", "paper)"]``, because
+    the reference splits on ``_or_`` before it turns ``_`` into spaces. Every other LVIS v1
+    name gives exactly one text.
+    """
+    return split_synonyms(name)
+
+
 def _unique(items: Iterable[str]) -> List[str]:
     seen = set()
     out = []
@@ -194,6 +207,10 @@ class Vocabulary:
             protocol: base = seen in training, novel = held out, unused = neither).
         ids: optional per-class identifier of the source dataset (COCO category id,
             LVIS id, WordNet synset ``"n01440764"`` ...).
+        raw_names: optional per-class name exactly as the source wrote it (a JSON entry's
+            ``name``, e.g. LVIS ``"tape_(sticky_cloth_or_paper)"``); only :meth:`names_only`
+            reads it. Not part of :meth:`to_dict` or :meth:`fingerprint` (what is encoded is
+            the synonyms).
     """
 
     name: str
@@ -202,6 +219,7 @@ class Vocabulary:
     synonyms: List[List[str]]
     split: Optional[List[str]] = None
     ids: Optional[List[Union[int, str]]] = None
+    raw_names: Optional[List[Optional[str]]] = None
 
     def __post_init__(self) -> None:
         self.classes = [str(c) for c in self.classes]
@@ -226,6 +244,11 @@ class Vocabulary:
             self.ids = list(self.ids)
             if len(self.ids) != len(self.classes):
                 raise ValueError(f"vocabulary '{self.name}': ids has {len(self.ids)} entries, "
+                                 f"expected {len(self.classes)}")
+        if self.raw_names is not None:
+            self.raw_names = [None if n is None else str(n) for n in self.raw_names]
+            if len(self.raw_names) != len(self.classes):
+                raise ValueError(f"vocabulary '{self.name}': raw_names has {len(self.raw_names)} entries, "
                                  f"expected {len(self.classes)}")
 
     # -- construction -------------------------------------------------------------------
@@ -343,6 +366,7 @@ class Vocabulary:
             synonyms=[list(self.synonyms[i]) for i in idx],
             split=None if self.split is None else [self.split[i] for i in idx],
             ids=None if self.ids is None else [self.ids[i] for i in idx],
+            raw_names=None if self.raw_names is None else [self.raw_names[i] for i in idx],
         )
 
     def with_max_synonyms(self, max_synonyms: Optional[int]) -> "Vocabulary":
@@ -351,10 +375,25 @@ class Vocabulary:
             return self
         if max_synonyms < 1:
             raise ValueError("max_synonyms must be >= 1")
-        return Vocabulary(name=self.name, version=self.version, classes=list(self.classes),
-                          synonyms=[list(s[:max_synonyms]) for s in self.synonyms],
+        return self._with_synonyms([list(s[:max_synonyms]) for s in self.synonyms])
+
+    def names_only(self) -> "Vocabulary":
+        """Every class named by its name alone, as the reference builds its LVIS text embeddings.
+
+        The texts are the reference's split of the class's raw name (:func:`name_prompts`):
+        one text per class, except where the raw name holds a separator (LVIS
+        ``"tape_(sticky_cloth_or_paper)"`` gives ``"tape (sticky cloth"`` and ``"paper)"``,
+        as in the reference). A class without a raw name keeps its display name. Applying it
+        twice changes nothing."""
+        raw = self.raw_names or [None] * len(self)
+        synonyms = [name_prompts(r) or [c] if r else [c] for c, r in zip(self.classes, raw)]
+        return self if synonyms == self.synonyms else self._with_synonyms(synonyms)
+
+    def _with_synonyms(self, synonyms: List[List[str]]) -> "Vocabulary":
+        return Vocabulary(name=self.name, version=self.version, classes=list(self.classes), synonyms=synonyms,
                           split=None if self.split is None else list(self.split),
-                          ids=None if self.ids is None else list(self.ids))
+                          ids=None if self.ids is None else list(self.ids),
+                          raw_names=None if self.raw_names is None else list(self.raw_names))
 
     def merge_duplicates(self) -> "Vocabulary":
         """Merge classes with the same display name: the first one is kept, the later ones'
@@ -365,6 +404,7 @@ class Vocabulary:
         synonyms: List[List[str]] = []
         split: Optional[List[str]] = None if self.split is None else []
         ids: Optional[List[Union[int, str]]] = None if self.ids is None else []
+        raw_names: Optional[List[Optional[str]]] = None if self.raw_names is None else []
         dropped: List[str] = []
         for i, cls_name in enumerate(self.classes):
             if cls_name in first:
@@ -379,6 +419,8 @@ class Vocabulary:
                 split.append(self.split[i])
             if ids is not None:
                 ids.append(self.ids[i])
+            if raw_names is not None:
+                raw_names.append(self.raw_names[i])
         if dropped:
             shown = ", ".join(repr(d) for d in _unique(dropped)[:10])
             warnings.warn(f"vocabulary '{self.name}': merged {len(dropped)} duplicate class name(s) into their "
@@ -386,7 +428,7 @@ class Vocabulary:
         elif all(len(a) == len(b) for a, b in zip(synonyms, self.synonyms)):
             return self
         return Vocabulary(name=self.name, version=self.version, classes=classes, synonyms=synonyms,
-                          split=split, ids=ids)
+                          split=split, ids=ids, raw_names=raw_names)
 
 
 def _from_entries(entries: Sequence[Any], name: str, version: str) -> Vocabulary:
@@ -395,6 +437,7 @@ def _from_entries(entries: Sequence[Any], name: str, version: str) -> Vocabulary
     synonyms: List[List[str]] = []
     splits: List[Optional[str]] = []
     ids: List[Any] = []
+    raw_names: List[Optional[str]] = []
     for entry in entries:
         if isinstance(entry, str):
             syns = split_synonyms(entry)
@@ -417,6 +460,8 @@ def _from_entries(entries: Sequence[Any], name: str, version: str) -> Vocabulary
             continue
         classes.append(display)
         synonyms.append(syns)
+        raw_name = entry.get("name")
+        raw_names.append(raw_name if isinstance(raw_name, str) and raw_name.strip() else None)
         ids.append(entry.get("id"))
         split = entry.get("split")
         if split is None and entry.get("frequency") is not None:
@@ -428,6 +473,7 @@ def _from_entries(entries: Sequence[Any], name: str, version: str) -> Vocabulary
         name=name, version=version, classes=classes, synonyms=synonyms,
         split=None if all(s is None for s in splits) else [s or "unused" for s in splits],
         ids=None if all(i is None for i in ids) else ids,
+        raw_names=None if all(n is None for n in raw_names) else raw_names,
     )
 
 
@@ -438,7 +484,8 @@ def _from_entries(entries: Sequence[Any], name: str, version: str) -> Vocabulary
 VocabularySpec = Union[str, Path, Vocabulary, Sequence[str]]
 
 
-def load_vocabulary(spec: VocabularySpec, max_synonyms: Optional[int] = None) -> Vocabulary:
+def load_vocabulary(spec: VocabularySpec, max_synonyms: Optional[int] = None,
+                    names_only: bool = False) -> Vocabulary:
     """Load a vocabulary.
 
     ``spec`` may be:
@@ -460,14 +507,30 @@ def load_vocabulary(spec: VocabularySpec, max_synonyms: Optional[int] = None) ->
 
     Names are cleaned with :func:`clean_name`. Duplicate class names are merged into the first
     occurrence with a :class:`VocabularyWarning`. ``max_synonyms`` caps the synonyms per class.
+    ``names_only`` names every class by its name alone (:meth:`Vocabulary.names_only`), as the
+    reference does for LVIS: a JSON entry's ``synonyms`` are ignored and its raw ``name`` is
+    split like the reference splits class strings; text entries keep their display name.
 
     Raises:
         ValueError: the vocabulary would be empty, the spec cannot be parsed, or it is a single
             name that is not built in (the message lists the built-ins and the inline forms).
         FileNotFoundError: the spec looks like a path and no such file exists.
     """
+    check_synonym_options(max_synonyms, names_only)
     vocab = _load(spec)
+    if names_only:
+        vocab = vocab.names_only()
     return vocab.with_max_synonyms(max_synonyms)
+
+
+def check_synonym_options(max_synonyms: Optional[int], names_only: bool) -> None:
+    """ValueError unless ``max_synonyms`` is None or a whole number >= 1 and ``names_only`` a bool
+    (a YAML ``names_only: "no"`` string must not read as true)."""
+    if max_synonyms is not None and (isinstance(max_synonyms, bool) or not isinstance(max_synonyms, int)
+                                     or max_synonyms < 1):
+        raise ValueError(f"max_synonyms must be a whole number >= 1, or null for all synonyms; got {max_synonyms!r}")
+    if not isinstance(names_only, bool):
+        raise ValueError(f"names_only must be true or false, got {names_only!r}")
 
 
 def _load(spec: VocabularySpec) -> Vocabulary:

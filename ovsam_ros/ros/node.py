@@ -122,11 +122,9 @@ def encode_vocabulary_text(predictor: Any, spec: Any):
     Runs outside the predictor lock so frames keep flowing while a large
     vocabulary (10k+ names) is encoded; the result is swapped in under the lock
     with ``predictor.set_vocabulary(embeddings)``. Shares the predictor's
-    on-disk text cache.
+    on-disk text cache and its synonym policy (names_only / max_synonyms).
     """
-    from ovsam_ros.model.vocabulary import load_vocabulary
-
-    return predictor.encode_vocabulary(load_vocabulary(spec), progress=False)
+    return predictor.encode_vocabulary(spec, progress=False)
 
 
 class OVSAMNode(LifecycleNode):
@@ -238,7 +236,8 @@ class OVSAMNode(LifecycleNode):
             t0 = time.perf_counter()
             predictor = build_predictor(s.model, vocabulary=s.vocabulary or None, device=s.device or None,
                                         precision=s.precision or None, top_k=s.top_k,
-                                        clip_ensemble={"on": True, "off": False}.get(s.clip_ensemble))
+                                        clip_ensemble={"on": True, "off": False}.get(s.clip_ensemble),
+                                        names_only={"names": True, "all": False}.get(s.synonyms))
         except Exception as error:  # a missing checkpoint, bad YAML, no CUDA, ...
             return self._fail("configure", f"could not load model {s.model!r}: {type(error).__name__}: {error}")
         self._instrument(predictor)

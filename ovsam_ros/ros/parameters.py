@@ -64,6 +64,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Label with the reference's frozen-CLIP ensemble (learned x CLIP geometric mean; what makes "
               "novel classes work): on | off; '' = the model YAML's (on for the published rn50x16 configs).",
               choices=("", "on", "off"), when="configure"),
+    ParamSpec("synonyms", "",
+              "Which texts name a class: all (every synonym the vocabulary lists) | names (the class name "
+              "alone, as the reference encodes LVIS); '' = the model YAML's (names for rn50x16 LVIS). Applies "
+              "to set_vocabulary too.", choices=("", "all", "names"), when="configure"),
     # -- ROS interfaces (read at configure) ----------------------------------------------
     ParamSpec("image_transport", "raw",
               "Camera input, ONE subscription: raw (sensor_msgs/Image on 'image') or compressed "
@@ -224,6 +228,7 @@ class NodeSettings:
     device: str = ""
     precision: str = ""
     clip_ensemble: str = ""
+    synonyms: str = ""
     image_transport: str = "raw"
     input_reliability: str = "best_effort"
     input_depth: int = 1

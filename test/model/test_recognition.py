@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ovsam_ros.model.recognition import RecognitionHead, class_logits, ensemble, topk_labels
+from ovsam_ros.model.recognition import DEFAULT_LOGIT_SCALE, RecognitionHead, class_logits, ensemble, topk_labels
 from ovsam_ros.model.vocabulary import TextEmbeddings, Vocabulary, encode_vocabulary, load_vocabulary
 
 
@@ -47,6 +47,20 @@ class _CountMatmuls:
         self._mode.__exit__(*exc)
 
 
+def test_logit_scale_is_the_references_exp_4_6052():
+    """The reference head: logit_scale = torch.tensor(4.6052, float32); logits = logit_scale.exp() * cos."""
+    reference = torch.tensor(4.6052, dtype=torch.float32).exp()
+    assert DEFAULT_LOGIT_SCALE == pytest.approx(math.exp(4.6052), rel=1e-6)  # 100.00298 by hand (float64)
+    assert DEFAULT_LOGIT_SCALE == float(reference) and DEFAULT_LOGIT_SCALE != 100.0
+    text = _fake_text(3, dim=8)
+    region = text.embeddings[0, 0] * 2.5  # any norm: class 0's own text direction
+    logits = class_logits(region[None], text)
+    by_hand = [max(float(F.cosine_similarity(region, text.embeddings[c, k], dim=0)) for k in range(2)
+                   if text.valid[c, k]) * math.exp(4.6052) for c in range(3)]
+    assert logits[0, :3].tolist() == pytest.approx(by_hand, abs=1e-4)
+    assert logits[0, 0].item() == pytest.approx(100.003, abs=1e-3)
+
+
 def test_21k_vocabulary_one_matmul_picks_the_right_class():
     text = _fake_text(21843, dim=64)
     target = 12345
@@ -56,7 +70,7 @@ def test_21k_vocabulary_one_matmul_picks_the_right_class():
     assert counter.count == 1
     assert logits.shape == (2, 21844) and logits.dtype == torch.float32
     assert logits.argmax(dim=1).tolist() == [target, 7]
-    assert logits[0, target].item() == pytest.approx(100.0, abs=1e-3)
+    assert logits[0, target].item() == pytest.approx(math.exp(4.6052), abs=1e-4)
     assert torch.all(logits[:, -1] == 0)
     labels = topk_labels(logits, text.vocab, k=3)
     assert labels[0][0][:2] == (target, f"class {target}")
@@ -85,7 +99,7 @@ def test_matches_direct_cosine_computation():
     text = _fake_text(50, dim=16, max_syn=3, seed=1)
     regions = torch.randn(9, 16)
     sims = F.normalize(regions, dim=-1) @ text.embeddings.reshape(-1, 16).t()
-    sims = sims.view(9, 50, 3).masked_fill(~text.valid, -float("inf")).amax(-1) * 100
+    sims = sims.view(9, 50, 3).masked_fill(~text.valid, -float("inf")).amax(-1) * math.exp(4.6052)
     assert torch.allclose(class_logits(regions, text, with_background=False), sims, atol=1e-4)
     half = class_logits(regions.half(), text.to(dtype=torch.float16), with_background=False)
     assert half.dtype == torch.float32 and torch.allclose(half, sims, atol=0.2)

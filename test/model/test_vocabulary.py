@@ -25,6 +25,7 @@ from ovsam_ros.model.vocabulary import (
     get_templates,
     classify_spec,
     load_vocabulary,
+    name_prompts,
     split_synonyms,
 )
 
@@ -253,6 +254,75 @@ def test_coco_vocabulary_and_open_vocabulary_split():
     assert len(load_vocabulary("coco_ov")) == 65
 
 
+def test_coco_synonyms_are_the_reference_lists():
+    """Literal lists from HarborYuan/ovsam seg/datasets/coco_ins_ov.py (CocoOVDataset.METAINFO), split
+    on ',' as its tools/gen_cls.py does; the display names stay COCO's category names."""
+    v = load_vocabulary("coco")
+    syn = {c: s for c, s in zip(v.classes, v.synonyms)}
+    assert syn["person"] == ["person", "child", "girl", "boy", "woman", "man", "people", "children", "girls",
+                             "boys", "women", "men", "lady", "guy", "ladies", "guys", "clothes"]
+    assert syn["train"] == ["train", "trains", "locomotive", "locomotives", "freight train"]
+    assert syn["cat"] == ["cat", "cats", "kitties", "kitty"]
+    assert syn["orange"] == ["orange fruit"]  # the reference never encodes the bare word "orange"
+    assert syn["remote"] == ["tv remote", "remote control"]
+    assert syn["cell phone"] == ["cell phone", "mobile"]
+    assert syn["couch"] == ["couch", "sofa", "sofas"]
+    assert syn["dining table"] == ["dining table", "dining tables", "diningtable", "diningtables", "plate",
+                                   "plates", "diningtable tablecloth"]
+    assert syn["potted plant"] == ["potted plant", "potted plants", "pottedplant", "pottedplants", "planter",
+                                   "planters"]
+    assert syn["scissors"] == ["scissor", "scissors"]
+    assert syn["wine glass"] == ["wine glass", "wine glasses", "wineglass"]
+    assert syn["traffic light"] == ["traffic light"] and syn["sports ball"] == ["sports ball"]
+    assert sum(s != [c] for c, s in zip(v.classes, v.synonyms)) == 53  # the issue's count
+    assert v.max_synonyms == 17 and sum(map(len, v.synonyms)) == 173
+    assert all(v.find(c) == i for i, c in enumerate(v.classes))  # category names still find their class
+    assert v.synonyms[v.find("sofa")] == syn["couch"]
+    # names only: COCO's 80 category names (the reference's CLASSES_ORIGINAL), one text each
+    names = load_vocabulary("coco", names_only=True)
+    assert names.synonyms == [[c] for c in v.classes] and names.classes == v.classes and names.split == v.split
+    assert load_vocabulary("coco_novel").synonyms[0] == ["airplane", "airplanes"]  # subsets keep the lists
+
+
+def _reference_split_label(x: str) -> list:
+    """A transcription of the reference's split_label (HarborYuan/ovsam tools/gen_cls.py)."""
+    x = x.replace("_or_", ",").replace("/", ",").replace("_", " ").lower()
+    return [part.strip() for part in x.split(",")]
+
+
+def test_lvis_names_only_is_the_reference_text():
+    """The reference encodes LVIS from mmdet's LVISV1Dataset classes (the LVIS `name` field) through
+    split_label: one text per class, except 'tape_(sticky_cloth_or_paper)', which it cuts at '_or_'."""
+    raw = json.loads((VOCABULARY_DIR / "lvis.json").read_text(encoding="utf-8"))["classes"]
+    full = load_vocabulary("lvis")
+    v = load_vocabulary("lvis", names_only=True)
+    assert v.synonyms == [_reference_split_label(c["name"]) for c in raw]
+    assert (v.classes, v.ids, v.split) == (full.classes, full.ids, full.split)
+    several = [(c, s) for c, s in zip(v.classes, v.synonyms) if len(s) != 1]
+    assert several == [("tape (sticky cloth or paper)", ["tape (sticky cloth", "paper)"])]
+    syn = dict(zip(v.classes, v.synonyms))
+    assert syn["aerosol can"] == ["aerosol can"] and full.synonyms[0] == ["aerosol can", "spray can"]
+    assert syn["band aid"] == ["band aid"] and syn["bat (animal)"] == ["bat (animal)"]
+    assert syn["windshield wiper"] == ["windshield wiper"]  # not its '/' synonym 'wiper (for windshield/screen)'
+    assert name_prompts("tape_(sticky_cloth_or_paper)") == ["tape (sticky cloth", "paper)"]
+    # the same from an already loaded vocabulary, a subset, and applied twice
+    assert load_vocabulary(full, names_only=True).synonyms == v.synonyms
+    assert v.names_only() is v
+    rare = load_vocabulary("lvis_rare", names_only=True)
+    assert len(rare) == 337 and rare.max_synonyms == 1
+    assert load_vocabulary("lvis", names_only=True, max_synonyms=1).max_synonyms == 1
+    # text entries have no separate name field: names only = their display name
+    assert load_vocabulary("sofa/couch, tv", names_only=True).synonyms == [["sofa"], ["tv"]]
+
+
+def test_synonym_options_are_checked():
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="max_synonyms"):
+            load_vocabulary("coco", max_synonyms=bad)
+    with pytest.raises(ValueError, match="names_only"):
+        load_vocabulary("coco", names_only="no")
+
+
 def test_lvis_vocabulary_counts_and_facts():
     raw = json.loads((VOCABULARY_DIR / "lvis.json").read_text(encoding="utf-8"))
     freq = [c["frequency"] for c in raw["classes"]]
@@ -338,7 +408,7 @@ def test_truncated_context_equals_full_context(tiny_clip):
         return enc(tokens)
 
     spy.supports_truncation = True
-    vocab = load_vocabulary("coco").subset(range(12))
+    vocab = load_vocabulary("coco", names_only=True).subset(range(12))
     auto = encode_vocabulary(spy, tokenizer, vocab, "vild", batch_size=64, progress=False)
     plain = encode_vocabulary(model.encode_text, tokenizer, vocab, "vild", batch_size=64, progress=False)
     assert max(seen_lengths) < 20  # prompts were cut well below 77
@@ -425,6 +495,12 @@ def test_cache_hits_keys_and_recovers_from_corruption(tiny_clip, tmp_path):
     assert key_single != TextEmbeddingCache.key(TINY, "w2", vocab, "single")
     assert key_single != TextEmbeddingCache.key("other-model", "w1", vocab, "single")
     assert key_single != TextEmbeddingCache.key(TINY, "w1", load_vocabulary("coco_base"), "single")
+    # names / synonyms are part of the key: no stale embeddings after a synonym-policy or list change
+    assert key_single != TextEmbeddingCache.key(TINY, "w1", load_vocabulary("coco_novel", names_only=True), "single")
+    assert key_single != TextEmbeddingCache.key(TINY, "w1", load_vocabulary("coco_novel", max_synonyms=1), "single")
+    old_single_names = Vocabulary(vocab.name, vocab.version, vocab.classes, [[c] for c in vocab.classes],
+                                  vocab.split, vocab.ids)  # the coco.json before the reference lists
+    assert key_single != TextEmbeddingCache.key(TINY, "w1", old_single_names, "single")
     get(VILD_TEMPLATES[:2])
     assert calls["n"] > n_first  # different templates -> computed
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 2

@@ -69,12 +69,31 @@ def test_ovsam_checkpoint_round_trip_through_yaml(tmp_path, caplog):
     assert [l.name for l in results[0].labels] == [l.name for l in results[1].labels]
 
 
+def test_synonym_options_flow_from_the_yaml_and_overrides(tmp_path):
+    spec = tmp_path / "v.json"
+    spec.write_text('{"classes": [{"name": "sofa", "synonyms": ["sofa", "couch", "lounge"]}, "cup/mug"]}')
+    base = {"model": {"preset": "tiny"}, "predictor": {"vocabulary": str(spec), "text_cache_dir": None}}
+    yaml_names = build_predictor({**base, "predictor": {**base["predictor"], "names_only": True}})
+    assert yaml_names.names_only and yaml_names.vocabulary.synonyms == [["sofa"], ["cup"]]
+    overridden = build_predictor({**base, "predictor": {**base["predictor"], "names_only": True}}, names_only=False,
+                                 max_synonyms=2)
+    assert overridden.vocabulary.synonyms == [["sofa", "couch"], ["cup", "mug"]]
+    with pytest.raises(ValueError, match="max_synonyms"):
+        build_predictor({**base, "predictor": {**base["predictor"], "max_synonyms": 0}})
+
+
 def test_published_configs_follow_the_reference_configs():
-    """RoI sizes of HarborYuan/ovsam's ovsam_{coco,lvis}_rn50x16_point.py (12 and 7), ensemble on."""
+    """RoI sizes of HarborYuan/ovsam's ovsam_{coco,lvis}_rn50x16_point.py (12 and 7), ensemble on;
+    text as its tools/gen_cls.py builds it: COCO from the per-class synonym lists, LVIS from the
+    class name alone (mmdet's LVISV1Dataset classes), 14 ViLD templates."""
     from ovsam_ros.loading import load_specs
 
-    for name, roi, vocab, head in (("rn50x16_coco", 12, "coco", "clip2sam_coco"), ("rn50x16", 7, "lvis", "clip2sam_lvis")):
+    for name, roi, vocab, head, names_only in (("rn50x16_coco", 12, "coco", "clip2sam_coco", False),
+                                               ("rn50x16", 7, "lvis", "clip2sam_lvis", True)):
         model, predictor = load_specs(name)
         cfg = model.config()
         assert (cfg.clip2sam.roi_size, predictor.vocabulary, predictor.clip_ensemble) == (roi, vocab, True)
         assert head in model.clip2sam_checkpoint and cfg.decoder.output_tokens == "auto"
+        assert (predictor.names_only, predictor.max_synonyms, predictor.templates) == (names_only, None, "vild")
+    _, onnx = load_specs("jetson_onnx")  # the exported rn50x16 LVIS graphs
+    assert (onnx.vocabulary, onnx.names_only) == ("lvis", True)

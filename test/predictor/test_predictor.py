@@ -213,6 +213,53 @@ def test_vocabulary_switch_empty_vocabulary_and_text_cache(image, tmp_path, monk
     assert not torch.equal(other_weights.text.embeddings, predictor.text.embeddings)
 
 
+def _lvis_style_file(tmp_path):
+    import json
+
+    path = tmp_path / "lvis_like.json"
+    path.write_text(json.dumps({"categories": [
+        {"id": 1, "name": "tape_(sticky_cloth_or_paper)", "synonyms": ["tape_(sticky_cloth_or_paper)"], "frequency": "f"},
+        {"id": 2, "name": "sofa", "synonyms": ["sofa", "couch", "lounge"], "frequency": "r"},
+        {"id": 3, "name": "Band_Aid", "synonyms": ["Band_Aid"], "frequency": "c"}]}))
+    return str(path)
+
+
+def test_synonym_policy_names_what_is_encoded_and_keys_the_cache(tmp_path, monkeypatch):
+    """names_only / max_synonyms decide the texts of every vocabulary the predictor loads (string,
+    file, Vocabulary, set_vocabulary); the on-disk cache never serves the other policy's embeddings."""
+    import ovsam_ros.predictor as predictor_module
+
+    encoded = []
+    real = predictor_module.encode_vocabulary
+    monkeypatch.setattr(predictor_module, "encode_vocabulary",
+                        lambda enc, tok, vocab, *a, **k: encoded.append(vocab.synonyms) or real(enc, tok, vocab, *a, **k))
+    cache = TextEmbeddingCache(tmp_path / "cache")
+    spec = _lvis_style_file(tmp_path)
+    model = tiny_model()
+    every = OVSAMPredictor(model, vocabulary=spec, text_cache=cache)
+    names = OVSAMPredictor(model, vocabulary=spec, text_cache=cache, names_only=True)
+    capped = OVSAMPredictor(model, vocabulary=spec, text_cache=cache, max_synonyms=2)
+    assert encoded == [[["tape (sticky cloth or paper)"], ["sofa", "couch", "lounge"], ["band aid"]],
+                       [["tape (sticky cloth", "paper)"], ["sofa"], ["band aid"]],  # the reference's split_label
+                       [["tape (sticky cloth or paper)"], ["sofa", "couch"], ["band aid"]]]
+    assert every.text.num_synonyms == 3 and names.text.num_synonyms == 2 and capped.text.num_synonyms == 2
+    assert names.text.valid.tolist() == [[True, True], [True, False], [True, False]]
+    # same text -> same embedding whichever policy encoded it
+    assert torch.allclose(names.text.embeddings[1, 0], every.text.embeddings[1, 0], atol=1e-6)
+    assert names.vocabulary.classes == every.vocabulary.classes == ["tape (sticky cloth or paper)", "sofa", "band aid"]
+    again = OVSAMPredictor(model, vocabulary=spec, text_cache=cache, names_only=True)
+    assert len(encoded) == 3 and torch.equal(again.text.embeddings, names.text.embeddings)  # served from disk
+    # a Vocabulary object and set_vocabulary follow the policy too
+    names.set_vocabulary(Vocabulary.from_names(["cup/mug", "door"]))
+    assert names.vocabulary.synonyms == [["cup"], ["door"]]
+    assert names.encode_vocabulary("cup/mug, door").vocab.synonyms == [["cup"], ["door"]]
+    # a text query is the phrase as typed, whatever the policy
+    assert names._encode(Vocabulary.from_names(["cup/mug"])).vocab.synonyms == [["cup", "mug"]]
+    for bad in ({"max_synonyms": 0}, {"names_only": "yes"}):
+        with pytest.raises(ValueError, match="max_synonyms|names_only"):
+            OVSAMPredictor(model, vocabulary=None, **bad)
+
+
 def test_text_query_ranks_the_matching_region_first(predictor):
     query_text = predictor.encode_vocabulary(Vocabulary.from_names(["red cup"]), progress=False)
     dog = predictor.text.embeddings[predictor.vocabulary.find("dog"), 0].cpu().numpy()

@@ -335,6 +335,18 @@ def test_set_vocabulary_service_with_10000_classes(make_node):
     assert {m.label for m in feed(node, make_image(test_image())).masks.instances} <= {"red cup", "door handle"}
 
 
+def test_synonyms_parameter_sets_the_predictors_synonym_policy(make_node):
+    """synonyms: '' = the model YAML's (tiny: all), names = class names only, also for set_vocabulary."""
+    from ovsam_ros.srv import SetVocabulary
+
+    default = make_node(name="ovsam_syn_default", vocabulary="sofa/couch, cup_or_mug")
+    assert default.predictor.vocabulary.synonyms == [["sofa", "couch"], ["cup", "mug"]]
+    names = make_node(name="ovsam_syn_names", vocabulary="sofa/couch, cup_or_mug", synonyms="names")
+    assert names.predictor.names_only and names.predictor.vocabulary.synonyms == [["sofa"], ["cup"]]
+    response = names._on_set_vocabulary(SetVocabulary.Request(classes=["door/gate", "red cup"]), SetVocabulary.Response())
+    assert response.success and names.predictor.vocabulary.synonyms == [["door"], ["red cup"]]
+
+
 def test_frames_keep_flowing_while_a_vocabulary_is_encoded(make_node):
     from ovsam_ros.srv import SetVocabulary
 
