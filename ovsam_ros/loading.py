@@ -21,6 +21,7 @@ because an untrained recognition head gives meaningless labels.
       top_k: 5
       text_cache_dir: ~/.cache/ovsam_ros/text
       optimize: true             # inference path: BN folded, weights in the inference dtype, fused attention
+      attention: chunked         # SAM2CLIP rel-pos attention: chunked (any device) | flex (compiled, CUDA) | full
       compile: off               # off | reduce-overhead (CUDA graphs) | max-autotune | default; CUDA only
       compile_cache_dir: ~/.cache/ovsam_ros/compile   # persistent compile cache (warm restarts in seconds)
       names_only: false          # true: each class encoded from its name alone (the reference's LVIS text)
@@ -108,6 +109,7 @@ class PredictorSpec:
     top_k: int = 5
     text_cache_dir: Optional[str] = "~/.cache/ovsam_ros/text"
     optimize: bool = True  # False: the plain modules under autocast (A/B comparisons)
+    attention: str = "chunked"  # ovsam_ros.model.inference.REL_POS_ATTENTIONS (inference path only)
     compile: str = "off"  # torch.compile mode on CUDA (ovsam_ros.model.compile.COMPILE_MODES); ignored on CPU
     compile_cache_dir: Optional[str] = "~/.cache/ovsam_ros/compile"
     # everything(): with the published decoder (no IoU head), score masks with an extra pass of
@@ -300,6 +302,7 @@ def build_predictor(source: Union[str, Path, dict[str, Any]], **overrides: Any):
         text_cache=cache,
         trained=model_spec.trained,
         optimize=predictor_spec.optimize,
+        attention=predictor_spec.attention,
         compile=predictor_spec.compile,
         compile_cache_dir=_expand(predictor_spec.compile_cache_dir) if predictor_spec.compile_cache_dir else None,
         iou_scorer=iou_scorer,

@@ -28,7 +28,7 @@ from torchvision.ops import batched_nms
 from ovsam_ros.image_input import to_uint8_rgb
 from ovsam_ros.model.fingerprint import text_model_id, text_weights_fingerprint
 from ovsam_ros.model.compile import check_compile_mode, compile_model
-from ovsam_ros.model.inference import prepare_for_inference
+from ovsam_ros.model.inference import REL_POS_ATTENTIONS, prepare_for_inference
 from ovsam_ros.model.ovsam import OVSAM, ImageFeatures, masks_to_boxes
 from ovsam_ros.model.packed_text import PackedText, packed_class_logits
 from ovsam_ros.model.recognition import class_logits, ensemble, topk_labels
@@ -84,6 +84,7 @@ class OVSAMPredictor:
         optimize: bool = True,
         compile: str = "off",
         compile_cache_dir: Optional[str] = None,
+        attention: str = "chunked",
         iou_scorer: Optional[torch.nn.Module] = None,
         clip_ensemble: bool = False,
         ensemble_alpha: float = 0.1,
@@ -96,11 +97,14 @@ class OVSAMPredictor:
         self.precision = check_precision(precision)
         self.model = model.to(self.device).eval()
         # optimize: the inference path (ovsam_ros.model.inference), which rewrites the model IN
-        # PLACE (BatchNorm folded, image path in the inference dtype, fused attention) and packs
+        # PLACE (BatchNorm folded, image path in the inference dtype, fused attention; ``attention``:
+        # how SAM2CLIP adds its rel-pos bias, ovsam_ros.model.inference.REL_POS_ATTENTIONS) and packs
         # the vocabulary. False: the plain modules under autocast (reference / A-B comparisons).
+        if attention not in REL_POS_ATTENTIONS:  # checked even when unused: a YAML typo is an error
+            raise ValueError(f"attention must be one of {list(REL_POS_ATTENTIONS)}, got {attention!r}")
         self.optimized = bool(optimize) and isinstance(model, OVSAM)
         if self.optimized:
-            prepare_for_inference(self.model, PRECISIONS[self.precision])
+            prepare_for_inference(self.model, PRECISIONS[self.precision], attention=attention)
         # compile: torch.compile mode (e.g. "reduce-overhead": CUDA graphs) on CUDA only; the
         # compiled artefacts are saved to compile_cache_dir after the first frame, so a restart
         # with a warm cache starts in seconds. Ignored (logged) on CPUs.

@@ -54,6 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--plain", action="store_true",
                    help="time the stage rows on the plain model (autocast, unfused) instead of the inference path; "
                         "the frame[N] rows always show both")
+    r.add_argument("--attention", default="chunked", choices=["chunked", "flex", "full"],
+                   help="SAM2CLIP's rel-pos attention on the inference path: chunked = SDPA per block of queries "
+                        "(the whole bias never exists; default), flex = FlexAttention score_mod (compiled on CUDA; "
+                        "eager on CPU materialises the scores), full = one SDPA with the whole bias (previous path)")
     s = parser.add_argument_group("sweeps")
     s.add_argument("--prompts", type=int, nargs="+", default=[1, 10, 100], metavar="N",
                    help="prompt batch sizes (default 1 10 100)")
@@ -99,7 +103,7 @@ def settings_from_args(args: argparse.Namespace, command: str):
         repeats=args.repeats, warmup=args.warmup, memory=not args.no_memory, flops_only=args.flops_only,
         baselines=baselines, baseline_sam=args.baseline_sam, region_branch=not args.no_region_branch,
         everything_filters=not args.everything_unfiltered, frames=not args.no_frames, optimize=not args.plain,
-        channels_last=args.channels_last, compile=args.compile, load_weights=args.load_weights, seed=args.seed,
+        channels_last=args.channels_last, compile=args.compile, attention=args.attention, load_weights=args.load_weights, seed=args.seed,
         command=command,
     )
 

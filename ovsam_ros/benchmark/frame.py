@@ -21,7 +21,8 @@ from ovsam_ros.benchmark.opcount import profile_ops
 PATHS = ("plain", "optimized")
 
 
-def _predictor(cfg, text, device: torch.device, precision: str, optimize: bool, seed: int):
+def _predictor(cfg, text, device: torch.device, precision: str, optimize: bool, seed: int,
+               attention: str = "chunked"):
     from ovsam_ros.model.ovsam import OVSAM
     from ovsam_ros.predictor import OVSAMPredictor
 
@@ -30,11 +31,12 @@ def _predictor(cfg, text, device: torch.device, precision: str, optimize: bool, 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = OVSAM(random_cfg).eval()
-    return OVSAMPredictor(model, vocabulary=text, device=str(device), precision=precision, optimize=optimize)
+    return OVSAMPredictor(model, vocabulary=text, device=str(device), precision=precision, optimize=optimize,
+                          attention=attention)
 
 
 def time_frames(cfg, text, frame: np.ndarray, prompts: Sequence[int], device: torch.device, precision: str,
-                repeats: int, warmup: int, memory: bool = True, seed: int = 0,
+                repeats: int, warmup: int, memory: bool = True, seed: int = 0, attention: str = "chunked",
                 log: Callable[[str], None] = lambda _m: None) -> List[Dict[str, Any]]:
     """One row per (path, prompt count): timing, FPS, op counts (and peak memory)."""
     from ovsam_ros.benchmark.flops import point_prompts
@@ -43,7 +45,7 @@ def time_frames(cfg, text, frame: np.ndarray, prompts: Sequence[int], device: to
     h, w = frame.shape[:2]
     rows: List[Dict[str, Any]] = []
     for path in PATHS:
-        predictor = _predictor(cfg, text, device, precision, path == "optimized", seed)
+        predictor = _predictor(cfg, text, device, precision, path == "optimized", seed, attention)
         for n in prompts:
             points = point_prompts(n, (h, w), seed=1)[0].cpu().numpy()
             clicks = [Prompt(points=points[i].tolist(), point_labels=[1]) for i in range(n)]

@@ -57,6 +57,7 @@ class BenchSettings:
     channels_last: bool = False
     compile: bool = False
     optimize: bool = True  # stage rows on the inference path (False: plain modules under autocast)
+    attention: str = "chunked"  # SAM2CLIP rel-pos attention on the inference path (REL_POS_ATTENTIONS)
     frames: bool = True  # end-to-end frame[N] rows, plain and optimised side by side
     load_weights: bool = False
     seed: int = 0
@@ -122,7 +123,7 @@ def build_timed_model(cfg: OVSAMConfig, spec, backend: str, settings: BenchSetti
         from ovsam_ros.runtime import PRECISIONS
 
         if settings.optimize:  # before compiling: the compiled graphs must see the final modules
-            prepare_for_inference(model, PRECISIONS[settings.precision])
+            prepare_for_inference(model, PRECISIONS[settings.precision], attention=settings.attention)
         model = optimize_for_inference(model, channels_last=settings.channels_last, compile=settings.compile)
     return model
 
@@ -228,7 +229,7 @@ def _run_size(cfg: OVSAMConfig, spec, backend: str, settings: BenchSettings, dev
                            ragged=True)
         run["frames"] = time_frames(cfg, text, random_frame(*settings.frame), settings.prompts, device,
                                     settings.precision, settings.repeats, settings.warmup, settings.memory,
-                                    settings.seed, say)
+                                    settings.seed, attention=settings.attention, log=say)
     run["summary"] = summarize(run, settings)
     return run
 
@@ -278,7 +279,7 @@ def _time_size(cfg, spec, backend, settings, device, family, say):
     dim = model.clip_dim
     text = random_text(settings.predictor_classes, synonyms_for(settings.predictor_classes), dim, ragged=True)
     predictor = OVSAMPredictor(model, vocabulary=text, device=str(device), precision=settings.precision,
-                               optimize=settings.optimize)
+                               optimize=settings.optimize, attention=settings.attention)
     frame = random_frame(*settings.frame)
     extra = time_ovsam(model, predictor, frame, settings.prompts, settings.vocab_pairs(), settings.grids, runner,
                        region_branch=settings.region_branch, everything_filters=settings.everything_filters)

@@ -28,6 +28,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--compile", default="off", help="off | reduce-overhead | max-autotune | default")
     parser.add_argument("--cache-dir", default=None, help="persistent compile cache (default: none)")
     parser.add_argument("--plain", action="store_true", help="plain path instead of the inference path")
+    parser.add_argument("--attention", default="chunked", choices=["chunked", "flex", "full"],
+                        help="SAM2CLIP rel-pos attention on the inference path (default chunked)")
     parser.add_argument("--prompts", type=int, default=10)
     parser.add_argument("--frames", type=int, default=20, help="steady-state frames timed after the first")
     parser.add_argument("--json", type=Path, default=None)
@@ -45,7 +47,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     source = ({"model": {"preset": args.model}, "predictor": {"vocabulary": "coco", "text_cache_dir": None}}
               if args.model in PRESETS else args.model)
     predictor = build_predictor(source, device=args.device, precision=args.precision, optimize=not args.plain,
-                                compile=args.compile, compile_cache_dir=args.cache_dir)
+                                attention=args.attention, compile=args.compile, compile_cache_dir=args.cache_dir)
     built = time.perf_counter() - t0
     frame = random_frame(720, 1280)
     points = point_prompts(args.prompts, (720, 1280), seed=1)[0].cpu().numpy()

@@ -9,8 +9,10 @@ for serving (the predictor, node and benchmark all go through it):
 * the image path (CLIP image tower, SAM2CLIP, CLIP2SAM) is converted ONCE to the inference
   dtype: with the weights already in fp16/bf16 the encoder runs without autocast, which
   otherwise re-casts every fp32 weight on every call;
-* SAM2CLIP's attention runs as one ``scaled_dot_product_attention`` with the decomposed
-  relative-position bias as its additive mask; the relative-position tables (which
+* SAM2CLIP's attention runs as fused ``scaled_dot_product_attention`` over blocks of queries, each
+  with its slice of the decomposed relative-position bias as additive mask (the full
+  [heads, HW, HW] bias never exists), or as FlexAttention adding the bias in-kernel
+  (``attention="flex"``, compiled on CUDA); the relative-position tables (which
   ``segment_anything`` rebuilds from CPU index tensors on every call) are gathered once on
   the device and refreshed only when the ``rel_pos`` parameters change;
 * the CLIP attention pool (frozen-CLIP region branch, crop baselines) only computes the
@@ -33,6 +35,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 __all__ = [
+    "REL_POS_ATTENTIONS",
     "FusedAttentionPool2d",
     "FusedRelPosAttention",
     "fold_batchnorm",
@@ -78,23 +81,59 @@ def fold_batchnorm(module: nn.Module) -> int:
 
 
 # ------------------------------------------------------------------------------------------- attention
+#: How SAM2CLIP's attention adds its decomposed relative-position bias (``prepare_for_inference(attention=)``).
+#: ``chunked``: SDPA over blocks of queries, each with its slice of the bias (never the whole
+#: [heads, HW, HW] bias; any device, no compiler). ``flex``: ``torch.nn.attention.flex_attention``
+#: adding the bias inside the kernel (``score_mod``); compiled on CUDA, where it never materialises
+#: a score or bias matrix. Without a GPU it runs eagerly, which DOES materialise the scores
+#: (a correctness path for CPU tests, not a CPU speed path). ``full``: one SDPA with the whole bias
+#: as its mask (the previous path: for A/B measurements).
+REL_POS_ATTENTIONS = ("chunked", "flex", "full")
+#: Per-chunk budget of the chunked bias: ``batch * heads * query_block * HW`` elements of the inference
+#: dtype fit in this many bytes (RN50x16's global block, 16 heads x 4096 tokens: 1024 queries in fp16).
+BIAS_CHUNK_BYTES = 64 * 2**20
+
+_compiled_flex = None
+
+
+def _flex_attention(device: torch.device):
+    """flex_attention, compiled once per process for CUDA (eager elsewhere)."""
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if device.type != "cuda":
+        return flex_attention
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex
+
+
 class FusedRelPosAttention(Attention):
-    """``segment_anything`` ViT attention as one SDPA call with the decomposed rel-pos bias as mask.
+    """``segment_anything`` ViT attention with the decomposed rel-pos bias added per query block or in-kernel.
 
     Same parameters (``qkv``, ``proj``, ``rel_pos_h``, ``rel_pos_w``) as the module it
     replaces; the bias is ``q . R_h[h, kh] + q . R_w[w, kw]`` (unscaled ``q``, as in
-    ``add_decomposed_rel_pos``) and SDPA adds it after scaling ``q k^T`` by ``head_dim**-0.5``.
+    ``add_decomposed_rel_pos``), added after scaling ``q k^T`` by ``head_dim**-0.5``.
+    ``segment_anything`` materialises the full [B*heads, HW, HW] attention matrix; one SDPA with
+    the whole bias as its mask still materialises the bias (RN50x16's global block: 16 x 4096 x
+    4096 = 512 MB in fp16). Here (``attention``): ``chunked`` runs one SDPA per block of queries with
+    that block's bias slice (peak O(block x HW)); ``flex`` adds the bias inside FlexAttention.
     """
 
     _tables: Dict[Tuple[int, int], Tuple[torch.Tensor, torch.Tensor]]
     _tables_key: tuple
+    attention: str = "chunked"
+    bias_chunk_bytes: int = BIAS_CHUNK_BYTES
 
     @classmethod
-    def convert(cls, attn: Attention) -> "FusedRelPosAttention":
+    def convert(cls, attn: Attention, attention: str = "chunked") -> "FusedRelPosAttention":
         if not isinstance(attn, Attention):
             raise TypeError(f"expected a segment_anything Attention, got {type(attn).__name__}")
+        if attention not in REL_POS_ATTENTIONS:
+            raise ValueError(f"attention must be one of {list(REL_POS_ATTENTIONS)}, got {attention!r}")
         attn.__class__ = cls
         attn._tables, attn._tables_key = {}, ()
+        attn.attention = attention
         return attn  # type: ignore[return-value]
 
     def _key(self) -> tuple:
@@ -115,19 +154,41 @@ class FusedRelPosAttention(Attention):
             self._tables[(height, width)] = tables
         return tables
 
+    def query_block(self, batch: int, tokens: int, itemsize: int) -> int:
+        """Queries per SDPA call so that one block's bias fits :attr:`bias_chunk_bytes` (>= 1)."""
+        per_query = batch * self.num_heads * tokens * itemsize
+        return max(1, min(tokens, self.bias_chunk_bytes // max(1, per_query)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, _ = x.shape
-        heads = self.num_heads
-        qkv = self.qkv(x).reshape(b, h * w, 3, heads, -1).permute(2, 0, 3, 1, 4)  # 3, B, nH, HW, C
+        heads, n = self.num_heads, h * w
+        qkv = self.qkv(x).reshape(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4)  # 3, B, nH, HW, C
         q, k, v = qkv.unbind(0)
-        bias: Optional[torch.Tensor] = None
-        if self.use_rel_pos:
-            table_h, table_w = self.rel_tables(h, w)
-            r_q = q.reshape(b, heads, h, w, -1)
-            rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, table_h)
-            rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, table_w)
-            bias = (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape(b, heads, h * w, h * w)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # B, nH, HW, C
+        if not self.use_rel_pos:
+            out = F.scaled_dot_product_attention(q, k, v)
+            return self.proj(out.transpose(1, 2).reshape(b, h, w, -1))
+        table_h, table_w = self.rel_tables(h, w)
+        r_q = q.reshape(b, heads, h, w, -1)
+        # The two bias factors are small: [B, nH, HW, H] and [B, nH, HW, W].
+        rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, table_h).reshape(b, heads, n, h)
+        rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, table_w).reshape(b, heads, n, w)
+        if self.attention == "flex":
+            def score_mod(score, bi, hi, qi, ki):  # key index ki = kh * W + kw
+                return score + rel_h[bi, hi, qi, ki // w] + rel_w[bi, hi, qi, ki % w]
+
+            out = _flex_attention(x.device)(q.contiguous(), k.contiguous(), v.contiguous(), score_mod=score_mod)
+        else:
+            block = n if self.attention == "full" else self.query_block(b, n, q.element_size())
+            if block >= n:
+                bias = (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape(b, heads, n, n)
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+            else:
+                out = q.new_empty(q.shape)
+                for start in range(0, n, block):
+                    end = min(n, start + block)
+                    bias = (rel_h[:, :, start:end].unsqueeze(-1) + rel_w[:, :, start:end].unsqueeze(-2))
+                    out[:, :, start:end] = F.scaled_dot_product_attention(
+                        q[:, :, start:end], k, v, attn_mask=bias.reshape(b, heads, end - start, n))
         return self.proj(out.transpose(1, 2).reshape(b, h, w, -1))
 
 
@@ -166,14 +227,17 @@ def inference_dtype(model: nn.Module) -> Optional[torch.dtype]:
 
 
 def prepare_for_inference(model: nn.Module, dtype: torch.dtype = torch.float32,
-                          channels_last: bool = False) -> nn.Module:
+                          channels_last: bool = False, attention: str = "chunked") -> nn.Module:
     """Rewrite an ``OVSAM`` in place into its inference form (see the module docstring); returns it.
 
     ``dtype``: the image path's weights are converted to it once (``torch.float32`` keeps
     fp32). The text tower and the prompt decoder keep their dtype (the decoder runs under
     autocast: its prompt-coordinate math needs fp32). Calling it again with another dtype
     just converts again. ``channels_last``: NHWC conv weights (only where measured faster).
+    ``attention``: how SAM2CLIP's attention adds its rel-pos bias (:data:`REL_POS_ATTENTIONS`).
     """
+    if attention not in REL_POS_ATTENTIONS:
+        raise ValueError(f"attention must be one of {list(REL_POS_ATTENTIONS)}, got {attention!r}")
     model.eval()
     if inference_dtype(model) is None:
         backbone = model.backbone
@@ -184,9 +248,11 @@ def prepare_for_inference(model: nn.Module, dtype: torch.dtype = torch.float32,
         for module in list(visual.modules()):
             if isinstance(module, AttentionPool2d) and not isinstance(module, FusedAttentionPool2d):
                 FusedAttentionPool2d.convert(module)
-        for module in list(model.sam2clip.modules()):
-            if isinstance(module, Attention) and not isinstance(module, FusedRelPosAttention):
-                FusedRelPosAttention.convert(module)
+    for module in list(model.sam2clip.modules()):
+        if isinstance(module, FusedRelPosAttention):
+            module.attention = attention
+        elif isinstance(module, Attention):
+            FusedRelPosAttention.convert(module, attention)
     for part in (model.backbone.clip.visual, model.sam2clip, model.clip2sam):
         part.to(dtype=dtype)
     if channels_last:

@@ -61,14 +61,21 @@ def test_fold_refuses_training_mode_batchnorm(tiny_model_factory):
         fold_batchnorm(model.backbone.clip.visual)
 
 
+# chunk_bytes: None = default budget (one block at these sizes); small budgets force several query
+# blocks, the last one shorter (16x12 = 192 tokens, 4 heads x 3 images x 4 bytes per query: 31 and 7).
+@pytest.mark.parametrize("attention,chunk_bytes", [("chunked", None), ("chunked", 31 * 4 * 3 * 4 * 192),
+                                                   ("chunked", 7 * 4 * 3 * 4 * 196), ("flex", None)])
 @pytest.mark.parametrize("size,window", [((14, 14), 14), ((16, 12), 0)])
-def test_fused_attention_equals_segment_anything(size, window):
+def test_fused_attention_equals_segment_anything(size, window, attention, chunk_bytes):
     torch.manual_seed(0)
     ref = Attention(32, num_heads=4, qkv_bias=True, use_rel_pos=True, input_size=size).eval()
     with torch.no_grad():
         ref.rel_pos_h.normal_(0, 0.5)
         ref.rel_pos_w.normal_(0, 0.5)
-    fused = FusedRelPosAttention.convert(copy.deepcopy(ref))
+    fused = FusedRelPosAttention.convert(copy.deepcopy(ref), attention)
+    if chunk_bytes is not None:
+        fused.bias_chunk_bytes = chunk_bytes
+        assert fused.query_block(3, size[0] * size[1], 4) < size[0] * size[1]  # really several blocks
     assert fused.state_dict().keys() == ref.state_dict().keys()
     x = torch.randn(3, *size, 32)
     with torch.inference_mode():
@@ -79,6 +86,54 @@ def test_fused_attention_equals_segment_anything(size, window):
     fused.load_state_dict(ref.state_dict())
     with torch.inference_mode():
         torch.testing.assert_close(fused(x), ref(x), atol=1e-5, rtol=1e-5)
+
+
+def _largest_tensor_made(fn) -> int:
+    """Elements of the largest tensor any aten op returns while ``fn`` runs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class Largest(TorchDispatchMode):
+        numel = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor):
+                    Largest.numel = max(Largest.numel, t.numel())
+            return out
+
+    with Largest():
+        fn()
+    return Largest.numel
+
+
+def test_chunked_attention_never_builds_the_whole_bias():
+    """segment_anything's global attention holds [B*heads, HW, HW]; the chunked path at most one
+    query block's bias [B, heads, block, HW] (the memory the issue's 4096x4096-per-head matrix costs)."""
+    torch.manual_seed(0)
+    size, heads, batch = (16, 16), 4, 2
+    n = size[0] * size[1]
+    ref = Attention(32, num_heads=heads, qkv_bias=True, use_rel_pos=True, input_size=size).eval()
+    fused = FusedRelPosAttention.convert(copy.deepcopy(ref))
+    fused.bias_chunk_bytes = 64 * batch * heads * n * 4  # 64 queries per block
+    x = torch.randn(batch, *size, 32)
+    with torch.inference_mode():
+        full = _largest_tensor_made(lambda: ref(x))
+        chunked = _largest_tensor_made(lambda: fused(x))
+        torch.testing.assert_close(fused(x), ref(x), atol=1e-5, rtol=1e-5)
+    assert full >= batch * heads * n * n
+    assert chunked <= batch * heads * 64 * n, (chunked, batch * heads * 64 * n)
+
+
+def test_rel_pos_attention_choice_is_checked(tiny_model_factory):
+    model = prepare_for_inference(tiny_model_factory("rn"), attention="flex")
+    attns = [m for m in model.sam2clip.modules() if isinstance(m, FusedRelPosAttention)]
+    assert attns and all(m.attention == "flex" for m in attns)
+    prepare_for_inference(model)  # preparing again switches back
+    assert all(m.attention == "chunked" for m in attns)
+    with pytest.raises(ValueError, match="attention must be one of"):
+        prepare_for_inference(model, attention="flash")
 
 
 def test_fused_attention_pool_equals_open_clip():
