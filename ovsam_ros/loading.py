@@ -26,6 +26,7 @@ because an untrained recognition head gives meaningless labels.
       compile_cache_dir: ~/.cache/ovsam_ros/compile   # persistent compile cache (warm restarts in seconds)
       names_only: false          # true: each class encoded from its name alone (the reference's LVIS text)
       max_synonyms: null         # at most N synonyms per class (null: all)
+      resize: pil                # pil (segment_anything's) | cv2 (the reference's bilinear resize)
 """
 
 from __future__ import annotations
@@ -126,6 +127,9 @@ class PredictorSpec:
     # config sets names_only; COCO keeps the reference's per-class synonym lists.
     names_only: bool = False
     max_synonyms: Optional[int] = None
+    # Image resize kernel: pil (segment_anything's ResizeLongestSide) | cv2 (bilinear without
+    # antialiasing, the reference's mmcv resize: the published rn50x16 configs use it).
+    resize: str = "pil"
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -311,5 +315,6 @@ def build_predictor(source: Union[str, Path, dict[str, Any]], **overrides: Any):
         ensemble_beta=predictor_spec.ensemble_beta,
         names_only=predictor_spec.names_only,
         max_synonyms=predictor_spec.max_synonyms,
+        resize=predictor_spec.resize,
     )
     return predictor

@@ -92,6 +92,7 @@ class OVSAMPredictor:
         exclude_unused: bool = False,
         names_only: bool = False,
         max_synonyms: Optional[int] = None,
+        resize: str = "pil",
     ) -> None:
         self.device = resolve_device(device)
         self.precision = check_precision(precision)
@@ -118,7 +119,9 @@ class OVSAMPredictor:
         # Resize/normalise/pad where the model runs: on a GPU that is ~0.2 ms instead of ~10 ms
         # of host work plus a float upload; on CPUs PIL's resize is the faster of the two.
         self.device_preprocess = self.device.type == "cuda"
-        self.transform = ImageTransform(model.image_size)
+        # resize: "pil" (segment_anything's ResizeLongestSide) or "cv2" (bilinear, no antialiasing:
+        # the reference's mmcv resize, which the published weights were trained and evaluated with).
+        self.transform = ImageTransform(model.image_size, resize=resize)
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         self.top_k = top_k

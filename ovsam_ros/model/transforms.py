@@ -9,6 +9,11 @@ and zero-pads bottom/right to a square. Three frames of reference:
   boxes given to the model are in this frame;
 * padded: (S, S) with S = ``image_size``; the decoder's low-res masks cover it.
 
+Two resize kernels to the same (h, w): ``pil`` (segment_anything's ``ResizeLongestSide``:
+PIL bilinear, antialiased when shrinking; what ``SamPredictor`` feeds SAM) and ``cv2``
+(``cv2.resize`` INTER_LINEAR, no antialiasing: the OVSAM reference's mmcv ``imrescale``, with
+which the published weights were trained and evaluated).
+
 :func:`postprocess_masks` undoes the chain for masks, with exactly the math
 of ``segment_anything.modeling.Sam.postprocess_masks``.
 """
@@ -22,6 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from segment_anything.utils.transforms import ResizeLongestSide
+
+#: Image resize kernels (see the module doc).
+RESIZE_BACKENDS = ("pil", "cv2")
 
 # SAM / OVSAM normalisation (RGB, 0-255 space).
 PIXEL_MEAN: Tuple[float, float, float] = (123.675, 116.28, 103.53)
@@ -66,7 +74,11 @@ class ImageTransform:
         image_size: int = 1024,
         pixel_mean: Sequence[float] = PIXEL_MEAN,
         pixel_std: Sequence[float] = PIXEL_STD,
+        resize: str = "pil",
     ) -> None:
+        if resize not in RESIZE_BACKENDS:
+            raise ValueError(f"resize must be one of {RESIZE_BACKENDS}, got {resize!r}")
+        self.resize = resize
         self.image_size = int(image_size)
         self.resizer = ResizeLongestSide(self.image_size)
         self.pixel_mean = torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1)
@@ -103,7 +115,7 @@ class ImageTransform:
         """uint8 HxWx3 image -> normalised, padded float tensor [1, 3, S, S]."""
         image = self._check_image(image, channel_order)
         original_size = (int(image.shape[0]), int(image.shape[1]))
-        resized = self.resizer.apply_image(np.ascontiguousarray(image))
+        resized = self.resize_image(image)
         x = torch.from_numpy(resized).permute(2, 0, 1).float()
         x = (x - self.pixel_mean) / self.pixel_std
         h, w = x.shape[-2:]
@@ -111,14 +123,27 @@ class ImageTransform:
         self.original_size, self.input_size = original_size, (int(h), int(w))
         return x.unsqueeze(0)
 
+    def resize_image(self, image: np.ndarray) -> np.ndarray:
+        """uint8 HxWx3 -> uint8 (h, w, 3) at :meth:`get_input_size`, with this transform's kernel."""
+        image = np.ascontiguousarray(image)
+        if self.resize == "pil":
+            return self.resizer.apply_image(image)
+        import cv2
+
+        h, w = self.get_input_size(image.shape[:2])
+        if (h, w) == image.shape[:2]:
+            return image
+        return cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+
     def apply_image_device(self, image: np.ndarray, device: Union[str, torch.device],
                            dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """:meth:`apply_image` on ``device``: the uint8 frame is uploaded once (from a reused
         pinned buffer, non-blocking, on CUDA) and resized, normalised and padded there.
 
-        Same math as :meth:`apply_image`: an antialiased bilinear resize (PIL's, which
-        ``ResizeLongestSide`` uses) rounded back to integer levels; the two differ by at most
-        one level on some pixels (the kernels round differently). Returns ``dtype``.
+        Same math as :meth:`apply_image`: a bilinear resize, antialiased for ``pil`` (PIL's,
+        which ``ResizeLongestSide`` uses) and not for ``cv2`` (INTER_LINEAR), rounded back to
+        integer levels; the two differ by at most one level on some pixels (the kernels
+        round differently). Returns ``dtype``.
         """
         image = self._check_image(image)
         device = torch.device(device)
@@ -129,8 +154,9 @@ class ImageTransform:
             src = self._upload(src, device)
         x = src.to(device).permute(2, 0, 1).unsqueeze(0).float()
         if (h, w) != original_size:
-            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-            x = x.round_().clamp_(0, 255)  # PIL returns uint8 levels
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False,
+                              antialias=self.resize == "pil")
+            x = x.round_().clamp_(0, 255)  # PIL / cv2 return uint8 levels
         mean, std = self.pixel_mean.to(device), self.pixel_std.to(device)
         x = F.pad((x - mean) / std, (0, self.image_size - w, 0, self.image_size - h))
         self.original_size, self.input_size = original_size, (int(h), int(w))

@@ -15,9 +15,10 @@ def _frame(h: int, w: int) -> np.ndarray:
     return frame
 
 
+@pytest.mark.parametrize("resize", ["pil", "cv2"])
 @pytest.mark.parametrize("size", [(180, 320), (300, 200), (256, 256)])
-def test_device_path_matches_pil_path_within_one_level(size):
-    transform = ImageTransform(256)
+def test_device_path_matches_pil_path_within_one_level(size, resize):
+    transform = ImageTransform(256, resize=resize)
     frame = _frame(*size)
     host = transform.apply_image(frame)
     device = transform.apply_image_device(frame, "cpu")

@@ -90,6 +90,30 @@ def test_normalisation_padding_and_channel_order():
     torch.testing.assert_close(bgr, x)
 
 
+@pytest.mark.parametrize("hw", [(300, 451), (720, 1280), (480, 640), (1024, 700)])
+def test_cv2_resize_is_the_references_bilinear_rescale(hw):
+    """resize='cv2': mmcv.imrescale(img, (1024, 1024), interpolation='bilinear') as the reference's
+    test pipeline runs it: size int(side * 1024 / long + 0.5), cv2.resize INTER_LINEAR, by hand."""
+    import cv2
+
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (*hw, 3), dtype=np.uint8)
+    img[hw[0] // 3:, : hw[1] // 2] = (250, 10, 90)
+    scale = 1024 / max(hw)
+    size_wh = (int(hw[1] * scale + 0.5), int(hw[0] * scale + 0.5))
+    by_hand = cv2.resize(img, size_wh, interpolation=cv2.INTER_LINEAR) if size_wh != hw[::-1] else img
+    tr = ImageTransform(1024, resize="cv2")
+    assert np.array_equal(tr.resize_image(img), by_hand)
+    x = tr.apply_image(img)
+    expected = (torch.from_numpy(by_hand).permute(2, 0, 1).float() - tr.pixel_mean) / tr.pixel_std
+    assert torch.equal(x[0, :, : size_wh[1], : size_wh[0]], expected)
+    assert tr.input_size == (size_wh[1], size_wh[0])
+    if max(hw) > 1024:  # shrinking: PIL antialiases, cv2's INTER_LINEAR does not
+        assert not np.array_equal(ImageTransform(1024).resize_image(img), by_hand)
+    with pytest.raises(ValueError, match="resize"):
+        ImageTransform(1024, resize="bicubic")
+
+
 def test_postprocess_matches_segment_anything(tiny_sam_factory):
     from ovsam_ros.model import OVSAMConfig
 

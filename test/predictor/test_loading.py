@@ -80,6 +80,8 @@ def test_synonym_options_flow_from_the_yaml_and_overrides(tmp_path):
     assert overridden.vocabulary.synonyms == [["sofa", "couch"], ["cup", "mug"]]
     with pytest.raises(ValueError, match="max_synonyms"):
         build_predictor({**base, "predictor": {**base["predictor"], "max_synonyms": 0}})
+    assert overridden.transform.resize == "pil"  # segment_anything's, unless the YAML says cv2
+    assert build_predictor({**base, "predictor": {**base["predictor"], "resize": "cv2"}}).transform.resize == "cv2"
 
 
 def test_published_configs_follow_the_reference_configs():
@@ -95,5 +97,6 @@ def test_published_configs_follow_the_reference_configs():
         assert (cfg.clip2sam.roi_size, predictor.vocabulary, predictor.clip_ensemble) == (roi, vocab, True)
         assert head in model.clip2sam_checkpoint and cfg.decoder.output_tokens == "auto"
         assert (predictor.names_only, predictor.max_synonyms, predictor.templates) == (names_only, None, "vild")
+        assert predictor.resize == "cv2"  # mmcv imrescale, bilinear: the reference's test pipeline
     _, onnx = load_specs("jetson_onnx")  # the exported rn50x16 LVIS graphs
-    assert (onnx.vocabulary, onnx.names_only) == ("lvis", True)
+    assert (onnx.vocabulary, onnx.names_only, onnx.resize) == ("lvis", True, "cv2")

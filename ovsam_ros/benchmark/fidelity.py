@@ -1,0 +1,198 @@
+"""How much two inference settings change OVSAM's answers (docs/fidelity.md quotes the numbers).
+
+    python -m ovsam_ros.benchmark.fidelity precision              # fp32 vs fp16 (the rn50x16 YAMLs' choice)
+    python -m ovsam_ros.benchmark.fidelity precision --other bf16
+    python -m ovsam_ros.benchmark.fidelity resize                 # PIL (ours) vs cv2 bilinear (the reference)
+
+Both runs of a comparison get the same images and the same prompts: a grid of point prompts,
+then one box prompt per non-empty point mask (the box of the first run's mask). Per prompt it
+reports the mask IoU between the two runs, whether the top-1 label agrees, and the largest
+absolute difference of the learned classifier's logits (every class + background). The images
+are the bundled samples (real photos) and scenes of the shapes world (the bundled demo model's
+domain). The default model is the bundled, trained ``shapes`` model: untrained weights would
+measure noise. Every row is printed; nothing is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+#: Comparisons this tool runs.
+COMPARISONS = ("precision", "resize")
+
+
+@dataclass
+class PromptDiff:
+    image: str
+    kind: str  # "point" | "box"
+    iou: float
+    same_label: bool
+    max_logit_diff: float
+
+
+@dataclass
+class Report:
+    title: str
+    rows: List[PromptDiff] = field(default_factory=list)
+
+    def summary(self, rows: Optional[Sequence[PromptDiff]] = None) -> dict:
+        rows = self.rows if rows is None else rows
+        ious = np.array([r.iou for r in rows], dtype=np.float64)
+        return {
+            "prompts": len(rows),
+            "mean_iou": float(ious.mean()) if len(rows) else float("nan"),
+            "min_iou": float(ious.min()) if len(rows) else float("nan"),
+            "label_agreement": float(np.mean([r.same_label for r in rows])) if rows else float("nan"),
+            "max_logit_diff": float(max((r.max_logit_diff for r in rows), default=float("nan"))),
+        }
+
+    def table(self) -> str:
+        lines = [self.title, f"{'images':<22s} {'prompts':>7s} {'mean IoU':>9s} {'min IoU':>8s} "
+                             f"{'top-1 agree':>11s} {'max |dlogit|':>12s}"]
+        groups = sorted({r.image for r in self.rows})
+        for name in groups + ["ALL"]:
+            rows = self.rows if name == "ALL" else [r for r in self.rows if r.image == name]
+            s = self.summary(rows)
+            lines.append(f"{name:<22s} {s['prompts']:>7d} {s['mean_iou']:>9.4f} {s['min_iou']:>8.4f} "
+                         f"{100 * s['label_agreement']:>10.1f}% {s['max_logit_diff']:>12.4f}")
+        return "\n".join(lines)
+
+
+def sample_images(scenes: int = 4, size: tuple = (640, 480)) -> List[tuple]:
+    """(name, RGB uint8) pairs: the bundled photos and ``scenes`` shapes-world scenes."""
+    import cv2
+
+    from ovsam_ros.resources import SAMPLES_DIR
+    from ovsam_ros.shapes_world import world_scene
+
+    images = []
+    for path in sorted(SAMPLES_DIR.glob("*.png")):
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        images.append((path.stem, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+    for index in range(scenes):
+        images.append((f"shapes_world_{index}", world_scene(7, index, size)[0]))
+    return images
+
+
+def _grid(shape: tuple, per_side: int) -> np.ndarray:
+    h, w = shape[:2]
+    xs = (np.arange(per_side) + 0.5) * w / per_side
+    ys = (np.arange(per_side) + 0.5) * h / per_side
+    return np.array([[x, y] for y in ys for x in xs], dtype=np.float32)
+
+
+def _run(predictor, image: np.ndarray, prompts) -> list:
+    predictor.set_image(image)
+    return predictor.predict(prompts)
+
+
+def _logits(predictor, result) -> torch.Tensor:
+    from ovsam_ros.model.recognition import class_logits
+
+    emb = torch.as_tensor(result.embedding, dtype=torch.float32)[None]
+    return class_logits(emb.to(predictor.text.device), predictor.text)[0].cpu()
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def compare(first, second, images: Sequence[tuple], per_side: int = 5,
+            switch: Optional[Callable[[bool], None]] = None, title: str = "") -> Report:
+    """Run ``first`` and ``second`` (predictors; may be the same object when ``switch(on)``
+    turns the setting under test on for the second run and off for the first) on the same
+    images and prompts; one :class:`PromptDiff` per prompt."""
+    from ovsam_ros.prompts import Prompt
+
+    report = Report(title)
+    for name, image in images:
+        points = [Prompt(points=[p], point_labels=[1]) for p in _grid(image.shape, per_side)]
+        if switch is not None:
+            switch(False)
+        a_points = _run(first, image, points)
+        boxes = [Prompt(box=list(r.box)) for r in a_points if r.box[2] > r.box[0] and r.box[3] > r.box[1]]
+        a_boxes = first.predict(boxes) if boxes else []
+        a_logits = [_logits(first, r) for r in a_points + a_boxes]
+        if switch is not None:
+            switch(True)
+        b_points = _run(second, image, points)
+        b_boxes = second.predict(boxes) if boxes else []
+        b_logits = [_logits(second, r) for r in b_points + b_boxes]
+        kinds = ["point"] * len(a_points) + ["box"] * len(a_boxes)
+        for kind, ra, rb, la, lb in zip(kinds, a_points + a_boxes, b_points + b_boxes, a_logits, b_logits):
+            report.rows.append(PromptDiff(
+                image=name, kind=kind, iou=_iou(ra.mask, rb.mask),
+                same_label=(ra.labels[0].class_index if ra.labels else -1) == (rb.labels[0].class_index if rb.labels else -1),
+                max_logit_diff=float((la - lb).abs().max())))
+    return report
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ovsam_ros.benchmark.fidelity",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("comparison", choices=COMPARISONS,
+                        help="precision: fp32 vs --other on the same weights; resize: PIL (ours) vs cv2 bilinear")
+    parser.add_argument("--model", default="shapes", help="model YAML (default: the bundled trained shapes model)")
+    parser.add_argument("--other", default="fp16", choices=["fp16", "bf16"], help="precision compared with fp32")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--grid", type=int, default=5, help="point prompts per side (default 5 -> 25 per image)")
+    parser.add_argument("--scenes", type=int, default=4, help="shapes-world scenes besides the two photos")
+    parser.add_argument("--scene-size", default="640x480", metavar="WxH",
+                        help="shapes-world scene size (default 640x480; 320x240 shrinks by 0.8 into the shapes "
+                             "model's 256 px input, as a 1280x720 frame does into the published model's 1024)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--input-sizes", type=int, nargs="*", default=[1024], metavar="S",
+                        help="resize: also print the input-pixel difference at these model input sizes "
+                             "(default 1024, the published model's)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from ovsam_ros.loading import build_predictor
+
+    try:
+        scene_size = tuple(int(v) for v in args.scene_size.lower().split("x"))
+        assert len(scene_size) == 2 and min(scene_size) > 0
+    except (ValueError, AssertionError):
+        parser.error(f"--scene-size must be WIDTHxHEIGHT, got {args.scene_size!r}")
+    images = sample_images(args.scenes, scene_size)
+    if args.comparison == "precision":
+        # Two builds: the inference path rewrites a model in place for its precision.
+        fp32 = build_predictor(args.model, device=args.device, precision="fp32", text_cache_dir=None)
+        other = build_predictor(args.model, device=args.device, precision=args.other, text_cache_dir=None)
+        report = compare(fp32, other, images, args.grid,
+                         title=f"fp32 vs {args.other} ({args.model}, {args.device}): same prompts, both runs optimised")
+    else:
+        from ovsam_ros.model.transforms import ImageTransform
+
+        predictor = build_predictor(args.model, device=args.device, precision="fp32", text_cache_dir=None)
+        transform = predictor.transform
+
+        def use_cv2(on: bool) -> None:
+            transform.resize = "cv2" if on else "pil"
+
+        for name, image in images:  # how far apart the two model inputs are, in uint8 levels
+            use_cv2(False)
+            pil = transform.resize_image(image).astype(np.int16)
+            use_cv2(True)
+            diff = np.abs(pil - transform.resize_image(image).astype(np.int16))
+            line = (f"{name:<22s} resized {image.shape[1]}x{image.shape[0]} -> {diff.shape[1]}x{diff.shape[0]}: "
+                    f"mean |PIL - cv2| {diff.mean():.2f} levels, max {diff.max()}")
+            for size in args.input_sizes:  # the same at other model input sizes (no model run)
+                pil, cv = ImageTransform(size, resize="pil"), ImageTransform(size, resize="cv2")
+                d = np.abs(pil.resize_image(image).astype(np.int16) - cv.resize_image(image).astype(np.int16))
+                line += f"; at {size}: mean {d.mean():.2f}, max {d.max()}"
+            print(line)
+        report = compare(predictor, predictor, images, args.grid, switch=use_cv2,
+                         title=f"PIL (ResizeLongestSide) vs cv2 INTER_LINEAR resize ({args.model}, fp32)")
+    print(report.table())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
