@@ -284,20 +284,45 @@ def test_burst_keeps_only_the_newest_frame(make_node):
 
 
 def test_worker_thread_processes_the_newest_frame_and_honours_the_rate_limit(make_node):
-    node = make_node(start_worker=True, max_rate_hz=4.0)
+    """1 Hz limit with frames arriving at ~100/s. Checked on what happened, by frame id: processing starts are at
+    least 1 s apart (a period far above the tiny model's frame time, ~0.2 s on a loaded machine, so a limiter
+    pacing at twice the rate is seen too), frames are taken newest-first (stamps increase), the newest frame is
+    processed last, and every other frame is counted dropped exactly once. No wall-clock totals: a loaded machine only widens gaps
+    (the feed and the final wait have generous hang guards)."""
+    node = make_node(start_worker=True, max_rate_hz=1.0)
     node._on_prompts(prompts_msg([Prompt(points=[[20, 20]])], persistent=True))
+    calls = []  # (start, stamp sec, produced an output)
+    process = node.process_frame
+
+    def spy(frame, prompt_set=None):
+        start = time.monotonic()
+        out = process(frame, prompt_set)
+        calls.append((start, frame.msg.header.stamp.sec, out is not None))
+        return out
+
+    node.process_frame = spy  # the worker calls self.process_frame
     rgb = test_image()
+    sent = []
     t0 = time.monotonic()
-    stamps = []
-    while time.monotonic() - t0 < 2.0:  # ~100 frames/s for 2 s
-        node._receive(make_image(rgb, stamp=(50 + len(stamps), 0)), False)
-        stamps.append(50 + len(stamps))
+    while len(calls) < 4:  # ~100 frames/s until 4 frames are processed (>= 3 s)
+        assert time.monotonic() - t0 < 300, f"hang guard: {len(calls)} frames processed in 300 s"
+        sent.append(50 + len(sent))
+        node._receive(make_image(rgb, stamp=(sent[-1], 0)), False)
         time.sleep(0.01)
-    time.sleep(0.6)
+    while not calls or calls[-1][1] != sent[-1]:  # the newest frame is processed last
+        assert time.monotonic() - t0 < 360, f"hang guard: newest frame {sent[-1]} never processed: {calls[-3:]}"
+        time.sleep(0.05)
+    time.sleep(0.3)  # nothing else may follow it
+    starts, stamps = [c[0] for c in calls], [c[1] for c in calls]
+    assert all(c[2] for c in calls) and stamps[-1] == sent[-1]
+    assert all(b > a for a, b in zip(stamps, stamps[1:])), stamps  # never an older frame after a newer one
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert min(gaps) >= 1.0 - 0.005, gaps  # at most 1 frame per second
+    assert len(sent) > 2 * len(calls)  # the limit really dropped frames
     snap = node.stats.snapshot()
-    assert 4 <= snap["frames_processed"] <= 10  # 4 Hz over ~2.5 s, not one per frame
-    assert snap["last_stamp"][0] == stamps[-1]  # the newest frame was processed last
-    assert snap["frames_dropped"] >= len(stamps) - snap["frames_processed"] - 1
+    assert snap["frames_received"] == len(sent) and snap["frames_processed"] == len(calls)
+    assert snap["frames_dropped"] == len(sent) - len(calls)  # each unprocessed frame dropped once
+    assert snap["last_stamp"][0] == sent[-1]
 
 
 def test_inactive_node_ignores_frames(make_node):
@@ -317,11 +342,12 @@ def test_set_vocabulary_service_with_10000_classes(make_node):
 
     node = make_node(**EVERYTHING)
     request = SetVocabulary.Request(vocabulary=", ".join(f"class {i}" for i in range(10000)))
-    t0 = time.perf_counter()
+    # No wall-clock bound here (it failed on a loaded machine): the service must ANSWER, with every class;
+    # pytest's timeout is the hang guard. How long encoding takes is a speed question for benchmarks.
     response = node._on_set_vocabulary(request, SetVocabulary.Response())
     assert response.success, response.message
     assert response.num_classes == 10000 and response.vocabulary_version
-    assert time.perf_counter() - t0 < 120
+    assert len(node.predictor.vocabulary) == 10000 and node.predictor.text.embeddings.shape[0] == 10000
     out = feed(node, make_image(test_image()))
     assert out.masks.vocabulary_version == response.vocabulary_version
     assert all(m.label.startswith("class ") and 0 <= m.class_index < 10000 for m in out.masks.instances)
