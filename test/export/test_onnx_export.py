@@ -2,6 +2,7 @@
 Runtime (CPU, fp32) matches PyTorch within the documented tolerance (atol 1e-4 + rtol 1e-3 x max|value|)."""
 
 import json
+import math
 
 import numpy as np
 import onnx
@@ -102,12 +103,13 @@ def test_onnxruntime_matches_pytorch(exported):
 
 
 def _hand_class_logits(regions: np.ndarray, text: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """x100 cosine, max over the valid synonyms, background column 0 (the documented decoder output)."""
+    """Cosine x the reference's logit scale exp(4.6052), max over the valid synonyms, background column 0 (the
+    documented decoder output)."""
     r = regions / np.linalg.norm(regions, axis=-1, keepdims=True)
     t = text / np.linalg.norm(text, axis=-1, keepdims=True)
     sims = np.einsum("nd,csd->ncs", r, t)
     sims = np.where(valid[None] > 0.5, sims, -np.inf)
-    return np.concatenate([100.0 * sims.max(axis=-1), np.zeros((len(r), 1))], axis=1)
+    return np.concatenate([math.exp(4.6052) * sims.max(axis=-1), np.zeros((len(r), 1))], axis=1)
 
 
 def test_reference_token_layout_exports_one_decoder(tmp_path):

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -108,6 +109,7 @@ def test_text_query_ranks_a_rendered_object_through_the_model(shapes_predictor):
     model, templates = predictor.model, predictor.templates
     vocab = predictor.text.embeddings.cpu().double()
     valid = predictor.text.valid.cpu()
+    scale = math.exp(4.6052)  # the reference's logit scale (~100)
     hits = chance = queries = 0
     for index in range(6):
         image, objects = world_scene(FRESH_SEED, index, size=(256, 256))
@@ -120,12 +122,12 @@ def test_text_query_ranks_a_rendered_object_through_the_model(shapes_predictor):
         names = [WORLD_CLASSES[c].name for c, _ in objects]
         regions = torch.nn.functional.normalize(torch.as_tensor(np.stack([r.embedding for r in results])).double(),
                                                 dim=-1)
-        vocab_logits = 100 * torch.where(valid, torch.einsum("nd,csd->ncs", regions, vocab), -torch.inf).amax(-1)
+        vocab_logits = scale * torch.where(valid, torch.einsum("nd,csd->ncs", regions, vocab), -torch.inf).amax(-1)
         for name in sorted(set(names)):
             with torch.no_grad():
                 phrase = model.encode_text(model.tokenizer([t.format(name) for t in templates]), normalize=True)
             phrase = torch.nn.functional.normalize(phrase.mean(0).double().cpu(), dim=-1)
-            logits = torch.cat([vocab_logits, 100 * (regions @ phrase)[:, None], torch.zeros(len(results), 1)], 1)
+            logits = torch.cat([vocab_logits, scale * (regions @ phrase)[:, None], torch.zeros(len(results), 1)], 1)
             want = logits.softmax(-1)[:, -2].numpy()
             ranked = predictor.query(name, candidates=results, max_instances=len(results))
             order = [next(i for i, r in enumerate(results) if r is q) for q in ranked]

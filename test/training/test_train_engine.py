@@ -138,7 +138,7 @@ FOLDER_NAMES = ("kettle", "violin", "tractor", "lantern", "pelican", "saddle")
 
 def _class_folder_loss(model: OVSAM, images: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor,
                        names, templates) -> float:
-    """Mean CE of (x100 cosine to each name's template-averaged text embedding, background column 0) for the
+    """Mean CE of (scaled cosine to each name's template-averaged text embedding, background column 0) for the
     whole-image box of each image, written out here from the model's encoders (not the training loss code)."""
     with torch.no_grad():
         text = []
@@ -149,7 +149,7 @@ def _class_folder_loss(model: OVSAM, images: torch.Tensor, boxes: torch.Tensor, 
         out = model.decode(model.encode_image(images), boxes=boxes, multimask_output=False,
                            image_index=torch.arange(len(images)))
         cos = torch.nn.functional.normalize(out["region_embeddings"][:, 0], dim=-1) @ text.t()
-        logits = torch.cat([100.0 * cos, torch.zeros(len(images), 1)], dim=1)
+        logits = torch.cat([math.exp(4.6052) * cos, torch.zeros(len(images), 1)], dim=1)  # reference logit scale
         return float(torch.nn.functional.cross_entropy(logits, labels))
 
 
