@@ -192,3 +192,21 @@ def test_numeric_options_are_usage_errors(argv, option, capsys, no_model_load):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert f"argument {option}" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("flag, names_only", [([], None), (["--synonyms", "names"], True), (["--synonyms", "all"], False)])
+def test_synonyms_option_reaches_the_predictor(flag, names_only, monkeypatch, capsys):
+    """--synonyms names|all overrides the model YAML's names_only; without it the YAML decides (None)."""
+    import ovsam_ros.loading
+
+    seen = {}
+
+    def fake_build_predictor(model, **kwargs):
+        seen.update(kwargs)
+        raise ValueError("stop after the options")  # reported as a clean error, nothing loads
+
+    monkeypatch.setattr(ovsam_ros.loading, "build_predictor", fake_build_predictor)
+    assert main(["segment", str(SAMPLE), "--point", "1,1", *flag]) == 2
+    assert seen["names_only"] is names_only
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["segment", str(SAMPLE), "--synonyms", "some"])

@@ -192,3 +192,38 @@ def test_unused_classes_are_dropped_and_never_predicted(tmp_path):
         predictor.clip_ensemble = ensemble
         names = {lab.name for r in predictor.predict([Prompt(box=[5, 5, 40, 40])]) for lab in r.labels}
         assert names == {"cat", "car"}
+
+
+@pytest.mark.parametrize("flag, names_only", [([], None), (["--synonyms", "names"], True)])
+def test_synonyms_option_reaches_the_eval_predictor(flag, names_only, tmp_path, synth, monkeypatch):
+    import training.evaluate as evaluate_module
+
+    seen = {}
+
+    def fake(*args, **kwargs):
+        seen.update(kwargs)
+        raise ValueError("stop after the options")
+
+    monkeypatch.setattr(evaluate_module, "build_eval_predictor", fake)
+    assert main(["--model", "tiny", "--annotations", str(synth["val"]), "--images", str(synth["images"]),
+                 "--no-progress", *flag]) == 2
+    assert seen["names_only"] is names_only
+
+
+def test_evaluate_encodes_the_dataset_classes_with_the_predictors_synonym_policy(synth):
+    """The LVIS config evaluates names only: evaluate() sets predictor.vocabulary_for(dataset vocab)."""
+    from ovsam_ros.model.vocabulary import Vocabulary, load_vocabulary
+
+    coco = CocoInstances(synth["val"], synth["images"])
+    with_synonyms = Vocabulary(coco.vocab.name, coco.vocab.version, coco.vocab.classes,
+                               [[c, f"{c} alias"] for c in coco.vocab.classes], coco.vocab.split, coco.vocab.ids)
+    coco.vocab = with_synonyms
+    loaded = [(record, *coco.load(i)) for i, record in enumerate(coco.images[:1])]
+
+    class NamesOnly(_ScriptedPredictor):
+        def vocabulary_for(self, vocab):
+            return load_vocabulary(vocab, names_only=True)
+
+    predictor = NamesOnly(loaded, lambda m, label: (m.copy(), label))
+    evaluate(predictor, coco, ["box"], max_images=1, progress=False)
+    assert predictor.vocabulary.synonyms == [[c] for c in coco.vocab.classes]
