@@ -53,6 +53,10 @@ DEFAULTS: Dict[str, Any] = {
         "dtype": "auto",  # auto (= train.amp: bf16/fp16 on CUDA, else fp32) | fp32 | bf16 | fp16
         "batch_size": 0,  # images per teacher forward (0: all uncached images of a micro-batch at once)
         "overrides": {},  # kind=tiny only: ImageEncoderViT arguments (e.g. out_chans, img_size) to match a student
+        # SAM2CLIP's absolute position embedding at a fresh start (no resume / init_checkpoint /
+        # sam2clip_checkpoint): the teacher's image_encoder.pos_embed, as the reference neck is built.
+        # auto: copy when the shapes match, else keep zeros (logged); copy: a mismatch is an error; zero: never copy.
+        "init_pos_embed": "auto",
     },
     "data": {
         "images": None,  # folder (or list of folders) of images, searched recursively
@@ -102,6 +106,33 @@ def build_teacher(tcfg: Dict[str, Any], model: OVSAM) -> nn.Module:
     return teacher
 
 
+def init_pos_embed(model: OVSAM, teacher: nn.Module, mode: str) -> bool:
+    """Copy the teacher's absolute position embedding into ``model.sam2clip.pos_embed``.
+
+    The reference builds its SAM2CLIP neck with the SAM checkpoint's ``image_encoder.pos_embed``
+    (a frozen buffer, no interpolation: the grids are equal by construction, see
+    :func:`build_teacher`). Returns whether it was copied.
+    """
+    if mode not in ("auto", "copy", "zero"):
+        raise ValueError(f"teacher.init_pos_embed must be auto, copy or zero, got {mode!r}")
+    if mode == "zero":
+        return False
+    source = getattr(teacher, "pos_embed", None)
+    target = model.sam2clip.pos_embed
+    if source is None or tuple(source.shape) != tuple(target.shape):
+        why = ("the teacher has no absolute position embedding" if source is None else
+               f"teacher pos_embed {tuple(source.shape)} vs SAM2CLIP {tuple(target.shape)} "
+               "(set sam2clip.embed_dim to the teacher's width)")
+        if mode == "copy":
+            raise ValueError(f"teacher.init_pos_embed=copy: cannot copy: {why}")
+        log.info("SAM2CLIP pos_embed stays zero: %s", why)
+        return False
+    with torch.no_grad():
+        target.copy_(source.detach().to(device=target.device, dtype=target.dtype))
+    log.info("SAM2CLIP pos_embed initialised from the teacher's image encoder")
+    return True
+
+
 TEACHER_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -134,8 +165,11 @@ class Stage1Task(engine.Task):
         self.trainable = engine.freeze_all_but(self.model, lambda n: n.startswith("sam2clip."))
         self.model.eval()  # frozen parts stay in eval mode; the net switches sam2clip to train
         self.teacher = build_teacher(cfg["teacher"], self.model).to(env.device)
-        self.net = Stage1Net(self.model)
         tc = cfg["teacher"]
+        mcfg = cfg["model"]
+        fresh = resume_from is None and not mcfg.get("init_checkpoint") and not mcfg.get("sam2clip_checkpoint")
+        self.pos_embed_from_teacher = fresh and init_pos_embed(self.model, self.teacher, tc.get("init_pos_embed", "auto"))
+        self.net = Stage1Net(self.model)
         self.teacher_dtype = resolve_teacher_dtype(tc["dtype"], engine.resolve_amp(cfg["train"]["amp"], env.device))
         self.teacher_batch = int(tc.get("batch_size") or 0)
         if self.teacher_batch < 0:

@@ -86,3 +86,55 @@ def test_background_writer_writes_each_entry_alone_and_survives_failures(tmp_pat
     with BackgroundCacheWriter(cache) as writer:
         writer.put("f" * 64, torch.ones(2, 2))
     assert writer.failed == 1 and "No space left" in caplog.text
+
+
+def _sam_file_with_known_pos_embed(path, embed_dim):
+    """A Meta-layout SAM file whose image encoder (tiny geometry) has a hand-made pos_embed."""
+    from ovsam_ros.model.checkpoints import build_sam_teacher
+
+    encoder = build_sam_teacher("tiny", embed_dim=embed_dim)
+    g = encoder.pos_embed.shape[1]
+    rows, cols, ch = torch.meshgrid(torch.arange(g), torch.arange(g), torch.arange(embed_dim), indexing="ij")
+    known = (torch.sin(rows * 0.3 + ch * 0.1) + torch.cos(cols * 0.2 - ch * 0.05))[None].float()
+    with torch.no_grad():
+        encoder.pos_embed.copy_(known)
+    torch.save({f"image_encoder.{k}": v for k, v in encoder.state_dict().items()}, path)
+    return known
+
+
+def test_stage1_starts_sam2clip_pos_embed_from_the_teacher(synth, tmp_path):
+    """Reference recipe: the SAM2CLIP neck is built with the SAM checkpoint's image_encoder.pos_embed."""
+    known = _sam_file_with_known_pos_embed(tmp_path / "sam.pth", embed_dim=64)  # the tiny student's width
+    task = _task(synth, tmp_path, f"teacher.checkpoint={tmp_path / 'sam.pth'}", "teacher.overrides.embed_dim=64",
+                 "teacher.init_pos_embed=copy")
+    assert task.pos_embed_from_teacher
+    assert torch.equal(task.model.sam2clip.pos_embed, known)
+    assert "sam2clip.pos_embed" not in {n for n, _ in task.model.named_parameters()}  # frozen buffer, as the reference
+
+    off = _task(synth, tmp_path, f"teacher.checkpoint={tmp_path / 'sam.pth'}", "teacher.overrides.embed_dim=64",
+                "teacher.init_pos_embed=zero")
+    assert not off.pos_embed_from_teacher and not off.model.sam2clip.pos_embed.any()
+
+
+def test_stage1_pos_embed_width_mismatch(synth, tmp_path):
+    auto = _task(synth, tmp_path)  # stage1_tiny: 32-wide tiny teacher, 64-wide student
+    assert not auto.pos_embed_from_teacher and not auto.model.sam2clip.pos_embed.any()
+    with pytest.raises(ValueError, match=r"init_pos_embed=copy: cannot copy: teacher pos_embed \(1, 16, 16, 32\) "
+                                         r"vs SAM2CLIP \(1, 16, 16, 64\)"):
+        _task(synth, tmp_path, "teacher.init_pos_embed=copy")
+
+
+def test_stage1_pos_embed_from_a_loaded_sam2clip_file_wins(synth, tmp_path):
+    from ovsam_ros.model import OVSAM, OVSAMConfig
+    from ovsam_ros.model.checkpoints import export_reference_checkpoints
+
+    _sam_file_with_known_pos_embed(tmp_path / "sam.pth", embed_dim=64)
+    torch.manual_seed(5)
+    src = OVSAM(OVSAMConfig.tiny())
+    with torch.no_grad():
+        src.sam2clip.pos_embed.normal_()
+    torch.save(export_reference_checkpoints(src)[0], tmp_path / "sam2clip.pth")
+    task = _task(synth, tmp_path, f"teacher.checkpoint={tmp_path / 'sam.pth'}", "teacher.overrides.embed_dim=64",
+                 f"model.sam2clip_checkpoint={tmp_path / 'sam2clip.pth'}")
+    assert not task.pos_embed_from_teacher
+    assert torch.equal(task.model.sam2clip.pos_embed, src.sam2clip.pos_embed)
