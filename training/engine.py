@@ -194,9 +194,11 @@ def lr_lambda(cfg: Dict[str, Any], total_steps: int, steps_per_ep: int) -> Calla
         raise ValueError(f"train.schedule must be cosine, multistep or constant, got {schedule!r}")
 
     def factor(step: int) -> float:
+        # Linear warmup as mmengine's LinearLR(start_factor=wf, begin=0, end=warmup), the reference's:
+        # wf at step 0, rising linearly to 1 at step warmup - 1 (mmengine: total_iters = end - begin - 1).
         w = 1.0
         if warmup > 0 and step < warmup:
-            w = wf + (1.0 - wf) * step / warmup
+            w = wf + (1.0 - wf) * step / max(1, warmup - 1)
         if schedule == "cosine":
             progress = min(1.0, step / max(1, total_steps))
             return w * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))

@@ -6,7 +6,9 @@ prompted, half by their box and half by one random point inside the mask;
 novel classes are dropped (``data.train_splits``). Losses:
 
 * softmax CE (weight 2) of the region embeddings' cosine logits against the
-  training vocabulary's text embeddings, with a background column (weight 0.1);
+  text embeddings of the whole vocabulary (``loss.class_list: all``, the
+  reference) or of the training splits' classes only (``train_splits``), with
+  a background column (weight 0.1);
 * mask BCE (5) + Dice (5) on uncertainty-sampled points (Mask2Former);
 * optional: IoU-head MSE (``loss.iou_weight``; ours, the reference has no IoU head).
 
@@ -60,13 +62,16 @@ DEFAULTS: Dict[str, Any] = {
     "train_prompt_encoder": False,  # reference: frozen (SAM's); True helps a randomly initialised one
     "train_sam2clip": False,  # reference: frozen after stage 1; True (ours) lets the mask loss refine it,
     #                           for a stage 1 whose teacher is weak (the shapes-world recipe)
+    "output_tokens": None,  # decoder token set to train: reference ([label, mask0], no IoU token) | sam |
+    #                          null = the model's own (a SAM-initialised model resolves 'auto' to sam)
     "data": {
         "annotations": None,  # COCO-format instances JSON
         "images": None,  # image root (file_name is relative to it); default: next to the JSON
         "vocabulary": None,  # load_vocabulary spec; default: the JSON's categories (+ their 'split')
         "train_splits": ["base"],  # classes trained on; instances of other splits are dropped (counted)
         "instances_per_image": 40,
-        "fill_instances": False,  # repeat instances (fresh prompts) up to instances_per_image (ours)
+        "fill_instances": False,  # fewer instances: repeat them (fresh prompts) up to instances_per_image:
+        #                           cycle (the reference: 0,1,2,0,1,2,...) | random (ours) | false
         "box_fraction": 0.5,  # share of box prompts; the rest are one random point inside the mask
         "scale_range": [0.9, 2.0],  # scale jitter (x resize-longest-side); LVIS reference: [0.1, 2.0]
         "flip": True,
@@ -86,6 +91,9 @@ DEFAULTS: Dict[str, Any] = {
         },
     },
     "loss": {
+        # Classes the softmax CE runs over: all = the whole vocabulary (the reference: 80 COCO classes,
+        # trained on base annotations only); train_splits = only the classes in data.train_splits (ours)
+        "class_list": "train_splits",
         "cls_weight": 2.0,
         "background_weight": 0.1,
         "mask_bce_weight": 5.0,
@@ -194,6 +202,14 @@ class Stage2Task(engine.Task):
         dcfg, lcfg = cfg["data"], cfg["loss"]
         seed = int(cfg["seed"])
         self.model = engine.build_model(cfg["model"], seed, resume_from).to(env.device)
+        tokens = cfg.get("output_tokens")
+        if tokens is not None:
+            if tokens not in ("reference", "sam"):
+                raise ValueError(f"output_tokens must be reference, sam or null, got {tokens!r}")
+            self.model.decoder.output_tokens = tokens
+        if self.model.decoder.output_tokens == "reference" and float(lcfg["iou_weight"]) > 0:
+            raise ValueError("loss.iou_weight > 0 needs the 'sam' token set: the reference token set "
+                             "([label, mask0]) has no IoU token to train (set loss.iou_weight=0 or output_tokens=sam)")
         self.trainable = engine.freeze_all_but(
             self.model, trainable_filter(self.model, float(lcfg["iou_weight"]), bool(cfg["train_prompt_encoder"]),
                                          bool(cfg["train_sam2clip"])))
@@ -216,13 +232,20 @@ class Stage2Task(engine.Task):
             train_idx = list(range(len(full)))
         if not train_idx:
             raise ValueError(f"no class of vocabulary '{full.name}' is in data.train_splits={dcfg['train_splits']}")
-        self.train_vocab = full.subset(train_idx, name=f"{full.name}:{'+'.join(dcfg['train_splits'] or ['all'])}")
-        label_map = {full_i: j for j, full_i in enumerate(train_idx)}
+        class_list = lcfg.get("class_list", "train_splits")
+        if class_list == "all":  # instances stay base-only (keep_splits); the CE runs over every class
+            self.train_vocab = full
+            label_map: Optional[Dict[int, int]] = None
+        elif class_list == "train_splits":
+            self.train_vocab = full.subset(train_idx, name=f"{full.name}:{'+'.join(dcfg['train_splits'] or ['all'])}")
+            label_map = {full_i: j for j, full_i in enumerate(train_idx)}
+        else:
+            raise ValueError(f"loss.class_list must be all or train_splits, got {class_list!r}")
         parts: List[Any] = [DetectionDataset(
             self.coco, size, seed=seed, instances_per_image=int(dcfg["instances_per_image"]),
             box_fraction=float(dcfg["box_fraction"]), scale_range=tuple(dcfg["scale_range"]), flip=bool(dcfg["flip"]),
             min_mask_area=int(dcfg["min_mask_area"]), label_map=label_map,
-            fill_instances=bool(dcfg["fill_instances"]))]
+            fill_instances=dcfg["fill_instances"])]
         repeats = [1]
         texts = [self.train_vocab]
         cf = dcfg.get("class_folders") or {}

@@ -116,6 +116,19 @@ def collate_images(items: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- stage 2
+FILL_MODES = ("off", "cycle", "random")
+
+
+def _fill_mode(value: Union[bool, str, None]) -> str:
+    if value is None or value is False:
+        return "off"
+    if value is True:
+        return "random"  # the meaning of `true` before the reference's cycling was added
+    if value not in FILL_MODES:
+        raise ValueError(f"data.fill_instances must be one of {FILL_MODES} (or true/false), got {value!r}")
+    return str(value)
+
+
 class DetectionDataset(Dataset):
     """COCO instances -> image + up to ``instances_per_image`` prompted instances.
 
@@ -124,9 +137,11 @@ class DetectionDataset(Dataset):
     replacement, make ``box_fraction`` of them box prompts and the rest one
     random foreground point each. Labels index the training vocabulary (the
     classes kept by ``coco.keep_splits``) through ``label_map``.
-    ``fill_instances``: images with fewer instances repeat them (with fresh
-    prompts) up to ``instances_per_image``: more mask supervision per image,
-    useful for small datasets with few objects per image (not in the reference).
+    ``fill_instances``: images with fewer instances repeat them, each repeat
+    with a fresh prompt kind / point, up to ``instances_per_image``.
+    ``"cycle"`` is the reference's (its data preprocessor tiles the instance
+    list and keeps the first N: 3 instances give 14/13/13 prompts); ``"random"``
+    (or ``True``, ours) draws the repeats at random; ``False``/``"off"`` does not fill.
     """
 
     source = 0
@@ -134,9 +149,9 @@ class DetectionDataset(Dataset):
     def __init__(self, coco: CocoInstances, image_size: int, seed: int = 0, instances_per_image: int = 40,
                  box_fraction: float = 0.5, scale_range: Tuple[float, float] = (1.0, 1.0), flip: bool = False,
                  min_mask_area: int = 32, label_map: Optional[Dict[int, int]] = None,
-                 fill_instances: bool = False) -> None:
+                 fill_instances: Union[bool, str] = False) -> None:
         self.coco = coco
-        self.fill_instances = bool(fill_instances)
+        self.fill_instances = _fill_mode(fill_instances)
         self.image_size = image_size
         self.seed = seed
         self.instances_per_image = int(instances_per_image)
@@ -161,10 +176,13 @@ class DetectionDataset(Dataset):
         if len(labels) > self.instances_per_image:
             pick = np.sort(rng.permutation(len(labels))[: self.instances_per_image])
             m, labels = m[pick], labels[pick]
-        elif self.fill_instances and 0 < len(labels) < self.instances_per_image:
+        elif self.fill_instances != "off" and 0 < len(labels) < self.instances_per_image:
             # repeat instances (each repeat gets its own prompt kind / point) to always have N prompts
-            pick = np.concatenate([np.arange(len(labels)),
-                                   rng.integers(0, len(labels), self.instances_per_image - len(labels))])
+            if self.fill_instances == "cycle":
+                pick = np.arange(self.instances_per_image) % len(labels)
+            else:
+                pick = np.concatenate([np.arange(len(labels)),
+                                       rng.integers(0, len(labels), self.instances_per_image - len(labels))])
             m, labels = m[pick], labels[pick]
         is_box = sample_prompt_kinds(rng, len(labels), self.box_fraction)
         points = random_points_in_masks(rng, m)
