@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 from typing import Callable, List, Optional, Sequence
 
 import torch
@@ -35,6 +36,7 @@ from open_clip.modified_resnet import ModifiedResNet
 from open_clip.timm_model import TimmModel
 
 from .errors import CheckpointError
+from .safe_load import load_state_dict_file
 from .config import SHAPES_CLIP, TINY_CONVNEXT_CLIP, TINY_RN_CLIP, BackboneConfig
 
 _TINY_TEXT_CFG = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}
@@ -280,9 +282,9 @@ def build_backbone(cfg: BackboneConfig, device: torch.device | str = "cpu") -> C
         _load_torchscript_weights(model, pretrained, cfg.model_name)
         return CLIPBackbone(model, cfg.model_name)
     try:
-        with _quiet_random_init(pretrained is None):
+        with _quiet_random_init(pretrained is None), _weights_only_copy(pretrained) as weights:
             model = open_clip.create_model(
-                cfg.model_name, pretrained=pretrained, device=device, force_quick_gelu=quick_gelu
+                cfg.model_name, pretrained=weights, device=device, force_quick_gelu=quick_gelu
             )
     except RuntimeError as err:
         if pretrained is None:
@@ -292,6 +294,31 @@ def build_backbone(cfg: BackboneConfig, device: torch.device | str = "cpu") -> C
             f"{pretrained}: not a valid open_clip {cfg.model_name!r} weights file: {_shorten(str(err))}"
         ) from err
     return CLIPBackbone(model, cfg.model_name)
+
+
+@contextlib.contextmanager
+def _weights_only_copy(path: Optional[str]):
+    """``path`` itself when torch's weights-only unpickler reads it as is (open_clip loads it
+    that way); otherwise, e.g. an mmengine checkpoint whose pickle also holds ``message_hub``
+    objects, its tensors read by :func:`~ovsam_ros.model.safe_load.safe_torch_load` (nothing in
+    the file runs) in a temporary tensors-only file, so open_clip's own loading (key conversion,
+    position-embedding resize) still does the rest."""
+    if path is None or path.endswith((".safetensors", ".npz", ".npy")) or not _names_foreign_globals(path):
+        yield path
+        return
+    state = load_state_dict_file(path)  # tensors under state_dict / model; refuses code payloads
+    with tempfile.TemporaryDirectory(prefix="ovsam_clip_") as tmp:
+        plain = os.path.join(tmp, os.path.basename(path))
+        torch.save(state, plain)
+        del state
+        yield plain
+
+
+def _names_foreign_globals(path: str) -> bool:
+    try:
+        return bool(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # not a torch zip (legacy format, junk): open_clip reports it
+        return False
 
 
 class _DropRandomInitNotice(logging.Filter):

@@ -58,7 +58,7 @@ from .keymaps import (
     ours_to_reference_key,
     reference_clip2sam_to_ours,
 )
-from .safe_load import safe_torch_load
+from .safe_load import extract_state_dict, load_state_dict_file, read_checkpoint
 from .sam_iou import SAMIoUScorer
 
 if TYPE_CHECKING:  # annotations only: the loaders take any module with these attributes
@@ -99,55 +99,6 @@ def _report(
         more = f", ... (+{len(mismatched) - 10} more)" if len(mismatched) > 10 else ""
         lines.append(f"  {len(mismatched)} shape mismatch(es): {', '.join(shown)}{more}")
     return "\n".join(lines)
-
-
-def read_checkpoint(path: PathLike, foreign: str = "stand_in") -> Any:
-    """The object in a weights file, read on CPU without running code from it.
-
-    ``.safetensors`` files go through ``safetensors``; pickles through
-    :func:`~ovsam_ros.model.safe_load.safe_torch_load` (torch's weights-only unpickler with
-    numpy / plain-data constructors allowed; ``foreign="stand_in"`` turns classes this
-    package does not know, e.g. mmengine's ``HistoryBuffer``, into inert stand-ins,
-    ``"refuse"`` rejects them).
-    """
-    path = os.path.expanduser(os.fspath(path))
-    if not os.path.exists(path):
-        raise CheckpointNotFoundError(f"checkpoint file not found: {path}")
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: not a file")
-    if path.endswith(".safetensors"):
-        try:
-            from safetensors.torch import load_file
-        except ImportError as err:  # pragma: no cover - optional dependency
-            raise CheckpointError(f"{path}: reading .safetensors needs the 'safetensors' package") from err
-        try:
-            return load_file(path, device="cpu")
-        except Exception as err:
-            raise CheckpointError(f"{path}: not a readable safetensors file: {err}") from err
-    return safe_torch_load(path, foreign=foreign)
-
-
-def extract_state_dict(obj: Any, path: PathLike) -> StateDict:
-    """The tensor mapping inside a checkpoint (``state_dict`` / ``model`` / plain)."""
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):
-            if key in obj and isinstance(obj[key], Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path}: expected a state dict, found {type(obj).__name__}")
-    sd = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-    if not sd:
-        raise CheckpointError(f"{path}: contains no tensors (keys: {_fmt_keys(map(str, obj.keys()))})")
-    if all(k.startswith("module.") for k in sd):  # saved from DistributedDataParallel
-        sd = {k[len("module.") :]: v for k, v in sd.items()}
-    return sd
-
-
-def load_state_dict_file(path: PathLike) -> StateDict:
-    """The tensors of a weights file (under ``state_dict`` / ``model`` if present); every other
-    entry (mmengine ``meta``, ``message_hub``, optimizer state, ...) is read inertly and dropped."""
-    return extract_state_dict(read_checkpoint(path), path)
 
 
 def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> StateDict:

@@ -28,6 +28,9 @@ allow-list with ``torch.serialization.safe_globals``:
 With ``foreign="refuse"`` (formats this package writes itself: model files, training
 state) an unknown global is an error: our files never hold one, so one there means the
 file is not ours or was tampered with.
+
+:func:`read_checkpoint` adds ``.safetensors`` and clear not-found errors on top;
+:func:`load_state_dict_file` keeps only the tensors under ``state_dict`` / ``model``.
 """
 
 from __future__ import annotations
@@ -37,13 +40,14 @@ import os
 import pathlib
 import pickle
 import threading
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import torch
 
-from .errors import CheckpointError, UnsafeCheckpointError
+from .errors import CheckpointError, CheckpointNotFoundError, UnsafeCheckpointError
 
 PathLike = Union[str, "os.PathLike[str]"]
+StateDict = Dict[str, torch.Tensor]
 
 # Modules whose globals can only mean "run something": refused up front, with a clear message.
 # torch's weights-only unpickler blocks os/posix/nt/sys itself, with a less readable one.
@@ -177,6 +181,60 @@ def safe_torch_load(path: PathLike, foreign: str = "stand_in") -> Any:
                               f"{str(err).splitlines()[0] if str(err) else ''}") from err
 
 
+def read_checkpoint(path: PathLike, foreign: str = "stand_in") -> Any:
+    """The object in a weights file, read on CPU without running code from it.
+
+    ``.safetensors`` files go through ``safetensors``; pickles through
+    :func:`safe_torch_load` (torch's weights-only unpickler with
+    numpy / plain-data constructors allowed; ``foreign="stand_in"`` turns classes this
+    package does not know, e.g. mmengine's ``HistoryBuffer``, into inert stand-ins,
+    ``"refuse"`` rejects them).
+    """
+    path = os.path.expanduser(os.fspath(path))
+    if not os.path.exists(path):
+        raise CheckpointNotFoundError(f"checkpoint file not found: {path}")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: not a file")
+    if path.endswith(".safetensors"):
+        try:
+            from safetensors.torch import load_file
+        except ImportError as err:  # pragma: no cover - optional dependency
+            raise CheckpointError(f"{path}: reading .safetensors needs the 'safetensors' package") from err
+        try:
+            return load_file(path, device="cpu")
+        except Exception as err:
+            raise CheckpointError(f"{path}: not a readable safetensors file: {err}") from err
+    return safe_torch_load(path, foreign=foreign)
+
+
+def extract_state_dict(obj: Any, path: PathLike) -> StateDict:
+    """The tensor mapping inside a checkpoint (``state_dict`` / ``model`` / plain)."""
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: expected a state dict, found {type(obj).__name__}")
+    sd = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not sd:
+        raise CheckpointError(f"{path}: contains no tensors (keys: {_keys(obj)})")
+    if all(k.startswith("module.") for k in sd):  # saved from DistributedDataParallel
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
+    return sd
+
+
+def load_state_dict_file(path: PathLike) -> StateDict:
+    """The tensors of a weights file (under ``state_dict`` / ``model`` if present); every other
+    entry (mmengine ``meta``, ``message_hub``, optimizer state, ...) is read inertly and dropped."""
+    return extract_state_dict(read_checkpoint(path), path)
+
+
+def _keys(obj: Mapping[Any, Any], limit: int = 10) -> str:
+    keys = sorted(map(str, obj.keys()))
+    return ", ".join(keys[:limit]) + (f", ... (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
 def _weights_only_detail(message: str) -> str:
     # torch wraps the unpickler's reason in a long generic text; keep the reason line.
     for line in message.splitlines():
@@ -185,4 +243,4 @@ def _weights_only_detail(message: str) -> str:
     return message.splitlines()[0] if message else "unsupported content"
 
 
-__all__ = ["ForeignObject", "safe_torch_load"]
+__all__ = ["ForeignObject", "extract_state_dict", "load_state_dict_file", "read_checkpoint", "safe_torch_load"]

@@ -187,3 +187,27 @@ def test_unreadable_file_is_a_checkpoint_error(tmp_path):
     junk.write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(CheckpointError, match="junk.pth: not a readable PyTorch checkpoint"):
         read_checkpoint(junk)
+
+
+def test_open_clip_weights_in_an_mmengine_checkpoint_load_through_open_clip(tmp_path, monkeypatch):
+    """open_clip reads its weights with torch's plain weights-only unpickler, which refuses the
+    foreign classes: the backbone hands it a tensors-only copy read by the safe loader."""
+    import open_clip
+
+    from ovsam_ros.model import BackboneConfig, build_backbone
+    from ovsam_ros.model.backbone import register_tiny_clip_configs
+
+    register_tiny_clip_configs()
+    torch.manual_seed(7)
+    source = open_clip.create_model("ovsam-tiny-rn").state_dict()
+    path = tmp_path / "epoch_12.pth"
+    _save_with_foreign_classes(monkeypatch, path, _mmengine_checkpoint(source))
+    clip = build_backbone(BackboneConfig("ovsam-tiny-rn", str(path))).clip
+    for k, v in source.items():
+        assert torch.equal(clip.state_dict()[k], v), k
+
+    marker = tmp_path / "pwned"
+    torch.save({"state_dict": source, "meta": _payloads(marker)["subprocess.call"]}, path)
+    with pytest.raises(UnsafeCheckpointError, match="Nothing from the file was executed"):
+        build_backbone(BackboneConfig("ovsam-tiny-rn", str(path)))
+    assert not marker.exists()
