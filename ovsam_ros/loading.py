@@ -22,8 +22,9 @@ because an untrained recognition head gives meaningless labels.
       text_cache_dir: ~/.cache/ovsam_ros/text
       optimize: true             # inference path: BN folded, weights in the inference dtype, fused attention
       attention: chunked         # SAM2CLIP rel-pos attention: chunked (any device) | flex (compiled, CUDA) | full
-      compile: off               # off | reduce-overhead (CUDA graphs) | max-autotune | default; CUDA only
-      compile_cache_dir: ~/.cache/ovsam_ros/compile   # persistent compile cache (warm restarts in seconds)
+      compile: off               # off | reduce-overhead / max-autotune (CUDA graphs, CUDA only) | default (also CPU)
+      compile_cache_dir: default # persistent compile cache: default = $XDG_CACHE_HOME/ovsam_ros/compile
+                                 # (~/.cache/ovsam_ros/compile); a path; null = none
       names_only: false          # true: each class encoded from its name alone (the reference's LVIS text)
       max_synonyms: null         # at most N synonyms per class (null: all)
       resize: pil                # pil (segment_anything's) | cv2 (the reference's bilinear resize)
@@ -111,8 +112,8 @@ class PredictorSpec:
     text_cache_dir: Optional[str] = "~/.cache/ovsam_ros/text"
     optimize: bool = True  # False: the plain modules under autocast (A/B comparisons)
     attention: str = "chunked"  # ovsam_ros.model.inference.REL_POS_ATTENTIONS (inference path only)
-    compile: str = "off"  # torch.compile mode on CUDA (ovsam_ros.model.compile.COMPILE_MODES); ignored on CPU
-    compile_cache_dir: Optional[str] = "~/.cache/ovsam_ros/compile"
+    compile: str = "off"  # torch.compile mode (ovsam_ros.model.compile.COMPILE_MODES); CUDA-graph modes: CUDA only
+    compile_cache_dir: Optional[str] = "default"  # the user's cache (XDG_CACHE_HOME respected); None: no cache
     # everything(): with the published decoder (no IoU head), score masks with an extra pass of
     # SAM's own decoder from model.sam_checkpoint (needs that file; masks are unchanged).
     sam_iou: bool = True
@@ -308,7 +309,7 @@ def build_predictor(source: Union[str, Path, dict[str, Any]], **overrides: Any):
         optimize=predictor_spec.optimize,
         attention=predictor_spec.attention,
         compile=predictor_spec.compile,
-        compile_cache_dir=_expand(predictor_spec.compile_cache_dir) if predictor_spec.compile_cache_dir else None,
+        compile_cache_dir=predictor_spec.compile_cache_dir,  # resolved by ovsam_ros.model.compile
         iou_scorer=iou_scorer,
         clip_ensemble=predictor_spec.clip_ensemble,
         ensemble_alpha=predictor_spec.ensemble_alpha,

@@ -106,14 +106,15 @@ class OVSAMPredictor:
         self.optimized = bool(optimize) and isinstance(model, OVSAM)
         if self.optimized:
             prepare_for_inference(self.model, PRECISIONS[self.precision], attention=attention)
-        # compile: torch.compile mode (e.g. "reduce-overhead": CUDA graphs) on CUDA only; the
-        # compiled artefacts are saved to compile_cache_dir after the first frame, so a restart
-        # with a warm cache starts in seconds. Ignored (logged) on CPUs.
+        # compile: torch.compile mode ("reduce-overhead": CUDA graphs, CUDA only, ignored and logged
+        # elsewhere; "default": inductor, CPU too); the compiled artefacts are saved to
+        # compile_cache_dir ("default": the user's cache) after the first frame, so a restart with a
+        # warm cache skips compilation.
         self._compile_cache = None
         self.compiled = False
         if check_compile_mode(compile) != "off" and isinstance(model, OVSAM):
             self._compile_cache = compile_model(self.model, compile, compile_cache_dir, self.device)
-            self.compiled = self.device.type == "cuda"
+            self.compiled = getattr(self.model, "_compile_mode", None) is not None
         self._compile_saved: set[str] = set()
         self._packed_text: Optional[PackedText] = None
         # Resize/normalise/pad where the model runs: on a GPU that is ~0.2 ms instead of ~10 ms

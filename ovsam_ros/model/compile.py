@@ -7,8 +7,10 @@ FX-graph and autotuning caches go to ``cache_dir``, and the compiled artefacts a
 as one "mega-cache" file after the first frame, so a node restart with a warm cache skips
 compilation and autotuning.
 
-Guarded: on anything but a CUDA device it does nothing and says so (CPU runs and CI are
-unaffected). Outputs of CUDA-graph functions live in memory the next replay overwrites, so
+The CUDA-graph modes (``reduce-overhead``, ``max-autotune``) only act on a CUDA device: elsewhere
+they do nothing and say so (CPU runs and CI are unaffected). The inductor-only modes (``default``,
+``max-autotune-no-cudagraphs``) compile on the CPU too (fused C++ kernels; slow to compile, which is
+what the persistent cache is for). Outputs of CUDA-graph functions live in memory the next replay overwrites, so
 the wrappers hand back clones (one device copy per call; cheap next to the launches saved).
 """
 
@@ -26,7 +28,29 @@ log = logging.getLogger(__name__)
 
 #: Accepted ``compile`` settings (model YAML ``predictor.compile``, node parameter via the YAML).
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: Modes that capture CUDA graphs: only meaningful on a CUDA device.
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 _MEGA_CACHE = "ovsam_compile_artifacts.bin"
+#: ``compile_cache_dir`` value meaning "the user's cache": ``$XDG_CACHE_HOME/ovsam_ros/compile``
+#: (``~/.cache/ovsam_ros/compile`` when XDG_CACHE_HOME is unset or empty).
+DEFAULT_CACHE = "default"
+
+
+def default_compile_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/ovsam_ros/compile``, or ``~/.cache/ovsam_ros/compile`` (XDG base directory spec)."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    root = Path(base) if base and os.path.isabs(base) else Path.home() / ".cache"  # relative: ignored, per spec
+    return root / "ovsam_ros" / "compile"
+
+
+def resolve_compile_cache_dir(value: Optional[Union[str, Path]]) -> Optional[Path]:
+    """A ``compile_cache_dir`` setting -> directory: ``default`` = :func:`default_compile_cache_dir`,
+    ``None`` / ``""`` / ``off`` = no persistent cache, anything else a path (``~`` and ``$VARS`` expanded)."""
+    if value is None or value is False or str(value).strip() in ("", "off", "none", "null"):
+        return None
+    if str(value) == DEFAULT_CACHE:
+        return default_compile_cache_dir()
+    return Path(os.path.expandvars(os.path.expanduser(str(value))))
 
 
 def check_compile_mode(mode: Optional[str]) -> str:
@@ -50,7 +74,8 @@ class CompileCache:
         self.directory = Path(os.path.expanduser(str(directory)))
         self.directory.mkdir(parents=True, exist_ok=True)
         self.saved = False
-        # Read lazily by inductor when it first compiles: set before any compilation.
+        # Inductor's own caches live under the same directory (one place to keep or delete); read
+        # lazily by inductor when it first compiles: set before any compilation.
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.directory / "inductor"))
         os.environ.setdefault("TRITON_CACHE_DIR", str(self.directory / "triton"))
         import torch._inductor.config as inductor_config
@@ -90,15 +115,21 @@ class CompileCache:
 
 
 def compile_model(model: Any, mode: str, cache_dir: Optional[Union[str, Path]], device: torch.device) -> Optional[CompileCache]:
-    """Compile ``model``'s image path and decoder in place (CUDA only); returns the cache (or None)."""
+    """Compile ``model``'s image path and decoder in place; returns the cache (or None).
+
+    CUDA-graph modes compile on CUDA only (elsewhere: logged, nothing done, returns None).
+    ``cache_dir``: a directory, or ``default`` (the user's cache), or None (no persistent cache)."""
     mode = check_compile_mode(mode)
     if mode == "off":
         return None
-    if torch.device(device).type != "cuda":
-        log.info("compile=%s ignored on %s: CUDA graphs and inductor autotuning only pay off on a GPU", mode, device)
+    cuda = torch.device(device).type == "cuda"
+    if mode in CUDA_GRAPH_MODES and not cuda:
+        log.info("compile=%s ignored on %s: CUDA graphs only exist on a GPU (compile=default compiles for "
+                 "the CPU)", mode, device)
         return None
-    cache = CompileCache(cache_dir) if cache_dir else None
-    graphs = mode in ("reduce-overhead", "max-autotune")  # these modes use CUDA graphs
+    directory = resolve_compile_cache_dir(cache_dir)
+    cache = CompileCache(directory) if directory is not None else None
+    graphs = mode in CUDA_GRAPH_MODES
 
     def wrap(fn: Callable[..., Any], dynamic: bool) -> Callable[..., Any]:
         compiled = torch.compile(fn, mode=mode, dynamic=dynamic, fullgraph=False)
@@ -108,4 +139,5 @@ def compile_model(model: Any, mode: str, cache_dir: Optional[Union[str, Path]], 
     model.sam2clip.forward = wrap(model.sam2clip.forward, False)
     model.clip2sam.fpn.forward = wrap(model.clip2sam.fpn.forward, False)
     model.decoder.forward = wrap(model.decoder.forward, True)
+    model._compile_mode = mode
     return cache

@@ -237,6 +237,7 @@ class OVSAMNode(LifecycleNode):
             predictor = build_predictor(s.model, vocabulary=s.vocabulary or None, device=s.device or None,
                                         precision=s.precision or None, top_k=s.top_k,
                                         clip_ensemble={"on": True, "off": False}.get(s.clip_ensemble),
+                                        compile=s.compile or None,
                                         names_only={"names": True, "all": False}.get(s.synonyms))
         except Exception as error:  # a missing checkpoint, bad YAML, no CUDA, ...
             return self._fail("configure", f"could not load model {s.model!r}: {type(error).__name__}: {error}")

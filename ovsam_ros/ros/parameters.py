@@ -64,6 +64,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Label with the reference's frozen-CLIP ensemble (learned x CLIP geometric mean; what makes "
               "novel classes work): on | off; '' = the model YAML's (on for the published rn50x16 configs).",
               choices=("", "on", "off"), when="configure"),
+    ParamSpec("compile", "",
+              "torch.compile the model: reduce-overhead | max-autotune (CUDA graphs; CUDA only) | default | "
+              "max-autotune-no-cudagraphs (CPU too) | off; '' = the model YAML's (off). The first start compiles "
+              "(minutes); the artefacts go to the model YAML's compile_cache_dir ($XDG_CACHE_HOME/ovsam_ros/"
+              "compile by default), so a restart with a warm cache skips compilation.",
+              choices=("", "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+              when="configure"),
     ParamSpec("synonyms", "",
               "Which texts name a class: all (every synonym the vocabulary lists) | names (the class name "
               "alone, as the reference encodes LVIS); '' = the model YAML's (names for rn50x16 LVIS). Applies "
@@ -228,6 +235,7 @@ class NodeSettings:
     device: str = ""
     precision: str = ""
     clip_ensemble: str = ""
+    compile: str = ""
     synonyms: str = ""
     image_transport: str = "raw"
     input_reliability: str = "best_effort"

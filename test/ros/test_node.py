@@ -451,6 +451,24 @@ def test_clear_prompts_service(make_node):
 
 
 # ----------------------------------------------------------------------------- parameters, lifecycle
+def test_compile_parameter_reaches_the_predictor(make_node, monkeypatch):
+    import ovsam_ros.loading as loading
+
+    seen = []
+    real = loading.build_predictor
+
+    def recording(source, **overrides):
+        seen.append(overrides.get("compile"))
+        return real(source, **overrides)
+
+    monkeypatch.setattr(loading, "build_predictor", recording)
+    make_node(name="ovsam_compile_a")  # '' = the model YAML's: no override
+    node = make_node(name="ovsam_compile_b", compile="reduce-overhead")  # CUDA graphs: a no-op on this CPU
+    assert seen == [None, "reduce-overhead"]
+    assert not node.predictor.compiled
+    assert feed(node, make_image(test_image())) is None  # prompt mode, nothing asked: the node still runs
+
+
 def test_bad_parameter_values_are_rejected_with_a_reason(make_node):
     node = make_node()
     for name, value, why in (("mode", "dance", "one of"), ("top_k", 0, "range"), ("precision", "fp8", "one of"),
