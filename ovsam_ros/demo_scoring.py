@@ -19,6 +19,13 @@ import numpy as np
 #: IoU at which a text query's best mask counts as finding the object (as in ``ovsam-evaluate``).
 QUERY_HIT_IOU = 0.5
 
+#: Everything-mode settings the world demo's text queries pick candidates with (node
+#: parameters of ``ovsam demo``; the demo model's recipe and tests score text queries with the
+#: same). The trained single-mask token's IoU / stability estimates of the small shapes model
+#: sit lower than SAM's (0.8 / 0.9 keep no mask); a 12x12 grid covers every object of the world.
+WORLD_EVERYTHING = {"points_per_side": 12, "pred_iou_thresh": 0.5, "stability_score_thresh": 0.8,
+                    "min_mask_area": 64}
+
 
 @dataclass
 class TruthObject:

@@ -117,6 +117,9 @@ class PredictorSpec:
     # everything(): with the published decoder (no IoU head), score masks with an extra pass of
     # SAM's own decoder from model.sam_checkpoint (needs that file; masks are unchanged).
     sam_iou: bool = True
+    # everything()/text queries: SAM's 3 multimask tokens per grid point; false for a "sam"-token
+    # decoder trained by our stage 2, which trains only the single-mask token (tokens 1-3 random).
+    everything_multimask: bool = True
     # Label with the reference's frozen-CLIP ensemble (learned x CLIP geometric mean, alpha for
     # base classes, beta for novel ones; see OVSAMPredictor.ensemble_logits). The published
     # rn50x16 configs turn it on; it needs the CLIP image head (PyTorch backend).
@@ -317,5 +320,6 @@ def build_predictor(source: Union[str, Path, dict[str, Any]], **overrides: Any):
         names_only=predictor_spec.names_only,
         max_synonyms=predictor_spec.max_synonyms,
         resize=predictor_spec.resize,
+        everything_multimask=predictor_spec.everything_multimask,
     )
     return predictor

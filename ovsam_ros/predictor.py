@@ -93,6 +93,7 @@ class OVSAMPredictor:
         names_only: bool = False,
         max_synonyms: Optional[int] = None,
         resize: str = "pil",
+        everything_multimask: bool = True,
     ) -> None:
         self.device = resolve_device(device)
         self.precision = check_precision(precision)
@@ -150,6 +151,10 @@ class OVSAMPredictor:
         check_synonym_options(max_synonyms, names_only)
         self.names_only = names_only
         self.max_synonyms = max_synonyms
+        # everything(): SAM's 3 multimask tokens per grid point (SAM's generator). False: the single
+        # mask token, for "sam"-token decoders whose stage 2 trained only that token (as the
+        # reference does): tokens 1-3 then keep their random init and their masks are noise.
+        self.everything_multimask = bool(everything_multimask)
         self.text: Optional[TextEmbeddings] = None
         self._text_encoder_instance: Optional[OpenCLIPTextEncoder] = None
         self._text_weights_id: Optional[str] = None
@@ -490,7 +495,8 @@ class OVSAMPredictor:
         Follows ``segment_anything``'s automatic mask generator (single crop).
         What is filtered depends on the decoder's token set:
 
-        * ``"sam"`` tokens: 3 masks per point, filtered by the decoder's own
+        * ``"sam"`` tokens: 3 masks per point (1, the single-mask token, when
+          ``everything_multimask`` is False), filtered by the decoder's own
           predicted IoU and by stability score, NMS ranked by predicted IoU;
         * ``"reference"`` tokens (published OVSAM decoder, no IoU head): 1 mask
           per point, filtered by stability score; with an ``iou_scorer`` (SAM's
@@ -512,7 +518,7 @@ class OVSAMPredictor:
             points = grid[start : start + opts.points_per_batch]
             coords = self.transform.apply_coords(points[:, None, :], self.original_size).to(self.device)
             labels = torch.ones(coords.shape[:2], dtype=torch.int64, device=self.device)
-            decoded = self._run_decoder(coords, labels, None, None, multimask_output=True)
+            decoded = self._run_decoder(coords, labels, None, None, multimask_output=self.everything_multimask)
             if decoded["iou"].shape[1] == 1 and self.iou_scorer is not None and bool(decoded["iou"].isnan().all()):
                 decoded["iou"] = self._sam_iou(coords, labels).unsqueeze(1)
             decoded = {key: value.flatten(0, 1) for key, value in decoded.items()}

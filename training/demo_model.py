@@ -63,7 +63,17 @@ def evaluate_model(checkpoint: Path, annotations: str, images: str, max_images: 
     coco = CocoInstances(annotations, images)
     predictor = build_eval_predictor(str(checkpoint), None, "cpu", "fp32", "single")
     return evaluate(predictor, coco, ("box", "point"), max_images=max_images, progress=False,
-                    text_queries=text_queries)
+                    text_queries=text_queries, query_options=world_query_options(predictor))
+
+
+def world_query_options(predictor):
+    """Text queries as ``ovsam demo`` sends them on world scenes: the shapes model's candidates
+    come from its single trained mask token (stage 2 trains no other), with the demo's settings."""
+    from ovsam_ros.demo_scoring import WORLD_EVERYTHING
+    from ovsam_ros.predictor import EverythingOptions
+
+    predictor.everything_multimask = False
+    return EverythingOptions(**WORLD_EVERYTHING)
 
 
 def headline(metrics: Dict[str, Any]) -> Dict[str, Optional[float]]:

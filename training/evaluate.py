@@ -63,9 +63,10 @@ QUERY_HIT_IOU = 0.5
 
 
 def text_query_hits(predictor, instances: Sequence[Any], masks: Sequence[np.ndarray], vocab,
-                    split_of) -> List[Dict[str, Any]]:
-    """Query every class present in the current image (everything-mode candidates computed once)."""
-    candidates = predictor.everything()
+                    split_of, options=None) -> List[Dict[str, Any]]:
+    """Query every class present in the current image (everything-mode candidates computed once,
+    with ``options``: an ``EverythingOptions``, default SAM's generator settings)."""
+    candidates = predictor.everything(options)
     rows = []
     for label in sorted({inst.label for inst in instances}):
         truth = [m for inst, m in zip(instances, masks) if inst.label == label]
@@ -77,7 +78,8 @@ def text_query_hits(predictor, instances: Sequence[Any], masks: Sequence[np.ndar
 
 def evaluate(predictor, coco: CocoInstances, prompts: Sequence[str] = PROMPT_TYPES,
              baselines: Sequence[str] = (), max_images: Optional[int] = None, multimask: bool = False,
-             progress: bool = True, text_queries: bool = False, point_rule: str = "reference") -> Dict[str, Any]:
+             progress: bool = True, text_queries: bool = False, point_rule: str = "reference",
+             query_options=None) -> Dict[str, Any]:
     """Run the protocol; returns the metrics dict (see module doc).
 
     As the reference: instances of classes split ``unused`` (COCO's 15 classes outside the
@@ -150,7 +152,7 @@ def evaluate(predictor, coco: CocoInstances, prompts: Sequence[str] = PROMPT_TYP
                 records[kind].append(row)
         if text_queries:
             query_rows += text_query_hits(predictor, [i for i, _ in valid], [m for _, m in valid], vocab,
-                                          coco.split_of)
+                                          coco.split_of, query_options)
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -292,6 +294,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--text-queries", action="store_true",
                         help="also query every class present in an image by name (everything-mode masks) and "
                              "report the hit rate (best mask IoU >= 0.5 with an instance of that class)")
+    query = parser.add_argument_group("text queries (everything-mode candidates)")
+    query.add_argument("--query-points-per-side", type=int, default=16, help="point grid size (default 16)")
+    query.add_argument("--query-iou-thresh", type=float, default=0.8,
+                       help="drop candidates with a lower predicted IoU (default 0.8, SAM's generator)")
+    query.add_argument("--query-stability-thresh", type=float, default=0.9,
+                       help="drop candidates with a lower stability score (default 0.9, SAM's generator)")
+    query.add_argument("--query-min-area", type=int, default=0, help="drop candidates with fewer pixels")
+    query.add_argument("--everything-multimask", default="auto", choices=["auto", "on", "off"],
+                       help="candidates from SAM's 3 multimask tokens (on) or the single trained mask token (off); "
+                            "auto: the model YAML's predictor option everything_multimask, on for checkpoints")
     parser.add_argument("--multimask", action="store_true",
                         help="let the decoder propose 3 masks and keep the best by predicted IoU "
                              "(default: the single trained mask, as in the reference)")
@@ -319,9 +331,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         predictor = build_eval_predictor(args.checkpoint, args.model, args.device, args.precision, args.templates,
                                          args.clip_weights, clip_ensemble=args.clip_ensemble == "on",
                                          names_only={"names": True, "all": False}.get(args.synonyms))
+        if args.everything_multimask != "auto":
+            predictor.everything_multimask = args.everything_multimask == "on"
+        from ovsam_ros.predictor import EverythingOptions
+
+        query_options = EverythingOptions(
+            points_per_side=args.query_points_per_side, pred_iou_thresh=args.query_iou_thresh,
+            stability_score_thresh=args.query_stability_thresh, min_mask_area=args.query_min_area)
         metrics = evaluate(predictor, coco, args.prompts, args.baselines, args.max_images, args.multimask,
                            progress=not args.no_progress, text_queries=args.text_queries,
-                           point_rule=args.point_rule)
+                           point_rule=args.point_rule, query_options=query_options)
     except (DataError, FileNotFoundError, ValueError) as err:
         print(f"ovsam-evaluate: error: {err}", file=sys.stderr)
         return 2

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from ovsam_ros.demo_scoring import WORLD_EVERYTHING
 from ovsam_ros.prompts import Prompt
 
 NAMESPACE = "/ovsam_demo"
@@ -223,9 +224,8 @@ def run_ros_demo(
     ]
     if world:
         # text queries pick among everything-mode masks: a 12 x 12 grid covers every object
-        overrides += [Parameter("points_per_side", value=12), Parameter("pred_iou_thresh", value=0.5),
-                      Parameter("stability_score_thresh", value=0.8), Parameter("min_mask_area", value=64),
-                      Parameter("max_instances", value=5)]
+        overrides += [Parameter(name, value=value) for name, value in WORLD_EVERYTHING.items()]
+        overrides += [Parameter("max_instances", value=5)]
     else:
         # An untrained model's IoU / stability estimates are noise: keep every mask, show a few.
         overrides += [Parameter("points_per_side", value=8), Parameter("pred_iou_thresh", value=0.0),

@@ -58,6 +58,7 @@ def test_ovsam_checkpoint_round_trip_through_yaml(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="ovsam_ros.loading"):
         loaded = build_predictor(tmp_path / "model.yaml")
     assert loaded.trained and "UNTRAINED" not in caplog.text
+    assert loaded.everything_multimask  # SAM's generator unless the model YAML says otherwise
     original = OVSAMPredictor(model, vocabulary="cat, dog")
     image = np.random.default_rng(2).integers(0, 255, (120, 90, 3), dtype=np.uint8)
     results = []
@@ -82,6 +83,16 @@ def test_synonym_options_flow_from_the_yaml_and_overrides(tmp_path):
         build_predictor({**base, "predictor": {**base["predictor"], "max_synonyms": 0}})
     assert overridden.transform.resize == "pil"  # segment_anything's, unless the YAML says cv2
     assert build_predictor({**base, "predictor": {**base["predictor"], "resize": "cv2"}}).transform.resize == "cv2"
+
+
+def test_model_yaml_selects_the_single_mask_token_for_everything_mode(tmp_path):
+    save_ovsam(tiny_model(seed=5), tmp_path / "trained.pt")
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump({
+        "model": {"ovsam_checkpoint": str(tmp_path / "trained.pt")},
+        "predictor": {"vocabulary": "cat, dog", "device": "cpu", "text_cache_dir": None,
+                      "everything_multimask": False},
+    }))
+    assert not build_predictor(tmp_path / "model.yaml").everything_multimask
 
 
 def test_published_configs_follow_the_reference_configs():

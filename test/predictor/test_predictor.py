@@ -191,6 +191,33 @@ def test_everything_mode_filters_and_deduplicates(predictor, image):
     assert strict == []
 
 
+def test_everything_single_mask_token_proposes_what_single_mask_prompts_give(image):
+    """everything_multimask=False: each grid point's candidate is the single-mask token's answer to
+    that point as a prompt (predict, multimask_output=False), not one of tokens 1-3."""
+    from segment_anything.utils.amg import build_point_grid
+
+    predictor = OVSAMPredictor(tiny_model(seed=3), vocabulary="cat, dog")
+    predictor.set_image(image)
+    grid = build_point_grid(2) * np.array([[image.shape[1], image.shape[0]]])
+    prompts = [Prompt(points=[list(p)]) for p in grid]
+    single = [r.low_res_logits for r in predictor.predict(prompts, multimask_output=False)]
+    multi = [r.low_res_logits for r in predictor.predict(prompts, multimask_output=True, keep="all")]
+    keep_all = EverythingOptions(points_per_side=2, pred_iou_thresh=-1e9, stability_score_thresh=0.0,
+                                 box_nms_thresh=1.0, min_mask_area=-1)
+
+    def matches(found, pool):
+        return all(any(np.allclose(f, p, atol=1e-4) for p in pool) for f in found)
+
+    assert predictor.everything_multimask  # SAM's generator by default
+    default = [r.low_res_logits for r in predictor.everything(keep_all)]
+    assert len(prompts) < len(default) <= 3 * len(prompts)
+    assert matches(default, multi) and not matches(default[:1], single)
+    predictor.everything_multimask = False
+    found = [r.low_res_logits for r in predictor.everything(keep_all)]
+    assert 1 <= len(found) <= len(prompts)
+    assert matches(found, single) and not matches(found[:1], multi)
+
+
 def test_vocabulary_switch_empty_vocabulary_and_text_cache(image, tmp_path, monkeypatch):
     import ovsam_ros.predictor as predictor_module
 
