@@ -167,6 +167,30 @@ def test_reference_token_layout_exports_one_decoder(tmp_path):
     assert checked_label == 10
 
 
+def test_export_check_fails_on_wrong_roi_boxes(tmp_path, monkeypatch):
+    """The exporter's own check (the manifest's ``ok``) must not pass an export whose RoI boxes are wrong:
+    mask boxes one pixel short on the right (x1 without its +1) are NOT explained by logit noise."""
+    from ovsam_ros.export.onnx_export import DecoderGraph, box_within_logit_noise
+
+    right = DecoderGraph.mask_boxes
+
+    def short(masks):
+        boxes = right(masks)
+        return torch.cat([boxes[..., :2], (boxes[..., 2:3] - 1).clamp(min=0), boxes[..., 3:]], dim=-1)
+
+    monkeypatch.setattr(DecoderGraph, "mask_boxes", staticmethod(short))
+    check = export_onnx(tiny(seed=3, output_tokens="reference"), tmp_path, text_tower=False)["check"]
+    assert not check["ok"] and "roi_boxes" in check["failures"], check["summary"]
+    assert check["roi_box_mismatches_unexplained"] > 0 and "BEYOND" in check["summary"]
+    # by hand: a 4x4 logit map whose pixel (row 1, col 3) is +1e-6 (noise) and the rest of column 3 negative
+    logits = torch.full((1, 1, 4, 4), -5.0)
+    logits[0, 0, 1:3, 0:3] = 5.0
+    logits[0, 0, 1, 3] = 1e-6
+    boxes_px = np.array([[[0.0, 4.0, 12.0, 12.0]], [[0.0, 4.0, 16.0, 12.0]], [[0.0, 4.0, 8.0, 12.0]]])  # x 4 px/cell
+    ok = box_within_logit_noise(boxes_px, logits.expand(3, 1, 4, 4), noise=1e-4, image_size=16)
+    assert ok[:, 0].tolist() == [True, True, False]  # without / with the noisy column: fine; cutting a sure one: not
+
+
 def test_sam_point_inputs_follow_sam_padding_and_box_tokens():
     coords = torch.tensor([[[10.0, 20.0]], [[30.0, 40.0]]])
     labels = torch.tensor([[1], [0]])
