@@ -205,3 +205,27 @@ def test_end_to_end_with_tiny_open_clip():
     dog = vocab.find("dog")
     labels = topk_labels(class_logits(text.embeddings[dog, :1] * 5, text), vocab, k=1)
     assert labels[0][0][:2] == (dog, "dog")
+
+    # A region that comes from an IMAGE through CLIP's image tower (not a class's own text embedding): its top-3
+    # labels and scores equal the rule written out by hand from open_clip's encoders: each synonym's prompt
+    # encoded alone, cosine x exp(4.6052), max over the class's synonyms, softmax with a background logit 0.
+    from ovsam_ros.model.vocabulary import get_templates
+
+    image = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        regions = model.encode_image(image)
+        template = get_templates("single")[0]
+        tok = open_clip.get_tokenizer(name)
+        hand = torch.full((2, len(vocab)), -torch.inf)
+        for c, synonyms in enumerate(vocab.synonyms):
+            t = F.normalize(model.encode_text(tok([template.format(s) for s in synonyms])), dim=-1)
+            hand[:, c] = (F.normalize(regions, dim=-1) @ t.t()).amax(dim=1) * math.exp(4.6052)
+    probs = torch.cat([hand, torch.zeros(2, 1)], dim=1).softmax(dim=-1)[:, :-1]
+    assert max(len(s) for s in vocab.synonyms) > 1  # the max over synonyms is exercised
+    got = topk_labels(class_logits(regions, text), vocab, k=3)
+    for row, p in zip(got, probs):
+        want = p.topk(3)
+        assert [c for c, _, _ in row] == want.indices.tolist()
+        assert [name for _, name, _ in row] == [vocab.classes[i] for i in want.indices.tolist()]
+        assert [sc for _, _, sc in row] == pytest.approx(want.values.tolist(), rel=1e-4, abs=1e-7)
+    assert got[0][0][0] != got[1][0][0] or got[0][0][2] != pytest.approx(got[1][0][2])  # the two images differ
