@@ -42,7 +42,9 @@ from ovsam_ros.benchmark.harness import StageResult, measure_memory, time_call
 from ovsam_ros.image_input import to_uint8_rgb
 from ovsam_ros.model.inference import inference_dtype
 from ovsam_ros.model.ovsam import OVSAM, ImageFeatures, masks_to_boxes
+from ovsam_ros.model.packed_text import PackedText, packed_class_logits
 from ovsam_ros.model.recognition import class_logits, topk_labels
+from ovsam_ros.runtime import PRECISIONS
 from ovsam_ros.model.transforms import ImageTransform
 from ovsam_ros.results import InstanceResult
 from ovsam_ros.runtime import autocast
@@ -173,17 +175,23 @@ def time_ovsam(model, predictor, frame: np.ndarray, prompts: Sequence[int], voca
                    note=f"OVSAMPredictor.predict, {len(predictor.vocabulary)} classes")
 
     dim = predictor.text.dim
+    # What the predictor runs: on the inference path the packed [total synonyms, D] matrix in the
+    # inference dtype (ragged synonym counts like the shipped vocabularies), else the padded one.
+    packed_dtype = PRECISIONS[predictor.precision] if getattr(predictor, "optimized", False) else None
     for c, syn in vocab_sizes:
-        text = random_text(c, syn, dim, device=device)
+        text = random_text(c, syn, dim, device=device, ragged=packed_dtype is not None)
+        packed = PackedText.from_text(text, device, packed_dtype) if packed_dtype is not None else None
         for n in prompts:
             regions = F.normalize(torch.randn(n, dim, generator=torch.Generator().manual_seed(n)), dim=-1).to(device)
 
             def recognise() -> list:
-                return topk_labels(class_logits(regions, text), text.vocab, k=opts.top_k)
+                logits = class_logits(regions, text) if packed is None else packed_class_logits(regions, packed)
+                return topk_labels(logits, text.vocab, k=opts.top_k)
 
-            runner.run("recognition", "vocabulary", recognise, {"prompts": n, "classes": c},
-                       note=f"text matrix [{c}x{syn}, {dim}]")
-        text = None  # free the (up to 1 GB) matrix before the next one
+            note = (f"text matrix [{c}x{syn}, {dim}]" if packed is None else
+                    f"packed text [{packed.matrix.shape[0]}, {dim}] {str(packed_dtype).replace('torch.', '')}")
+            runner.run("recognition", "vocabulary", recognise, {"prompts": n, "classes": c}, note=note)
+        text = packed = None  # free the (up to 1 GB) matrix before the next one
 
     from ovsam_ros.predictor import EverythingOptions
 

@@ -32,10 +32,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="SAM2CLIP rel-pos attention on the inference path (default chunked)")
     parser.add_argument("--prompts", type=int, default=10)
     parser.add_argument("--frames", type=int, default=20, help="steady-state frames timed after the first")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: PyTorch's; use 1 on a loaded or small CPU)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from ovsam_ros.benchmark.flops import point_prompts
     from ovsam_ros.benchmark.harness import synchronize
@@ -68,6 +73,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     report = {
         "command": " ".join(["python -m ovsam_ros.benchmark.startup", *(argv or sys.argv[1:])]),
         "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "threads": torch.get_num_threads(), "attention": args.attention,
         "compile": args.compile, "compiled": bool(getattr(predictor, "compiled", False)),
         "cache_loaded": bool(cache.loaded) if cache is not None else None,
         "build_s": round(built, 3), "first_frame_s": round(first, 3), "ready_s": round(built + first, 3),

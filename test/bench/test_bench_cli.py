@@ -54,6 +54,10 @@ def test_bench_json_has_every_stage_with_timing_memory_and_flops(bench_report):
         if stage["name"] in COUNTED:
             assert stage["gmacs"] is not None and stage["flops"] > 0, label
     assert stages["encode_image"]["flops"] == sum(stages[k]["flops"] for k in ("clip_encoder", "sam2clip", "fpn"))
+    # Recognition is timed as the inference path runs it: the packed matrix of the valid synonyms
+    # (LVIS-sized: fewer rows than 1203 classes x 8 padded slots).
+    note = stages["recognition[prompts=1,classes=1203]"]["note"]
+    assert note.startswith("packed text [") and 1203 <= int(note.split("[")[1].split(",")[0]) < 1203 * 8, note
 
 
 def test_bench_report_params_summary_and_targets(bench_report):
