@@ -44,20 +44,20 @@ FAILED=""
 
 # 1. fp16: stage rows on the inference path + frame[N] plain vs optimised (FPS, aten ops), memory,
 #    recognition 80/1203/21843 classes, everything 32x32, SAM-H + CLIP feature-crop baseline.
-step fp16 170 $py -m ovsam_ros.bench --model $MODEL --device $DEVICE --precision $PREC --prompts $PROMPTS \
+step fp16 200 $py -m ovsam_ros.bench --model $MODEL --device $DEVICE --precision $PREC --prompts $PROMPTS \
     --vocab $VOCAB --grid $GRID --baseline feature-crop --no-region-branch --repeats $REP --warmup $WARM \
     --json "$OUT/fp16.json" --markdown
 # 2. the same frame rows in fp32 (stage rows' baselines skipped for time)
-step fp32 60 $py -m ovsam_ros.bench --model $MODEL --device $DEVICE --precision fp32 --prompts 1 10 \
+step fp32 50 $py -m ovsam_ros.bench --model $MODEL --device $DEVICE --precision fp32 --prompts 1 10 \
     --vocab 21843 --grid --baseline none --no-region-branch --repeats $(( REP / 2 + 1 )) --warmup $WARM \
     --json "$OUT/fp32.json" --markdown
 # 3. peak memory of one encode per SAM2CLIP attention: the previous full bias, query blocks, FlexAttention
-step attention 60 $py -m ovsam_ros.benchmark.attention_memory --model $MODEL --device $DEVICE --precision $PREC \
+step attention 50 $py -m ovsam_ros.benchmark.attention_memory --model $MODEL --device $DEVICE --precision $PREC \
     --attention full chunked flex --repeats $(( REP / 4 + 1 )) --json "$OUT/attention.json"
 # 4. CUDA graphs via torch.compile: cold start (empty cache), then warm restart (same cache), eager.
 #    (On a CPU reduce-overhead is ignored by design: the dry run only checks the commands.)
 rm -rf "$OUT/compile_cache"
-step compile_cold 180 $py -m ovsam_ros.benchmark.startup --model $MODEL --device $DEVICE --precision $PREC \
+step compile_cold 170 $py -m ovsam_ros.benchmark.startup --model $MODEL --device $DEVICE --precision $PREC \
     --compile reduce-overhead --cache-dir "$OUT/compile_cache" --prompts 10 --frames $FRAMES --json "$OUT/compile_cold.json"
 step compile_warm 60 $py -m ovsam_ros.benchmark.startup --model $MODEL --device $DEVICE --precision $PREC \
     --compile reduce-overhead --cache-dir "$OUT/compile_cache" --prompts 10 --frames $FRAMES --json "$OUT/compile_warm.json"

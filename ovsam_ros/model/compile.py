@@ -74,9 +74,16 @@ class CompileCache:
         self.directory = Path(os.path.expanduser(str(directory)))
         self.directory.mkdir(parents=True, exist_ok=True)
         self.saved = False
-        # Inductor's own caches live under the same directory (one place to keep or delete); read
-        # lazily by inductor when it first compiles: set before any compilation.
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.directory / "inductor"))
+        # Inductor's own caches (generated code, compiled C++/Triton kernels) live under the same
+        # directory: one place to keep or delete, and not torch's default /tmp/torchinductor_<user>,
+        # which a reboot empties (a "warm" restart would then rebuild every kernel). A directory
+        # the user chose (environment) is kept. Torch writes its default into the environment
+        # the first time anything asks for the cache dir, so that value counts as unset.
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(self.directory / "inductor")
         os.environ.setdefault("TRITON_CACHE_DIR", str(self.directory / "triton"))
         import torch._inductor.config as inductor_config
 

@@ -54,6 +54,16 @@ def test_cache_directory_and_a_broken_cache_file(tmp_path, caplog, monkeypatch):
     import os
 
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"].startswith(str(tmp_path))
+    # torch writes its own default (/tmp/torchinductor_<user>) into the environment when anything
+    # asks for it first: that is replaced; a directory the user set is kept.
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    CompileCache(tmp_path / "b")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "b" / "inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    CompileCache(tmp_path / "c")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
     cache.save()  # nothing compiled yet: no file or an empty artefact set, never an error
 
 
