@@ -5,7 +5,8 @@
 # Dry run of every command on the CPU (tiny model, 1-2 repeats, minutes; checks the script, not speed):
 #   bash tools/gpu_tables.sh /tmp/gpu_tables_dry --device cpu --quick
 # Every step has its own timeout and writes into OUT (default gpu_tables/); a failing step does not
-# stop the others. Step limits add up to 560 s (the device tool allows 600 s per command). Fill docs/benchmarks.md ("GPU table") from:
+# stop the others. Step limits add up to 560 s (the device tool allows 600 s per command).
+# Fill the "New path" table of docs/benchmarks.md ("Issue #13 targets") from:
 #   target row                                   source
 #   frame[10] FPS, plain vs optimised, aten ops   fp16.log frame table (fp32.log: the same in fp32)
 #   preprocess, encode, predict[1], predict[100]  fp16.log stage rows
