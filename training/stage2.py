@@ -42,6 +42,7 @@ from ovsam_ros.model.vocabulary import (
     TextEmbeddingCache,
     TextEmbeddings,
     Vocabulary,
+    check_synonym_options,
     encode_vocabulary,
     get_templates,
 )
@@ -107,6 +108,9 @@ DEFAULTS: Dict[str, Any] = {
     "text": {
         "templates": "vild",  # vild (14) | single | a list of '{}' templates
         "cache_dir": None,  # text-embedding cache folder
+        # Which texts of each class are encoded (the classes and labels stay the same):
+        "names_only": False,  # the class name only, cleaned like the reference's split_label (its LVIS training)
+        "max_synonyms": None,  # keep at most this many synonyms per class (null: all)
     },
     "train": {**copy.deepcopy(engine.TRAIN_DEFAULTS), "epochs": 12, "batch_size": 16, "schedule": "multistep",
               "milestones": [8, 11], "grad_clip": 0.01},
@@ -226,6 +230,11 @@ class Stage2Task(engine.Task):
             self_intersecting=dcfg["self_intersecting"], check_images=bool(dcfg["check_images"]),
             check_polygons=bool(dcfg["check_polygons"]))
         full = self.coco.vocab
+        tcfg = cfg["text"]
+        check_synonym_options(tcfg.get("max_synonyms"), tcfg.get("names_only", False))
+        if tcfg.get("names_only"):
+            full = full.names_only()
+        full = full.with_max_synonyms(tcfg.get("max_synonyms"))
         if full.split is not None and dcfg["train_splits"]:
             train_idx = [i for i, s in enumerate(full.split) if s in dcfg["train_splits"]]
         else:

@@ -170,3 +170,33 @@ def test_reference_token_set_trains_without_an_iou_token(tasks):
     ref = load_config(stage2.DEFAULTS, "stage2_coco_rn50x16")
     assert ref["output_tokens"] == "reference" and ref["loss"]["iou_weight"] == 0
     assert ref["loss"]["class_list"] == "all" and ref["data"]["fill_instances"] == "cycle"
+
+
+def test_names_only_and_max_synonyms_choose_the_encoded_texts(synth, tasks, tmp_path):
+    """The reference trains LVIS on the class name only (its split_label of the LVIS name):
+    text.names_only encodes exactly that, text.max_synonyms keeps the first synonyms; the classes,
+    their order and the training labels stay the same."""
+    data = json.loads(open(synth["train"]).read())
+    for c in data["categories"]:  # LVIS-style entries: raw name with '_' and a qualifier, 3 synonyms
+        c["synonyms"] = [f"{c['name']} toy", f"{c['name']} model", "plaything"]
+        c["name"] = c["name"].replace(" ", "_") + "_(Toy)"
+    path = tmp_path / "instances_lvis_style.json"
+    path.write_text(json.dumps(data))
+    raw = [c["name"] for c in data["categories"]]
+
+    def texts(*extra):
+        task = tasks["make"](f"data.annotations={path}", "loss.class_list=all", *extra)
+        return task, task.texts[0].vocab
+
+    full_task, full = texts()
+    names_task, names = texts("text.names_only=true")
+    _, capped = texts("text.max_synonyms=1")
+    by_hand = [[r.replace("_", " ").lower()] for r in raw]  # split_label: '_' -> ' ', lower case
+    assert names.synonyms == by_hand and names.classes == full.classes
+    assert full.synonyms == [c["synonyms"] for c in data["categories"]]
+    assert capped.synonyms == [[c["synonyms"][0]] for c in data["categories"]]
+    assert names_task.texts[0].embeddings.shape[:2] == (len(raw), 1)
+    assert not torch.allclose(names_task.texts[0].embeddings[:, 0], full_task.texts[0].embeddings[:, 0])
+    assert names_task.dataset[0]["labels"].tolist() == full_task.dataset[0]["labels"].tolist()
+    with pytest.raises(ValueError, match="max_synonyms"):
+        texts("text.max_synonyms=0")
