@@ -31,26 +31,28 @@ TARGETS = {
     "box_accuracy_novel": 0.50,
     "text_query_hit_rate_novel": 0.70,
 }
-#: Targets the bundled model does not reach yet, with the value measured on the recipe's
-#: 100 held-out validation scenes (ovsam_ros/data/models/shapes_metrics.json). Strict: the
-#: day a retrained model reaches one, the test fails until the entry is removed.
+#: Targets the bundled model does not reach yet, with the values measured on the recipe's 100
+#: held-out validation scenes (ovsam_ros/data/models/shapes_metrics.json) and on these fresh
+#: scenes. Strict: the day a retrained model reaches one, the test fails until the entry is removed.
+#: Met here: point IoU (0.785 val / 0.819 fresh) and novel label accuracy on these scenes
+#: (50 %, 8 of 16 objects; 53 % on 50 scenes of this seed) -- NOT on the recipe's 100 val
+#: scenes (14.8 %, 61 objects): novel accuracy varies that much with the scenes' novel pairs.
 NOT_REACHED: dict = {
-    "box_iou": "measured 0.664 on held-out scenes (target 0.85)",
-    "point_iou": "measured 0.635 (target 0.75)",
-    "box_accuracy_base": "measured 23.6 % (target 90 %)",
-    "box_accuracy_novel": "measured 19.7 % (target 50 %; chance 2.8 %)",
-    "text_query_hit_rate_novel": "measured 31 % on these fresh scenes (5 of 16 novel queries; 0 % before "
-                                 "everything mode used the trained single-mask token) (target 70 %)",
+    "box_iou": "measured 0.815 on the 100 val scenes, 0.840 on these (target 0.85)",
+    "box_accuracy_base": "measured 34.8 % on the val scenes, 44 % on these (target 90 %)",
+    "text_query_hit_rate_novel": "measured 62 % on the val scenes (60 queries), 69 % (11 of 16) on these "
+                                 "(target 70 %)",
 }
 #: Regression floors of the bundled model on fresh scenes, NOT the targets: about 3/4 of the
-#: measured values (and far above chance for labels), so a change that breaks any stage of
-#: the stack (CLIP, SAM2CLIP, decoder, CLIP2SAM, recognition) fails here.
+#: values measured on these scenes (and far above chance for labels), so a change that breaks
+#: any stage of the stack (CLIP, SAM2CLIP, decoder, CLIP2SAM, recognition, everything mode)
+#: fails here.
 REGRESSION_FLOORS = {
-    "box_iou": 0.50,
-    "point_iou": 0.45,
-    "box_accuracy_base": 0.15,
-    "box_accuracy_novel": 0.10,
-    "text_query_hit_rate_novel": 0.15,
+    "box_iou": 0.63,
+    "point_iou": 0.61,
+    "box_accuracy_base": 0.33,
+    "box_accuracy_novel": 0.30,
+    "text_query_hit_rate_novel": 0.50,
 }
 
 
