@@ -34,14 +34,20 @@ TARGETS = {
 #: Targets the bundled model does not reach yet, with the values measured on the recipe's 100
 #: held-out validation scenes (ovsam_ros/data/models/shapes_metrics.json) and on these fresh
 #: scenes. Strict: the day a retrained model reaches one, the test fails until the entry is removed.
-#: Met here: point IoU (0.785 val / 0.819 fresh) and novel label accuracy on these scenes
-#: (50 %, 8 of 16 objects; 53 % on 50 scenes of this seed) -- NOT on the recipe's 100 val
-#: scenes (14.8 %, 61 objects): novel accuracy varies that much with the scenes' novel pairs.
+#: Met: point IoU (0.785 val / 0.819 fresh).
 NOT_REACHED: dict = {
     "box_iou": "measured 0.815 on the 100 val scenes, 0.840 on these (target 0.85)",
     "box_accuracy_base": "measured 34.8 % on the val scenes, 44 % on these (target 90 %)",
-    "text_query_hit_rate_novel": "measured 62 % on the val scenes (60 queries), 69 % (11 of 16) on these "
-                                 "(target 70 %)",
+}
+#: Targets within one object / query of the line on these 24 scenes while the recipe's 100 val
+#: scenes miss them: not counted as met, and not strict (one label or query flipping by numerical
+#: noise must not decide CI; the regression floors below still guard both metrics). Novel label accuracy: exactly 50 % here (8 of 16
+#: objects), 53 % on 50 scenes of this seed, but 14.8 % on the val scenes (61 objects): it varies
+#: that much with which novel pairs the scenes contain.
+BORDERLINE: dict = {
+    "box_accuracy_novel": "50 % (8 of 16) on these scenes, 14.8 % on the 100 val scenes (target 50 %)",
+    "text_query_hit_rate_novel": "69 % (11 of 16 queries) on these scenes, one query below the target; 62 % on "
+                                 "the val scenes (60 queries) (target 70 %)",
 }
 #: Regression floors of the bundled model on fresh scenes, NOT the targets: about 3/4 of the
 #: values measured on these scenes (and far above chance for labels), so a change that breaks
@@ -86,6 +92,8 @@ def fresh_eval(tmp_path_factory, shapes_predictor):
 def test_bundled_model_meets_target_on_fresh_scenes(fresh_eval, metric, request):
     if metric in NOT_REACHED:
         request.applymarker(pytest.mark.xfail(strict=True, reason=NOT_REACHED[metric]))
+    elif metric in BORDERLINE:
+        request.applymarker(pytest.mark.xfail(strict=False, reason=BORDERLINE[metric]))
     value = fresh_eval[metric]
     assert value is not None and value >= TARGETS[metric], f"{metric} = {value} < target {TARGETS[metric]}"
 
