@@ -16,7 +16,14 @@ back, so no frame waits in a queue and none is dropped) and records, per frame:
   ``recognition`` are the **model time**; ``preprocess`` (ROS image -> numpy) and
   ``publish`` (building and publishing the messages) are node-side ROS work;
 * ``overhead = e2e - model``, and ``transport = e2e - total`` (DDS in and out, executor
-  and worker hand-over).
+  and worker hand-over), split into ``in`` (the node's ``input_age``: image stamp -> the
+  node's image callback, i.e. the client's publish call, DDS, rclpy's conversion of the
+  message to Python and the executor), ``queue`` (callback -> worker thread) and ``out``
+  (the rest: after the node's last stage until the client's callback ran, i.e. the result
+  messages' DDS transport and conversion on both sides).
+
+The input frame's transport IS inside the overhead figure: the clock starts at the
+image's stamp, set just before the client publishes the frame.
 
 Medians and p90 over the frames are printed and written as JSON. Numbers depend on the
 CPU and on what else runs on the machine; rerun on a quiet machine for publication.
@@ -37,7 +44,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 MODEL_STAGES = ("encode", "decode", "recognition")
-NODE_STAGES = ("preprocess", "publish", "total")
+NODE_STAGES = ("queue", "preprocess", "publish", "total")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -153,6 +160,8 @@ def run_client(out: Path, sizes: Sequence[tuple[int, int]], frames: int, warmup:
             for stage in (*MODEL_STAGES, *NODE_STAGES):
                 value = diag.get(f"{stage}_ms_last")
                 rec[f"{stage}_ms"] = float(value) if value not in (None, "-") else 0.0
+            value = diag.get("input_age_ms_last")
+            rec["input_age_ms"] = float(value) if value not in (None, "-") else float("nan")
             records.append(rec)
             time.sleep(0.05)  # let the node go idle between frames
     out.write_text(json.dumps({"records": records, "lost_frames": lost}) + "\n", encoding="utf-8")
@@ -180,6 +189,10 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
             "node_preprocess": _stats([r["preprocess_ms"] for r in rows]),
             "node_publish": _stats([r["publish_ms"] for r in rows]),
             "transport": _stats([r["e2e_ms"] - r["total_ms"] for r in rows]),
+            "transport_in": _stats([r.get("input_age_ms", float("nan")) for r in rows]),
+            "queue": _stats([r.get("queue_ms", 0.0) for r in rows]),
+            "transport_out": _stats([r["e2e_ms"] - r.get("input_age_ms", float("nan")) - r.get("queue_ms", 0.0)
+                                     - r["total_ms"] for r in rows]),
         }
         out[size] = entry
     return out
@@ -188,15 +201,17 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
 def render(summary: dict[str, Any], command: str) -> str:
     lines = [f"command: {command}",
              f"{'frame':<10} {'n':>3} {'masks':>5}  {'e2e med/p90':>16}  {'model med':>10}  {'overhead med/p90':>17}  "
-             f"{'ROS->numpy':>10}  {'publish':>8}  {'transport':>9}   (ms)"]
+             f"{'ROS->numpy':>10}  {'publish':>8}  {'transport':>9}  {'in':>5}  {'queue':>5}  {'out':>5}   (ms)"]
     for size, e in summary.items():
         lines.append(
             f"{size:<10} {e['frames']:>3} {e['instances']:>5}  {e['e2e']['median_ms']:>7.1f} / {e['e2e']['p90_ms']:<7.1f}"
             f"  {e['model']['median_ms']:>10.1f}  {e['overhead']['median_ms']:>7.1f} / {e['overhead']['p90_ms']:<8.1f}"
             f"  {e['node_preprocess']['median_ms']:>10.1f}  {e['node_publish']['median_ms']:>8.1f}"
-            f"  {e['transport']['median_ms']:>9.1f}")
+            f"  {e['transport']['median_ms']:>9.1f}  {e['transport_in']['median_ms']:>5.1f}"
+            f"  {e['queue']['median_ms']:>5.1f}  {e['transport_out']['median_ms']:>5.1f}")
     lines.append("overhead = e2e (image stamp -> LabeledMaskArray received) - model (encode + decode + recognition, "
-                 "from the node's per-frame /diagnostics); transport = e2e - the node's total.")
+                 "from the node's per-frame /diagnostics); transport = e2e - the node's total = in (stamp -> node's "
+                 "image callback) + queue (callback -> worker) + out (node done -> client callback); medians.")
     return "\n".join(lines)
 
 
@@ -246,8 +261,11 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         from ovsam_ros.resources import find_bundled
 
         config = yaml.safe_load(find_bundled("config/ovsam.yaml").read_text())
+        # Diagnostics at 4 Hz: the client waits for each frame's own status anyway. At 50 Hz the
+        # status traffic itself skewed the figure (p90 overhead 160-270 ms: the client's executor
+        # and the node's GIL were busy with /diagnostics when a frame or its result arrived).
         config["/**"]["ros__parameters"].update({
-            "model": args.model, "num_threads": args.threads, "diagnostics_period": 0.02, "mode": "prompt",
+            "model": args.model, "num_threads": args.threads, "diagnostics_period": 0.25, "mode": "prompt",
             "publish_overlay": False, "max_rate_hz": 0.0, "publish_instance_ids": not args.no_instance_ids,
         })
         params = tmp / "params.yaml"

@@ -13,7 +13,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
-STAGES = ("preprocess", "encode", "decode", "recognition", "publish", "total")
+# queue: image callback -> worker start (hand-over between threads), not part of "total".
+STAGES = ("queue", "preprocess", "encode", "decode", "recognition", "publish", "total")
 
 
 @dataclass
@@ -201,7 +202,8 @@ def diagnostic_array(snap: dict[str, Any], *, name: str, stamp: Any, state: str,
                        (f"{stage}_ms_last", _ms(s["last"]))]
     for key in ("input_age", "result_age"):
         if snap[key] is not None:
-            values += [(f"{key}_ms_mean", _ms(snap[key]["mean"])), (f"{key}_ms_max", _ms(snap[key]["max"]))]
+            values += [(f"{key}_ms_mean", _ms(snap[key]["mean"])), (f"{key}_ms_max", _ms(snap[key]["max"])),
+                       (f"{key}_ms_last", _ms(snap[key]["last"]))]
     values += list(extra)
     if snap["last_error"]:
         values.append(("last_error", snap["last_error"]))

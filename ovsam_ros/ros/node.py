@@ -600,6 +600,8 @@ class OVSAMNode(LifecycleNode):
         of the frame's default job."""
         s = self.settings
         clock = StageClock()
+        # Since the image callback (thread hand-over; longer for a buffered frame served by stamped prompts).
+        clock.add("queue", max(0.0, time.monotonic() - frame.received))
         header = frame.msg.header
         with clock.stage("preprocess"):
             try:

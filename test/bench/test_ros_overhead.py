@@ -12,13 +12,17 @@ from ovsam_ros.benchmark.ros_overhead import render, summarize
 def test_overhead_is_e2e_minus_model_time():
     records = [
         {"size": "1280x720", "instances": 3, "e2e_ms": 50.0 + i, "encode_ms": 30.0, "decode_ms": 5.0,
-         "recognition_ms": 1.0, "preprocess_ms": 0.5, "publish_ms": 4.0, "total_ms": 41.0}
+         "recognition_ms": 1.0, "preprocess_ms": 0.5, "publish_ms": 4.0, "total_ms": 41.0,
+         "input_age_ms": 6.0, "queue_ms": 1.0}
         for i in range(5)
     ]
     summary = summarize(records)["1280x720"]
     assert summary["model"]["median_ms"] == 36.0
     assert summary["overhead"]["median_ms"] == 16.0  # 52 - 36
     assert summary["transport"]["median_ms"] == 11.0  # 52 - 41
+    # split: in = the node's input age, queue = callback -> worker, out = the rest (52 - 6 - 1 - 41)
+    assert summary["transport_in"]["median_ms"] == 6.0 and summary["queue"]["median_ms"] == 1.0
+    assert summary["transport_out"]["median_ms"] == 4.0
     assert summary["frames"] == 5 and summary["instances"] == 3
     assert "1280x720" in render(summarize(records), "cmd")
 
@@ -41,4 +45,5 @@ def test_ros_overhead_benchmark_runs_isolated(tmp_path):
     entry = report["summary"]["320x240"]
     assert entry["frames"] == 3 and entry["instances"] == 3
     assert entry["e2e"]["median_ms"] > entry["model"]["median_ms"] > 0
+    assert entry["transport_in"]["median_ms"] > 0  # the node's per-frame input age reached the client
     assert report["dds"] == "shm"

@@ -522,12 +522,15 @@ def test_diagnostics_report_stages_ages_and_drops(make_node):
     now = node.get_clock().now().to_msg()
     for _ in range(3):
         node._receive(make_image(test_image(), stamp=(now.sec, now.nanosec)), False)
+    time.sleep(0.1)  # the frame waits for the worker: counted as "queue", outside "total"
     node.process_pending()
     values = values_of(node.publish_diagnostics())
     assert values["state"] == "active" and values["frames_dropped"] == "2" and values["frames_processed"] == "1"
     for stage in ("preprocess", "encode", "decode", "recognition", "publish", "total"):
         assert float(values[f"{stage}_ms_mean"]) >= 0.0
+    assert 100.0 <= float(values["queue_ms_last"]) < 60_000
     assert 0.0 <= float(values["input_age_ms_mean"]) < 60_000
+    assert float(values["input_age_ms_last"]) >= 0.0
     assert values["trained"] == "false" and values["model"] == "tiny"
 
 
