@@ -94,7 +94,8 @@ def decode_frame(msg: Any, compressed: bool) -> np.ndarray:
     if compressed:
         pixels, encoding = compressed_to_numpy(msg)
     else:
-        pixels, encoding = image_to_numpy(msg), msg.encoding
+        # A view of the message's pixels where possible: to_rgb / to_uint8_rgb copy only when they convert.
+        pixels, encoding = image_to_numpy(msg, copy=False), msg.encoding
     try:
         return to_uint8_rgb(to_rgb(pixels, encoding), "RGB")
     except ValueError as error:

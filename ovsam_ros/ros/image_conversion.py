@@ -41,11 +41,14 @@ class ImageConversionError(ValueError):
     """An image message that cannot be turned into an array (or back)."""
 
 
-def image_to_numpy(msg: Any) -> np.ndarray:
+def image_to_numpy(msg: Any, copy: bool = True) -> np.ndarray:
     """Return the pixels of a ``sensor_msgs/Image`` as an (H, W) or (H, W, C) array.
 
     Channel order is kept as encoded (``bgr8`` stays BGR); use :func:`to_rgb`
-    for model input. The result is a copy that owns its memory.
+    for model input. The result is a copy that owns its memory, unless ``copy`` is
+    False: then, where the layout allows (native byte order, no row padding), it is a
+    view of ``msg.data`` (the node's decode path: saves one copy of the frame per frame;
+    the view keeps the message's buffer alive).
     """
     encoding = msg.encoding
     if encoding not in ENCODINGS:
@@ -75,7 +78,7 @@ def image_to_numpy(msg: Any) -> np.ndarray:
     big_endian_data = bool(msg.is_bigendian)
     array_dtype = dtype.newbyteorder(">" if big_endian_data else "<") if dtype.itemsize > 1 else dtype
     pixels = np.ascontiguousarray(rows).view(array_dtype).reshape(height, width, channels)
-    pixels = pixels.astype(dtype, copy=True)  # native byte order, owned memory
+    pixels = pixels.astype(dtype, copy=copy)  # native byte order; owned memory unless copy=False
     return pixels[:, :, 0] if channels == 1 else pixels
 
 

@@ -44,6 +44,25 @@ def test_padded_rows_are_skipped():
     assert np.array_equal(image_to_numpy(msg), pixels)
 
 
+def test_node_decode_reads_the_message_buffer_without_a_copy():
+    from ovsam_ros.ros.frames import decode_frame
+
+    pixels = rng.integers(0, 255, (6, 5, 3), dtype=np.uint8)
+    msg = numpy_to_image(pixels, "rgb8")
+    view = image_to_numpy(msg, copy=False)
+    assert np.shares_memory(view, np.frombuffer(msg.data, np.uint8)) and np.array_equal(view, pixels)
+    rgb = decode_frame(msg, compressed=False)  # the node's path: no copy of an rgb8 frame
+    assert np.shares_memory(rgb, np.frombuffer(msg.data, np.uint8)) and np.array_equal(rgb, pixels)
+    owned = image_to_numpy(msg)  # the default still owns its memory
+    assert not np.shares_memory(owned, np.frombuffer(msg.data, np.uint8)) and np.array_equal(owned, pixels)
+    # Layouts that need converting are converted all the same without copy=True.
+    bgr = numpy_to_image(np.ascontiguousarray(pixels[:, :, ::-1]), "bgr8")
+    assert np.array_equal(decode_frame(bgr, compressed=False), pixels)
+    big = numpy_to_image(np.array([[1, 256]], np.uint16), "mono16")
+    big.is_bigendian, big.data = 1, np.array([[1, 256]], ">u2").tobytes()
+    assert np.array_equal(image_to_numpy(big, copy=False), [[1, 256]])
+
+
 def test_big_endian_16_bit():
     pixels = np.array([[1, 256], [4095, 65535]], dtype=np.uint16)
     msg = numpy_to_image(pixels, "mono16")
