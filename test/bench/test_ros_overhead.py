@@ -47,3 +47,21 @@ def test_ros_overhead_benchmark_runs_isolated(tmp_path):
     assert entry["e2e"]["median_ms"] > entry["model"]["median_ms"] > 0
     assert entry["transport_in"]["median_ms"] > 0  # the node's per-frame input age reached the client
     assert report["dds"] == "shm"
+
+
+@pytest.mark.ros
+@pytest.mark.e2e
+def test_ros_floor_benchmark_times_a_bare_echo(tmp_path):
+    from ovsam_ros.ros.isolation import isolation_available
+
+    ok, why = isolation_available()
+    if not ok:
+        pytest.skip(f"needs a private network namespace: {why}")
+    out = tmp_path / "ros_floor.json"
+    proc = subprocess.run([sys.executable, "-m", "ovsam_ros.benchmark.ros_floor", "--sizes", "160x120", "--frames", "3",
+                           "--warmup", "1", "--executor", "single", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    row = json.loads(out.read_text())["results"]["single"]["160x120"]
+    assert row["frames"] + row["lost"] == 3 and row["frames"] >= 1
+    assert 0 < row["in_ms"] < row["round_trip_ms"]  # the echo answered after its callback saw the frame
