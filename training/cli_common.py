@@ -13,6 +13,27 @@ from .config import ConfigError, dump, load_config
 
 log = logging.getLogger("training")
 
+# prog, description, default config of each training stage's command; here (no torch) so that
+# training.entry_points can answer --help before importing the stage.
+STAGE_COMMANDS: Dict[str, tuple] = {
+    "stage0": (
+        "ovsam-train-stage0",
+        "Stage 0: pretrain a small open_clip CLIP (image + text towers) contrastively on captioned object "
+        "crops of a COCO-format dataset (open_clip's ClipLoss). Writes <output_dir>/clip.pt, an open_clip "
+        "state dict the OVSAM stages use as model.clip_weights.",
+        "stage0_shapes"),
+    "stage1": (
+        "ovsam-train-stage1",
+        "Stage 1 of OVSAM training: distil a frozen SAM image encoder into SAM2CLIP on top of the frozen "
+        "CLIP backbone (images only, no labels). Config: YAML + --set overrides.",
+        "stage1_tiny"),
+    "stage2": (
+        "ovsam-train-stage2",
+        "Stage 2 of OVSAM training: CLIP2SAM + SAM decoder + label token on COCO-format instances "
+        "(box and point prompts; CE + mask BCE/Dice). The result loads into the predictor and the ROS node.",
+        "stage2_tiny"),
+}
+
 
 def build_parser(prog: str, description: str, default_config: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

@@ -26,7 +26,6 @@ what the node will deliver. Base / novel come from the vocabulary's split
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
@@ -37,14 +36,13 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .cli_parsers import POINT_RULES, PROMPT_TYPES, evaluate_parser
 from .data.coco import CocoInstances
 from .data.common import DataError, write_json
 from .data.transforms import distance_transform_point, reference_point
 
 log = logging.getLogger("training")
 
-PROMPT_TYPES = ("box", "point")
-POINT_RULES = ("reference", "centered")
 
 
 def _mean(values: Sequence[float]) -> Optional[float]:
@@ -273,57 +271,7 @@ def build_eval_predictor(checkpoint: Optional[str], model_yaml: Optional[str], d
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="ovsam-evaluate",
-        description="Evaluate a model with the OVSAM paper's protocol on COCO-format data: each ground-truth "
-                    "instance is prompted by its box and/or by one point at its mask's distance-transform "
-                    "maximum; reports mask IoU (overall / base / novel) and label accuracy (top-1 == ground "
-                    "truth), per class and overall, optionally with the image-crop / feature-crop baselines.")
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="an ovsam_ros checkpoint (e.g. the stage-2 output model.pt)")
-    src.add_argument("--model", help="a model YAML (config/models/*.yaml or a path), e.g. the reference weights")
-    parser.add_argument("--clip-weights", default=None,
-                        help="open_clip weights, for a checkpoint saved without the backbone (include_backbone: false)")
-    parser.add_argument("--annotations", required=True, help="COCO-format instances JSON")
-    parser.add_argument("--images", default=None, help="image root (default: next to the JSON)")
-    parser.add_argument("--vocabulary", default=None,
-                        help="vocabulary spec (default: the JSON's categories, base/novel from their 'split')")
-    parser.add_argument("--prompts", nargs="+", default=list(PROMPT_TYPES), choices=PROMPT_TYPES)
-    parser.add_argument("--baselines", nargs="*", default=[], choices=["image-crop", "feature-crop"])
-    parser.add_argument("--max-images", type=int, default=None)
-    parser.add_argument("--text-queries", action="store_true",
-                        help="also query every class present in an image by name (everything-mode masks) and "
-                             "report the hit rate (best mask IoU >= 0.5 with an instance of that class)")
-    query = parser.add_argument_group("text queries (everything-mode candidates)")
-    query.add_argument("--query-points-per-side", type=int, default=16, help="point grid size (default 16)")
-    query.add_argument("--query-iou-thresh", type=float, default=0.8,
-                       help="drop candidates with a lower predicted IoU (default 0.8, SAM's generator)")
-    query.add_argument("--query-stability-thresh", type=float, default=0.9,
-                       help="drop candidates with a lower stability score (default 0.9, SAM's generator)")
-    query.add_argument("--query-min-area", type=int, default=0, help="drop candidates with fewer pixels")
-    query.add_argument("--everything-multimask", default="auto", choices=["auto", "on", "off"],
-                       help="candidates from SAM's 3 multimask tokens (on) or the single trained mask token (off); "
-                            "auto: the model YAML's predictor option everything_multimask, on for checkpoints")
-    parser.add_argument("--multimask", action="store_true",
-                        help="let the decoder propose 3 masks and keep the best by predicted IoU "
-                             "(default: the single trained mask, as in the reference)")
-    parser.add_argument("--clip-ensemble", default="on", choices=["on", "off"],
-                        help="combine the learned labels with the frozen-CLIP branch as the reference evaluation "
-                             "always does (geometric mean, alpha 0.1 base / beta 0.9 novel; default: on)")
-    parser.add_argument("--synonyms", default=None, choices=["all", "names"],
-                        help="which texts name a class: every synonym the vocabulary lists, or the class name "
-                             "alone (the reference's LVIS text); default: the model YAML's (names for rn50x16 "
-                             "LVIS, all for rn50x16_coco), all for --checkpoint")
-    parser.add_argument("--point-rule", default="reference", choices=list(POINT_RULES),
-                        help="point* prompt: 'reference' = first distance-transform maximum of the mask resized to "
-                             "the model input (the paper's tables); 'centered' = the maximum nearest the centroid "
-                             "of the tied maxima on the original mask")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    parser.add_argument("--templates", default="vild", help="prompt templates: vild | single")
-    parser.add_argument("--unknown-category", default="error", choices=["error", "skip"])
-    parser.add_argument("--out", default=None, help="write the metrics JSON here")
-    parser.add_argument("--no-progress", action="store_true")
+    parser = evaluate_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -40,7 +40,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .cli_common import main_wrapper
+from .cli_common import STAGE_COMMANDS, main_wrapper
 from .data.coco import CocoInstances
 from .data.common import sample_seed, write_json
 
@@ -353,12 +353,7 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None, quiet: bool = False
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return main_wrapper(
-        "ovsam-train-stage0",
-        "Stage 0: pretrain a small open_clip CLIP (image + text towers) contrastively on captioned object "
-        "crops of a COCO-format dataset (open_clip's ClipLoss). Writes <output_dir>/clip.pt, an open_clip "
-        "state dict the OVSAM stages use as model.clip_weights.",
-        "stage0_shapes", copy.deepcopy(DEFAULTS), train, argv)
+    return main_wrapper(*STAGE_COMMANDS["stage0"], copy.deepcopy(DEFAULTS), train, argv)
 
 
 if __name__ == "__main__":

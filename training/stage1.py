@@ -33,7 +33,7 @@ from ovsam_ros.model.fingerprint import module_fingerprint
 from ovsam_ros.model.ovsam import OVSAM
 
 from . import engine
-from .cli_common import main_wrapper
+from .cli_common import STAGE_COMMANDS, main_wrapper
 from .data.common import write_json
 from .data.datasets import ImageFolderDataset, collate_images
 from .data.feature_cache import BackgroundCacheWriter, TeacherFeatureCache
@@ -266,11 +266,7 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None, quiet: bool = False
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return main_wrapper(
-        "ovsam-train-stage1",
-        "Stage 1 of OVSAM training: distil a frozen SAM image encoder into SAM2CLIP on top of the frozen "
-        "CLIP backbone (images only, no labels). Config: YAML + --set overrides.",
-        "stage1_tiny", DEFAULTS, train, argv)
+    return main_wrapper(*STAGE_COMMANDS["stage1"], DEFAULTS, train, argv)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ from ovsam_ros.model.vocabulary import (
 )
 
 from . import engine
-from .cli_common import main_wrapper
+from .cli_common import STAGE_COMMANDS, main_wrapper
 from .data.coco import CocoInstances
 from .data.common import write_json
 from .data.datasets import ClassFolderDataset, ConcatDataset, DetectionDataset, collate_instances
@@ -404,11 +404,7 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None, quiet: bool = False
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return main_wrapper(
-        "ovsam-train-stage2",
-        "Stage 2 of OVSAM training: CLIP2SAM + SAM decoder + label token on COCO-format instances "
-        "(box and point prompts; CE + mask BCE/Dice). The result loads into the predictor and the ROS node.",
-        "stage2_tiny", DEFAULTS, train, argv)
+    return main_wrapper(*STAGE_COMMANDS["stage2"], DEFAULTS, train, argv)
 
 
 if __name__ == "__main__":

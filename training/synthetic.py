@@ -29,7 +29,6 @@ Layout of ``--out``::
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -53,6 +52,7 @@ from ovsam_ros.shapes_world import (  # noqa: F401  (re-exported: the world's cl
     shape_polygon,
     world_classes,
 )
+from training.cli_parsers import synthetic_parser
 from training.data.common import sample_seed, write_json
 
 SPLIT_IDS = {"train": 1, "val": 2, "classes": 3, "test": 4, "demo": 5}
@@ -219,30 +219,7 @@ def make_dataset(out, train: int = 200, val: int = 40, seed: int = 0, fmt: str =
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="ovsam-make-synthetic",
-        description="Write a synthetic COCO-format instance dataset (coloured shapes on textured "
-                    "backgrounds, some classes marked novel) for CPU runs of the training pipeline. "
-                    "Deterministic: the same --seed writes the same files.",
-    )
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--world", default="classic", choices=sorted(WORLDS),
-                        help="classic: 6 classes, one colour per shape (2 novel); shapes: 6 colours x 6 shapes, "
-                             "6 held-out novel combinations, clutter (the bundled demo model's world)")
-    parser.add_argument("--captions", action="store_true",
-                        help="also write annotations/captions_<split>.json (COCO captions format)")
-    parser.add_argument("--train", type=int, default=200, help="training images (default 200)")
-    parser.add_argument("--val", type=int, default=40, help="held-out images (default 40)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--format", default="rle", choices=["rle", "polygon", "mixed"],
-                        help="mask encoding in the JSON (default rle)")
-    parser.add_argument("--min-size", type=int, default=None, help="short image side lower bound (px; default 192)")
-    parser.add_argument("--max-size", type=int, default=None, help="long image side (px; default 256)")
-    parser.add_argument("--max-objects", type=int, default=None, help="objects per image, at most (world default)")
-    parser.add_argument("--min-radius", type=float, default=None, help="object radius lower bound (px; world default)")
-    parser.add_argument("--max-radius", type=float, default=None, help="object radius upper bound (px; world default)")
-    parser.add_argument("--class-folders", type=int, default=0, metavar="N",
-                        help="also write N single-object images per class into classes/<name>/")
+    parser = synthetic_parser()
     args = parser.parse_args(argv)
     scene = WORLD_SCENES[args.world]
     sizes = (args.min_size if args.min_size is not None else scene["size_range"][0],

@@ -228,7 +228,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.rate <= 0:
         parser.error("--rate must be > 0")
 
-    from ovsam_ros.ros.node import ros_environment_defaults
+    from ovsam_ros.ros.node_cli import ros_environment_defaults
 
     ros_environment_defaults()
     import rclpy

@@ -46,7 +46,6 @@ import argparse
 import dataclasses
 import gc
 import logging
-import os
 import sys
 import threading
 import time
@@ -1015,62 +1014,22 @@ def _shorten(text: str, limit: int = 500) -> str:
 
 
 # ----------------------------------------------------------------------------- entry point
-def ros_environment_defaults() -> None:
-    """The ament index in this prefix when nothing set one (a plain venv with the ROS wheels).
+def run(args: argparse.Namespace, rcl_args: Sequence[str], params_files: Sequence[str]) -> int:
+    """Start the node for parsed ``ovsam-node`` arguments (the parser: :mod:`ovsam_ros.ros.node_cli`).
 
-    Discovery settings (ROS_AUTOMATIC_DISCOVERY_RANGE, ROS_DOMAIN_ID, ROS_STATIC_PEERS) are the
-    user's: the node, the camera and the prompt tools must reach an off-board camera or an rviz
-    laptop when the robot's environment says so. Only ``ovsam demo`` and the tests pin LOCALHOST.
+    ``rcl_args``: the ``--ros-args`` block for rclpy; ``params_files``: every parameters file in it.
     """
-    os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)
-
-
-def ros_args_for(params_files: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
-    """rclpy arguments: our --params-file options and the user's ROS arguments in one --ros-args block."""
-    args = [part for path in params_files for part in ("--params-file", path)] + list(extra)
-    return ["--ros-args", *args] if args else []
-
-
-def _params_files_in(ros_args: Sequence[str]) -> list[str]:
-    """The ``--params-file X`` values inside the user's ``--ros-args`` block."""
-    return [ros_args[i + 1] for i, arg in enumerate(ros_args[:-1]) if arg == "--params-file"]
-
-
-def build_arg_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ovsam-node",
-        description="OVSAM perception node (lifecycle). Extra ROS arguments go after --ros-args "
-                    "(remaps: --ros-args -r image:=/camera/image_raw; parameters: -p mode:=everything).")
-    parser.add_argument("--params-file", action="append", default=[], metavar="YAML",
-                        help="ROS parameters file (config/ovsam.yaml format); repeatable")
-    parser.add_argument("--no-autostart", action="store_true",
-                        help="stay unconfigured; drive the lifecycle with its services")
-    parser.add_argument("--name", default="ovsam", help="node name (default: ovsam)")
-    parser.add_argument("--namespace", default="", help="node namespace")
-    parser.add_argument("--threads", type=int, default=4, help="executor threads for callbacks (default 4)")
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    ros_extra: list[str] = []
-    if "--ros-args" in argv:  # everything after it is for rclpy (remaps, -p, --log-level)
-        cut = argv.index("--ros-args")
-        argv, ros_extra = argv[:cut], argv[cut + 1:]
-    args = build_arg_parser().parse_args(argv)
-    ros_environment_defaults()
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [%(name)s]: %(message)s")
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 
     try:
-        for path in [*args.params_file, *_params_files_in(ros_extra)]:
+        for path in params_files:
             for warning in check_params_file(path, args.name, args.namespace):
                 logging.getLogger("ovsam-node").warning(warning)
     except ParamsFileError as error:
         print(f"ovsam-node: error: {error}", file=sys.stderr)
         return 2
     try:
-        rclpy.init(args=["ovsam-node", *ros_args_for(args.params_file, ros_extra)])
+        rclpy.init(args=["ovsam-node", *rcl_args])
         node = OVSAMNode(args.name, namespace=args.namespace or None)
     except Exception as error:  # rcl argument errors: one line, not a traceback
         if type(error).__name__ != "RCLError" and not isinstance(error, ValueError):
@@ -1093,7 +1052,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

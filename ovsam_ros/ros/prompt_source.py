@@ -100,7 +100,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not (args.prompts or args.text or args.clear):
         parser.error("give --point/--box/--object, --text or --clear")
 
-    from ovsam_ros.ros.node import ros_environment_defaults
+    from ovsam_ros.ros.node_cli import ros_environment_defaults
 
     ros_environment_defaults()
     import rclpy

@@ -23,7 +23,7 @@ main({argv!r})
 """
 
 ENTRY_POINTS = {
-    "node": ("ovsam_ros.ros.node", []),
+    "node": ("ovsam_ros.ros.node_cli", []),
     "camera": ("ovsam_ros.ros.camera_demo", ["--source", "shapes"]),
     "prompts": ("ovsam_ros.ros.prompt_source", ["--point", "1,1"]),
     "demo": ("ovsam_ros.cli", ["demo", "--frames", "1"]),

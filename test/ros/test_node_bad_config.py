@@ -86,7 +86,7 @@ def test_params_file_for_another_node_name_is_a_warning(tmp_path):
 
 
 def test_node_entry_point_refuses_a_missing_params_file(tmp_path, capsys):
-    from ovsam_ros.ros.node import main
+    from ovsam_ros.ros.node_cli import main
 
     # Before: a raw rclpy RCLError traceback.
     assert main(["--params-file", str(tmp_path / "missing.yaml")]) == 2

@@ -39,7 +39,6 @@ without a matching frame, unlabeled or low-score instances are counted skips
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import re
@@ -51,8 +50,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ovsam_ros.cli_types import non_negative_float, positive_float, unit_interval
 
+from ..cli_parsers import extract_bag_parser
 from .common import DataError, SkipReport, write_json
 
 log = logging.getLogger(__name__)
@@ -448,28 +447,7 @@ def write_pseudo_labels(out_dir: Path, frames: List[Dict[str, Any]], label_msgs:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="ovsam-extract-bag",
-        description="Extract sensor_msgs/Image and CompressedImage frames from a rosbag2 (sqlite3 or MCAP) into "
-                    "an image folder + manifest.json (topic, stamp, frame_id, file) for stage-1 training; "
-                    "optionally turn recorded ovsam_ros/LabeledMaskArray messages into COCO pseudo-labels.")
-    parser.add_argument("bag", help="rosbag2 folder (with metadata.yaml) or a single .db3 / .mcap file")
-    parser.add_argument("--topic", action="append", required=True, help="image topic (repeatable)")
-    parser.add_argument("--out", required=True, help="output folder (must be empty or new, see --overwrite)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a non-empty --out (atomically, once the new extraction has finished)")
-    parser.add_argument("--rate", type=positive_float, default=None,
-                        help="keep at most this many frames per second per topic (by header stamp; default: all)")
-    parser.add_argument("--format", default="png", choices=["png", "jpg"], help="image files (default png, lossless)")
-    parser.add_argument("--start", type=non_negative_float, default=None, help="seconds after the bag start")
-    parser.add_argument("--end", type=non_negative_float, default=None,
-                        help="seconds after the bag start (must be after --start)")
-    parser.add_argument("--labels-topic", default=None,
-                        help="an ovsam_ros/msg/LabeledMaskArray topic -> <out>/pseudo_labels.json (COCO)")
-    parser.add_argument("--vocabulary", default=None,
-                        help="restrict pseudo-label classes to this vocabulary (default: every label seen)")
-    parser.add_argument("--min-score", type=unit_interval, default=0.0, help="drop pseudo-labels scored below this")
-    parser.add_argument("--progress", action="store_true")
+    parser = extract_bag_parser()
     args = parser.parse_args(argv)
     if args.start is not None and args.end is not None and args.start >= args.end:
         parser.error(f"--start {args.start} must be before --end {args.end}")
