@@ -64,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--vocab", type=_vocab_size, nargs="+", default=[80, 1203, 21843], metavar="C",
                    help="vocabulary sizes for recognition: ints or coco/lvis/in21k (default 80 1203 21843)")
     s.add_argument("--synonyms", type=int, default=None,
-                   help="synonyms per class in the random text matrix (default: 1/8/15 like COCO/LVIS/IN-21K)")
+                   help="synonyms per class in the random text matrix (default: the longest synonym list of the "
+                        "shipped COCO / LVIS / IN-21K vocabulary of that size, read from it)")
     s.add_argument("--predictor-classes", type=_vocab_size, default=1203,
                    help="vocabulary size used by the end-to-end predict/everything stages (default 1203)")
     s.add_argument("--grid", type=int, nargs="*", default=[16, 32], metavar="G",

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ovsam_ros.benchmark.vocab_shape import synonym_shape
 from ovsam_ros.model.backbone import build_backbone
 from ovsam_ros.model.clip2sam import CLIP2SAM
 from ovsam_ros.model.config import OVSAMConfig
@@ -105,10 +106,6 @@ def default_sam_family(cfg: OVSAMConfig) -> str:
     return "vit_h" if cfg.sam2clip.embed_dim == 1280 else "tiny"
 
 
-#: Mean synonyms per class of the shipped vocabularies (COCO 1.0, LVIS 1.52, ImageNet-21K 1.87).
-MEAN_SYNONYMS = {80: 1.0, 1203: 1.52, 21843: 1.87}
-
-
 def random_text(num_classes: int, num_synonyms: int, dim: int, device: torch.device | str = "cpu",
                 dtype: torch.dtype = torch.float32, seed: int = 0, ragged: bool = False) -> TextEmbeddings:
     """Random unit text embeddings [C, S, D] (timing/FLOPs only: the values do not matter).
@@ -121,8 +118,8 @@ def random_text(num_classes: int, num_synonyms: int, dim: int, device: torch.dev
     gen = torch.Generator().manual_seed(seed)
     emb = torch.nn.functional.normalize(torch.randn(num_classes, num_synonyms, dim, generator=gen), dim=-1)
     valid = torch.ones(num_classes, num_synonyms, dtype=torch.bool)
-    mean = MEAN_SYNONYMS.get(num_classes, 1.87)
-    if ragged and num_synonyms > 1 and mean > 1.0:
+    mean = synonym_shape(num_classes)[1] if ragged and num_synonyms > 1 else 1.0
+    if mean > 1.0:
         # geometric counts >= 1 with the target mean, capped at num_synonyms
         u = torch.rand(num_classes, generator=gen).clamp(min=1e-12)
         counts = (torch.log(u) / math.log(1.0 - 1.0 / mean)).floor().long() + 1

@@ -14,6 +14,7 @@ import torch
 from ovsam_ros.benchmark import BASELINES
 from ovsam_ros.benchmark.flops import default_sam_family, ovsam_flops, random_text
 from ovsam_ros.benchmark.harness import StageResult, peak_rss_bytes
+from ovsam_ros.benchmark.vocab_shape import synonym_shape
 from ovsam_ros.model.config import OVSAMConfig
 
 log = logging.getLogger(__name__)
@@ -25,12 +26,8 @@ PAPER = {"ovsam_gmacs": 1180.0, "ovsam_params_m": 304.0, "baseline_gmacs": (3545
 
 
 def synonyms_for(classes: int) -> int:
-    """Padded synonym width of the shipped vocabulary of this size (COCO 1, LVIS 8, IN-21K 15)."""
-    if classes <= 80:
-        return 1
-    if classes <= 1203:
-        return 8
-    return 15
+    """Padded synonym width of the shipped vocabulary of this size, read from it (vocab_shape.py)."""
+    return synonym_shape(classes)[0]
 
 
 @dataclass
@@ -43,7 +40,7 @@ class BenchSettings:
     threads: Optional[int] = None
     prompts: List[int] = field(default_factory=lambda: [1, 10, 100])
     vocab_sizes: List[int] = field(default_factory=lambda: [80, 1203, 21843])
-    synonyms: Optional[int] = None  # None: 1/8/15 like COCO/LVIS/IN-21K
+    synonyms: Optional[int] = None  # None: the width of the shipped COCO/LVIS/IN-21K file
     predictor_classes: int = 1203
     grids: List[int] = field(default_factory=lambda: [16, 32])
     repeats: int = 10

@@ -147,3 +147,12 @@ def test_no_cycle_through_the_model_package():
     below the loader, node and CLI)."""
     cycles = find_cycles(import_graph(PACKAGE_ROOT))
     assert [c for c in cycles if any(m.startswith("ovsam_ros.model") for m in c)] == []
+
+
+def test_ovsam_ros_has_no_import_cycles():
+    """Over all of ovsam_ros, sub-package ``__init__`` files included (a lazy ``__getattr__``
+    re-export is a function-local import, so it counts: ovsam_ros.benchmark used to re-export
+    ovsam_ros.benchmark.run, which imports the package back)."""
+    graph = import_graph(PACKAGE_ROOT)
+    assert {"ovsam_ros.benchmark", "ovsam_ros.benchmark.run", "ovsam_ros.ros.node_cli"} <= set(graph)
+    assert find_cycles(graph) == []
