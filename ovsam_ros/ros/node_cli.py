@@ -1,7 +1,7 @@
 """``ovsam-node`` command line: parse first, import rclpy / torch / the node only to run it.
 
 ``--help`` and argument errors answer in a fraction of a second instead of waiting seconds for
-torch and open_clip to import (test/ros/test_cli_imports.py pins that they are not imported).
+torch and open_clip to import (test/test_cli_imports.py pins that they are not imported).
 """
 
 from __future__ import annotations
