@@ -20,24 +20,9 @@ from ovsam_ros.model.recognition import class_logits
 from ovsam_ros.model.vocabulary import TextEmbeddings, Vocabulary
 
 
-def randomize_batchnorm_(model: torch.nn.Module, seed: int = 5) -> torch.nn.Module:
-    """Non-trivial BN statistics and affine terms (random init has mean 0 / var 1 / bn3 gamma 0,
-    under which a fold that dropped a term would still look right)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for bn in model.modules():
-            if isinstance(bn, torch.nn.BatchNorm2d):
-                n = bn.num_features
-                bn.running_mean.copy_(torch.randn(n, generator=gen) * 0.2)
-                bn.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-                bn.weight.copy_(torch.randn(n, generator=gen) * 0.5 + 1.0)
-                bn.bias.copy_(torch.randn(n, generator=gen) * 0.2)
-    return model
-
-
 @pytest.fixture
-def plain_and_optimized(tiny_model_factory):
-    plain = randomize_batchnorm_(tiny_model_factory("rn", seed=4))
+def plain_and_optimized(tiny_model_factory, randomize_batchnorm):
+    plain = randomize_batchnorm(tiny_model_factory("rn", seed=4), seed=5)
     fast = prepare_for_inference(copy.deepcopy(plain))
     return plain, fast
 

@@ -13,22 +13,6 @@ from ovsam_ros.prompts import Prompt
 from predictor_helpers import tiny_model
 
 
-def _randomize_batchnorm(model):
-    gen = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for bn in model.modules():
-            if isinstance(bn, torch.nn.BatchNorm2d):
-                n = bn.num_features
-                bn.running_mean.copy_(torch.randn(n, generator=gen) * 0.2)
-                bn.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-                bn.weight.copy_(torch.randn(n, generator=gen) * 0.5 + 1.0)
-                bn.bias.copy_(torch.randn(n, generator=gen) * 0.2)
-        for name, t in model.named_parameters():
-            if "rel_pos" in name:  # zero at init: a wrong bias layout would go unnoticed
-                t.copy_(torch.randn(t.shape, generator=gen) * 0.5)
-    return model
-
-
 def _ragged_text(classes: int, synonyms: int, dim: int) -> TextEmbeddings:
     """Random unit text embeddings with 1..S valid synonyms per class (zero padded, like LVIS)."""
     gen = torch.Generator().manual_seed(3)
@@ -37,10 +21,11 @@ def _ragged_text(classes: int, synonyms: int, dim: int) -> TextEmbeddings:
     return TextEmbeddings(emb * valid.unsqueeze(-1), valid, Vocabulary.from_names([f"c{i}" for i in range(classes)]))
 
 
-def test_optimized_predictor_matches_plain_in_fp32(image):
+def test_optimized_predictor_matches_plain_in_fp32(image, randomize_batchnorm):
     text = _ragged_text(300, 6, tiny_model().clip_dim)
-    plain = OVSAMPredictor(_randomize_batchnorm(tiny_model(seed=2)), vocabulary=text, top_k=5, optimize=False)
-    fast = OVSAMPredictor(_randomize_batchnorm(tiny_model(seed=2)), vocabulary=text, top_k=5)
+    plain = OVSAMPredictor(randomize_batchnorm(tiny_model(seed=2), seed=7, rel_pos=True), vocabulary=text, top_k=5,
+                           optimize=False)
+    fast = OVSAMPredictor(randomize_batchnorm(tiny_model(seed=2), seed=7, rel_pos=True), vocabulary=text, top_k=5)
     assert fast.optimized and not plain.optimized
     assert inference_dtype(fast.model) == torch.float32 and inference_dtype(plain.model) is None
     prompts = [Prompt(box=[150, 80, 320, 200]), Prompt(points=[[200, 120]]),
