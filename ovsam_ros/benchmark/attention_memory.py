@@ -14,12 +14,13 @@ compared with the first one's (max abs difference), so a faster path that change
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
+
+from .report import write_json
 
 
 def measure(model_name: str, attention: str, device: str, precision: str, repeats: int) -> tuple[dict, Any]:
@@ -88,8 +89,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     report = {"command": command, "model": args.model, "device": args.device, "precision": args.precision,
               "rows": rows}
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        write_json(report, args.json)
     return 0
 
 

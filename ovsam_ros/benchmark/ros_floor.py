@@ -26,6 +26,8 @@ import zlib
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .report import write_json
+
 
 def _echo(executor_kind: str) -> None:
     import rclpy
@@ -164,8 +166,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"{kind:<9} {size:<10} {r['frames']:>3} {r['lost']:>4}  {r['publish_call_ms']:>12.2f}  "
                       f"{r['in_ms']:>6.2f}  {r['round_trip_ms']:>10.2f}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        write_json(report, args.json)
         print(f"wrote {args.json}")
     return 0
 

@@ -43,6 +43,8 @@ import zlib
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from .report import write_json
+
 MODEL_STAGES = ("encode", "decode", "recognition")
 NODE_STAGES = ("queue", "preprocess", "publish", "total")
 
@@ -341,8 +343,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for t in report["targets"]:
         print(f"target {t['name']}: {t['target']}; measured {t['measured_ms']:.1f} ms -> {'PASS' if t['pass'] else 'MISS'}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        write_json(report, args.json)
         print(f"wrote {args.json}")
     return 0
 

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .report import write_json
+
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ovsam_ros.benchmark.startup", description=__doc__,
@@ -82,8 +84,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     }
     print(json.dumps(report, indent=1))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        write_json(report, args.json)
     return 0
 
 
