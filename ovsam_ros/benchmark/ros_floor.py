@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .report import write_json
+from .ros_overhead import parse_size
 
 
 def _echo(executor_kind: str) -> None:
@@ -111,18 +112,10 @@ def _client(sizes: Sequence[tuple[int, int]], frames: int, warmup: int) -> None:
     os._exit(0)  # skip rclpy teardown under a spinning executor
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"sizes are WIDTHxHEIGHT, got {text!r}") from None
-    return w, h
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ovsam_ros.benchmark.ros_floor", description=__doc__.split("\n")[0],
                                      epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=_size, nargs="+", default=[(1280, 720)], metavar="WxH")
+    parser.add_argument("--sizes", type=parse_size, nargs="+", default=[(1280, 720)], metavar="WxH")
     parser.add_argument("--frames", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--executor", choices=["single", "multi", "both"], default="both",
