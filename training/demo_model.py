@@ -57,11 +57,18 @@ def _mean(values: Sequence[float]) -> float:
 
 def evaluate_model(checkpoint: Path, annotations: str, images: str, max_images: int,
                    text_queries: bool = False) -> Dict[str, Any]:
+    """Score ``checkpoint`` with the predictor settings of the ``shapes`` model YAML (what the demo,
+    CLI and node run), only the weights swapped: e.g. no frozen-CLIP ensemble, which the published
+    rn50x16 configs use and which lowers this small CLIP's labels."""
+    from ovsam_ros.loading import load_specs
+
     from .data.coco import CocoInstances
     from .evaluate import build_eval_predictor, evaluate
 
     coco = CocoInstances(annotations, images)
-    predictor = build_eval_predictor(str(checkpoint), None, "cpu", "fp32", "single")
+    _, spec = load_specs("shapes")
+    predictor = build_eval_predictor(str(checkpoint), None, "cpu", spec.precision, spec.templates,
+                                     clip_ensemble=spec.clip_ensemble, names_only=spec.names_only)
     return evaluate(predictor, coco, ("box", "point"), max_images=max_images, progress=False,
                     text_queries=text_queries, query_options=world_query_options(predictor))
 

@@ -65,6 +65,9 @@ DEFAULTS: Dict[str, Any] = {
     #                           for a stage 1 whose teacher is weak (the shapes-world recipe)
     "output_tokens": None,  # decoder token set to train: reference ([label, mask0], no IoU token) | sam |
     #                          null = the model's own (a SAM-initialised model resolves 'auto' to sam)
+    "label_weight": None,  # weight of the decoder's label-token embedding added to each RoI embedding:
+    #                        null = the model's own; the reference has 0 (label_mlp unused, frozen); > 0
+    #                        (ours) trains label_mlp too and is saved with the model (the shapes recipe)
     "data": {
         "annotations": None,  # COCO-format instances JSON
         "images": None,  # image root (file_name is relative to it); default: next to the JSON
@@ -211,6 +214,12 @@ class Stage2Task(engine.Task):
             if tokens not in ("reference", "sam"):
                 raise ValueError(f"output_tokens must be reference, sam or null, got {tokens!r}")
             self.model.decoder.output_tokens = tokens
+        if cfg.get("label_weight") is not None:
+            weight = float(cfg["label_weight"])
+            if weight != 0.0 and not self.model.decoder.use_label_token:
+                raise ValueError(f"label_weight={weight} needs the decoder's label token, and this model has "
+                                 "none (decoder.label_token: false)")
+            self.model.clip2sam.label_weight = weight
         if self.model.decoder.output_tokens == "reference" and float(lcfg["iou_weight"]) > 0:
             raise ValueError("loss.iou_weight > 0 needs the 'sam' token set: the reference token set "
                              "([label, mask0]) has no IoU token to train (set loss.iou_weight=0 or output_tokens=sam)")

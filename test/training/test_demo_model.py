@@ -152,6 +152,32 @@ def test_text_query_ranks_a_rendered_object_through_the_model(shapes_predictor):
     assert hits >= 0.55 * queries and hits >= 2 * chance, (hits, chance, queries)
 
 
+def test_recipe_scores_with_the_predictor_the_shapes_yaml_builds(monkeypatch, shapes_predictor, tmp_path):
+    """The metrics the recipe writes (shapes_metrics.json, README) must be those of the predictor
+    the demo, CLI and node build from the shapes YAML: same labelling rule, texts and precision;
+    only the weights file differs. (Scoring with the frozen-CLIP ensemble once made the recorded
+    labels 10-40 points off what the demo prints.)"""
+    import training.evaluate as ev
+    from training import demo_model
+    from ovsam_ros.loading import resolve_config_path
+
+    seen = {}
+
+    def fake_evaluate(predictor, coco, *args, **kwargs):
+        seen["predictor"] = predictor
+        return {"prompts": {}}
+
+    monkeypatch.setattr(ev, "evaluate", fake_evaluate)
+    from training.synthetic import make_dataset
+
+    data = make_dataset(tmp_path, seed=FRESH_SEED, world="shapes", splits={"test": 1})
+    demo_model.evaluate_model(demo_model.PACKAGE_MODEL_DIR / "shapes.pt", data["test"], data["images"], 1)
+    ours, yaml_built = seen["predictor"], shapes_predictor
+    assert "clip_ensemble: false" in resolve_config_path("shapes").read_text()
+    for attr in ("clip_ensemble", "templates", "names_only", "max_synonyms", "precision"):
+        assert getattr(ours, attr) == getattr(yaml_built, attr), attr
+
+
 def test_bundled_model_is_small_and_says_what_it_knows(caplog):
     from ovsam_ros.loading import build_model, load_specs
 

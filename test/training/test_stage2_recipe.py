@@ -200,3 +200,37 @@ def test_names_only_and_max_synonyms_choose_the_encoded_texts(synth, tasks, tmp_
     assert names_task.dataset[0]["labels"].tolist() == full_task.dataset[0]["labels"].tolist()
     with pytest.raises(ValueError, match="max_synonyms"):
         texts("text.max_synonyms=0")
+
+
+def test_label_weight_adds_the_label_token_and_trains_label_mlp(tasks):
+    """The reference multiplies the label token's output by 0 (label_mlp unused and frozen); the
+    shapes recipe sets label_weight: the region embedding the CE sees is then RoI + w * label
+    embedding, and label_mlp learns from the classification loss."""
+    reference = tasks["train_splits"]
+    assert reference.model.clip2sam.label_weight == 0.0
+    assert not any(n.startswith("decoder.label_mlp.") for n, p in reference.model.named_parameters()
+                   if p.requires_grad)
+
+    task = tasks["make"]("label_weight=0.5", "loss.class_list=train_splits")
+    model = task.model
+    assert model.clip2sam.label_weight == 0.5
+    items = [task.dataset[(0, i)] for i in range(2)]
+    batch = task.prepare(collate_instances(items), DistEnv())
+    out = task.net(batch)
+    with torch.no_grad():
+        feats = model.encode_image(batch["images"])
+    for name in ("box", "point"):
+        g, res = batch["groups"][name], out[name]
+        label = res["label_embeddings"]
+        assert label is not None and label.norm(dim=-1).min() > 0
+        roi = model.clip2sam(feats.fpn_features, g["roi_boxes"], g["image_index"])
+        torch.testing.assert_close(res["region_embeddings"][:, 0], roi + 0.5 * label, rtol=1e-5, atol=1e-5)
+    total, _ = task.loss(out, batch, 0)
+    total.backward()
+    grads = [p.grad for n, p in model.named_parameters() if n.startswith("decoder.label_mlp.")]
+    assert grads and all(gr is not None and gr.abs().sum() > 0 for gr in grads)
+    # saved with the model (current_config is what save_ovsam writes): the predictor adds it the same way
+    assert model.current_config().clip2sam.label_weight == 0.5
+
+    with pytest.raises(ValueError, match="label token"):
+        tasks["make"]("label_weight=1.0", "model.overrides.decoder.label_token=false")
