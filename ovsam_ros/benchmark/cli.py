@@ -8,10 +8,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from ovsam_ros.benchmark import BASELINES, VOCAB_ALIASES
 
@@ -124,14 +125,17 @@ def run_from_args(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ovsam_ros.bench", description=__doc__.split("\n")[0],
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    # The console script and ``python -m ovsam_ros.bench`` share this entry: name whichever ran.
+    launcher = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    prog = prog or (launcher if launcher.startswith("ovsam-") else "python -m ovsam_ros.bench")
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     add_arguments(parser)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     try:
-        return run_from_args(args, shlex.join(["python", "-m", "ovsam_ros.bench", *argv]))
+        return run_from_args(args, shlex.join([*prog.split(), *argv]))
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"ovsam bench: error: {error}", file=sys.stderr)
         return 2

@@ -1,11 +1,13 @@
 """`ovsam bench` smoke test on the tiny model (CPU, seconds) and the harness helpers."""
 
 import json
+import sys
 
 import pytest
 import torch
 
 from ovsam_ros import cli
+from ovsam_ros.benchmark.cli import main as bench_main
 from ovsam_ros.benchmark.harness import Timing, measure_memory, percentile, time_call
 from ovsam_ros.benchmark.stages import StageRunner, TimingOptions
 
@@ -120,3 +122,13 @@ def test_cpu_memory_of_a_stage_sees_a_known_allocation():
     assert 30 <= thirty_two.peak_mb <= 40, thirty_two
     tiny = runner.run("none", "image", lambda: torch.ones(16)).memory
     assert tiny.peak_mb < 1, tiny
+
+
+@pytest.mark.parametrize("argv0, prog", [("/opt/ros/install/bin/ovsam-bench", "ovsam-bench"),
+                                         ("/src/ovsam_ros/bench.py", "python -m ovsam_ros.bench")])
+def test_help_names_the_command_that_ran(monkeypatch, capsys, argv0, prog):
+    monkeypatch.setattr(sys, "argv", [argv0, "--help"])
+    with pytest.raises(SystemExit) as done:
+        bench_main()
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: {prog} ")
