@@ -1,5 +1,6 @@
-"""argparse ``type=`` checkers for numeric options: NaN, infinities and out-of-range values
-are usage errors at parse time, before any file is read or written and before a model loads.
+"""argparse ``type=`` checkers for numeric options and image sizes: NaN, infinities and
+out-of-range values are usage errors at parse time, before any file is read or written and
+before a model loads.
 
     parser.add_argument("--rate", type=number(float, min=0, min_exclusive=True))
 """
@@ -43,3 +44,14 @@ non_negative_int = number(int, min=0)
 unit_interval = number(float, min=0.0, max=1.0)
 positive_float = number(float, min=0.0, min_exclusive=True)
 non_negative_float = number(float, min=0.0)
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """``WIDTHxHEIGHT`` (``640x480``, case-insensitive ``X``), both positive, as ``(width, height)``."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT, got {text!r}") from None
+    if w <= 0 or h <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return w, h

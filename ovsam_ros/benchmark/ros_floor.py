@@ -26,8 +26,9 @@ import zlib
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ovsam_ros.cli_types import image_size
+
 from .report import write_json
-from .ros_overhead import parse_size
 
 
 def _echo(executor_kind: str) -> None:
@@ -115,7 +116,7 @@ def _client(sizes: Sequence[tuple[int, int]], frames: int, warmup: int) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ovsam_ros.benchmark.ros_floor", description=__doc__.split("\n")[0],
                                      epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=parse_size, nargs="+", default=[(1280, 720)], metavar="WxH")
+    parser.add_argument("--sizes", type=image_size, nargs="+", default=[(1280, 720)], metavar="WxH")
     parser.add_argument("--frames", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--executor", choices=["single", "multi", "both"], default="both",

@@ -43,19 +43,12 @@ import zlib
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from ovsam_ros.cli_types import image_size
+
 from .report import write_json
 
 MODEL_STAGES = ("encode", "decode", "recognition")
 NODE_STAGES = ("queue", "preprocess", "publish", "total")
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """argparse type for WIDTHxHEIGHT (also used by ros_floor)."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"sizes are WIDTHxHEIGHT, got {text!r}") from None
-    return w, h
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -319,7 +312,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ovsam_ros.benchmark.ros_overhead", description=__doc__.split("\n")[0],
                                      epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny", help="model YAML / preset for the node (default tiny)")
-    parser.add_argument("--sizes", type=parse_size, nargs="+", default=[(640, 480), (1280, 720)], metavar="WxH")
+    parser.add_argument("--sizes", type=image_size, nargs="+", default=[(640, 480), (1280, 720)], metavar="WxH")
     parser.add_argument("--frames", type=int, default=30, help="timed frames per size")
     parser.add_argument("--warmup", type=int, default=5, help="untimed frames per size first")
     parser.add_argument("--threads", type=int, default=1, help="the node's torch threads")

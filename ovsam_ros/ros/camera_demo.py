@@ -24,6 +24,7 @@ from typing import Any, Iterator, Optional, Sequence
 import cv2
 import numpy as np
 
+from ovsam_ros.cli_types import image_size
 from ovsam_ros.resources import SAMPLES_DIR  # package data: travels with the code
 SOURCES = ("samples", "shapes", "world")
 #: Scene stream of the demo camera's shapes world: no training run uses it.
@@ -198,16 +199,6 @@ def make_camera_node(*, source: str = "samples", encoding: str = "rgb8", compres
     return DemoCamera()
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT, got {text!r}") from None
-    if w <= 0 or h <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return w, h
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="ovsam-demo-camera", description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", choices=list(SOURCES), default="samples",
@@ -220,7 +211,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--encoding", default="rgb8", choices=["rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16"])
     parser.add_argument("--compressed", choices=["png", "jpeg"], default=None,
                         help="publish sensor_msgs/CompressedImage on image/compressed instead")
-    parser.add_argument("--size", type=parse_size, default=None,
+    parser.add_argument("--size", type=image_size, default=None,
                         help="shapes clip / world scene size (default 640x480 for shapes, 320x240 for world)")
     argv = list(sys.argv[1:] if argv is None else argv)
     ros_args = argv[argv.index("--ros-args"):] if "--ros-args" in argv else []

@@ -72,7 +72,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ovsam_ros.prompt_parsing import parse_box as _box
     from ovsam_ros.prompt_parsing import parse_object
     from ovsam_ros.prompt_parsing import parse_point as _point
-    from ovsam_ros.ros.camera_demo import parse_size
+    from ovsam_ros.cli_types import image_size
 
     parser = argparse.ArgumentParser(prog="ovsam-demo-prompts", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -82,7 +82,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--object", dest="prompts", action="append", type=parse_object, metavar="SPEC",
                         help="'p:X,Y n:X,Y b:X0,Y0,X1,Y1' = one object from several cues")
     parser.add_argument("--text", default=None, help="publish a text query instead of / besides prompts")
-    parser.add_argument("--image-size", type=parse_size, default=None, metavar="WxH",
+    parser.add_argument("--image-size", type=image_size, default=None, metavar="WxH",
                         help="size of the image the coordinates refer to (default: the next frame's)")
     parser.add_argument("--persistent", action="store_true", help="apply to every frame until cleared")
     parser.add_argument("--clear", action="store_true", help="clear persistent prompts and the text query")

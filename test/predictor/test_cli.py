@@ -210,3 +210,20 @@ def test_synonyms_option_reaches_the_predictor(flag, names_only, monkeypatch, ca
     assert seen["names_only"] is names_only
     with pytest.raises(SystemExit):
         build_parser().parse_args(["segment", str(SAMPLE), "--synonyms", "some"])
+
+
+@pytest.mark.parametrize("text, expected", [("640x480", (640, 480)), ("1280X720", (1280, 720)),
+                                            ("wide", "size must be WIDTHxHEIGHT, got 'wide'"),
+                                            ("640x480x3", "size must be WIDTHxHEIGHT, got '640x480x3'"),
+                                            ("0x480", "size must be positive, got '0x480'"),
+                                            ("640x-1", "size must be positive, got '640x-1'")])
+def test_image_size_option_is_width_by_height(text, expected):
+    """One parser for every WIDTHxHEIGHT option (demo camera, prompt source, ROS benchmarks)."""
+    from ovsam_ros.cli_types import image_size
+
+    if isinstance(expected, tuple):
+        assert image_size(text) == expected
+    else:
+        with pytest.raises(argparse.ArgumentTypeError) as err:
+            image_size(text)
+        assert str(err.value) == expected
