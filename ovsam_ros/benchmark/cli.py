@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ovsam_ros.benchmark import BASELINES, VOCAB_ALIASES
+from ovsam_ros.cli_types import image_size
 
 
 def _vocab_size(text: str) -> int:
@@ -28,10 +29,8 @@ def _vocab_size(text: str) -> int:
 
 
 def _frame(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--frame must be WIDTHxHEIGHT (e.g. 1280x720), got {text!r}") from None
+    """WIDTHxHEIGHT -> (height, width), the order the frame benchmark takes."""
+    w, h = image_size(text)
     return h, w
 
 

@@ -22,6 +22,8 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 import torch
 
+from ovsam_ros.cli_types import image_size
+
 #: Comparisons this tool runs.
 COMPARISONS = ("precision", "resize")
 
@@ -143,7 +145,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--grid", type=int, default=5, help="point prompts per side (default 5 -> 25 per image)")
     parser.add_argument("--scenes", type=int, default=4, help="shapes-world scenes besides the two photos")
-    parser.add_argument("--scene-size", default="640x480", metavar="WxH",
+    parser.add_argument("--scene-size", type=image_size, default="640x480", metavar="WxH",
                         help="shapes-world scene size (default 640x480; 320x240 shrinks by 0.8 into the shapes "
                              "model's 256 px input, as a 1280x720 frame does into the published model's 1024)")
     parser.add_argument("--threads", type=int, default=None)
@@ -155,12 +157,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     from ovsam_ros.loading import build_predictor
 
-    try:
-        scene_size = tuple(int(v) for v in args.scene_size.lower().split("x"))
-        assert len(scene_size) == 2 and min(scene_size) > 0
-    except (ValueError, AssertionError):
-        parser.error(f"--scene-size must be WIDTHxHEIGHT, got {args.scene_size!r}")
-    images = sample_images(args.scenes, scene_size)
+    images = sample_images(args.scenes, args.scene_size)
     if args.comparison == "precision":
         # Two builds: the inference path rewrites a model in place for its precision.
         fp32 = build_predictor(args.model, device=args.device, precision="fp32", text_cache_dir=None)
