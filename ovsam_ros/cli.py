@@ -43,8 +43,8 @@ def _add_common(parser: argparse.ArgumentParser, image: bool = True) -> None:
     group.add_argument("--vocab", default=None,
                        help="coco | lvis | imagenet21k | a .txt/.json file | 'cup, door handle' (default: the model YAML's)")
     group.add_argument("--synonyms", default=None, choices=["all", "names"],
-                       help="which texts name a class: every synonym the vocabulary lists, or the class name alone "
-                            "(the reference's LVIS text); default: the model YAML's")
+                       help="which texts name a class: every synonym the vocabulary lists (lifts the YAML's max_synonyms "
+                            "cap), or the class name alone (the reference's LVIS text); default: the model YAML's")
     group.add_argument("--device", default=None, help="cpu | cuda | cuda:N | auto (default: the model YAML's)")
     group.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"], help="default: the model YAML's")
     group.add_argument("--top-k", type=positive_int, default=None, help="labels reported per instance (default: 5)")
@@ -163,7 +163,7 @@ def _make_predictor(args: argparse.Namespace):
 
     return build_predictor(args.model, vocabulary=args.vocab, device=args.device,
                            precision=args.precision, top_k=args.top_k,
-                           names_only={"names": True, "all": False}.get(args.synonyms))
+                           synonyms=args.synonyms)
 
 
 def _everything_options(args: argparse.Namespace):

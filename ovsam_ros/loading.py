@@ -275,12 +275,24 @@ def untrained_warning(spec: ModelSpec) -> str:
     )
 
 
-def build_predictor(source: Union[str, Path, dict[str, Any]], **overrides: Any):
-    """Model + predictor from a model YAML; ``overrides`` replace predictor fields (device=...)."""
+SYNONYM_CHOICES = ("all", "names")
+
+
+def build_predictor(source: Union[str, Path, dict[str, Any]], synonyms: Optional[str] = None, **overrides: Any):
+    """Model + predictor from a model YAML; ``overrides`` replace predictor fields (device=...; None
+    keeps the YAML's). ``synonyms`` is the CLI/node switch: 'names' = each class by its name alone,
+    'all' = every synonym the vocabulary lists (it also lifts the YAML's ``max_synonyms`` cap, which a
+    None override could not), None/'' = the YAML's policy."""
     from ovsam_ros.model.vocabulary import TextEmbeddingCache, get_templates, load_vocabulary
     from ovsam_ros.predictor import OVSAMPredictor
 
     model_spec, predictor_spec = load_specs(source)
+    if synonyms:
+        if synonyms not in SYNONYM_CHOICES:
+            raise ValueError(f"synonyms must be one of {', '.join(SYNONYM_CHOICES)}; got {synonyms!r}")
+        predictor_spec.names_only = synonyms == "names"
+        if synonyms == "all":
+            predictor_spec.max_synonyms = None
     for key, value in overrides.items():
         if value is None:
             continue

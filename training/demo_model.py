@@ -68,7 +68,8 @@ def evaluate_model(checkpoint: Path, annotations: str, images: str, max_images: 
     coco = CocoInstances(annotations, images)
     _, spec = load_specs("shapes")
     predictor = build_eval_predictor(str(checkpoint), None, "cpu", spec.precision, spec.templates,
-                                     clip_ensemble=spec.clip_ensemble, names_only=spec.names_only)
+                                     clip_ensemble=spec.clip_ensemble,
+                                     synonyms="names" if spec.names_only else "all")
     return evaluate(predictor, coco, ("box", "point"), max_images=max_images, progress=False,
                     text_queries=text_queries, query_options=world_query_options(predictor))
 

@@ -249,10 +249,10 @@ def format_table(metrics: Dict[str, Any]) -> str:
 
 def build_eval_predictor(checkpoint: Optional[str], model_yaml: Optional[str], device: str, precision: str,
                          templates: str, clip_weights: Optional[str] = None, clip_ensemble: bool = True,
-                         names_only: Optional[bool] = None):
+                         synonyms: Optional[str] = None):
     """The robots' predictor, from an ovsam_ros checkpoint or a model YAML (vocabulary set later).
 
-    ``names_only``: None = the model YAML's (all synonyms for a checkpoint)."""
+    ``synonyms``: 'all' | 'names' | None = the model YAML's (all synonyms for a checkpoint)."""
     from ovsam_ros.loading import build_predictor
     from ovsam_ros.model.build import load_ovsam
     from ovsam_ros.model.vocabulary import get_templates
@@ -263,9 +263,9 @@ def build_eval_predictor(checkpoint: Optional[str], model_yaml: Optional[str], d
         model = load_ovsam(os.path.expanduser(checkpoint), clip_pretrained=clip)
         return OVSAMPredictor(model, vocabulary=None, device=device, precision=precision,
                               templates=get_templates(templates), trained=True, clip_ensemble=clip_ensemble,
-                              names_only=bool(names_only))
+                              names_only=synonyms == "names")
     predictor = build_predictor(model_yaml, device=device, precision=precision, clip_ensemble=clip_ensemble,
-                                names_only=names_only)
+                                synonyms=synonyms)
     predictor.templates = get_templates(templates)
     return predictor
 
@@ -278,7 +278,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         coco = CocoInstances(args.annotations, args.images, args.vocabulary, unknown_category=args.unknown_category)
         predictor = build_eval_predictor(args.checkpoint, args.model, args.device, args.precision, args.templates,
                                          args.clip_weights, clip_ensemble=args.clip_ensemble == "on",
-                                         names_only={"names": True, "all": False}.get(args.synonyms))
+                                         synonyms=args.synonyms)
         if args.everything_multimask != "auto":
             predictor.everything_multimask = args.everything_multimask == "on"
         from ovsam_ros.predictor import EverythingOptions

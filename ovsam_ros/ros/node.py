@@ -237,7 +237,7 @@ class OVSAMNode(LifecycleNode):
                                         precision=s.precision or None, top_k=s.top_k,
                                         clip_ensemble={"on": True, "off": False}.get(s.clip_ensemble),
                                         compile=s.compile or None,
-                                        names_only={"names": True, "all": False}.get(s.synonyms))
+                                        synonyms=s.synonyms or None)
         except Exception as error:  # a missing checkpoint, bad YAML, no CUDA, ...
             return self._fail("configure", f"could not load model {s.model!r}: {type(error).__name__}: {error}")
         self._instrument(predictor)

@@ -72,7 +72,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               choices=("", "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
               when="configure"),
     ParamSpec("synonyms", "",
-              "Which texts name a class: all (every synonym the vocabulary lists) | names (the class name "
+              "Which texts name a class: all (every synonym the vocabulary lists, past the YAML's max_synonyms) "
+              "| names (the class name "
               "alone, as the reference encodes LVIS); '' = the model YAML's (names for rn50x16 LVIS). Applies "
               "to set_vocabulary too.", choices=("", "all", "names"), when="configure"),
     # -- ROS interfaces (read at configure) ----------------------------------------------

@@ -194,9 +194,10 @@ def test_numeric_options_are_usage_errors(argv, option, capsys, no_model_load):
     assert f"argument {option}" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("flag, names_only", [([], None), (["--synonyms", "names"], True), (["--synonyms", "all"], False)])
-def test_synonyms_option_reaches_the_predictor(flag, names_only, monkeypatch, capsys):
-    """--synonyms names|all overrides the model YAML's names_only; without it the YAML decides (None)."""
+@pytest.mark.parametrize("flag, synonyms", [([], None), (["--synonyms", "names"], "names"), (["--synonyms", "all"], "all")])
+def test_synonyms_option_reaches_the_predictor(flag, synonyms, monkeypatch, capsys):
+    """--synonyms names|all overrides the model YAML's synonym policy; without it the YAML decides (None).
+    What each choice does to a vocabulary: test_loading.py::test_synonyms_switch_all_lifts_the_yaml_cap..."""
     import ovsam_ros.loading
 
     seen = {}
@@ -207,7 +208,7 @@ def test_synonyms_option_reaches_the_predictor(flag, names_only, monkeypatch, ca
 
     monkeypatch.setattr(ovsam_ros.loading, "build_predictor", fake_build_predictor)
     assert main(["segment", str(SAMPLE), "--point", "1,1", *flag]) == 2
-    assert seen["names_only"] is names_only
+    assert seen["synonyms"] == synonyms
     with pytest.raises(SystemExit):
         build_parser().parse_args(["segment", str(SAMPLE), "--synonyms", "some"])
 

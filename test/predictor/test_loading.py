@@ -85,6 +85,25 @@ def test_synonym_options_flow_from_the_yaml_and_overrides(tmp_path):
     assert build_predictor({**base, "predictor": {**base["predictor"], "resize": "cv2"}}).transform.resize == "cv2"
 
 
+def test_synonyms_switch_all_lifts_the_yaml_cap_and_names_keeps_one(tmp_path):
+    """The CLI's --synonyms / the node's `synonyms`: 'all' must mean every listed synonym even when the
+    model YAML caps them (a None override cannot clear a YAML value), 'names' the class name alone."""
+    spec = tmp_path / "v.json"
+    spec.write_text('{"classes": [{"name": "sofa", "synonyms": ["sofa", "couch", "lounge"]}, "cup/mug"]}')
+    capped = {"model": {"preset": "tiny"},
+              "predictor": {"vocabulary": str(spec), "text_cache_dir": None, "max_synonyms": 1}}
+    assert build_predictor(capped).vocabulary.synonyms == [["sofa"], ["cup"]]
+    everything = build_predictor(capped, synonyms="all")
+    assert everything.vocabulary.synonyms == [["sofa", "couch", "lounge"], ["cup", "mug"]]
+    assert everything.max_synonyms is None and not everything.names_only
+    everything.set_vocabulary(str(spec))  # the policy stays with the predictor for later vocabularies
+    assert everything.vocabulary.synonyms == [["sofa", "couch", "lounge"], ["cup", "mug"]]
+    assert build_predictor(capped, synonyms="names").vocabulary.synonyms == [["sofa"], ["cup"]]
+    assert build_predictor(capped, synonyms="").vocabulary.synonyms == [["sofa"], ["cup"]]  # '' = the YAML's
+    with pytest.raises(ValueError, match="synonyms must be one of all, names"):
+        build_predictor(capped, synonyms="al")
+
+
 def test_model_yaml_selects_the_single_mask_token_for_everything_mode(tmp_path):
     save_ovsam(tiny_model(seed=5), tmp_path / "trained.pt")
     (tmp_path / "model.yaml").write_text(yaml.safe_dump({

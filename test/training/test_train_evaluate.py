@@ -194,8 +194,8 @@ def test_unused_classes_are_dropped_and_never_predicted(tmp_path):
         assert names == {"cat", "car"}
 
 
-@pytest.mark.parametrize("flag, names_only", [([], None), (["--synonyms", "names"], True)])
-def test_synonyms_option_reaches_the_eval_predictor(flag, names_only, tmp_path, synth, monkeypatch):
+@pytest.mark.parametrize("flag, synonyms", [([], None), (["--synonyms", "names"], "names"), (["--synonyms", "all"], "all")])
+def test_synonyms_option_reaches_the_eval_predictor(flag, synonyms, tmp_path, synth, monkeypatch):
     import training.evaluate as evaluate_module
 
     seen = {}
@@ -207,7 +207,7 @@ def test_synonyms_option_reaches_the_eval_predictor(flag, names_only, tmp_path, 
     monkeypatch.setattr(evaluate_module, "build_eval_predictor", fake)
     assert main(["--model", "tiny", "--annotations", str(synth["val"]), "--images", str(synth["images"]),
                  "--no-progress", *flag]) == 2
-    assert seen["names_only"] is names_only
+    assert seen["synonyms"] == synonyms
 
 
 def test_evaluate_encodes_the_dataset_classes_with_the_predictors_synonym_policy(synth):
