@@ -70,17 +70,17 @@ def evaluate_model(checkpoint: Path, annotations: str, images: str, max_images: 
     predictor = build_eval_predictor(str(checkpoint), None, "cpu", spec.precision, spec.templates,
                                      clip_ensemble=spec.clip_ensemble,
                                      synonyms="names" if spec.names_only else "all")
+    predictor.everything_multimask = spec.everything_multimask  # text queries' candidates, as the demo makes them
     return evaluate(predictor, coco, ("box", "point"), max_images=max_images, progress=False,
-                    text_queries=text_queries, query_options=world_query_options(predictor))
+                    text_queries=text_queries, query_options=world_query_options())
 
 
-def world_query_options(predictor):
-    """Text queries as ``ovsam demo`` sends them on world scenes: the shapes model's candidates
-    come from its single trained mask token (stage 2 trains no other), with the demo's settings."""
+def world_query_options():
+    """Text queries' candidate search as ``ovsam demo`` runs it on world scenes (the demo's settings;
+    single- or multi-mask candidates are the predictor's, from the shapes YAML)."""
     from ovsam_ros.demo_scoring import WORLD_EVERYTHING
     from ovsam_ros.predictor import EverythingOptions
 
-    predictor.everything_multimask = False
     return EverythingOptions(**WORLD_EVERYTHING)
 
 

@@ -77,7 +77,7 @@ def fresh_eval(tmp_path_factory, shapes_predictor):
     predictor = shapes_predictor
     assert not predictor.everything_multimask  # the shapes YAML: the single trained mask token
     metrics = evaluate(predictor, CocoInstances(data["test"], data["images"]), ("box", "point"),
-                       progress=False, text_queries=True, query_options=world_query_options(predictor))
+                       progress=False, text_queries=True, query_options=world_query_options())
     return headline(metrics)
 
 
@@ -167,7 +167,7 @@ def test_recipe_scores_with_the_predictor_the_shapes_yaml_builds(monkeypatch, sh
     demo_model.evaluate_model(demo_model.PACKAGE_MODEL_DIR / "shapes.pt", data["test"], data["images"], 1)
     ours, yaml_built = seen["predictor"], shapes_predictor
     assert "clip_ensemble: false" in resolve_config_path("shapes").read_text()
-    for attr in ("clip_ensemble", "templates", "names_only", "max_synonyms", "precision"):
+    for attr in ("clip_ensemble", "templates", "names_only", "max_synonyms", "precision", "everything_multimask"):
         assert getattr(ours, attr) == getattr(yaml_built, attr), attr
 
 
