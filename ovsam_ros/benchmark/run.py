@@ -240,7 +240,7 @@ def _clip_dim(cfg: OVSAMConfig) -> int:
 
 
 def _group_of(name: str, params: Dict[str, Any]) -> str:
-    if "classes" in params:
+    if "classes" in params or "texts" in params:
         return "vocabulary"
     if "grid" in params:
         return "everything"
@@ -249,7 +249,8 @@ def _group_of(name: str, params: Dict[str, Any]) -> str:
 
 _ORDER = ["preprocess", "clip_encoder", "sam2clip", "fpn", "encode_image", "baseline.sam_encoder",
           "baseline.clip_dense", "prompt_decoder", "roi_head", "decode", "clip_region_branch", "postprocess", "predict",
-          "baseline.sam_decoder", "baseline.feature_crop", "baseline.image_crop", "recognition", "everything"]
+          "baseline.sam_decoder", "baseline.feature_crop", "baseline.image_crop", "text_encoder", "recognition",
+          "everything"]
 
 
 def _order(rows: Dict[str, StageResult], settings: BenchSettings) -> List[StageResult]:

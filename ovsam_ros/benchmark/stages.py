@@ -18,6 +18,9 @@ Per batch of N prompts (group ``prompt``; features cached):
   ``postprocess``  low-res logits -> original-size masks on the host, stability, boxes
   ``predict``  ``OVSAMPredictor.predict`` end to end (decode + recognition + postprocess)
 Per vocabulary size (group ``vocabulary``): ``recognition`` = cosine logits + top-k labels.
+Once (group ``vocabulary``): ``text_encoder`` = one ``encode_vocabulary`` batch through the CLIP
+text tower, what ``set_vocabulary`` repeats per batch; its note and ``text_encode_estimate_s``
+scale it to each vocabulary size.
 Everything mode (group ``everything``): ``OVSAMPredictor.everything`` with a point grid.
 
 Baselines (prefix ``baseline.``): ``sam_encoder`` (SAM ViT image encoder),
@@ -48,6 +51,10 @@ from ovsam_ros.runtime import PRECISIONS
 from ovsam_ros.model.transforms import ImageTransform
 from ovsam_ros.results import InstanceResult
 from ovsam_ros.runtime import autocast
+
+
+#: Prompts per text-tower call (``encode_vocabulary``'s and so ``set_vocabulary``'s batch).
+TEXT_BATCH = 256
 
 
 @dataclass
@@ -193,6 +200,10 @@ def time_ovsam(model, predictor, frame: np.ndarray, prompts: Sequence[int], voca
             runner.run("recognition", "vocabulary", recognise, {"prompts": n, "classes": c}, note=note)
         text = packed = None  # free the (up to 1 GB) matrix before the next one
 
+    extra: dict[str, Any] = {}
+    if isinstance(model, OVSAM):
+        extra["text_encode_estimate_s"] = time_text_encoder(predictor, vocab_sizes, runner)
+
     from ovsam_ros.predictor import EverythingOptions
 
     kept: dict[str, int] = {}
@@ -208,7 +219,36 @@ def time_ovsam(model, predictor, frame: np.ndarray, prompts: Sequence[int], voca
         row = runner.run("everything", "everything", everything, {"grid": f"{g}x{g}"})
         what = "default thresholds" if everything_filters else "no IoU/stability filter"
         row.note = f"{g * g} points, {what}, {kept[f'{g}x{g}']} masks kept (random weights)"
-    return {"everything_kept": kept}
+    return {"everything_kept": kept, **extra}
+
+
+def time_text_encoder(predictor, vocab_sizes: Sequence[tuple[int, int]], runner: StageRunner) -> dict[str, float]:
+    """Time one full ``encode_vocabulary`` batch (``TEXT_BATCH`` prompts: real LVIS class names x the
+    predictor's templates, short contexts as the predictor runs them) and scale it to every
+    vocabulary size by its batch count, with the shipped vocabularies' mean synonyms per class.
+    Returns ``{classes: estimated seconds}`` for a cold ``set_vocabulary`` (no text cache)."""
+    import math
+
+    from ovsam_ros.benchmark.vocab_shape import synonym_shape
+    from ovsam_ros.model.vocabulary import encode_vocabulary, load_vocabulary
+
+    templates = predictor.templates
+    per_batch = max(1, TEXT_BATCH // len(templates))  # names per batch, as encode_vocabulary packs them
+    vocab = load_vocabulary("lvis", names_only=True).subset(range(per_batch))
+
+    def encode() -> Any:
+        return encode_vocabulary(predictor._text_encoder, predictor.model.tokenizer, vocab, templates,
+                                 batch_size=TEXT_BATCH, device=predictor.device, progress=False)
+
+    row = runner.run("text_encoder", "vocabulary", encode, {"texts": per_batch * len(templates)}, use_autocast=False)
+    batch_s = row.timing.median_ms / 1000
+    estimate: dict[str, float] = {}
+    for c, _ in vocab_sizes:
+        batches = math.ceil(c * synonym_shape(c)[1] / per_batch)
+        estimate[str(c)] = round(batches * batch_s, 3)
+    row.note = (f"one batch: {per_batch} names x {len(templates)} templates; cold set_vocabulary ~ "
+                + ", ".join(f"{c} classes {v:.3g} s" for c, v in estimate.items()))
+    return estimate
 
 
 def time_baselines(model: OVSAM, predictor, frame: np.ndarray, prompts: Sequence[int], baselines: Sequence[str],

@@ -10,6 +10,7 @@ from ovsam_ros import cli
 from ovsam_ros.benchmark.cli import main as bench_main
 from ovsam_ros.benchmark.harness import Timing, measure_memory, percentile, time_call
 from ovsam_ros.benchmark.stages import StageRunner, TimingOptions
+from ovsam_ros.model.vocabulary import VILD_TEMPLATES
 
 PROMPTS = (1, 3)
 VOCABS = (80, 1203)
@@ -46,6 +47,7 @@ def test_bench_json_has_every_stage_with_timing_memory_and_flops(bench_report):
     expected += [f"{name}[prompts={n}]" for n in PROMPTS for name in PROMPT_STAGES]
     expected += [f"recognition[prompts={n},classes={c}]" for n in PROMPTS for c in VOCABS]
     expected += [f"everything[grid={g}x{g}]" for g in GRIDS]
+    expected += [f"text_encoder[texts={256 // len(VILD_TEMPLATES) * len(VILD_TEMPLATES)}]"]
     missing = [label for label in expected if label not in stages]
     assert not missing, missing
     for label in expected:
@@ -60,6 +62,25 @@ def test_bench_json_has_every_stage_with_timing_memory_and_flops(bench_report):
     # (LVIS-sized: fewer rows than 1203 classes x 8 padded slots).
     note = stages["recognition[prompts=1,classes=1203]"]["note"]
     assert note.startswith("packed text [") and 1203 <= int(note.split("[")[1].split(",")[0]) < 1203 * 8, note
+
+
+def test_text_encoder_row_scales_one_batch_to_each_vocabulary(bench_report):
+    """set_vocabulary's cost: one real encode_vocabulary batch, times the batch count of each size
+    (classes x the shipped vocabulary's mean synonyms / names per batch)."""
+    import math
+
+    from ovsam_ros.benchmark.vocab_shape import synonym_shape
+
+    (run,) = bench_report["runs"]
+    (row,) = [s for s in run["stages"] if s["name"] == "text_encoder"]
+    assert row["group"] == "vocabulary"
+    per_batch = 256 // len(VILD_TEMPLATES)
+    batch_s = row["timing"]["median_ms"] / 1000
+    for c in VOCABS:
+        batches = math.ceil(c * synonym_shape(c)[1] / per_batch)
+        assert run["text_encode_estimate_s"][str(c)] == pytest.approx(batches * batch_s, rel=1e-3, abs=1e-3)
+        assert f"{c} classes" in row["note"]
+    assert run["text_encode_estimate_s"]["1203"] > run["text_encode_estimate_s"]["80"]
 
 
 def test_bench_report_params_summary_and_targets(bench_report):
