@@ -28,6 +28,7 @@ because an untrained recognition head gives meaningless labels.
       names_only: false          # true: each class encoded from its name alone (the reference's LVIS text)
       max_synonyms: null         # at most N synonyms per class (null: all)
       resize: pil                # pil (segment_anything's) | cv2 (the reference's bilinear resize)
+      roi_box: mask              # box CLIP2SAM pools: mask (the reference) | largest_component (of the mask's largest piece)
 """
 
 from __future__ import annotations
@@ -134,6 +135,9 @@ class PredictorSpec:
     # Image resize kernel: pil (segment_anything's ResizeLongestSide) | cv2 (bilinear without
     # antialiasing, the reference's mmcv resize: the published rn50x16 configs use it).
     resize: str = "pil"
+    # Which box of a predicted mask CLIP2SAM pools: mask (the reference: the whole mask's box) |
+    # largest_component (the box of its largest connected piece; PyTorch backend only).
+    roi_box: str = "mask"
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -333,5 +337,6 @@ def build_predictor(source: Union[str, Path, dict[str, Any]], synonyms: Optional
         max_synonyms=predictor_spec.max_synonyms,
         resize=predictor_spec.resize,
         everything_multimask=predictor_spec.everything_multimask,
+        roi_box=predictor_spec.roi_box,
     )
     return predictor

@@ -29,7 +29,7 @@ from ovsam_ros.image_input import to_uint8_rgb
 from ovsam_ros.model.fingerprint import text_model_id, text_weights_fingerprint
 from ovsam_ros.model.compile import check_compile_mode, compile_model
 from ovsam_ros.model.inference import REL_POS_ATTENTIONS, prepare_for_inference
-from ovsam_ros.model.ovsam import OVSAM, ImageFeatures, masks_to_boxes
+from ovsam_ros.model.ovsam import OVSAM, ROI_BOXES, ImageFeatures, masks_to_boxes
 from ovsam_ros.model.packed_text import PackedText, packed_class_logits
 from ovsam_ros.model.recognition import class_logits, ensemble, topk_labels
 from ovsam_ros.model.transforms import ImageTransform
@@ -94,6 +94,7 @@ class OVSAMPredictor:
         max_synonyms: Optional[int] = None,
         resize: str = "pil",
         everything_multimask: bool = True,
+        roi_box: str = "mask",
     ) -> None:
         self.device = resolve_device(device)
         self.precision = check_precision(precision)
@@ -155,6 +156,15 @@ class OVSAMPredictor:
         # mask token, for "sam"-token decoders whose stage 2 trained only that token (as the
         # reference does): tokens 1-3 then keep their random init and their masks are noise.
         self.everything_multimask = bool(everything_multimask)
+        # Which box of each predicted mask CLIP2SAM pools (ovsam_ros.model.ovsam.ROI_BOXES): "mask"
+        # (the reference) or "largest_component" (stray mask fragments do not widen the region; the
+        # ONNX graph pools the whole mask's box, so only the PyTorch model offers it).
+        if roi_box not in ROI_BOXES:
+            raise ValueError(f"roi_box must be one of {', '.join(ROI_BOXES)}; got {roi_box!r}")
+        if roi_box != "mask" and not isinstance(model, OVSAM):
+            raise ValueError(f"roi_box {roi_box!r} needs the PyTorch model: the exported ONNX decoder pools "
+                             "the box of the whole mask (roi_box: mask)")
+        self.roi_box = roi_box
         self.text: Optional[TextEmbeddings] = None
         self._text_encoder_instance: Optional[OpenCLIPTextEncoder] = None
         self._text_weights_id: Optional[str] = None
@@ -363,7 +373,10 @@ class OVSAMPredictor:
         """Low-res masks, IoU and normalised region embeddings; callers upsample what they keep."""
         features = self._require_image()
         with autocast(self.device, self.precision):
-            out = self.model.decode(features, coords, labels, boxes, mask_input, multimask_output=multimask_output)
+            # roi_box only when it differs from the default: the ONNX backend's decode has no such option
+            extra = {} if self.roi_box == "mask" else {"roi_box": self.roi_box}
+            out = self.model.decode(features, coords, labels, boxes, mask_input, multimask_output=multimask_output,
+                                    **extra)
         return {
             "low_res": out["masks_lowres"].float(),
             "iou": out["iou"].float(),

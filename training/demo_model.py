@@ -71,6 +71,7 @@ def evaluate_model(checkpoint: Path, annotations: str, images: str, max_images: 
                                      clip_ensemble=spec.clip_ensemble,
                                      synonyms="names" if spec.names_only else "all")
     predictor.everything_multimask = spec.everything_multimask  # text queries' candidates, as the demo makes them
+    predictor.roi_box = spec.roi_box
     return evaluate(predictor, coco, ("box", "point"), max_images=max_images, progress=False,
                     text_queries=text_queries, query_options=world_query_options())
 

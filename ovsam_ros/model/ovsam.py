@@ -71,6 +71,33 @@ def masks_to_boxes(masks: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
     return boxes * nonempty.unsqueeze(-1)
 
 
+#: Which box of a predicted mask CLIP2SAM pools (``OVSAM.decode(roi_box=...)``): "mask" = the box of
+#: the whole mask (the reference's test-time rule); "largest_component" = the box of its largest
+#: 8-connected piece (ours), so that stray fragments of a mask do not inflate the pooled region.
+ROI_BOXES = ("mask", "largest_component")
+
+
+def largest_component_boxes(masks: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
+    """:func:`masks_to_boxes` of each mask's largest 8-connected piece of ``masks > threshold``
+    ([..., H, W] -> [..., 4], same convention; equal to it for one-piece masks, zeros if empty).
+
+    Connected components are OpenCV's, on the host (one copy of the low-res masks per call)."""
+    import cv2
+    import numpy as np
+
+    fg = (masks.detach() > threshold).to("cpu", torch.uint8).numpy()
+    flat = fg.reshape(-1, *fg.shape[-2:])
+    boxes = np.zeros((flat.shape[0], 4), np.float32)
+    for i, mask in enumerate(flat):
+        count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        if count > 1:  # label 0 is the background
+            k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+            x, y, w, h = (int(v) for v in stats[k, :4])
+            boxes[i] = (x, y, x + w, y + h)
+    dtype = masks.dtype if masks.is_floating_point() else torch.float32
+    return torch.from_numpy(boxes).reshape(*masks.shape[:-2], 4).to(masks.device, dtype)
+
+
 class OVSAM(nn.Module):
     def __init__(self, cfg: OVSAMConfig, backbone: Optional[CLIPBackbone] = None) -> None:
         super().__init__()
@@ -141,6 +168,7 @@ class OVSAM(nn.Module):
         multimask_output: bool = True,
         image_index: Union[int, torch.Tensor] = 0,
         roi_boxes: Optional[torch.Tensor] = None,
+        roi_box: str = "mask",
     ) -> Dict[str, Optional[torch.Tensor]]:
         """Masks + IoU + region embeddings for N prompts.
 
@@ -150,8 +178,9 @@ class OVSAM(nn.Module):
         batched ``features`` (an int for all prompts or a [N] tensor).
 
         Region embeddings are RoI features of the box of each predicted
-        mask (reference test-time behaviour), or of ``roi_boxes`` [N,4] when
-        given (reference training used ground-truth boxes).
+        mask (reference test-time behaviour; ``roi_box="largest_component"``: of
+        its largest connected piece, see :data:`ROI_BOXES`), or of ``roi_boxes``
+        [N,4] when given (reference training used ground-truth boxes).
 
         Returns a dict:
           ``masks_lowres`` [N,M,4G,4G] logits, ``iou`` [N,M],
@@ -166,6 +195,8 @@ class OVSAM(nn.Module):
         else:
             image_index = image_index.to(features.sam_embedding.device).long()
             image_embeddings = features.sam_embedding[image_index]
+        if roi_box not in ROI_BOXES:
+            raise ValueError(f"roi_box must be one of {', '.join(ROI_BOXES)}; got {roi_box!r}")
         out = self.decoder(image_embeddings, point_coords, point_labels, boxes, mask_input, multimask_output)
         n, m = out.masks.shape[:2]
 
@@ -175,7 +206,8 @@ class OVSAM(nn.Module):
             pooled_boxes = roi_boxes.to(out.masks).unsqueeze(1).expand(n, m, 4)
         else:
             scale = self.image_size / out.masks.shape[-1]
-            pooled_boxes = masks_to_boxes(out.masks) * scale
+            to_boxes = masks_to_boxes if roi_box == "mask" else largest_component_boxes
+            pooled_boxes = to_boxes(out.masks) * scale
         if isinstance(image_index, int):
             batch = torch.full((n * m,), image_index, device=out.masks.device)
         else:
@@ -197,4 +229,4 @@ class OVSAM(nn.Module):
         return postprocess_masks(masks, self.image_size, input_size, original_size)
 
 
-__all__ = ["ImageFeatures", "OVSAM", "masks_to_boxes"]
+__all__ = ["ImageFeatures", "OVSAM", "ROI_BOXES", "largest_component_boxes", "masks_to_boxes"]

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ovsam_ros.model import ImageTransform, OVSAM, OVSAMConfig, masks_to_boxes
+from ovsam_ros.model.ovsam import largest_component_boxes
 from ovsam_ros.model.config import BackboneConfig
 
 
@@ -105,6 +106,39 @@ def test_masks_to_boxes():
     m[1, 7, 9] = 2.0
     boxes = masks_to_boxes(m)
     assert boxes.tolist() == [[3, 2, 7, 5], [9, 7, 10, 8], [0, 0, 0, 0]]
+
+
+def test_largest_component_boxes_by_hand():
+    m = torch.full((4, 12, 16), -1.0)
+    m[0, 1:4, 2:5] = 1.0    # 9 px piece
+    m[0, 6:11, 8:15] = 1.0  # 35 px piece: its box wins
+    m[0, 11, 0] = 1.0       # 1 px stray pixel in a corner
+    m[1, 2:6, 3:9] = 1.0    # one piece: same box as masks_to_boxes
+    m[2, 0, 0] = m[2, 1, 1] = m[2, 2, 2] = 1.0  # diagonal pixels are one 8-connected piece
+    boxes = largest_component_boxes(m)
+    assert boxes.tolist() == [[8, 6, 15, 11], [3, 2, 9, 6], [0, 0, 3, 3], [0, 0, 0, 0]]
+    assert masks_to_boxes(m)[0].tolist() == [0, 1, 15, 12]  # what the whole mask's box would be
+    torch.testing.assert_close(largest_component_boxes(m[1:2]), masks_to_boxes(m[1:2]))
+    assert largest_component_boxes(m.view(2, 2, 12, 16)).shape == (2, 2, 4)
+
+
+def test_decode_pools_the_largest_piece_when_asked(tiny_model, tiny_features):
+    """roi_box="largest_component": the RoI head pools exactly the box of each mask's largest piece
+    (what decode(roi_boxes=...) pools for that box); the default is the whole mask's box."""
+    pts = torch.tensor([[[100.0, 60.0]], [[200.0, 180.0]], [[30.0, 200.0]]])
+    labels = torch.ones(3, 1, dtype=torch.long)
+    with torch.no_grad():
+        whole = tiny_model.decode(tiny_features, pts, labels, multimask_output=False)
+        largest = tiny_model.decode(tiny_features, pts, labels, multimask_output=False, roi_box="largest_component")
+        lowres = whole["masks_lowres"]
+        expected = largest_component_boxes(lowres) * 4  # 64 px low-res -> 256 px input
+        pooled = tiny_model.decode(tiny_features, pts, labels, multimask_output=False, roi_boxes=expected[:, 0])
+    torch.testing.assert_close(largest["masks_lowres"], lowres)
+    torch.testing.assert_close(largest["roi_boxes"], expected)
+    torch.testing.assert_close(largest["region_embeddings"], pooled["region_embeddings"])
+    torch.testing.assert_close(whole["roi_boxes"], masks_to_boxes(lowres) * 4)
+    with pytest.raises(ValueError, match="roi_box must be one of mask, largest_component"):
+        tiny_model.decode(tiny_features, pts, labels, roi_box="largest")
 
 
 def test_postprocess_and_input_checks(tiny_model, tiny_features):

@@ -104,6 +104,39 @@ def test_synonyms_switch_all_lifts_the_yaml_cap_and_names_keeps_one(tmp_path):
         build_predictor(capped, synonyms="al")
 
 
+def test_model_yaml_roi_box_reaches_the_predictors_decoder(tmp_path, monkeypatch):
+    """predictor.roi_box from the YAML: the instance's embedding is the RoI of the mask's largest
+    piece (by hand: a mask made of a 6x8 and a 2x2 piece); a typo is an error naming the choices."""
+    import torch
+    import torch.nn.functional as F
+
+    base = {"model": {"preset": "tiny"}, "predictor": {"vocabulary": "cat, dog", "text_cache_dir": None}}
+    predictor = build_predictor({**base, "predictor": {**base["predictor"], "roi_box": "largest_component"}})
+    assert predictor.roi_box == "largest_component" and build_predictor(base).roi_box == "mask"
+    decoder = predictor.model.decoder
+    real_forward = decoder.forward
+
+    def two_pieces(*args, **kwargs):  # a random tiny decoder's masks are one blob: draw one in two pieces
+        out = real_forward(*args, **kwargs)
+        masks = torch.full_like(out.masks, -5.0)
+        masks[..., 10:16, 20:28] = 5.0  # rows 10-15, cols 20-27 of the 64 px low-res mask
+        masks[..., 50:52, 2:4] = 5.0    # a stray 2x2 fragment
+        return out._replace(masks=masks)
+
+    monkeypatch.setattr(decoder, "forward", two_pieces)
+    predictor.set_image(np.random.default_rng(4).integers(0, 255, (256, 256, 3), dtype=np.uint8))
+    (result,) = predictor.predict([Prompt(points=[[100, 50]], point_labels=[1])])
+    piece = torch.tensor([[20.0, 10.0, 28.0, 16.0]]) * 4  # low-res 64 px -> input 256 px
+    with torch.no_grad():
+        region = predictor.model.clip2sam(predictor.features.fpn_features, piece)
+        label = real_forward(predictor.features.sam_embedding, torch.tensor([[[100.0, 50.0]]]),
+                             torch.ones(1, 1, dtype=torch.long), None, None, False).label_embeddings
+    expected = F.normalize(predictor.model.clip2sam.combine(region[:, None], label)[0, 0].float(), dim=-1)
+    np.testing.assert_allclose(result.embedding, expected.numpy(), atol=1e-4)
+    with pytest.raises(ValueError, match="roi_box must be one of mask, largest_component"):
+        build_predictor({**base, "predictor": {**base["predictor"], "roi_box": "largest"}})
+
+
 def test_model_yaml_selects_the_single_mask_token_for_everything_mode(tmp_path):
     save_ovsam(tiny_model(seed=5), tmp_path / "trained.pt")
     (tmp_path / "model.yaml").write_text(yaml.safe_dump({
@@ -128,5 +161,6 @@ def test_published_configs_follow_the_reference_configs():
         assert head in model.clip2sam_checkpoint and cfg.decoder.output_tokens == "auto"
         assert (predictor.names_only, predictor.max_synonyms, predictor.templates) == (names_only, None, "vild")
         assert predictor.resize == "cv2"  # mmcv imrescale, bilinear: the reference's test pipeline
+        assert predictor.roi_box == "mask"  # the whole predicted mask's box, as the reference pools
     _, onnx = load_specs("jetson_onnx")  # the exported rn50x16 LVIS graphs
     assert (onnx.vocabulary, onnx.names_only, onnx.resize) == ("lvis", True, "cv2")

@@ -167,7 +167,8 @@ def test_recipe_scores_with_the_predictor_the_shapes_yaml_builds(monkeypatch, sh
     demo_model.evaluate_model(demo_model.PACKAGE_MODEL_DIR / "shapes.pt", data["test"], data["images"], 1)
     ours, yaml_built = seen["predictor"], shapes_predictor
     assert "clip_ensemble: false" in resolve_config_path("shapes").read_text()
-    for attr in ("clip_ensemble", "templates", "names_only", "max_synonyms", "precision", "everything_multimask"):
+    for attr in ("clip_ensemble", "templates", "names_only", "max_synonyms", "precision", "everything_multimask",
+                 "roi_box"):
         assert getattr(ours, attr) == getattr(yaml_built, attr), attr
 
 
