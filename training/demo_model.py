@@ -172,10 +172,9 @@ def run(out: Path, quick: bool = False, seed: int = 0, threads: int = 1, quiet: 
 
     # -- evaluation: the whole model before (stage-1 output) and after stage 2 -------------
     t = time.time()
-    before = evaluate_model(s1.final_model, data["val"], images, size["eval_images"])
-    after = evaluate_model(s2.final_model, data["val"], images, size["eval_images"], text_queries=not quick)
+    scores = score(Path(s1.final_model), Path(s2.final_model), data, size["eval_images"], quick)
     timings["evaluate"] = time.time() - t
-    hb, ha = headline(before), headline(after)
+    hb, ha = scores["eval_stage1_model"], scores["eval_final"]
     if not quick:
         # a few dozen quick steps sit in the "predict no mask yet" phase: held-out scores only count
         # for a full run (the quick run checks stage 2 by its training loss)
@@ -190,8 +189,7 @@ def run(out: Path, quick: bool = False, seed: int = 0, threads: int = 1, quiet: 
                    "last_loss": losses[-1] if losses else None},
         "stage2": {"steps": s2.steps, "first_loss": losses2[0] if losses2 else None,
                    "last_loss": losses2[-1] if losses2 else None},
-        "eval_stage1_model": hb, "eval_final": ha, "eval_final_full": after, "checks": checks,
-        "model": str(s2.final_model),
+        **scores, "checks": checks, "model": str(s2.final_model), "stage1_model": str(s1.final_model),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps({"seconds": summary["seconds"], "final": ha}, indent=1), flush=True)
@@ -199,6 +197,51 @@ def run(out: Path, quick: bool = False, seed: int = 0, threads: int = 1, quiet: 
     if failed:
         raise StageCheckFailed("stage(s) did not improve their metric: "
                                + "; ".join(f"{c['stage']} {c['metric']} {c['before']} -> {c['after']}" for c in failed))
+    return summary
+
+
+def scored_with() -> Dict[str, Any]:
+    """The shapes YAML's predictor settings the scores depend on (kept with the metrics)."""
+    from ovsam_ros.loading import load_specs
+
+    _, spec = load_specs("shapes")
+    return {k: getattr(spec, k) for k in ("templates", "precision", "clip_ensemble", "names_only", "max_synonyms",
+                                          "everything_multimask", "roi_box")}
+
+
+def score(stage1_model: Path, final_model: Path, data: Dict[str, str], eval_images: int,
+          quick: bool) -> Dict[str, Any]:
+    """Held-out scores of the stage-1 model and the final model with the shapes YAML's predictor."""
+    before = evaluate_model(stage1_model, data["val"], data["images"], eval_images)
+    after = evaluate_model(final_model, data["val"], data["images"], eval_images, text_queries=not quick)
+    return {"eval_stage1_model": headline(before), "eval_final": headline(after), "eval_final_full": after,
+            "scored_with": scored_with()}
+
+
+def rescore(out: Path, threads: int = 1) -> Dict[str, Any]:
+    """Score a finished run again with today's shapes YAML, no retraining (after a change to its
+    predictor settings, e.g. roi_box); rewrites the scores in ``out/summary.json`` and returns it."""
+    import torch
+
+    out = Path(out)
+    path = out / "summary.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no finished run in {out} to score (train it first)")
+    summary = json.loads(path.read_text())
+    data = json.loads((out / "data" / "dataset.json").read_text())
+    stage1_model = Path(summary.get("stage1_model") or out / "stage1" / "model.pt")
+    torch.set_num_threads(threads)
+    t = time.time()
+    scores = score(stage1_model, Path(summary["model"]), data, summary["sizes"]["eval_images"], summary["quick"])
+    summary.update(scores)
+    summary["seconds"]["rescore"] = round(time.time() - t, 1)
+    hb, ha = scores["eval_stage1_model"], scores["eval_final"]
+    for c in summary["checks"]:  # the held-out checks follow the new scores
+        key = {"box-prompt mask IoU": "box_iou", "box-prompt label accuracy": "box_accuracy"}.get(c["metric"])
+        if key:
+            c.update(before=hb[key], after=ha[key], improved=ha[key] > hb[key])
+    path.write_text(json.dumps(summary, indent=1))
+    print(json.dumps({"rescored_with": scores["scored_with"], "final": ha}, indent=1), flush=True)
     return summary
 
 
@@ -228,17 +271,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--stage2-steps", type=int, default=None, help="override the stage-2 step count")
     parser.add_argument("--install", action="store_true",
                         help=f"copy the model and its metrics into {PACKAGE_MODEL_DIR} (the 'shapes' model YAML)")
+    parser.add_argument("--rescore", action="store_true",
+                        help="no training: score the finished run in --out again with today's shapes YAML "
+                             "(after changing its predictor settings) and rewrite its metrics")
     parser.add_argument("--verbose", action="store_true", help="progress bars and per-step logs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(message)s")
+    dest = Path(args.out) / "shapes.pt"
+    if args.rescore:
+        try:
+            summary = rescore(Path(args.out), args.threads)
+        except FileNotFoundError as err:
+            print(f"train_demo_model: {err}", file=sys.stderr)
+            return 2
+        if args.install:
+            install(dest, summary)
+            print(f"installed into {PACKAGE_MODEL_DIR}")
+        return 0
     try:
         summary = run(Path(args.out), args.quick, args.seed, args.threads, quiet=not args.verbose,
                       stage2_steps=args.stage2_steps, stage0_steps=args.stage0_steps)
     except StageCheckFailed as err:
         print(f"train_demo_model: FAILED: {err}", file=sys.stderr)
         return 1
-    dest = Path(args.out) / "shapes.pt"
     nbytes = bundle(Path(summary["model"]), dest)
     print(f"model: {dest} ({nbytes / 1e6:.1f} MB), total {summary['total_seconds']:.0f} s")
     if args.install:
@@ -252,7 +308,7 @@ def install(model: Path, summary: Dict[str, Any], folder: Path = PACKAGE_MODEL_D
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(model, folder / "shapes.pt")
     metrics = {k: summary[k] for k in ("seed", "sizes", "seconds", "total_seconds", "stage0", "stage1",
-                                       "eval_stage1_model", "eval_final", "eval_final_full", "checks")}
+                                       "eval_stage1_model", "eval_final", "eval_final_full", "scored_with", "checks")}
     metrics["size_bytes"] = os.path.getsize(model)
     (folder / "shapes_metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
 

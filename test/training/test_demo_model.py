@@ -186,6 +186,10 @@ def test_bundled_model_is_small_and_says_what_it_knows(caplog):
 
 
 def test_train_demo_model_quick_improves_every_stage(tmp_path):
+    import torch
+
+    from ovsam_ros.loading import load_specs
+
     env = subprocess_env()
     env["OVSAM_VENV"] = sys.prefix  # the environment running the tests
     proc = subprocess.run(["bash", str(ROOT / "tools" / "train_demo_model.sh"), "--quick", "--out", str(tmp_path)],
@@ -196,6 +200,19 @@ def test_train_demo_model_quick_improves_every_stage(tmp_path):
     assert stages == {"stage0", "stage1", "stage2"}
     assert all(c["improved"] for c in summary["checks"])
     assert (tmp_path / "shapes.pt").is_file() and (tmp_path / "stage0" / "clip.pt").is_file()
+    assert summary["scored_with"]["roi_box"] == load_specs("shapes")[1].roi_box
+    # --rescore: the same run scored again (today's YAML, no training) gives the same numbers
+    from training import demo_model
+
+    previous = torch.get_num_threads()
+    try:
+        assert demo_model.main(["--rescore", "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(previous)
+    again = json.loads((tmp_path / "summary.json").read_text())
+    assert again["eval_final"] == summary["eval_final"] and again["eval_stage1_model"] == summary["eval_stage1_model"]
+    assert again["checks"] == summary["checks"] and "rescore" in again["seconds"]
+    assert demo_model.main(["--rescore", "--out", str(tmp_path / "nothing")]) == 2
     # stage 0's output is a plain open_clip state dict: open_clip itself loads it
     import open_clip
 
