@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(out=None, overlay=None)
     demo.add_argument("--output-dir", type=Path, default=Path("outputs/demo"), help="where overlays (and JSON) go")
     demo.add_argument("--offline", action="store_true", help="predictor only, no ROS (writes JSON too)")
-    demo.add_argument("--frames", type=positive_int, default=10, help="camera frames to process (ROS demo; default 10)")
+    demo.add_argument("--frames", type=positive_int, default=30, help="camera frames to process (ROS demo; default 30: on world scenes 10 each of box, point and text frames)")
     demo.add_argument("--rate", type=positive_float, default=2.0, help="camera frames per second at most (default 2)")
     demo.add_argument("--robot-frames", type=int, default=12, metavar="N",
                       help="then N frames of an RGB-D camera with a detector stand-in answering 100 ms late: "

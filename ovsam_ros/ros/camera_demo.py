@@ -172,11 +172,19 @@ def make_camera_node(*, source: str = "samples", encoding: str = "rgb8", compres
 
                 self.truth_pub = self.create_publisher(LabeledMaskArray, "image/ground_truth", TRUTH_QOS_DEPTH)
 
-        def prepare_next(self) -> list:
-            """Draw the next world scene now (publish_next sends it); returns its ground truth."""
+        def prepare_next(self, with_split: Optional[str] = None, max_skip: int = 50) -> list:
+            """Draw the next world scene now (publish_next sends it); returns its ground truth.
+
+            ``with_split`` ("novel"): skip scenes without an object of that split (at most
+            ``max_skip``), e.g. for a novel-class text query: whether a scene qualifies depends on
+            its ground truth only, never on what the model makes of it."""
             if self.world is None:
                 return []
             if self._pending is None:
+                self._pending = next(self.world)
+            for _ in range(max_skip if with_split else 0):
+                if any(split == with_split for _, split, _ in self._pending[2]):
+                    break
                 self._pending = next(self.world)
             return self._pending[2]
 

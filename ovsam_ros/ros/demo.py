@@ -172,7 +172,7 @@ def _world_query(truth: list, want_novel: bool, index: int) -> Optional[str]:
 
 def run_ros_demo(
     *,
-    frames: int = 10,
+    frames: int = 30,
     rate: float = 2.0,
     output_dir: Path = Path("outputs/demo"),
     model: str = "shapes",
@@ -255,9 +255,11 @@ def run_ros_demo(
             started = time.monotonic()
             if world:
                 phase = WORLD_SCHEDULE[i % len(WORLD_SCHEDULE)]
-                truth = camera.prepare_next()
+                # every other text query is for a novel class: its frame is the next scene that has one
+                want_novel = phase == "text" and queries % 2 == 0
+                truth = camera.prepare_next(with_split="novel" if want_novel else None)
                 if phase == "text":
-                    query = _world_query(truth, want_novel=queries % 2 == 0, index=queries // 2)
+                    query = _world_query(truth, want_novel=want_novel, index=queries // 2)
                     queries += 1
                     if query:
                         prompts.send_text(query, persistent=False, max_instances=3)

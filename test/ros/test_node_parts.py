@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -99,3 +100,25 @@ def test_decode_frame_converts_every_layout_to_rgb():
         assert out.dtype == np.uint8 and np.array_equal(out, rgb), encoding
     grey = decode_frame(image_message(rgb, "mono16", None), False)
     assert grey.shape == (6, 8, 3) and np.array_equal(grey[..., 0], grey[..., 2])
+
+
+def test_world_camera_can_skip_to_a_scene_with_a_novel_object(ros_context):
+    """The demo's novel-class text queries: the next scene that has a novel object, chosen by the
+    ground truth alone; scenes are otherwise drawn in order and each is published once."""
+    from ovsam_ros.ros.camera_demo import make_camera_node, world_frames
+
+    scenes = list(itertools.islice(world_frames((160, 120)), 40))
+    has_novel = [any(split == "novel" for _, split, _ in truth) for _, _, truth in scenes]
+    assert not all(has_novel) and any(has_novel)
+    first_plain = has_novel.index(False)
+    camera = make_camera_node(source="world", size=(160, 120), context=ros_context)
+    try:
+        for i in range(first_plain):
+            camera.publish_next()
+        truth = camera.prepare_next(with_split="novel")
+        expected = has_novel.index(True, first_plain)
+        assert [n for n, _, _ in truth] == [n for n, _, _ in scenes[expected][2]]
+        assert camera.publish_next()[0] == scenes[expected][0]
+        assert camera.prepare_next() is not None and camera.publish_next()[0] == scenes[expected + 1][0]
+    finally:
+        camera.destroy_node()
