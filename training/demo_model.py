@@ -40,7 +40,7 @@ PACKAGE_MODEL_DIR = Path(__file__).resolve().parents[1] / "ovsam_ros" / "data" /
 
 #: Run sizes. ``full`` makes the bundled model; ``quick`` checks every stage in CI.
 SIZES: Dict[str, Dict[str, int]] = {
-    "full": {"train": 2000, "val": 100, "stage0_steps": 3000, "stage1_steps": 75, "stage2_steps": 2000,
+    "full": {"train": 2000, "val": 100, "stage0_steps": 6000, "stage1_steps": 75, "stage2_steps": 4000,
              "eval_images": 100},
     "quick": {"train": 24, "val": 8, "stage0_steps": 60, "stage1_steps": 12, "stage2_steps": 24,
               "eval_images": 6},
