@@ -90,6 +90,12 @@ def run_from_args(args: argparse.Namespace, command: str) -> int:
                            check=not args.no_check, source={"model": str(args.model), "command": command},
                            log_fn=lambda m: print("  " + m, flush=True))
     section = dataclasses.asdict(pspec)
+    if section.get("roi_box", "mask") != "mask":  # e.g. the shapes model's largest_component
+        print(f"  note: the ONNX decoder pools the whole mask's box, so the written YAML says roi_box: mask "
+              f"(the source YAML's roi_box {section['roi_box']!r} needs the PyTorch backend; labels may differ "
+              "a little)",
+              flush=True)
+        section["roi_box"] = "mask"
     yaml_path = _write_model_yaml(args.out, section, command)
     for name, file in manifest["files"].items():
         size = (args.out / file).stat().st_size / 2**20

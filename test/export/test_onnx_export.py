@@ -112,6 +112,26 @@ def _hand_class_logits(regions: np.ndarray, text: np.ndarray, valid: np.ndarray)
     return np.concatenate([math.exp(4.6052) * sims.max(axis=-1), np.zeros((len(r), 1))], axis=1)
 
 
+def test_export_of_a_largest_component_yaml_writes_a_yaml_the_onnx_backend_runs(tmp_path, capsys):
+    """The ONNX decoder pools the whole mask's box: a source YAML with roi_box: largest_component (the
+    shapes model's) must not be copied into a model.yaml that the ONNX backend then refuses to load."""
+    import yaml
+
+    from ovsam_ros.loading import build_predictor
+
+    source = tmp_path / "src.yaml"
+    source.write_text(yaml.safe_dump({"model": {"preset": "tiny"},
+                                      "predictor": {"vocabulary": "cat, dog", "text_cache_dir": None,
+                                                    "roi_box": "largest_component"}}))
+    out = tmp_path / "onnx"
+    assert cli.main(["export", "--model", str(source), "--out", str(out), "--no-check", "--no-multimask",
+                     "--threads", "2"]) == 0
+    assert "roi_box: mask" in capsys.readouterr().out
+    written = yaml.safe_load((out / "model.yaml").read_text())
+    assert written["predictor"]["roi_box"] == "mask" and written["predictor"]["vocabulary"] == "cat, dog"
+    assert build_predictor(out / "model.yaml").roi_box == "mask"
+
+
 def test_reference_token_layout_exports_one_decoder(tmp_path):
     """Reference layout (one mask token + label token, label_weight 0.5): ONNX Runtime on the written files
     against the model's own PyTorch path (``OVSAM.decode``), not the exporter's self-check."""
