@@ -182,11 +182,17 @@ def print_table(results, title: str, file=None) -> None:
     if not results:
         print("  (no instances)", file=file)
         return
-    print(f"  {'#':>3} {'prompt':>6} {'label':<24} {'score':>6} {'IoU':>6} {'area':>8}  box (x0,y0,x1,y1)  runner-up", file=file)
+    # Text mode: the query's own score first (a mask listed for "blue square" may be a purple cross
+    # with label score 1.00 and query score 0.00: the label columns alone would read as a match).
+    query = any(r.query_score is not None for r in results)
+    head = f" {'query':>6}" if query else ""
+    print(f"  {'#':>3} {'prompt':>6}{head} {'label':<24} {'score':>6} {'IoU':>6} {'area':>8}  box (x0,y0,x1,y1)  "
+          "runner-up", file=file)
     for i, r in enumerate(results):
         best = r.labels[0] if r.labels else None
         second = f"{r.labels[1].name} {r.labels[1].score:.2f}" if len(r.labels) > 1 else ""
-        print(f"  {i:>3} {r.prompt_index:>6} {(best.name if best else '-')[:24]:<24} "
+        match = "" if not query else (f" {r.query_score:>6.3f}" if r.query_score is not None else f" {'-':>6}")
+        print(f"  {i:>3} {r.prompt_index:>6}{match} {(best.name if best else '-')[:24]:<24} "
               f"{(best.score if best else float('nan')):>6.3f} {r.predicted_iou:>6.3f} {r.area:>8}  "
               f"{str(tuple(r.box)):<18} {second}", file=file)
 

@@ -194,6 +194,28 @@ def test_numeric_options_are_usage_errors(argv, option, capsys, no_model_load):
     assert f"argument {option}" in err and "Traceback" not in err
 
 
+def test_query_table_shows_each_masks_query_score_first():
+    """A mask listed for a phrase can be another class labelled with confidence: the table must show
+    the query's score, not only the label's."""
+    import io
+
+    from ovsam_ros.cli import print_table
+    from ovsam_ros.results import InstanceResult, LabelScore
+
+    mask = np.zeros((4, 4), bool)
+    other = InstanceResult(mask=mask, predicted_iou=0.9, stability_score=1, box=(0, 0, 2, 2),
+                           labels=[LabelScore(3, "purple cross", 1.0)], query_score=0.0004)
+    out = io.StringIO()
+    print_table([other], "query 'blue square'", file=out)
+    header, row = out.getvalue().splitlines()[1:3]
+    assert header.split()[:3] == ["#", "prompt", "query"]
+    assert row.split()[2:6] == ["0.000", "purple", "cross", "1.000"]
+    out = io.StringIO()
+    other.query_score = None
+    print_table([other], "segment", file=out)
+    assert "query" not in out.getvalue().splitlines()[1]
+
+
 @pytest.mark.parametrize("flag, synonyms", [([], None), (["--synonyms", "names"], "names"), (["--synonyms", "all"], "all")])
 def test_synonyms_option_reaches_the_predictor(flag, synonyms, monkeypatch, capsys):
     """--synonyms names|all overrides the model YAML's synonym policy; without it the YAML decides (None).
