@@ -41,6 +41,7 @@ from ovsam_ros.model.vocabulary import (
     Vocabulary,
     VocabularySpec,
     check_synonym_options,
+    clean_name,
     encode_vocabulary,
     load_vocabulary,
 )
@@ -605,8 +606,10 @@ class OVSAMPredictor:
         The phrase competes with the active vocabulary: each candidate mask's
         ``query_score`` is the softmax probability of the phrase among
         [vocabulary classes, phrase, background], so a mask that is better
-        explained by another class scores low. ``candidates`` default to
-        :meth:`everything`.
+        explained by another class scores low. Classes the phrase names (one of
+        their texts equals it after :func:`clean_name`) leave the competition: the
+        phrase stands for them, rather than tying with them at 0.5 at best.
+        ``candidates`` default to :meth:`everything`.
         """
         phrase = text.strip()
         if not phrase:
@@ -623,6 +626,10 @@ class OVSAMPredictor:
         if self.text is not None:
             # [vocabulary classes..., phrase, background]: the phrase competes with every class.
             vocab_logits = class_logits(embeddings, self.text)
+            named = self._classes_named_by(phrase)
+            if named:
+                vocab_logits = vocab_logits.clone()
+                vocab_logits[:, named] = -torch.inf
             logits = torch.cat([vocab_logits[:, :-1], query_logit, vocab_logits[:, -1:]], dim=1)
             query_column = logits.shape[1] - 2
         else:
@@ -638,6 +645,14 @@ class OVSAMPredictor:
             result.query_score = float(scores[i])
             out.append(result)
         return out
+
+
+    def _classes_named_by(self, phrase: str) -> list[int]:
+        """Indices of the active vocabulary's classes one of whose texts (or display name) is ``phrase``."""
+        key = clean_name(phrase)
+        vocab = self.text.vocab
+        return [i for i, (name, synonyms) in enumerate(zip(vocab.classes, vocab.synonyms))
+                if key == clean_name(name) or any(key == clean_name(t) for t in synonyms)]
 
 
 def _select_best(decoded: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -302,6 +302,28 @@ def test_text_query_ranks_the_matching_region_first(predictor):
         predictor.query("   ", candidates=candidates)
 
 
+def test_a_query_naming_a_vocabulary_class_does_not_compete_with_it(predictor):
+    """Querying "Dog" (a vocabulary class) on the dog's own text embedding: the dog column leaves the
+    softmax, so the phrase's score is softmax([cat, phrase, background])[phrase] by hand (a tie with
+    the dog column would cap it at 0.5); a phrase naming no class keeps every column."""
+    from ovsam_ros.model.recognition import class_logits
+
+    text = predictor.text
+    dog_index = predictor.vocabulary.find("dog")
+    dog = text.embeddings[dog_index, 0].cpu().numpy()
+    mask = np.zeros((4, 4), bool)
+    candidate = InstanceResult(mask=mask, predicted_iou=1, stability_score=1, box=(0, 0, 0, 0), embedding=dog)
+    (ranked,) = predictor.query(" Dog ", candidates=[candidate])
+    region = torch.as_tensor(dog)[None]
+    vocab = class_logits(region, text)[0]  # [classes..., background]
+    phrase = class_logits(region, predictor.encode_vocabulary(Vocabulary.from_names(["Dog"]), progress=False),
+                          with_background=False)[0, 0]
+    others = [vocab[i] for i in range(len(predictor.vocabulary)) if i != dog_index]
+    want = torch.stack([*others, phrase, vocab[-1]]).softmax(0)[-2]
+    assert ranked.query_score == pytest.approx(float(want), rel=1e-5) and ranked.query_score > 0.5
+    assert predictor._classes_named_by("red dog") == [] and predictor._classes_named_by("DOG") == [dog_index]
+
+
 def test_precision_and_device_options(image):
     prompts = [Prompt(box=[150, 80, 320, 200]), Prompt(points=[[200, 120]]), Prompt(points=[[40, 250]])]
     fp32 = OVSAMPredictor(tiny_model(), vocabulary="cat, dog", precision="fp32")
