@@ -29,7 +29,7 @@ from ovsam_ros.image_input import to_uint8_rgb
 from ovsam_ros.model.fingerprint import text_model_id, text_weights_fingerprint
 from ovsam_ros.model.compile import check_compile_mode, compile_model
 from ovsam_ros.model.inference import REL_POS_ATTENTIONS, prepare_for_inference
-from ovsam_ros.model.ovsam import OVSAM, ROI_BOXES, ImageFeatures, masks_to_boxes
+from ovsam_ros.model.ovsam import OVSAM, ImageFeatures, check_roi_box, masks_to_boxes
 from ovsam_ros.model.packed_text import PackedText, packed_class_logits
 from ovsam_ros.model.recognition import class_logits, ensemble, topk_labels
 from ovsam_ros.model.transforms import ImageTransform
@@ -160,9 +160,7 @@ class OVSAMPredictor:
         # Which box of each predicted mask CLIP2SAM pools (ovsam_ros.model.ovsam.ROI_BOXES): "mask"
         # (the reference) or "largest_component" (stray mask fragments do not widen the region; the
         # ONNX graph pools the whole mask's box, so only the PyTorch model offers it).
-        if roi_box not in ROI_BOXES:
-            raise ValueError(f"roi_box must be one of {', '.join(ROI_BOXES)}; got {roi_box!r}")
-        if roi_box != "mask" and not isinstance(model, OVSAM):
+        if check_roi_box(roi_box) != "mask" and not isinstance(model, OVSAM):
             raise ValueError(f"roi_box {roi_box!r} needs the PyTorch model: the exported ONNX decoder pools "
                              "the box of the whole mask (roi_box: mask)")
         self.roi_box = roi_box
@@ -374,10 +372,8 @@ class OVSAMPredictor:
         """Low-res masks, IoU and normalised region embeddings; callers upsample what they keep."""
         features = self._require_image()
         with autocast(self.device, self.precision):
-            # roi_box only when it differs from the default: the ONNX backend's decode has no such option
-            extra = {} if self.roi_box == "mask" else {"roi_box": self.roi_box}
             out = self.model.decode(features, coords, labels, boxes, mask_input, multimask_output=multimask_output,
-                                    **extra)
+                                    roi_box=self.roi_box)
         return {
             "low_res": out["masks_lowres"].float(),
             "iou": out["iou"].float(),
@@ -645,7 +641,6 @@ class OVSAMPredictor:
             result.query_score = float(scores[i])
             out.append(result)
         return out
-
 
     def _classes_named_by(self, phrase: str) -> list[int]:
         """Indices of the active vocabulary's classes one of whose texts (or display name) is ``phrase``."""

@@ -34,7 +34,7 @@ from torch import nn
 from ovsam_ros.backends import Backend, register
 from ovsam_ros.export.onnx_export import DECODER_INPUTS, DECODER_OUTPUTS, FORMAT, MANIFEST
 from ovsam_ros.model.config import OVSAMConfig
-from ovsam_ros.model.ovsam import ImageFeatures
+from ovsam_ros.model.ovsam import ImageFeatures, check_roi_box
 from ovsam_ros.model.transforms import postprocess_masks
 
 log = logging.getLogger(__name__)
@@ -143,10 +143,12 @@ class OnnxOVSAM(nn.Module):
                point_labels: Optional[torch.Tensor] = None, boxes: Optional[torch.Tensor] = None,
                mask_input: Optional[torch.Tensor] = None, multimask_output: bool = True,
                image_index: Union[int, torch.Tensor] = 0, roi_boxes: Optional[torch.Tensor] = None,
-               ) -> Dict[str, Optional[torch.Tensor]]:
+               roi_box: str = "mask") -> Dict[str, Optional[torch.Tensor]]:
         """Same contract as :meth:`OVSAM.decode` (input-image pixels; SAM prompt semantics)."""
         if roi_boxes is not None:
             raise ValueError("the ONNX backend does not support roi_boxes (training-time ground-truth boxes)")
+        if check_roi_box(roi_box) != "mask":
+            raise ValueError(f"the ONNX backend pools the box of the whole mask (roi_box 'mask'), not {roi_box!r}")
         if not (isinstance(image_index, int) and image_index == 0 and features.batch_size == 1):
             raise ValueError("the ONNX backend decodes prompts for one image at a time (image_index 0)")
         coords, labels = sam_point_inputs(point_coords, point_labels, boxes)

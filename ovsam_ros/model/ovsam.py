@@ -77,6 +77,13 @@ def masks_to_boxes(masks: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
 ROI_BOXES = ("mask", "largest_component")
 
 
+def check_roi_box(roi_box: str) -> str:
+    """``roi_box`` if it is one of :data:`ROI_BOXES`, else a ValueError naming them."""
+    if roi_box not in ROI_BOXES:
+        raise ValueError(f"roi_box must be one of {', '.join(ROI_BOXES)}; got {roi_box!r}")
+    return roi_box
+
+
 def largest_component_boxes(masks: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
     """:func:`masks_to_boxes` of each mask's largest 8-connected piece of ``masks > threshold``
     ([..., H, W] -> [..., 4], same convention; equal to it for one-piece masks, zeros if empty).
@@ -195,8 +202,7 @@ class OVSAM(nn.Module):
         else:
             image_index = image_index.to(features.sam_embedding.device).long()
             image_embeddings = features.sam_embedding[image_index]
-        if roi_box not in ROI_BOXES:
-            raise ValueError(f"roi_box must be one of {', '.join(ROI_BOXES)}; got {roi_box!r}")
+        check_roi_box(roi_box)
         out = self.decoder(image_embeddings, point_coords, point_labels, boxes, mask_input, multimask_output)
         n, m = out.masks.shape[:2]
 
@@ -229,4 +235,4 @@ class OVSAM(nn.Module):
         return postprocess_masks(masks, self.image_size, input_size, original_size)
 
 
-__all__ = ["ImageFeatures", "OVSAM", "ROI_BOXES", "largest_component_boxes", "masks_to_boxes"]
+__all__ = ["ImageFeatures", "OVSAM", "ROI_BOXES", "check_roi_box", "largest_component_boxes", "masks_to_boxes"]

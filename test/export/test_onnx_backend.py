@@ -84,6 +84,8 @@ def test_onnx_backend_limits_are_clear(onnx_dir, image):
     predictor.set_image(image)
     with pytest.raises(ValueError, match="roi_boxes"):
         predictor.model.decode(predictor.features, torch.zeros(1, 1, 2), torch.ones(1, 1), roi_boxes=torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="pools the box of the whole mask"):
+        predictor.model.decode(predictor.features, torch.zeros(1, 1, 2), torch.ones(1, 1), roi_box="largest_component")
     with pytest.raises(ValueError, match=r"\[1, 3, 256, 256\]"):
         predictor.model.encode_image(torch.zeros(2, 3, 256, 256))
     with pytest.raises(ValueError, match="roi_box 'largest_component' needs the PyTorch model"):
