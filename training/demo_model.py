@@ -60,18 +60,18 @@ def evaluate_model(checkpoint: Path, annotations: str, images: str, max_images: 
     """Score ``checkpoint`` with the predictor settings of the ``shapes`` model YAML (what the demo,
     CLI and node run), only the weights swapped: e.g. no frozen-CLIP ensemble, which the published
     rn50x16 configs use and which lowers this small CLIP's labels."""
-    from ovsam_ros.loading import load_specs
+    import yaml
+
+    from ovsam_ros.loading import build_predictor, resolve_config_path
 
     from .data.coco import CocoInstances
-    from .evaluate import build_eval_predictor, evaluate
+    from .evaluate import evaluate
 
     coco = CocoInstances(annotations, images)
-    _, spec = load_specs("shapes")
-    predictor = build_eval_predictor(str(checkpoint), None, "cpu", spec.precision, spec.templates,
-                                     clip_ensemble=spec.clip_ensemble,
-                                     synonyms="names" if spec.names_only else "all")
-    predictor.everything_multimask = spec.everything_multimask  # text queries' candidates, as the demo makes them
-    predictor.roi_box = spec.roi_box
+    # The shapes YAML's whole predictor section, so no setting can be left behind; its model
+    # section (the bundled file and its notice) gives way to the checkpoint scored.
+    shapes = yaml.safe_load(resolve_config_path("shapes").read_text())
+    predictor = build_predictor({"model": {"ovsam_checkpoint": str(checkpoint)}, "predictor": shapes["predictor"]})
     return evaluate(predictor, coco, ("box", "point"), max_images=max_images, progress=False,
                     text_queries=text_queries, query_options=world_query_options())
 

@@ -53,10 +53,6 @@ from ovsam_ros.results import InstanceResult
 from ovsam_ros.runtime import autocast
 
 
-#: Prompts per text-tower call (``encode_vocabulary``'s and so ``set_vocabulary``'s batch).
-TEXT_BATCH = 256
-
-
 @dataclass
 class TimingOptions:
     device: torch.device
@@ -223,22 +219,21 @@ def time_ovsam(model, predictor, frame: np.ndarray, prompts: Sequence[int], voca
 
 
 def time_text_encoder(predictor, vocab_sizes: Sequence[tuple[int, int]], runner: StageRunner) -> dict[str, float]:
-    """Time one full ``encode_vocabulary`` batch (``TEXT_BATCH`` prompts: real LVIS class names x the
+    """Time one full ``encode_vocabulary`` batch (``ENCODE_BATCH_SIZE`` prompts: real LVIS class names x the
     predictor's templates, short contexts as the predictor runs them) and scale it to every
     vocabulary size by its batch count, with the shipped vocabularies' mean synonyms per class.
     Returns ``{classes: estimated seconds}`` for a cold ``set_vocabulary`` (no text cache)."""
     import math
 
     from ovsam_ros.benchmark.vocab_shape import synonym_shape
-    from ovsam_ros.model.vocabulary import encode_vocabulary, load_vocabulary
+    from ovsam_ros.model.vocabulary import ENCODE_BATCH_SIZE, load_vocabulary
 
     templates = predictor.templates
-    per_batch = max(1, TEXT_BATCH // len(templates))  # names per batch, as encode_vocabulary packs them
+    per_batch = max(1, ENCODE_BATCH_SIZE // len(templates))  # names per batch, as encode_vocabulary packs them
     vocab = load_vocabulary("lvis", names_only=True).subset(range(per_batch))
 
-    def encode() -> Any:
-        return encode_vocabulary(predictor._text_encoder, predictor.model.tokenizer, vocab, templates,
-                                 batch_size=TEXT_BATCH, device=predictor.device, progress=False)
+    def encode() -> Any:  # set_vocabulary's own path (the benchmark's predictor has no text cache)
+        return predictor.encode_vocabulary(vocab, progress=False)
 
     row = runner.run("text_encoder", "vocabulary", encode, {"texts": per_batch * len(templates)}, use_autocast=False)
     batch_s = row.timing.median_ms / 1000

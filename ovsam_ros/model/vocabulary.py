@@ -978,12 +978,16 @@ def _vocab_from_state(vd: Dict[str, Any]) -> Vocabulary:
     )
 
 
+#: Prompts per text-tower call of :func:`encode_vocabulary` (the benchmark times one such batch).
+ENCODE_BATCH_SIZE = 256
+
+
 def encode_vocabulary(
     encode_text: Callable[[torch.Tensor], torch.Tensor],
     tokenizer: Callable[[List[str]], torch.Tensor],
     vocab: Vocabulary,
     templates: Union[str, Sequence[str]] = VILD_TEMPLATES,
-    batch_size: int = 256,
+    batch_size: int = ENCODE_BATCH_SIZE,
     device: Union[str, torch.device, None] = None,
     context_length: Optional[int] = None,
     progress: bool = True,
