@@ -4,13 +4,18 @@
     ros2 launch ovsam_ros ovsam.launch.py config:=$(ros2 pkg prefix ovsam_ros)/share/ovsam_ros/config/jetson.yaml
     ros2 launch ovsam_ros ovsam.launch.py namespace:=front model:=rn50x16 device:=cuda precision:=fp16
     ros2 launch ovsam_ros ovsam.launch.py camera:=/front/image_raw image_transport:=compressed
+    ros2 launch ovsam_ros ovsam.launch.py camera:=/camera/color/image_raw \
+        depth_image:=/camera/aligned_depth_to_color/image_raw \
+        depth_camera_info:=/camera/aligned_depth_to_color/camera_info detection_prompts:=/yolo/detections_2d
 
 Arguments: config (parameters YAML), namespace, camera (image topic; its
-``/compressed`` sibling is remapped too), model / device / precision / image_transport /
+``/compressed`` sibling is remapped too), depth_image / depth_camera_info / detection_prompts
+(the other inputs; empty = not remapped: ``depth/image`` etc. in the namespace), model / device / precision / image_transport /
 input_reliability / input_depth / output_reliability (override the config when not
 empty), autostart (configure, then activate once configure succeeded).
 
-Needs launch and launch_ros (a ROS 2 install). Without them, start the node with
+Needs launch and launch_ros (a ROS 2 install). ``ros2 launch ovsam_ros ovsam.launch.py --show-args``
+lists every argument. Without them, start the node with
 its console script: ``ovsam-node --params-file config/ovsam.yaml --ros-args -r image:=/camera/image_raw``.
 """
 
@@ -26,6 +31,9 @@ from launch_ros.substitutions import FindPackageShare
 from lifecycle_msgs.msg import Transition
 
 
+# Launch arguments that remap one input topic of the node when not empty (argument -> node's name).
+INPUTS = {"depth_image": "depth/image", "depth_camera_info": "depth/camera_info",
+          "detection_prompts": "detection_prompts"}
 # Launch arguments that override one node parameter when not empty (name -> parameter type).
 OVERRIDES = {"model": str, "device": str, "precision": str, "image_transport": str,
              "input_reliability": str, "input_depth": int, "output_reliability": str}
@@ -38,6 +46,11 @@ def _node_and_lifecycle(context, *args, **kwargs):
         value = LaunchConfiguration(name).perform(context).strip()
         if value:  # empty: keep the config file's value
             overrides[name] = kind(value)
+    remappings = [("image", camera), ("image/compressed", camera + "/compressed")]
+    for argument, topic in INPUTS.items():
+        value = LaunchConfiguration(argument).perform(context).strip()
+        if value:
+            remappings.append((topic, value))
     node = LifecycleNode(
         package="ovsam_ros",
         executable="ovsam_node",
@@ -46,7 +59,7 @@ def _node_and_lifecycle(context, *args, **kwargs):
         output="screen",
         arguments=["--no-autostart"],  # the lifecycle is driven below
         parameters=[LaunchConfiguration("config"), overrides],
-        remappings=[("image", camera), ("image/compressed", camera + "/compressed")],
+        remappings=remappings,
     )
     autostart = IfCondition(LaunchConfiguration("autostart"))
     configure = EmitEvent(
@@ -76,6 +89,14 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
         DeclareLaunchArgument("camera", default_value="/camera/image_raw",
                               description="sensor_msgs/Image topic to segment (<camera>/compressed also works)"),
+        DeclareLaunchArgument("depth_image", default_value="",
+                              description="depth image aligned to the camera (16UC1 mm / 32FC1 m), e.g. "
+                                          "/camera/aligned_depth_to_color/image_raw; empty = <namespace>/depth/image"),
+        DeclareLaunchArgument("depth_camera_info", default_value="",
+                              description="CameraInfo of the depth image; empty = <namespace>/depth/camera_info"),
+        DeclareLaunchArgument("detection_prompts", default_value="",
+                              description="vision_msgs/Detection2DArray from a detector, each detection a box "
+                                          "prompt; empty = <namespace>/detection_prompts"),
         DeclareLaunchArgument("model", default_value="",
                               description="model YAML name (config/models/) or path; empty = the config's"),
         DeclareLaunchArgument("device", default_value="", description="cpu | cuda | cuda:N | auto; empty = the config's"),

@@ -21,6 +21,48 @@ def _single_torch_thread():
     torch.set_num_threads(previous)
 
 
+_PROJECT_LOGGERS = ("ovsam_ros", "training", "ovsam-node", "ovsam")
+
+
+def _is_project_logger(name: str) -> bool:
+    return name.split(".")[0] in _PROJECT_LOGGERS
+
+
+@pytest.fixture(autouse=True)
+def _project_logs_reach_caplog() -> Iterator[None]:
+    """Records of the project's loggers propagate to the root logger, where ``caplog`` listens.
+
+    On a machine with ROS 2's ``launch`` installed (apt, a ROS image, or ../shared/ros2-tools),
+    launch_testing's pytest plugin imports ``launch`` in every run, and ``launch.logging``
+    makes every logger created afterwards a ``LaunchLogger`` with ``propagate = False`` (the
+    project creates some loggers lazily, inside the call that logs). Tests that read logs must
+    not depend on whether that happened first: for the test's duration, project loggers that
+    exist propagate, and new ones are made propagating; other loggers (launch's) are untouched.
+    """
+    import logging
+
+    manager = logging.root.manager
+    changed = []
+    for name, logger in list(manager.loggerDict.items()):
+        if _is_project_logger(name) and isinstance(logger, logging.Logger) and not logger.propagate:
+            logger.propagate = True
+            changed.append(logger)
+    base = manager.loggerClass or logging.getLoggerClass()
+
+    class _ProjectPropagates(base):  # type: ignore[misc, valid-type]
+        def __init__(self, name: str, *args, **kwargs) -> None:
+            super().__init__(name, *args, **kwargs)
+            if _is_project_logger(name):
+                self.propagate = True
+
+    previous = manager.loggerClass
+    manager.loggerClass = _ProjectPropagates
+    yield
+    manager.loggerClass = previous
+    for logger in changed:
+        logger.propagate = False
+
+
 def _randomize_batchnorm(model, seed: int, rel_pos: bool = False):
     """Non-trivial BatchNorm statistics and affine terms in ``model`` (in place; returned).
 

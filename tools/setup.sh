@@ -83,4 +83,17 @@ else
   log "ovsam_ros install up to date"
 fi
 
+# The real ROS 2 tooling around the node (launch, launch_testing, the `ros2` CLI, vision_msgs,
+# diagnostic_updater, message_filters) has no wheels. Where its sources sit beside the checkout
+# (this project's CI: ../shared/ros2-tools) or OVSAM_ROS2_TOOLS names them, install them (its own
+# stamp makes a second run instant). Elsewhere the tests that need them skip and say why; on a
+# robot they come from apt or the ROS image.
+ros2_tools="${OVSAM_ROS2_TOOLS:-$ROOT/../shared/ros2-tools}"
+if [[ -f "$ros2_tools/install.sh" ]]; then
+  log "ROS 2 tools from $ros2_tools"
+  bash "$ros2_tools/install.sh" "$VENV" 2>&1 | grep -v "^WARNING: Location" || { echo "ROS 2 tools install failed" >&2; exit 1; }
+else
+  log "no ROS 2 tools at $ros2_tools: launch / ros2 CLI / vision_msgs tests will skip"
+fi
+
 log "ready in $(( $(date +%s) - start )) s: $VENV ($(du -sh "$VENV" 2>/dev/null | cut -f1))"

@@ -15,16 +15,16 @@ What a frame is used for, first match wins: one-shot prompts, a one-shot text
 query, persistent prompts, a persistent text query, then parameter ``mode``
 (``everything``; ``text`` with parameter ``query``; ``prompt`` = nothing to do).
 
-Topics (``image`` relative, so namespaces and remaps work; the rest under the node):
+Topics (inputs from other nodes relative, so namespaces and remaps work; the rest under the node):
 
 ===========================  ====  ==========================================
 ``image``                    sub   sensor_msgs/Image (``image_transport: raw``)
 ``image/compressed``         sub   sensor_msgs/CompressedImage (``image_transport: compressed``)
 ``~/prompts``                sub   ovsam_ros/PromptArray (reliable, transient-local)
 ``~/text_query``             sub   ovsam_ros/TextQuery (reliable, transient-local)
-``~/detection_prompts``      sub   vision_msgs/Detection2DArray (if vision_msgs is installed)
-``~/depth/image``            sub   sensor_msgs/Image 16UC1 (mm) / 32FC1 (m), aligned to ``image``
-``~/depth/camera_info``      sub   sensor_msgs/CameraInfo of the depth image
+``detection_prompts``        sub   vision_msgs/Detection2DArray (if vision_msgs is installed)
+``depth/image``              sub   sensor_msgs/Image 16UC1 (mm) / 32FC1 (m), aligned to ``image``
+``depth/camera_info``        sub   sensor_msgs/CameraInfo of the depth image
 ``~/masks``                  pub   ovsam_ros/LabeledMaskArray (header = the image's)
 ``~/instance_ids``           pub   sensor_msgs/Image mono16, pixel = instance_id + 1
 ``~/overlay``                pub   sensor_msgs/Image rgb8 (``publish_overlay``)
@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import logging
 import sys
 import threading
 import time
@@ -70,7 +69,7 @@ from ovsam_ros.ros import outputs
 from ovsam_ros.ros.diagnostics import NodeStats, StageClock, diagnostic_array, summary_line
 from ovsam_ros.ros.frames import Frame, LatestFrameSlot, decode_frame, stamp_seconds, stamp_tuple
 from ovsam_ros.ros.image_conversion import ImageConversionError, image_to_numpy
-from ovsam_ros.ros.param_checks import ParamsFileError, check_params_file, unknown_parameters
+from ovsam_ros.ros.param_checks import ParamsFileError, read_params_file, section_warning, unknown_parameters
 from ovsam_ros.ros.parameters import CONFIGURE_TIME, MODES, PARAMETERS, SPECS, NodeSettings, descriptor, validate
 from ovsam_ros.ros.prompt_input import PromptSet, fit_prompts, prompt_from_msg, prompt_set_from_msg
 from ovsam_ros.ros.qos import (COMMAND_QOS, DEPTH_QOS, DETECTION_QOS, DIAGNOSTICS_QOS,  # noqa: F401 (re-exported)
@@ -386,7 +385,8 @@ class OVSAMNode(LifecycleNode):
                 kwargs["event_callbacks"] = events
             return self.create_subscription(msg_type, name, callback, qos, **kwargs)
 
-        # Prompt inputs and services live under the node (~/): with an empty namespace, plain
+        # What other nodes publish (camera, depth, a detector) is relative, so a launch file remaps
+        # it; prompt inputs and services live under the node (~/): with an empty namespace, plain
         # relative names would land at /prompts, /segment, ... and collide with other nodes.
         self._owned_entities = [
             ("sub", subscribe(image_type, image_name, on_image, input_qos(s.input_reliability, s.input_depth),
@@ -394,9 +394,9 @@ class OVSAMNode(LifecycleNode):
             ("sub", subscribe(PromptArray, "~/prompts", self._on_prompts, COMMAND_QOS, commands, command_events)),
             ("sub", subscribe(TextQuery, "~/text_query", self._on_text_query, COMMAND_QOS, commands,
                               command_events)),
-            ("sub", self.create_subscription(Image, "~/depth/image", self._on_depth, DEPTH_QOS,
+            ("sub", self.create_subscription(Image, "depth/image", self._on_depth, DEPTH_QOS,
                                              callback_group=depth_group)),
-            ("sub", self.create_subscription(CameraInfo, "~/depth/camera_info", self._on_camera_info, DEPTH_QOS,
+            ("sub", self.create_subscription(CameraInfo, "depth/camera_info", self._on_camera_info, DEPTH_QOS,
                                              callback_group=depth_group)),
             ("srv", self.create_service(Trigger, "~/clear_prompts", self._on_clear_prompts, callback_group=commands)),
             ("srv", self.create_service(SetVocabulary, "~/set_vocabulary", self._on_set_vocabulary,
@@ -405,7 +405,7 @@ class OVSAMNode(LifecycleNode):
         ]
         if outputs.Detection2DArray is not None:  # vision_msgs is not on PyPI: only on full ROS installs
             self._owned_entities.append(("sub", self.create_subscription(
-                outputs.Detection2DArray, "~/detection_prompts", self.on_detections, DETECTION_QOS,
+                outputs.Detection2DArray, "detection_prompts", self.on_detections, DETECTION_QOS,
                 callback_group=commands)))
 
     def _report_qos(self, reason: str) -> None:
@@ -813,7 +813,7 @@ class OVSAMNode(LifecycleNode):
             depth_msg = self._depth_for(header, s)
             info = self._camera_info
             if info is None:
-                raise DepthError("no CameraInfo received on ~/depth/camera_info")
+                raise DepthError("no CameraInfo received on depth/camera_info")
             intrinsics = Intrinsics.from_camera_info(info)
             depth = depth_to_metres(image_to_numpy(depth_msg), depth_msg.encoding)
             check_pairing(depth.shape, image_hw, intrinsics)
@@ -1022,9 +1022,7 @@ def run(args: argparse.Namespace, rcl_args: Sequence[str], params_files: Sequenc
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 
     try:
-        for path in params_files:
-            for warning in check_params_file(path, args.name, args.namespace):
-                logging.getLogger("ovsam-node").warning(warning)
+        sections = {path: read_params_file(path) for path in params_files}
     except ParamsFileError as error:
         print(f"ovsam-node: error: {error}", file=sys.stderr)
         return 2
@@ -1037,6 +1035,12 @@ def run(args: argparse.Namespace, rcl_args: Sequence[str], params_files: Sequenc
         print(f"ovsam-node: error: {error}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
+    # Checked against the name the node got: `ros2 launch` sets namespace and name as __ns / __node
+    # remaps, which --name / --namespace never see.
+    for path, keys in sections.items():
+        warning = section_warning(path, keys, node.get_fully_qualified_name())
+        if warning:
+            node.get_logger().warning(warning)
     executor = MultiThreadedExecutor(num_threads=max(2, args.threads))
     executor.add_node(node)
     try:

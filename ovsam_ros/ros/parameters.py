@@ -134,9 +134,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Seconds between a prompt's stamp and a buffered frame's stamp that still count as the same "
               "frame.", min=0.0, max=1.0),
     ParamSpec("detection_prompt_type", "box",
-              "~/detection_prompts: each detection becomes a box prompt, or a positive point at the box "
+              "detection_prompts: each detection becomes a box prompt, or a positive point at the box "
               "centre.", choices=("box", "point")),
-    ParamSpec("detection_min_score", 0.0, "~/detection_prompts: ignore detections scored below this.",
+    ParamSpec("detection_min_score", 0.0, "detection_prompts: ignore detections scored below this.",
               min=0.0, max=1.0),
     # -- tracking --------------------------------------------------------------------
     ParamSpec("tracking", True,

@@ -27,7 +27,7 @@ COMMAND_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=History
 # /diagnostics, as diagnostic_updater publishes it (the aggregator subscribes with these).
 DIAGNOSTICS_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=10,
                              durability=DurabilityPolicy.VOLATILE)
-# Detections (~/detection_prompts) are a stream from a detector, not latched commands: volatile,
+# Detections (detection_prompts) are a stream from a detector, not latched commands: volatile,
 # reliable (a detector's default QoS).
 DETECTION_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=10,
                            durability=DurabilityPolicy.VOLATILE)

@@ -5,11 +5,11 @@ After the demo's prompt / text / everything frames, the OVSAM node is switched t
 real DDS on loopback):
 
 * an RGB-D camera publishing a clip of moving shapes (``image``), an aligned
-  16UC1 depth image (``ovsam/depth/image``, every shape at a known distance in
+  16UC1 depth image (``depth/image``, every shape at a known distance in
   front of a wall) and its ``CameraInfo``;
 * a detector stand-in that "detects" the shapes (their true boxes and classes)
   and answers ``delay`` seconds late, stamped with the frame it looked at: a real
-  ``vision_msgs/Detection2DArray`` on ``ovsam/detection_prompts`` where
+  ``vision_msgs/Detection2DArray`` on ``detection_prompts`` where
   vision_msgs is installed, otherwise the same detections converted by
   :func:`ovsam_ros.robot.detections.prompts_from_detections` into a stamped
   ``PromptArray`` with their ids and classes (``prompts``);
@@ -130,11 +130,11 @@ def make_robot_nodes(namespace: str, context: Any):
         def __init__(self) -> None:
             super().__init__("demo_rgbd_camera", namespace=namespace, context=context)
             self.image_pub = self.create_publisher(Image, "image", qos_profile_sensor_data)
-            self.depth_pub = self.create_publisher(Image, "ovsam/depth/image", qos_profile_sensor_data)
-            self.info_pub = self.create_publisher(CameraInfo, "ovsam/depth/camera_info", qos_profile_sensor_data)
+            self.depth_pub = self.create_publisher(Image, "depth/image", qos_profile_sensor_data)
+            self.info_pub = self.create_publisher(CameraInfo, "depth/camera_info", qos_profile_sensor_data)
             self.uses_vision_msgs = Detection2DArray is not None
             if Detection2DArray is not None:
-                self.det_pub = self.create_publisher(Detection2DArray, "ovsam/detection_prompts", DETECTION_QOS)
+                self.det_pub = self.create_publisher(Detection2DArray, "detection_prompts", DETECTION_QOS)
             else:  # stamped one-shot prompts on the node's ~/prompts (commands: reliable, transient-local)
                 self.det_pub = self.create_publisher(PromptArray, "ovsam/prompts", COMMAND_QOS)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -47,3 +48,21 @@ def make_node(ros_context) -> Iterator[Callable[..., Any]]:
     for node in nodes:
         node.stop_worker()
         node.destroy_node()
+
+
+@pytest.fixture(scope="session")
+def install_prefix(tmp_path_factory) -> Path:
+    """This checkout built and installed as ``colcon build`` does (~30 s; once per test session)."""
+    from install_prefix import build_install_prefix
+
+    return build_install_prefix(tmp_path_factory.mktemp("colcon"))
+
+
+@pytest.fixture(scope="session")
+def prefix_python(install_prefix, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """(python, env) as a sourced colcon workspace gives them: the prefix overlays the ROS install, and
+    ``python`` is a fresh venv with the dependencies but NOT this checkout."""
+    from install_prefix import clean_venv, overlay_env
+
+    python = clean_venv(tmp_path_factory.mktemp("venv") / "venv")
+    return python, overlay_env(install_prefix, python)

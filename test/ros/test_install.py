@@ -13,42 +13,16 @@ import re
 import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
-from launch_sim import evaluate, lifecycle_requests, node_command
-
-from ovsam_ros.ros.isolation import wait_for_line
+from install_prefix import SITE_REL, clean_env, clean_venv
 
 ROOT = Path(__file__).resolve().parents[2]
-PROGRAMS = Path(__file__).parent / "programs"
-SITE_REL = Path(sysconfig.get_paths()["purelib"]).relative_to(sys.prefix)
 
 # The module's CMake build (messages for 10 interfaces) runs in the first test's setup: ~1-2 min alone,
 # it passed 600 s on this project's 2-core machine with a dozen other builds running.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
-
-
-def clean_venv(where: Path, with_pip: bool = False) -> Path:
-    """A new venv whose only extra path is the project's site-packages (minus the editable checkout)."""
-    cmd = [sys.executable, "-m", "venv", str(where)]
-    subprocess.run(cmd if with_pip else [*cmd, "--without-pip"], check=True, capture_output=True)
-    deps = sysconfig.get_paths()["purelib"]
-    lines = [deps]
-    for pth in sorted(Path(deps).glob("*.pth")):
-        if "ovsam" in pth.name:  # __editable__.ovsam_ros-*.pth: the checkout
-            continue
-        lines += [line for line in pth.read_text().splitlines() if line.startswith("import")]
-    (where / SITE_REL).mkdir(parents=True, exist_ok=True)
-    (where / SITE_REL / "zz_project_dependencies.pth").write_text("\n".join(lines) + "\n")
-    return where / "bin" / "python"
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    env.update(extra)
-    return env
 
 
 # What every clean process checks first: nothing of ovsam_ros comes from the checkout.
@@ -60,39 +34,8 @@ NOT_FROM_SOURCE = (
 
 
 @pytest.fixture(scope="module")
-def colcon_prefix(tmp_path_factory) -> Path:
-    """What `colcon build` (no --symlink-install) does: CMake configure, build, install into a prefix."""
-    tmp = tmp_path_factory.mktemp("colcon")
-    prefix, build, src = tmp / "install", tmp / "build", tmp / "src"
-    # Build from a copy: CMake refuses exported include paths inside the source tree,
-    # and this checkout's .venv (holding the numpy headers) lives inside it.
-    src.mkdir()
-    for name in ("package.xml", "CMakeLists.txt", "setup.py"):  # CMake reads the console scripts from setup.py
-        shutil.copy(ROOT / name, src / name)
-    for name in ("msg", "srv", "launch", "config", "scripts", "ovsam_ros", "training"):
-        if (ROOT / name).is_dir():
-            shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-    env = {**os.environ, "AMENT_PREFIX_PATH": sys.prefix, "CMAKE_PREFIX_PATH": sys.prefix}
-    for cmd in (
-        ["cmake", "-S", str(src), "-B", str(build), "-Wno-dev", f"-DCMAKE_INSTALL_PREFIX={prefix}",
-         f"-DPython3_EXECUTABLE={sys.executable}", "-DBUILD_TESTING=OFF", "-DOVSAM_INSTALL_PYTHON=ON"],
-        ["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2)],
-        ["cmake", "--install", str(build)],
-    ):
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    shutil.rmtree(src)  # the installed package must not need its sources
-    return prefix
-
-
-@pytest.fixture(scope="module")
-def prefix_python(colcon_prefix, tmp_path_factory) -> tuple[Path, dict[str, str]]:
-    """(python, env) as a sourced colcon workspace gives them: the prefix overlays the ROS install."""
-    python = clean_venv(tmp_path_factory.mktemp("venv") / "venv")
-    overlay = {"PYTHONPATH": str(colcon_prefix / SITE_REL),
-               "AMENT_PREFIX_PATH": f"{colcon_prefix}{os.pathsep}{sys.prefix}",
-               "PATH": f"{colcon_prefix / 'bin'}{os.pathsep}{python.parent}{os.pathsep}{os.environ['PATH']}"}
-    return python, overlay
+def colcon_prefix(install_prefix) -> Path:
+    return install_prefix
 
 
 def test_colcon_install_exposes_code_messages_configs_and_training(colcon_prefix, prefix_python, tmp_path):
@@ -130,33 +73,6 @@ def test_colcon_install_exposes_code_messages_configs_and_training(colcon_prefix
         result = subprocess.run([str(colcon_prefix / "bin" / script), "--help"], cwd=tmp_path, capture_output=True,
                                 text=True, env=env, timeout=300)
         assert result.returncode == 0 and "usage:" in result.stdout, (script, result.stderr[-2000:])
-
-
-@pytest.mark.ros
-def test_node_from_the_colcon_prefix_runs_as_ros2_launch_starts_it(colcon_prefix, prefix_python, ros_group,
-                                                                    tmp_path):
-    """The launch file's own command line (executable, parameters file, overrides, remaps), its lifecycle
-    requests (configure, then activate), a frame on the camera topic, masks out: model `tiny` from share/."""
-    python, overlay = prefix_python  # on top of the group's ROS environment (domain id, loopback)
-    share = colcon_prefix / "share" / "ovsam_ros"
-    launched = evaluate(share / "launch" / "ovsam.launch.py", share, camera="/camera/image_raw", model="tiny")
-    argv = node_command(launched, colcon_prefix, tmp_path)
-    assert launched.parameters[0] == str(share / "config" / "ovsam.yaml")
-    # lib/ovsam_ros/ovsam_node starts with `#!/usr/bin/env python3`: run it with the workspace's python.
-    node = ros_group.start([str(python), *argv], env=overlay, cwd=str(tmp_path))
-    wait_for_line(node, "ovsam-node ready (unconfigured)", timeout=180)
-    transitions, state = lifecycle_requests(launched, [])
-    assert (transitions, state) == (["configure", "activate"], "active")
-    out = tmp_path / "steps.json"
-    client = ros_group.start([sys.executable, str(PROGRAMS / "launch_client.py"), str(out), "/ovsam",
-                              "/camera/image_raw", "/ovsam/prompts", *transitions])
-    wait_for_line(client, "done", timeout=400)
-    steps = json.loads(out.read_text())
-    assert steps["transitions"] == [["configure", True, "inactive"], ["activate", True, "active"]]
-    assert steps["masks"] == {"stamp": 42, "frame_id": "camera", "mode": "prompt", "instances": 1, "size": [160, 120]}
-    ros_group.stop(node)
-    log = node.stdout.read().decode(errors="replace")
-    assert "model 'tiny' loaded" in log, log[-3000:]
 
 
 def test_pip_install_into_a_fresh_venv_runs_ovsam_segment_on_a_sample(tmp_path):

@@ -11,7 +11,8 @@ pytest.importorskip("rclpy")
 
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 
-from ovsam_ros.ros.param_checks import ParamsFileError, check_params_file, unknown_parameters  # noqa: E402
+from ovsam_ros.ros.param_checks import (ParamsFileError, check_params_file, read_params_file,  # noqa: E402
+                                        section_applies, unknown_parameters)
 from ovsam_ros.ros.parameters import SPECS  # noqa: E402
 
 
@@ -79,10 +80,41 @@ def test_params_file_for_another_node_name_is_a_warning(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("ovsma:\n  ros__parameters:\n    mode: everything\n")
     [warning] = check_params_file(str(path), "ovsam")
-    assert "no section for node '/ovsam'" in warning and "'ovsma'" in warning
-    for key in ("/**", "ovsam", "/ovsam", "/robot/ovsam", "/robot/*"):
+    assert "no section for node '/ovsam'" in warning and "'ovsma'" in warning and "__node:=ovsma" in warning
+    for key in ("/**", "/robot/ovsam", "/robot/*", "/**/ovsam", "robot/ovsam"):
         path.write_text(f"{key}:\n  ros__parameters:\n    mode: everything\n")
         assert check_params_file(str(path), "ovsam", "robot") == [], key
+    # rcl: 'ovsam' means '/ovsam', not the node of that name in every namespace
+    path.write_text("ovsam:\n  ros__parameters:\n    mode: everything\n")
+    [warning] = check_params_file(str(path), "ovsam", "robot")
+    assert "'/robot/ovsam'" in warning and "/**/ovsam" in warning
+    path.write_text("robot:\n  ovsam:\n    ros__parameters:\n      mode: everything\n")  # nested namespaces
+    assert read_params_file(str(path)) == ["robot/ovsam"] and check_params_file(str(path), "ovsam", "robot") == []
+
+
+SECTION_KEYS = ["/**", "**", "ovsam", "/ovsam", "/*", "/*/ovsam", "/**/ovsam", "/robot/ovsam", "robot/ovsam",
+                "/robot/*", "/robot/**", "/a/robot/ovsam", "/a/**", "/other/ovsam", "/robot", "/ovsam/robot"]
+
+
+def test_section_matching_is_rcls_own(tmp_path, ros_context):
+    """Which sections apply, compared with what rclpy itself applies to a node of that name."""
+    import rclpy
+    from rclpy.context import Context
+
+    for namespace in ("/", "/robot", "/a/robot"):
+        for key in SECTION_KEYS:
+            path = tmp_path / "p.yaml"
+            path.write_text(f'"{key}":\n  ros__parameters:\n    probe: 7\n')
+            context = Context()
+            rclpy.init(args=["--ros-args", "--params-file", str(path)], context=context)
+            try:
+                node = rclpy.create_node("ovsam", namespace=namespace, context=context,
+                                         automatically_declare_parameters_from_overrides=True)
+                applied, name = node.has_parameter("probe"), node.get_fully_qualified_name()
+                node.destroy_node()
+            finally:
+                rclpy.shutdown(context=context)
+            assert section_applies(key, name) == applied, (key, name, applied)
 
 
 def test_node_entry_point_refuses_a_missing_params_file(tmp_path, capsys):

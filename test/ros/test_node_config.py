@@ -85,7 +85,8 @@ def test_launch_file_is_valid_python_with_the_documented_arguments():
     arguments = {node.args[0].value for node in ast.walk(tree)
                  if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "DeclareLaunchArgument"}
     assert arguments == {"config", "namespace", "camera", "model", "device", "precision", "autostart",
-                         "image_transport", "input_reliability", "input_depth", "output_reliability"}
+                         "image_transport", "input_reliability", "input_depth", "output_reliability",
+                         "depth_image", "depth_camera_info", "detection_prompts"}
     assert '"ovsam_node"' in source  # the executable installed from scripts/
 
 

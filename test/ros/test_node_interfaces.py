@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def image_subscriptions(node) -> dict[str, object]:
-    """The camera subscriptions (these nodes run in the root namespace; ~/depth/image is not one)."""
+    """The camera subscriptions (these nodes run in the root namespace; depth/image is not one)."""
     return {s.topic_name: s for s in node.subscriptions if s.topic_name in ("/image", "/image/compressed")}
 
 
@@ -155,8 +155,8 @@ def test_humble_rclpy_layout_qos_events_from_qos_event(monkeypatch, make_node, r
 
 # ----------------------------------------------------------------------------- names
 EXPECTED = {
-    "subscriptions": {"/image", "/ovsam_names/prompts", "/ovsam_names/text_query", "/ovsam_names/depth/image",
-                      "/ovsam_names/depth/camera_info"},
+    "subscriptions": {"/image", "/ovsam_names/prompts", "/ovsam_names/text_query", "/depth/image",
+                      "/depth/camera_info"},
     "publishers": {"/ovsam_names/masks", "/ovsam_names/instance_ids", "/ovsam_names/overlay", "/ovsam_names/points",
                    "/diagnostics"},
     "services": {"/ovsam_names/set_vocabulary", "/ovsam_names/segment", "/ovsam_names/clear_prompts"},
@@ -177,7 +177,7 @@ def node_names(node) -> dict[str, set[str]]:
 def test_inputs_and_services_live_under_the_node(make_node):
     names = node_names(make_node(name="ovsam_names"))
     names["publishers"].discard("/ovsam_names/detections")  # these two only where vision_msgs is installed
-    names["subscriptions"].discard("/ovsam_names/detection_prompts")
+    names["subscriptions"].discard("/detection_prompts")
     assert names == EXPECTED
 
 
@@ -186,7 +186,7 @@ def test_readme_topic_and_service_names_are_the_nodes(make_node):
     node = make_node(name="ovsam")
     # + what the node has with image_transport: compressed, or with vision_msgs installed
     names = set().union(*node_names(node).values()) | {"/image/compressed", "/ovsam/detections",
-                                                       "/ovsam/detection_prompts"}
+                                                       "/detection_prompts"}
     readme = (ROOT / "README.md").read_text()
     used = set(re.findall(r"(?<![\w/])/ovsam/[a-z_]+", readme))
     assert used and used <= names, sorted(used - names)
@@ -200,9 +200,13 @@ def test_readme_topic_and_service_names_are_the_nodes(make_node):
 
     policy = ET.parse(ROOT / "docs" / "sros2" / "ovsam_node_policy.xml").getroot()
     allowed = {"/" + e.text.strip() for e in policy.iter() if e.tag in ("topic", "service")}
-    builtin = re.compile(r"^/(rosout|parameter_events|ovsam/(transition_event|change_state|get_state|get_available_\w+|"
-                         r"get_transition_graph|\w*parameter\w*))$")
-    assert {n for n in allowed if not builtin.match(n)} == names
+    builtin = re.compile(r"^/(rosout|parameter_events|tf|tf_static|ovsam/(transition_event|change_state|get_state|"
+                         r"get_available_\w+|get_transition_graph|get_type_description|\w*parameter\w*))$")
+    # ... and the camera as launch/ovsam.launch.py remaps it by default (SROS2 checks remapped names)
+    launch_camera = {"/camera/image_raw", "/camera/image_raw/compressed"}
+    assert {n for n in allowed if not builtin.match(n)} == names | launch_camera
+    launch_file = (ROOT / "launch" / "ovsam.launch.py").read_text()
+    assert 'DeclareLaunchArgument("camera", default_value="/camera/image_raw"' in launch_file
 
 
 # ----------------------------------------------------------------------------- diagnostics

@@ -281,7 +281,7 @@ def test_real_detection2darray_over_dds(make_node, ros_context):
     from rclpy.node import Node
 
     talker = Node("detector_standin", context=ros_context)
-    pub = talker.create_publisher(vision_msgs.Detection2DArray, "/ovsam_test/detection_prompts", DETECTION_QOS)
+    pub = talker.create_publisher(vision_msgs.Detection2DArray, "/detection_prompts", DETECTION_QOS)
     executor = SingleThreadedExecutor(context=ros_context)
     executor.add_node(node)
     executor.add_node(talker)
