@@ -47,6 +47,40 @@ def test_runtime_dependencies_for_rosdep():
     assert "ament_cmake_pytest" in {d.name for d in package.test_depends}
 
 
+# Python module -> the ROS package (rosdep key) that provides it; modules of this package are its own.
+ROS_MODULES = {"rclpy": "rclpy", "rcl_interfaces": "rcl_interfaces", "builtin_interfaces": "builtin_interfaces",
+               "lifecycle_msgs": "lifecycle_msgs", "diagnostic_msgs": "diagnostic_msgs", "std_srvs": "std_srvs",
+               "std_msgs": "std_msgs", "sensor_msgs": "sensor_msgs", "geometry_msgs": "geometry_msgs",
+               "vision_msgs": "vision_msgs", "tf2_ros": "tf2_ros_py", "launch": "launch", "launch_ros": "launch_ros",
+               "diagnostic_updater": "diagnostic_updater", "message_filters": "message_filters",
+               "visualization_msgs": "visualization_msgs", "cv_bridge": "cv_bridge"}
+
+
+def test_package_xml_names_every_ros_package_the_code_imports():
+    """Every ROS module imported by the installed code (package, launch file, scripts) is a dependency."""
+    import ast
+
+    from catkin_pkg.package import parse_package
+
+    package = parse_package(str(ROOT / "package.xml"))
+    declared = {d.name for d in [*package.exec_depends, *package.build_export_depends, *package.build_depends]}
+    imported = set()
+    for path in [*ROOT.glob("ovsam_ros/**/*.py"), *ROOT.glob("launch/*.py"), *ROOT.glob("scripts/*")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported.add(node.module.split(".")[0])
+    used = {ROS_MODULES[m] for m in imported if m in ROS_MODULES}
+    assert {"rclpy", "rcl_interfaces", "launch_ros", "vision_msgs", "tf2_ros_py"} <= used  # the scan sees them
+    assert used <= declared, sorted(used - declared)
+    # msg/srv dependencies (rosidl) are build + exec dependencies
+    assert {"std_msgs", "sensor_msgs", "geometry_msgs"} <= {d.name for d in package.build_depends}
+    # every test tool the ROS-tool tests use is a test dependency
+    tests = {d.name for d in package.test_depends}
+    assert {"launch_testing", "launch_testing_ros", "ros2cli", "ros2lifecycle", "ros2param", "ros2topic"} <= tests
+
+
 def test_colcon_test_runs_the_pytest_suite():
     cmake = (ROOT / "CMakeLists.txt").read_text()
     block = cmake[cmake.index("if(BUILD_TESTING)"):]

@@ -9,8 +9,11 @@ VENV="${OVSAM_VENV:-$ROOT/.venv}"
 
 bash "$ROOT/tools/setup.sh"
 
-# Demo traffic stays on this machine unless the caller asks otherwise.
-export ROS_AUTOMATIC_DISCOVERY_RANGE="${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"
+# Demo traffic stays on this machine unless the caller chose a discovery setting
+# (ROS_LOCALHOST_ONLY for Humble, which ignores ROS_AUTOMATIC_DISCOVERY_RANGE).
+if [[ -z "${ROS_AUTOMATIC_DISCOVERY_RANGE:-}" && -z "${ROS_LOCALHOST_ONLY:-}" ]]; then
+  export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_LOCALHOST_ONLY=1
+fi
 export AMENT_PREFIX_PATH="$VENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
 export ROS_HOME="${ROS_HOME:-$ROOT/outputs/ros_home}"
 

@@ -10,7 +10,7 @@ bash "$ROOT/tools/setup.sh"
 
 # ROS traffic from tests stays on this machine: multi-process tests also run in a
 # private network namespace (ovsam_ros.ros.isolation); in-process ones use these.
-export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
+export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_LOCALHOST_ONLY=1   # the second for Humble
 export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$(( 1 + $$ % 100 ))}"
 export ROS_HOME="${ROS_HOME:-$(mktemp -d -t ovsam_ros_home.XXXXXX)}"
 export AMENT_PREFIX_PATH="$VENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"

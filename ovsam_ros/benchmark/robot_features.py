@@ -19,7 +19,6 @@ Prints three markdown tables:
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Optional, Sequence
 
 import cv2
@@ -85,7 +84,9 @@ def centroid_errors(frames: int, seed: int = 0) -> dict[str, list[float]]:
 
 def through_node(delays_ms: Sequence[int], frames: int, prompts_per_delay: int):
     """(frame-matching rows, ids per object, 3D errors per object) with the real node, in-process."""
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    from ovsam_ros.ros.discovery import default_to_local
+
+    default_to_local()
     import rclpy
     from rclpy.context import Context
     from rclpy.parameter import Parameter

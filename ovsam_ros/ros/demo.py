@@ -35,6 +35,7 @@ from typing import Any, Optional
 
 from ovsam_ros.demo_scoring import WORLD_EVERYTHING
 from ovsam_ros.prompts import Prompt
+from ovsam_ros.ros.discovery import default_to_local
 
 NAMESPACE = "/ovsam_demo"
 SCHEDULE = ("prompt", "text", "everything")
@@ -194,8 +195,8 @@ def run_ros_demo(
     if scenes not in ("world", "samples"):
         raise ValueError(f"scenes must be 'world' or 'samples', got {scenes!r}")
     world = scenes == "world"
-    # Demo traffic stays on this machine; the ament index is this environment.
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    # Demo traffic stays on this machine unless the user chose otherwise; the ament index is this environment.
+    default_to_local()
     os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)
     import rclpy
     from rclpy.context import Context

@@ -7,7 +7,7 @@ see each other. :class:`IsolatedRosGroup` therefore
 * creates one private network namespace (``unshare -n``) holding only ``lo``,
   brought up by a small holder process that lives as long as the group;
 * starts every process of the group inside that namespace (``nsenter``), with
-  ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``, its own ``ROS_DOMAIN_ID`` and a
+  ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` and ``ROS_LOCALHOST_ONLY=1``, its own ``ROS_DOMAIN_ID`` and a
   temporary ``ROS_HOME``;
 * kills every process it started (whole process groups) on exit.
 
@@ -26,6 +26,8 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from ovsam_ros.ros.discovery import LOCAL_ONLY
 
 # Brings `lo` up with an ioctl, so the holder needs no iproute2.
 _HOLDER_CODE = """
@@ -47,8 +49,8 @@ def ros_environment(domain_id: int, ros_home: str | os.PathLike[str], base: Mapp
     ament = env.get("AMENT_PREFIX_PATH", "")
     if prefix not in ament.split(os.pathsep):
         env["AMENT_PREFIX_PATH"] = os.pathsep.join(p for p in (prefix, ament) if p)
+    env.update(LOCAL_ONLY)  # both variables: Humble knows only ROS_LOCALHOST_ONLY
     env.update(
-        ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
         ROS_DOMAIN_ID=str(domain_id),
         ROS_HOME=str(ros_home),
         ROS_LOG_DIR=str(Path(ros_home) / "log"),

@@ -14,7 +14,9 @@ import pytest
 def ros_context() -> Iterator[Any]:
     """An rclpy context whose DDS traffic stays on this machine (as tools/test.sh configures)."""
     # In-process nodes still create a DDS participant: never let discovery leave loopback.
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    from ovsam_ros.ros.discovery import LOCAL_ONLY
+
+    os.environ.update(LOCAL_ONLY)
     os.environ.pop("ROS_STATIC_PEERS", None)
     rclpy = pytest.importorskip("rclpy")
     from rclpy.context import Context

@@ -18,27 +18,41 @@ ROOT = Path(__file__).resolve().parents[2]
 SITE_REL = Path(sysconfig.get_paths()["purelib"]).relative_to(sys.prefix)
 
 
-def build_install_prefix(tmp: Path) -> Path:
-    """Configure, build and install this checkout into ``tmp/install``; returns the prefix."""
-    prefix, build, src = tmp / "install", tmp / "build", tmp / "src"
-    # Build from a copy: CMake refuses exported include paths inside the source tree,
-    # and this checkout's .venv (holding the numpy headers) lives inside it.
+SOURCES = ("msg", "srv", "launch", "config", "scripts", "ovsam_ros", "training")
+
+
+def copy_sources(src: Path, extra: tuple[str, ...] = ()) -> Path:
+    """What CMake builds from, copied: CMake refuses exported include paths inside the source tree,
+    and this checkout's .venv (holding the numpy headers) lives inside it."""
     src.mkdir(parents=True)
-    for name in ("package.xml", "CMakeLists.txt", "setup.py"):  # CMake reads the console scripts from setup.py
+    for name in ("package.xml", "CMakeLists.txt", "setup.py", "pyproject.toml"):  # console scripts: setup.py
         shutil.copy(ROOT / name, src / name)
-    for name in ("msg", "srv", "launch", "config", "scripts", "ovsam_ros", "training"):
+    for name in (*SOURCES, *extra):
         if (ROOT / name).is_dir():
             shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return src
+
+
+def cmake(*args: str) -> subprocess.CompletedProcess:
+    """cmake ARGS with the ROS environment's prefixes (raises with the output's tail on failure)."""
     env = {**os.environ, "AMENT_PREFIX_PATH": sys.prefix, "CMAKE_PREFIX_PATH": sys.prefix}
-    for cmd in (
-        ["cmake", "-S", str(src), "-B", str(build), "-Wno-dev", f"-DCMAKE_INSTALL_PREFIX={prefix}",
-         f"-DPython3_EXECUTABLE={sys.executable}", "-DBUILD_TESTING=OFF", "-DOVSAM_INSTALL_PYTHON=ON"],
-        ["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2)],
-        ["cmake", "--install", str(build)],
-    ):
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd[:2])} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+    result = subprocess.run(["cmake", *args], env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"cmake {' '.join(args[:2])} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+    return result
+
+
+def configure(src: Path, build: Path, *options: str) -> None:
+    cmake("-S", str(src), "-B", str(build), "-Wno-dev", f"-DPython3_EXECUTABLE={sys.executable}", *options)
+
+
+def build_install_prefix(tmp: Path) -> Path:
+    """Configure, build and install this checkout into ``tmp/install``; returns the prefix."""
+    prefix, build = tmp / "install", tmp / "build"
+    src = copy_sources(tmp / "src")
+    configure(src, build, f"-DCMAKE_INSTALL_PREFIX={prefix}", "-DBUILD_TESTING=OFF", "-DOVSAM_INSTALL_PYTHON=ON")
+    cmake("--build", str(build), "-j", str(os.cpu_count() or 2))
+    cmake("--install", str(build))
     shutil.rmtree(src)  # the installed package must not need its sources
     shutil.rmtree(build)
     return prefix

@@ -16,6 +16,7 @@ PROBE = """
 import os, sys, rclpy
 def init(*args, **kwargs):
     print("RANGE=" + os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE", "<unset>"), flush=True)
+    print("LOCALHOST_ONLY=" + os.environ.get("ROS_LOCALHOST_ONLY", "<unset>"), flush=True)
     os._exit(0)
 rclpy.init = init
 from {module} import main
@@ -30,13 +31,19 @@ ENTRY_POINTS = {
 }
 
 
-def discovery_range(entry: str, **env: str) -> str:
+def discovery(entry: str, **env: str) -> tuple[str, str]:
+    """(ROS_AUTOMATIC_DISCOVERY_RANGE, ROS_LOCALHOST_ONLY) as the entry point leaves them for rclpy.init."""
     module, argv = ENTRY_POINTS[entry]
-    base = {k: v for k, v in os.environ.items() if k != "ROS_AUTOMATIC_DISCOVERY_RANGE"}
+    base = {k: v for k, v in os.environ.items() if k not in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOCALHOST_ONLY")}
     result = subprocess.run([sys.executable, "-c", PROBE.format(module=module, argv=argv)],
                             env={**base, **env}, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-2000:]
-    return next(line for line in result.stdout.splitlines() if line.startswith("RANGE=")).split("=", 1)[1]
+    found = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    return found["RANGE"], found["LOCALHOST_ONLY"]
+
+
+def discovery_range(entry: str, **env: str) -> str:
+    return discovery(entry, **env)[0]
 
 
 @pytest.mark.parametrize("entry", ["node", "camera", "prompts"])
@@ -46,5 +53,11 @@ def test_node_and_tools_leave_discovery_to_the_environment(entry):
 
 
 def test_demo_defaults_to_localhost_but_respects_a_setting():
-    assert discovery_range("demo") == "LOCALHOST"
-    assert discovery_range("demo", ROS_AUTOMATIC_DISCOVERY_RANGE="SUBNET") == "SUBNET"
+    assert discovery("demo") == ("LOCALHOST", "1")  # ROS_LOCALHOST_ONLY too: Humble ignores the range
+    assert discovery("demo", ROS_AUTOMATIC_DISCOVERY_RANGE="SUBNET") == ("SUBNET", "<unset>")
+    assert discovery("demo", ROS_LOCALHOST_ONLY="0") == ("<unset>", "0")
+
+
+def test_node_leaves_ros_localhost_only_alone():
+    assert discovery("node") == ("<unset>", "<unset>")
+    assert discovery("node", ROS_LOCALHOST_ONLY="0") == ("<unset>", "0")

@@ -75,6 +75,31 @@ def test_colcon_install_exposes_code_messages_configs_and_training(colcon_prefix
         assert result.returncode == 0 and "usage:" in result.stdout, (script, result.stderr[-2000:])
 
 
+def test_colcon_test_targets_unit_apart_from_e2e_and_lint(tmp_path):
+    """`colcon test` runs ctest in the build folder: the unit tests alone by default (minutes on a Jetson),
+    the end-to-end ones only when asked; the lint targets run and pass."""
+    import json
+
+    from install_prefix import configure, copy_sources
+
+    src = copy_sources(tmp_path / "src", extra=("test", "tools"))
+    tests = {}
+    for e2e in ("OFF", "ON"):
+        build = tmp_path / f"build_{e2e}"
+        configure(src, build, "-DBUILD_TESTING=ON", "-DOVSAM_INSTALL_PYTHON=OFF", f"-DOVSAM_E2E_TESTS={e2e}")
+        listed = subprocess.run(["ctest", "--show-only=json-v1"], cwd=build, capture_output=True, text=True, check=True)
+        tests[e2e] = {t["name"]: " ".join(t["command"]) for t in json.loads(listed.stdout)["tests"]}
+    assert "ovsam_ros_unit" in tests["OFF"] and "ovsam_ros_e2e" not in tests["OFF"], sorted(tests["OFF"])
+    assert "ovsam_ros_e2e" in tests["ON"]
+    assert "PYTEST_ADDOPTS=-m 'not e2e'" in tests["OFF"]["ovsam_ros_unit"]
+    assert "PYTEST_ADDOPTS=-m e2e" in tests["ON"]["ovsam_ros_e2e"]
+    assert "ROS_LOCALHOST_ONLY=1" in tests["OFF"]["ovsam_ros_unit"]
+    assert "ovsam_ros_ruff" in tests["OFF"]  # ruff is in the environment
+    lint = subprocess.run(["ctest", "-R", "ovsam_ros_ruff|ovsam_ros_xmllint", "--output-on-failure"],
+                          cwd=tmp_path / "build_OFF", capture_output=True, text=True)
+    assert lint.returncode == 0 and "tests passed" in lint.stdout, lint.stdout[-3000:]
+
+
 def test_pip_install_into_a_fresh_venv_runs_ovsam_segment_on_a_sample(tmp_path):
     """`pip install .` (no deps: they come from the project's venv) in a fresh venv, then `ovsam segment`."""
     src = tmp_path / "src"

@@ -13,7 +13,7 @@ PROGRAMS = Path(__file__).parent / "programs"
 
 def test_ros_environment_is_confined():
     env = ros_environment(17, "/tmp/x", base={"ROS_STATIC_PEERS": "10.0.0.1"})
-    assert env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
+    assert env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST" and env["ROS_LOCALHOST_ONLY"] == "1"
     assert env["ROS_DOMAIN_ID"] == "17"
     assert env["ROS_HOME"] == "/tmp/x"
     assert "ROS_STATIC_PEERS" not in env

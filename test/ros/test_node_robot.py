@@ -258,7 +258,9 @@ def test_without_tf2_a_target_frame_leaves_3d_in_the_camera_frame_with_a_reason(
 
 
 def test_real_detection2darray_over_dds(make_node, ros_context):
-    """Only where vision_msgs imports (a full ROS install): the subscription and conversion end to end."""
+    """Only where vision_msgs imports (a ROS install, or ../shared/ros2-tools): real Detection2DArray messages
+    over DDS; bad detections (NaN centre, negative or zero size) are rejected one by one, a detection with no
+    hypothesis is a class-agnostic box, and an empty array (nothing detected) is no work and no error."""
     vision_msgs = pytest.importorskip("vision_msgs.msg")
     import time
 
@@ -270,14 +272,24 @@ def test_real_detection2darray_over_dds(make_node, ros_context):
     msg = make_image(test_image(seed=2), stamp=stamp_of(0))
     node._receive(msg, False)
     node.process_pending()
-    array = vision_msgs.Detection2DArray(header=msg.header)
-    det = vision_msgs.Detection2D(header=msg.header, id="x1")
-    det.bbox.center.position.x, det.bbox.center.position.y = 50.0, 40.0
-    det.bbox.size_x, det.bbox.size_y = 40.0, 30.0
-    hyp = vision_msgs.ObjectHypothesisWithPose()
-    hyp.hypothesis.class_id, hyp.hypothesis.score = "cup", 0.75
-    det.results.append(hyp)
-    array.detections.append(det)
+
+    def detection(det_id, cx, cy, w, h, hypothesis=None):
+        det = vision_msgs.Detection2D(header=msg.header, id=det_id)
+        det.bbox.center.position.x, det.bbox.center.position.y = cx, cy
+        det.bbox.size_x, det.bbox.size_y = w, h
+        if hypothesis:
+            hyp = vision_msgs.ObjectHypothesisWithPose()
+            hyp.hypothesis.class_id, hyp.hypothesis.score = hypothesis
+            det.results.append(hyp)
+        return det
+
+    array = vision_msgs.Detection2DArray(header=msg.header, detections=[
+        detection("x1", 50.0, 40.0, 40.0, 30.0, ("cup", 0.75)),
+        detection("nan", float("nan"), 40.0, 40.0, 30.0, ("door", 0.5)),
+        detection("neg", 50.0, 40.0, -10.0, 30.0, ("door", 0.5)),
+        detection("flat", 50.0, 40.0, 20.0, 0.0, ("door", 0.5)),
+        detection("x5", 100.0, 60.0, 30.0, 40.0),  # a class-agnostic detector: no hypotheses
+    ])
     from rclpy.node import Node
 
     talker = Node("detector_standin", context=ros_context)
@@ -285,16 +297,37 @@ def test_real_detection2darray_over_dds(make_node, ros_context):
     executor = SingleThreadedExecutor(context=ros_context)
     executor.add_node(node)
     executor.add_node(talker)
-    out = None
-    deadline = time.monotonic() + 20
-    while out is None and time.monotonic() < deadline:
-        pub.publish(array)
-        executor.spin_once(timeout_sec=0.2)
-        out = node.process_pending()
-    executor.shutdown()
-    talker.destroy_node()
-    assert out is not None and out.masks.header == msg.header
-    assert [(m.source_id, m.source_class_id) for m in out.masks.instances] == [("x1", "cup")]
+
+    def publish_until_output(message, seconds):
+        out, deadline = None, time.monotonic() + seconds
+        while out is None and time.monotonic() < deadline:
+            pub.publish(message)
+            executor.spin_once(timeout_sec=0.2)
+            out = node.process_pending()
+        return out
+
+    try:
+        out = publish_until_output(array, 20)
+        assert out is not None and out.masks.header == msg.header
+        assert [(m.prompt_index, m.source_id, m.source_class_id) for m in out.masks.instances] == [
+            (0, "x1", "cup"), (4, "x5", "")]
+        rejected = node.stats.snapshot()["prompts_rejected"]
+        assert rejected % 3 == 0 and rejected >= 3  # three per received copy of the array, each named
+        reference = direct_masks(node, test_image(seed=2), [Prompt(box=[30.0, 25.0, 70.0, 55.0]),
+                                                           Prompt(box=[85.0, 40.0, 115.0, 80.0])])
+        assert all(np.array_equal(a, b) for a, b in zip(full_masks(out.masks), reference))
+        # nothing detected: no prompts, no rejections, no output (after the copies still in flight)
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < 1.0:
+            executor.spin_once(timeout_sec=0.1)
+            if node.process_pending() is not None:
+                quiet_since = time.monotonic()
+        before = node.stats.snapshot()["prompts_rejected"]
+        assert publish_until_output(vision_msgs.Detection2DArray(header=msg.header), 2.0) is None
+        assert node.stats.snapshot()["prompts_rejected"] == before
+    finally:
+        executor.shutdown()
+        talker.destroy_node()
 
 
 def test_a_late_prompt_for_a_frame_already_encoded_skips_the_encoder(make_node):
