@@ -206,6 +206,33 @@ def test_depth_gives_each_instance_a_3d_centroid_extent_and_points(make_node):
     assert first["z"].mean() == pytest.approx(out.masks.instances[0].centroid.z, abs=0.02)
 
 
+def test_depth_is_optional_per_frame_where_a_message_filters_synchronizer_drops_the_frame(make_node):
+    """Why the node pairs depth by stamp at processing time instead of message_filters (package.xml): the
+    real ApproximateTimeSynchronizer delivers no colour frame without a depth image, and only the paired
+    half when depth comes at half rate; the node processes every frame and adds 3D where depth exists."""
+    message_filters = pytest.importorskip("message_filters")
+
+    colour, depth_in = message_filters.SimpleFilter(), message_filters.SimpleFilter()
+    synced = []
+    sync = message_filters.ApproximateTimeSynchronizer([colour, depth_in], queue_size=10, slop=0.001)
+    sync.registerCallback(lambda c, d: synced.append((c.header.stamp.sec, c.header.stamp.nanosec)))
+    node = make_node()
+    node._on_prompts(prompt_array_msg(PROMPTS, persistent=True))
+    depth_m = np.full((96, 128), 1000, np.uint16)
+    with_3d = []
+    for i in range(6):
+        depth, info = depth_msgs(stamp_of(i), depth_m, "16UC1") if i % 2 == 0 else (None, None)
+        colour.signalMessage(make_image(test_image(seed=1), stamp=stamp_of(i)))
+        if depth is not None:
+            depth_in.signalMessage(depth)
+        _, out = feed_with_depth(node, i, depth, info)
+        assert out is not None and len(out.masks.instances) == len(PROMPTS)
+        with_3d.append(all(m.has_position for m in out.masks.instances))
+    stamps = [(s.sec, s.nanosec) for s in (time_msg(stamp_of(i)) for i in range(6))]
+    assert synced == stamps[0::2]  # the synchronizer: only frames that have depth
+    assert with_3d == [True, False, True, False, True, False]  # the node: every frame, 3D where paired
+
+
 @pytest.mark.parametrize("case, why", [
     ("wrong_size", "aligned"),
     ("no_camera_info", "CameraInfo"),
