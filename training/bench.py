@@ -150,19 +150,19 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
         if stage.startswith("stage1"):
             if stage == "stage1-cached" and not cache.is_dir():  # fill the cache first (untimed)
                 stage1.train(_quiet_cfg(stage1.DEFAULTS, None, [*common, *s1, f"output_dir={work / 'fill'}"]),
-                             quiet=True)
+                             quiet=True, overwrite=True)
             if stage == "stage1-teacher" and cache.is_dir():
                 import shutil
 
                 shutil.rmtree(cache)
             cfg = _quiet_cfg(stage1.DEFAULTS, None, [*common, *s1, f"output_dir={work / stage}"])
-            info = stage1.train(cfg, quiet=True)
+            info = stage1.train(cfg, quiet=True, overwrite=True)  # --workdir reused: a new measurement
         else:
             cfg = _quiet_cfg(stage2.DEFAULTS, None, [
                 *common, f"data.annotations={data['train']}", f"data.images={data['images']}",
                 "data.vocabulary=null", "data.instances_per_image=40", "text.templates=vild", "train.epochs=1000",
                 f"output_dir={work / stage}"])
-            info = stage2.train(cfg, quiet=True)
+            info = stage2.train(cfg, quiet=True, overwrite=True)
         res = summarize(info.history, args.warmup, args.batch_size)
         res["wall_s"] = time.perf_counter() - t0
         results[stage] = res

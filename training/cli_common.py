@@ -35,6 +35,10 @@ STAGE_COMMANDS: Dict[str, tuple] = {
 }
 
 
+#: The stages that train with training.engine: one run per output folder, --resume / --overwrite.
+RUN_FOLDER_COMMANDS = (STAGE_COMMANDS["stage1"][0], STAGE_COMMANDS["stage2"][0])
+
+
 def build_parser(prog: str, description: str, default_config: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -43,7 +47,9 @@ def build_parser(prog: str, description: str, default_config: str) -> argparse.A
             f"  torchrun --nproc_per_node=8 -m training.{prog.split('-')[-1]} --config ...\n"
             "train.batch_size is the GLOBAL batch; it is split over processes and grad_accum.\n"
             "Outputs: <output_dir>/model.pt (ovsam_ros checkpoint, loadable by the predictor and node),\n"
-            "checkpoints/step-*/ (resume), metrics.jsonl, config.yaml, data_report.json, tb/ (TensorBoard)."),
+            "checkpoints/step-*/ (resume), metrics.jsonl, config.yaml, data_report.json, tb/ (TensorBoard)."
+            + ("\nAn output_dir that holds another run is refused: --resume continues it, --overwrite deletes it."
+               if prog in RUN_FOLDER_COMMANDS else "")),
     )
     parser.add_argument("--config", default=default_config,
                         help=f"YAML file, or the name of a bundled one in training/configs/ (default: {default_config})")
@@ -53,7 +59,16 @@ def build_parser(prog: str, description: str, default_config: str) -> argparse.A
     parser.add_argument("--output-dir", default=None, help="shortcut for --set output_dir=DIR")
     parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
                         help="continue exactly where a run stopped: without a value, the latest checkpoint in "
-                             "output_dir (a fresh start if there is none); or a checkpoints/step-* folder")
+                             "output_dir (a fresh start if there is none); or a checkpoints/step-* folder. "
+                             "Refused if the checkpoint was trained with other settings than the few a resume "
+                             "may change (train.max_steps, checkpoint_every, log_every, num_workers, ...: "
+                             "training.engine.SAFE_RESUME_KEYS)")
+    if prog in RUN_FOLDER_COMMANDS:
+        parser.add_argument("--overwrite", action="store_true",
+                            help="output_dir holds another run: delete its files (checkpoints/, metrics.jsonl, "
+                                 "model.pt, config.yaml, data_report.json, tb/; nothing else) and start over. "
+                                 "They are deleted once the new model and data have loaded, not moved aside. "
+                                 "Without it (and without --resume) such a folder is refused")
     parser.add_argument("--print-config", action="store_true", help="print the merged config and exit")
     parser.add_argument("--quiet", action="store_true", help="warnings only")
     return parser
@@ -80,7 +95,10 @@ def main_wrapper(prog: str, description: str, default_config: str, defaults: Dic
         sys.stdout.write(dump(cfg))
         return 0
     try:
-        train(cfg, args.resume, args.quiet)
+        if getattr(args, "overwrite", False):
+            train(cfg, args.resume, args.quiet, overwrite=True)
+        else:
+            train(cfg, args.resume, args.quiet)
     except (ValueError, FileNotFoundError) as err:  # DataError, CheckpointError, ConfigError are ValueErrors
         if os.environ.get("OVSAM_TRACEBACK"):
             raise

@@ -152,7 +152,7 @@ def run(out: Path, quick: bool = False, seed: int = 0, threads: int = 1, quiet: 
         f"data.images={Path(images) / 'train'}", f"teacher.cache_dir={out / 'teacher_cache'}",
         f"train.max_steps={size['stage1_steps']}", f"train.threads={threads}", "train.epochs=100",
         f"train.progress={not quiet}", "train.tensorboard=false"])
-    s1 = stage1.train(cfg1, quiet=quiet)
+    s1 = stage1.train(cfg1, quiet=quiet, overwrite=True)  # a re-run of the recipe starts over
     timings["stage1"] = time.time() - t
     losses = [h["loss"] for h in s1.history if "loss" in h]
     k = max(1, min(5, len(losses) // 4))
@@ -164,7 +164,7 @@ def run(out: Path, quick: bool = False, seed: int = 0, threads: int = 1, quiet: 
         f"output_dir={out / 'stage2'}", f"seed={seed}", f"model.init_checkpoint={s1.final_model}",
         f"data.annotations={data['train']}", f"data.images={images}", f"train.max_steps={size['stage2_steps']}",
         "train.epochs=1000", f"train.threads={threads}", f"train.progress={not quiet}", "train.tensorboard=false"])
-    s2 = stage2.train(cfg2, quiet=quiet)
+    s2 = stage2.train(cfg2, quiet=quiet, overwrite=True)
     timings["stage2"] = time.time() - t
     losses2 = [h["loss"] for h in s2.history if "loss" in h]
     k2 = max(1, min(5, len(losses2) // 4))

@@ -19,6 +19,12 @@ What it guarantees:
   epoch, sampler seed). Because all data randomness is seeded per sample
   (seed, epoch, index) and per-step, a resumed run computes exactly what the
   uninterrupted run would have.
+* **One run per output folder.** A run into a folder that holds another
+  (checkpoints, metrics, model.pt, ``config.yaml``: the run's resolved
+  config, written atomically at its start) is refused before any model is
+  loaded unless ``--resume`` (continue it) or ``--overwrite`` (delete it);
+  ``--resume`` refuses a checkpoint trained with other settings than
+  :data:`SAFE_RESUME_KEYS` allows (:func:`plan_output_dir`, :func:`check_resume`).
 * AdamW with warmup + cosine or multi-step decay, gradient clipping, gradient
   accumulation (``no_sync`` on all but the last micro-batch), AMP autocast
   (bf16 / fp16 with a grad scaler) on CUDA, tqdm progress, TensorBoard and a
@@ -114,6 +120,14 @@ class DistEnv:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
             return t
         return tensor
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def gather_objects(self, obj: Any) -> List[Any]:
         if not self.distributed:
@@ -393,6 +407,272 @@ def resolve_resume(resume: Optional[str], output_dir: Path) -> Optional[Path]:
     return path
 
 
+# ----------------------------------------------------------------------------- run folders
+#: The one place that says which config keys a ``--resume`` may change. Everything else changes
+#: the math of the remaining steps (model, data, optimizer, schedule shape, seeds, loss weights,
+#: precision) or the run's provenance (paths of the data and of the weights it started from), and
+#: a resume with such a change is refused, naming the keys. Each safe key with why it is safe:
+SAFE_RESUME_KEYS: Dict[str, str] = {
+    "output_dir": "where the run lives (a run folder copied elsewhere continues there)",
+    "train.max_steps": "where the run ends (with the cosine schedule its length moves; the lr change is logged)",
+    "train.epochs": "where the run ends (as train.max_steps; the data order of an epoch does not depend on it)",
+    "train.checkpoint_every": "how often it saves",
+    "train.keep_checkpoints": "how many saves it keeps",
+    "train.log_every": "how often it logs",
+    "train.progress": "progress bar",
+    "train.tensorboard": "TensorBoard events",
+    "train.num_workers": "loader processes: every sample's randomness is seeded by (seed, epoch, index)",
+    "train.prefetch_factor": "how far the loader reads ahead",
+    "train.threads": "CPU threads",
+    "train.device": "where it runs (train.amp, which sets the precision, is not safe to change)",
+    "train.deterministic": "algorithm choice, not the maths",
+    "train.grad_accum": "micro-batches per step: same global batch, same normalisation "
+                        "(test_gradient_accumulation_matches_one_big_batch)",
+    "model.include_backbone": "whether saved files carry the frozen CLIP weights",
+    "teacher.cache_dir": "where teacher features are cached (entries are keyed by the teacher and its dtype)",
+    "teacher.batch_size": "images per teacher forward",
+    "text.cache_dir": "where text embeddings are cached (keyed by the text model and the templates)",
+    "data.check_images": "decode every image at start (a changed image count is caught on its own)",
+}
+
+#: What a training run writes into its output folder; ``--overwrite`` removes exactly these
+#: (other files there, e.g. a teacher cache, stay).
+RUN_CONFIG = "config.yaml"
+RUN_ENTRIES = ("checkpoints", "metrics.jsonl", "model.pt", RUN_CONFIG, "tb", "data_report.json")
+_TRASH = ".overwritten-"
+
+
+class RunFolderError(ValueError):
+    """An output folder that holds another run, or a --resume whose config differs in what matters."""
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "(not set)"
+
+
+_ABSENT: Any = _Absent()
+
+
+def _show(value: Any) -> str:
+    if value is _ABSENT:
+        return repr(value)
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def config_changes(old: Dict[str, Any], new: Dict[str, Any], defaults: Optional[Dict[str, Any]] = None,
+                   prefix: str = "") -> List[Tuple[str, Any, Any]]:
+    """``(dotted.key, old, new)`` for every leaf that differs (``_``-keys are bookkeeping). A key the
+    old config lacks that now holds its code default (added by a newer ovsam_ros), or one the code
+    no longer has, does not count."""
+    changes: List[Tuple[str, Any, Any]] = []
+    for key in list(old) + [k for k in new if k not in old]:
+        if str(key).startswith("_"):
+            continue
+        path = f"{prefix}{key}"
+        o, n = old.get(key, _ABSENT), new.get(key, _ABSENT)
+        d = defaults.get(key, _ABSENT) if isinstance(defaults, dict) else _ABSENT
+        if isinstance(o, dict) and isinstance(n, dict):
+            changes += config_changes(o, n, d if isinstance(d, dict) else None, f"{path}.")
+        elif o is _ABSENT and d is not _ABSENT and n == d:
+            continue
+        elif n is _ABSENT and isinstance(defaults, dict) and defaults and key not in defaults:
+            continue
+        elif o != n:
+            changes.append((path, o, n))
+    return changes
+
+
+def _is_safe(key: str) -> bool:
+    return any(key == s or key.startswith(f"{s}.") for s in SAFE_RESUME_KEYS)
+
+
+def check_resume(state: Dict[str, Any], cfg: Dict[str, Any], source: Path,
+                 defaults: Optional[Dict[str, Any]] = None, dataset_len: Optional[int] = None,
+                 compare_config: bool = True) -> None:
+    """Refuse (:class:`RunFolderError`) a resume whose config differs from the checkpoint's in a key
+    outside :data:`SAFE_RESUME_KEYS`, or whose data order differs (batch, seed, dataset length);
+    one message names every such key with both values. Safe changes are logged."""
+    unsafe: List[Tuple[str, Any, Any]] = []
+    old_cfg = state.get("config") if compare_config else None
+    if isinstance(old_cfg, dict):
+        changes = config_changes(old_cfg, cfg, defaults)
+        unsafe = [c for c in changes if not _is_safe(c[0])]
+        safe = [c for c in changes if _is_safe(c[0])]
+        if safe and not unsafe:
+            log.info("resuming with changed settings: %s",
+                     ", ".join(f"{k} {_show(o)} -> {_show(n)}" for k, o, n in safe))
+    elif compare_config:
+        log.warning("%s: the checkpoint records no config; only its data order is checked", source)
+    data = state.get("data") or {}
+    named = {k for k, _, _ in unsafe}
+    for key, name, now in (("batch_size", "train.batch_size", int(cfg["train"]["batch_size"])),
+                           ("seed", "seed", int(cfg["seed"])), ("dataset_len", "dataset length", dataset_len)):
+        if now is None or key not in data or name in named:
+            continue
+        if data[key] != now:
+            unsafe.append((name, data[key], now))
+    if not unsafe:
+        return
+    lines = "\n".join(f"  {k}: {_show(o)} -> {_show(n)}" for k, o, n in unsafe)
+    sets = " ".join(f"--set {k}={_show(o)}" for k, o, _ in unsafe if o is not _ABSENT and k != "dataset length")
+    raise RunFolderError(
+        f"cannot resume from {source}: it was trained with other settings than these, and continuing it "
+        f"would mix two runs (exact resume needs the same model, data, data order and optimisation):\n{lines}\n"
+        + (f"Resume with the checkpoint's values ({sets}), " if sets else "Resume with the checkpoint's data, ")
+        + "or start a new run: another --output-dir, or --overwrite instead of --resume. A resume may change only: "
+        + ", ".join(SAFE_RESUME_KEYS) + ".")
+
+
+def run_folder_contents(out: Path) -> List[str]:
+    """What in ``out`` belongs to a training run, described (empty: no run there). ``data_report.json``
+    alone does not count (a run that failed before its first step); an empty folder does not either."""
+    out = Path(out)
+    found: List[str] = []
+    ckpt = out / "checkpoints"
+    if ckpt.is_dir():
+        entries = sorted(p.name for p in ckpt.iterdir())
+        if entries:
+            steps = [e for e in entries if e.startswith("step-")]
+            shown = ", ".join(steps[-3:]) if steps else ", ".join(entries[:3])
+            found.append(f"checkpoints/ ({len(entries)}: {'... ' if len(steps) > 3 else ''}{shown})")
+    metrics = out / "metrics.jsonl"
+    if metrics.is_file():
+        try:
+            n = sum(1 for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip())
+            found.append(f"metrics.jsonl ({n} step{'s' if n != 1 else ''})")
+        except OSError:
+            found.append("metrics.jsonl")
+    for name in ("model.pt", RUN_CONFIG):
+        if (out / name).exists():
+            found.append(name)
+    tb = out / "tb"
+    if tb.is_dir() and any(p.is_file() for p in tb.rglob("*")):
+        found.append("tb/ (TensorBoard events)")
+    return found
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """What a run does with its output folder: ``error`` refuses it; ``clear`` = rank 0 removes the
+    previous run's files (:data:`RUN_ENTRIES`) once the new model and data are loaded."""
+
+    error: Optional[str] = None
+    clear: bool = False
+    note: str = ""
+
+
+def _within(path: Path, folder: Path) -> bool:
+    try:
+        return Path(path).resolve().is_relative_to(Path(folder).resolve())
+    except OSError:
+        return False
+
+
+def _step_of(folder: Path) -> int:
+    try:
+        return int(Path(folder).name[5:])
+    except ValueError:
+        return -1
+
+
+def plan_output_dir(out: Path, cfg: Dict[str, Any], resume: Optional[str], resume_from: Optional[Path],
+                    overwrite: bool = False, defaults: Optional[Dict[str, Any]] = None) -> OutputPlan:
+    """Decide, from the folder alone (identical on every rank), whether a run may use ``out``:
+
+    * empty or new: yes;
+    * ``--resume`` of this folder's own checkpoint: yes, unless complete checkpoints newer than
+      the one resumed exist (the new ones would be rotated away in their favour);
+    * ``--resume`` with no complete checkpoint, after a run that died before its first one (only
+      config / metrics / events there): restart at step 0 with those files removed, if the
+      recorded config matches in every key a resume may not change;
+    * anything else with a run in it: refused, unless ``--overwrite`` (its files are removed).
+    """
+    out = Path(out)
+    found = run_folder_contents(out)
+    own = resume_from is not None and _within(resume_from, out)
+    if overwrite and (resume == "auto" or own):
+        return OutputPlan(error=f"--overwrite and --resume contradict each other for {out}: --resume continues "
+                                "its run, --overwrite deletes it; give one of them")
+    if own:
+        assert resume_from is not None
+        newer = [p.name for p in CheckpointManager(out).list() if _step_of(p) > _step_of(resume_from)]
+        if newer:
+            return OutputPlan(error=(
+                f"--resume {resume_from}: {out} holds newer checkpoints of its run ({', '.join(newer)}); "
+                "continuing from an older one would mix the two continuations (the old, higher-numbered "
+                "ones count as newest). Resume the newest (--resume without a path), or delete the newer "
+                "step folders first"))
+        return OutputPlan()
+    if not found:
+        return OutputPlan()
+    if resume == "auto" and resume_from is None:
+        final = [f for f in found if f == "model.pt" or f.startswith("checkpoints/")]
+        if final:
+            return OutputPlan(error=(
+                f"--resume: {out} holds a run ({'; '.join(found)}) but no complete checkpoint to continue "
+                "from. Start it over with --overwrite (deletes its files), or choose another --output-dir"))
+        recorded = out / RUN_CONFIG
+        if recorded.is_file():
+            import yaml
+
+            try:
+                old = yaml.safe_load(recorded.read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError):
+                old = None
+            if isinstance(old, dict):
+                unsafe = [c for c in config_changes(old, cfg, defaults) if not _is_safe(c[0])]
+                if unsafe:
+                    lines = "\n".join(f"  {k}: {_show(o)} -> {_show(n)}" for k, o, n in unsafe)
+                    return OutputPlan(error=(
+                        f"--resume: {out} holds the start of another run (no checkpoint yet: {'; '.join(found)}) "
+                        f"with other settings:\n{lines}\nStart over with --overwrite (deletes its files), or "
+                        "choose another --output-dir"))
+        return OutputPlan(clear=True, note=(
+            f"--resume: no checkpoint in {out} yet; restarting its run at step 0 (removing {'; '.join(found)})"))
+    if overwrite:
+        return OutputPlan(clear=True, note=f"--overwrite: deleting the previous run in {out} ({'; '.join(found)})")
+    return OutputPlan(error=(
+        f"output folder {out} already holds a training run: {'; '.join(found)}. Another run there would mix "
+        "with it. Continue that run with --resume, or start over with --overwrite (deletes its checkpoints, "
+        "metrics, model.pt and TensorBoard events), or choose another --output-dir"))
+
+
+def decide_output_dir(out: Path, cfg: Dict[str, Any], resume: Optional[str], resume_from: Optional[Path],
+                      overwrite: bool, env: DistEnv, defaults: Optional[Dict[str, Any]] = None) -> OutputPlan:
+    """:func:`plan_output_dir` as rank 0 sees it, on every rank (so all refuse or all go on together,
+    even where the ranks' file systems differ); raises :class:`RunFolderError` on a refusal."""
+    plan = plan_output_dir(out, cfg, resume, resume_from, overwrite, defaults)
+    plan = env.broadcast_object(plan)
+    if plan.error:
+        raise RunFolderError(plan.error)
+    return plan
+
+
+def clear_previous_run(out: Path, plan: OutputPlan, env: DistEnv) -> None:
+    """Rank 0 deletes the previous run's files (:data:`RUN_ENTRIES`) when ``plan.clear``; every rank
+    waits for it. Each entry is first renamed into ``<out>/.overwritten-<pid>/`` (atomic), which is
+    then deleted: a kill midway leaves either the old entry, which the next start reports again, or
+    the hidden folder, which the next clear removes; never part of a checkpoint that looks whole."""
+    if not plan.clear:
+        return
+    if env.is_main:
+        out = Path(out)
+        log.warning("%s", plan.note)
+        trash = out / f"{_TRASH}{os.getpid()}"
+        trash.mkdir(parents=True, exist_ok=True)
+        for name in RUN_ENTRIES:
+            if os.path.lexists(out / name):
+                os.rename(out / name, trash / name)
+        _fsync_dir(out)
+        for old in out.glob(f"{_TRASH}*"):
+            shutil.rmtree(old, ignore_errors=True)
+    env.barrier()
+
+
 # ----------------------------------------------------------------------------- task protocol
 class Task:
     """What a stage plugs into :func:`run`. See ``stage1.py`` / ``stage2.py``."""
@@ -426,6 +706,27 @@ class RunInfo:
     final_model: Path
     steps: int
     history: List[Dict[str, Any]]
+
+
+def _log_schedule_change(state: Dict[str, Any], tcfg: Dict[str, Any], total: int, spe: int) -> None:
+    """A resume that moves the end of a cosine schedule (train.max_steps / epochs) changes the lr
+    from the resumed step on: say so, with the lr before and after."""
+    old = (state.get("config") or {}).get("train")
+    if not isinstance(old, dict) or tcfg["schedule"] != "cosine":
+        return
+    try:
+        old_spe = int(state["data"].get("steps_per_epoch") or spe)
+        old_total = int(old["epochs"]) * old_spe
+        if old.get("max_steps"):
+            old_total = min(old_total, int(old["max_steps"]))
+        step = int(state["step"])
+        before = float(old["lr"]) * lr_lambda(old, old_total, old_spe)(step)
+    except (KeyError, TypeError, ValueError):
+        return
+    if old_total != total:
+        after = float(tcfg["lr"]) * lr_lambda(tcfg, total, spe)(step)
+        log.warning("resume: the cosine schedule now ends at step %d instead of %d; the lr at step %d goes "
+                    "from %.3e to %.3e", total, old_total, step, before, after)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -489,10 +790,9 @@ def run(task: Task, cfg: Dict[str, Any], env: DistEnv, resume_from: Optional[Pat
     step, epoch, step_in_epoch = 0, 0, 0
     if resume_state is not None:
         st = resume_state
-        for key, now in (("batch_size", batch), ("dataset_len", n), ("seed", seed)):
-            if st["data"][key] != now:
-                raise ValueError(f"cannot resume from {resume_from}: {key} was {st['data'][key]}, now {now} "
-                                 "(exact resume needs the same data order)")
+        # the stage checked the config before loading anything; here the data order, with the dataset's length
+        check_resume(st, cfg, Path(resume_from or "?"), dataset_len=n, compare_config=False)
+        _log_schedule_change(st, tcfg, total, spe)
         optimizer.load_state_dict(st["optimizer"])
         scheduler.load_state_dict(st["scheduler"])
         if st.get("scaler"):

@@ -236,7 +236,10 @@ class Stage1Task(engine.Task):
         return total, {"loss": total.detach(), "mse": total.detach()}
 
 
-def train(cfg: Dict[str, Any], resume: Optional[str] = None, quiet: bool = False) -> engine.RunInfo:
+def train(cfg: Dict[str, Any], resume: Optional[str] = None, quiet: bool = False,
+          overwrite: bool = False) -> engine.RunInfo:
+    """Train as ``cfg`` says. An output folder holding another run is refused unless ``resume``
+    (continue it) or ``overwrite`` (delete its files once the new model and data have loaded)."""
     env = engine.setup_distributed(cfg["train"]["device"])
     engine.setup_logging(env, logging.WARNING if quiet else logging.INFO)
     try:
@@ -245,8 +248,12 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None, quiet: bool = False
         out = Path(cfg["output_dir"])
         resume_from = engine.resolve_resume(resume, out)
         state = engine.load_resume_state(resume_from) if resume_from else None
+        if state is not None:
+            engine.check_resume(state, cfg, resume_from, DEFAULTS)
+        plan = engine.decide_output_dir(out, cfg, resume, resume_from, overwrite, env, DEFAULTS)
         task = Stage1Task(cfg, env, resume_from)
         try:
+            engine.clear_previous_run(out, plan, env)  # only now: a config that fails to load keeps the old run
             if env.is_main:
                 log.info("stage 1: %d images, teacher %s (%s), student SAM2CLIP %.2fM trainable params, world size %d",
                          len(task.dataset), cfg["teacher"]["kind"],

@@ -386,7 +386,10 @@ def hash_seed(*parts: int) -> int:
     return int.from_bytes(h[:8], "little") & 0x7FFFFFFFFFFFFFFF
 
 
-def train(cfg: Dict[str, Any], resume: Optional[str] = None, quiet: bool = False) -> engine.RunInfo:
+def train(cfg: Dict[str, Any], resume: Optional[str] = None, quiet: bool = False,
+          overwrite: bool = False) -> engine.RunInfo:
+    """Train as ``cfg`` says. An output folder holding another run is refused unless ``resume``
+    (continue it) or ``overwrite`` (delete its files once the new model and data have loaded)."""
     env = engine.setup_distributed(cfg["train"]["device"])
     engine.setup_logging(env, logging.WARNING if quiet else logging.INFO)
     try:
@@ -395,7 +398,11 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None, quiet: bool = False
         out = Path(cfg["output_dir"])
         resume_from = engine.resolve_resume(resume, out)
         state = engine.load_resume_state(resume_from) if resume_from else None
+        if state is not None:
+            engine.check_resume(state, cfg, resume_from, DEFAULTS)
+        plan = engine.decide_output_dir(out, cfg, resume, resume_from, overwrite, env, DEFAULTS)
         task = Stage2Task(cfg, env, resume_from)
+        engine.clear_previous_run(out, plan, env)  # only now: a config that fails to load keeps the old run
         if env.is_main:
             log.info("stage 2: %d images / %d instances (%d training classes: %s), %.2fM trainable params, "
                      "world size %d", len(task.coco), task.coco.num_instances, len(task.train_vocab),
