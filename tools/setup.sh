@@ -7,12 +7,25 @@
 # Each step is skipped when its inputs did not change, so a second run takes seconds.
 #
 # Usage: tools/setup.sh [--force]        env: OVSAM_VENV (default .venv), PYTHON (default python3)
+#
+# A second ROS 2 distro (CI's Jazzy leg) goes into an environment of its own, since the
+# Kilted and Jazzy wheels share their `ros-*` names:
+#   OVSAM_ROS_DISTRO=jazzy OVSAM_VENV=$PWD/.venv-jazzy tools/setup.sh
+# installs requirements.txt without its `ros-*` pins plus requirements-jazzy.txt (default
+# OVSAM_ROS_DISTRO=kilted: requirements.txt as it is).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${OVSAM_VENV:-$ROOT/.venv}"
 PYTHON_BIN="${PYTHON:-python3}"
 STAMPS="$VENV/.ovsam-stamps"
+DISTRO="${OVSAM_ROS_DISTRO:-kilted}"
+case "$DISTRO" in
+  kilted) ;;
+  jazzy)
+    [[ -n "${OVSAM_VENV:-}" ]] || { echo "OVSAM_ROS_DISTRO=$DISTRO needs an environment of its own: set OVSAM_VENV too (e.g. \$PWD/.venv-$DISTRO)" >&2; exit 2; } ;;
+  *) echo "unknown OVSAM_ROS_DISTRO=$DISTRO (kilted or jazzy)" >&2; exit 2 ;;
+esac
 FORCE=0
 [[ "${1:-}" == "--force" ]] && FORCE=1
 
@@ -31,10 +44,34 @@ fi
 mkdir -p "$STAMPS"
 PY="$VENV/bin/python"
 
-deps_hash=$(hash_of "$ROOT/requirements.txt")
+# One environment holds one distro (an environment without a distro stamp is Kilted's).
+if [[ -f "$STAMPS/distro" ]]; then venv_distro=$(cat "$STAMPS/distro")
+elif [[ -f "$STAMPS/deps" ]]; then venv_distro=kilted
+else venv_distro=""; fi
+if [[ -n "$venv_distro" && "$venv_distro" != "$DISTRO" ]]; then
+  echo "$VENV holds ROS 2 $venv_distro, not $DISTRO (OVSAM_ROS_DISTRO): choose another OVSAM_VENV" >&2; exit 2
+fi
+reqs="$ROOT/requirements.txt"
+if [[ $DISTRO == kilted ]]; then
+  deps_hash=$(hash_of "$ROOT/requirements.txt")
+else
+  echo "$DISTRO" > "$STAMPS/distro"
+  distro_reqs="$ROOT/requirements-$DISTRO.txt"
+  deps_hash=$(hash_of "$ROOT/requirements.txt" "$distro_reqs")
+fi
 if needs deps "$deps_hash"; then
+  if [[ $DISTRO != kilted ]]; then
+    # requirements.txt minus its ros-* lines, plus the distro's ROS block. A ros-* name pinned
+    # for Kilted but neither pinned nor marked "# replaced:" in the distro's file stops here.
+    ros_names() { sed -nE "s/^[[:space:]]*(${2:-}ros-[A-Za-z0-9._-]+).*/\1/p" "$1" | sed -E "s/^${2:-}//" | tr 'A-Z_.' 'a-z--' | sort -u; }
+    missing=$(comm -23 <(ros_names "$ROOT/requirements.txt") \
+      <({ ros_names "$distro_reqs"; ros_names "$distro_reqs" '# replaced: '; } | sort -u))
+    [[ -z "$missing" ]] || { echo "requirements-$DISTRO.txt has no $DISTRO version of:" $missing >&2; exit 1; }
+    reqs="$STAMPS/requirements-$DISTRO.txt"
+    { grep -Ev '^[[:space:]]*ros-' "$ROOT/requirements.txt"; echo; cat "$distro_reqs"; } > "$reqs"
+  fi
   log "installing pinned dependencies (first run: ~2 minutes, ~6 GB)"
-  "$PY" -m pip install --quiet --upgrade-strategy only-if-needed -r "$ROOT/requirements.txt"
+  "$PY" -m pip install --quiet --upgrade-strategy only-if-needed -r "$reqs"
   "$PY" "$ROOT/tools/fix_ros_cmake_paths.py" "$VENV"
   done_step deps "$deps_hash"
   rm -f "$STAMPS/msgs"   # new generators: regenerate the messages
@@ -46,6 +83,7 @@ msgs_hash=$(hash_of "$ROOT"/msg/*.msg "$ROOT"/srv/*.srv "$ROOT/CMakeLists.txt" "
 if needs msgs "$msgs_hash"; then
   log "generating ROS messages into $VENV"
   build="$ROOT/build/interfaces"
+  [[ $DISTRO == kilted ]] || build="$ROOT/build/interfaces-$DISTRO"
   rm -rf "$build"; mkdir -p "$build"
   # The wheels' own cmake helpers find ament packages through these prefixes.
   export AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV"

@@ -77,15 +77,22 @@ def test_interface_show_prints_every_message_and_service(launched):
                 assert field in out, (path.name, field)
 
 
+def state_of(output: str) -> str:
+    """The state line of `ros2 lifecycle get` (rcl may print warnings too, e.g. Jazzy's about
+    ROS_LOCALHOST_ONLY)."""
+    found = re.search(r"^(unconfigured|inactive|active|finalized) \[\d+\]$", output, re.M)
+    return found.group(1) if found else output
+
+
 def test_lifecycle_get_and_set(launched):
     cli, _ = launched
-    assert cli("lifecycle", "get", "/ovsam", "--no-daemon", *DISCOVERY)[1].strip().startswith("active")
+    assert state_of(cli("lifecycle", "get", "/ovsam", "--no-daemon", *DISCOVERY)[1]) == "active"
     code, out = cli("lifecycle", "set", "/ovsam", "deactivate", "--no-daemon", *DISCOVERY)
     assert code == 0 and "Transitioning successful" in out, out
-    assert cli("lifecycle", "get", "/ovsam", "--no-daemon", *DISCOVERY)[1].strip().startswith("inactive")  # launch file leaves it
+    assert state_of(cli("lifecycle", "get", "/ovsam", "--no-daemon", *DISCOVERY)[1]) == "inactive"  # launch leaves it
     code, out = cli("lifecycle", "set", "/ovsam", "activate", "--no-daemon", *DISCOVERY)
     assert code == 0 and "Transitioning successful" in out, out
-    assert cli("lifecycle", "get", "/ovsam", "--no-daemon", *DISCOVERY)[1].strip().startswith("active")
+    assert state_of(cli("lifecycle", "get", "/ovsam", "--no-daemon", *DISCOVERY)[1]) == "active"
 
 
 def test_param_get_set_and_a_refused_value(launched):
@@ -120,10 +127,11 @@ def test_service_call_segment(launched):
 
 def test_topic_echo_once_decodes_masks(launched):
     cli, _ = launched
-    # frames + a persistent box prompt until the node answers (the launch test's client program)
-    source = cli.group.start([sys.executable, str(PROGRAMS / "launch_client.py"), str(cli.cwd / "client.json"),
-                              "/ovsam", "/camera/image_raw", "/ovsam/prompts"], env=cli.env, cwd=str(cli.cwd))
+    # frames + a persistent box prompt, until echo got one result however late it subscribed
+    source = cli.group.start([sys.executable, str(PROGRAMS / "frame_source.py"), "/camera/image_raw", "/ovsam/prompts"],
+                             env=cli.env, cwd=str(cli.cwd))
     try:
+        wait_for_line(source, "publishing", timeout=120)
         code, out = cli("topic", "echo", "--once", "--no-daemon", "/ovsam/masks", "ovsam_ros/msg/LabeledMaskArray",
                         timeout=300)
     finally:
