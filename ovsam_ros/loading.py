@@ -33,6 +33,7 @@ because an untrained recognition head gives meaningless labels.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field, fields
@@ -45,9 +46,11 @@ import yaml
 from ovsam_ros.backends import TORCH
 from ovsam_ros.backends import get as get_backend
 from ovsam_ros.model.build import build_ovsam, load_ovsam
+from ovsam_ros.model.checkpoints import LOAD_LOGGER, LoadProgress, size_text
 from ovsam_ros.model.config import OVSAMConfig
 from ovsam_ros.model.ovsam import OVSAM
 from ovsam_ros.resources import config_dir, model_config_dir, share_dirs
+from ovsam_ros.runtime import resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,11 @@ PRESETS = {
 
 # config/ of the checkout or install this code runs from (ovsam_ros.resources); None when not found.
 CONFIG_DIR = config_dir()
+
+# Loads that log their progress at INFO (ModelSpec.large): the full-size presets, or weight files of
+# this total size; the tiny demo/test models (about a second) log theirs at DEBUG.
+LARGE_PRESETS = ("rn50x16", "convnext_large")
+LARGE_LOAD_BYTES = 64 * 2**20
 
 
 @dataclass
@@ -101,6 +109,24 @@ class ModelSpec:
         return bool(self.ovsam_checkpoint) or bool(
             self.clip_weights and self.sam2clip_checkpoint and self.clip2sam_checkpoint
         )
+
+    def weight_files(self) -> list[str]:
+        """The (expanded) weight files a PyTorch build reads."""
+        names = ("ovsam_checkpoint", "clip_weights") if self.ovsam_checkpoint else (
+            "clip_weights", "sam_checkpoint", "sam2clip_checkpoint", "clip2sam_checkpoint")
+        return [_expand(getattr(self, name)) for name in names if getattr(self, name)]
+
+    @property
+    def large(self) -> bool:
+        """Whether loading takes long enough (seconds to minutes on a CPU) to log each stage at
+        INFO: a full-size preset, or weight files of :data:`LARGE_LOAD_BYTES` or more."""
+        if self.preset_name in LARGE_PRESETS:
+            return True
+        total = 0
+        for path in self.weight_files():
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(path)
+        return total >= LARGE_LOAD_BYTES
 
 
 @dataclass
@@ -216,8 +242,13 @@ def load_specs(source: Union[str, Path, dict[str, Any]]) -> tuple[ModelSpec, Pre
     )
 
 
-def build_model(spec: ModelSpec) -> OVSAM:
-    """Build the model a spec describes; logs a loud warning when it is not fully trained."""
+def build_model(spec: ModelSpec, progress: Optional[LoadProgress] = None) -> OVSAM:
+    """Build the model a spec describes; logs a loud warning when it is not fully trained.
+
+    ``progress``: where each stage and weight file is logged as it starts (default: a
+    :class:`LoadProgress` at INFO for a large model, :attr:`ModelSpec.large`, else DEBUG)."""
+    if progress is None:
+        progress = LoadProgress(logging.INFO if spec.large else logging.DEBUG)
     if spec.backend != TORCH:
         model = get_backend(spec.backend).load(spec)
         if not model.trained:
@@ -227,7 +258,8 @@ def build_model(spec: ModelSpec) -> OVSAM:
     if spec.ovsam_checkpoint:
         if spec.preset is not None and spec.preset not in PRESETS:
             raise ValueError(f"unknown model preset {spec.preset!r}; choose from {sorted(PRESETS)}")
-        model = load_ovsam(_expand(spec.ovsam_checkpoint), clip_pretrained=_expand(spec.clip_weights) if spec.clip_weights else None)
+        model = load_ovsam(_expand(spec.ovsam_checkpoint), clip_pretrained=_expand(spec.clip_weights) if spec.clip_weights else None,
+                           progress=progress)
         check_preset(spec, model.cfg)
     else:
         cfg = spec.config()
@@ -239,6 +271,7 @@ def build_model(spec: ModelSpec) -> OVSAM:
                 sam_checkpoint=_expand(spec.sam_checkpoint) if spec.sam_checkpoint else None,
                 sam2clip_checkpoint=_expand(spec.sam2clip_checkpoint) if spec.sam2clip_checkpoint else None,
                 clip2sam_checkpoint=_expand(spec.clip2sam_checkpoint) if spec.clip2sam_checkpoint else None,
+                progress=progress,
             )
     if not spec.trained:
         log.warning(untrained_warning(spec))
@@ -282,7 +315,8 @@ def untrained_warning(spec: ModelSpec) -> str:
 SYNONYM_CHOICES = ("all", "names")
 
 
-def build_predictor(source: Union[str, Path, dict[str, Any]], synonyms: Optional[str] = None, **overrides: Any):
+def build_predictor(source: Union[str, Path, dict[str, Any]], synonyms: Optional[str] = None, *,
+                    measure_cpu_fp16: bool = False, **overrides: Any):
     """Model + predictor from a model YAML; ``overrides`` replace predictor fields (device=...; None
     keeps the YAML's). ``synonyms`` is the CLI/node switch: 'names' = each class by its name alone,
     'all' = every synonym the vocabulary lists (it also lifts the YAML's ``max_synonyms`` cap, which a
@@ -303,40 +337,87 @@ def build_predictor(source: Union[str, Path, dict[str, Any]], synonyms: Optional
         if not hasattr(predictor_spec, key):
             raise ValueError(f"unknown predictor option {key!r}")
         setattr(predictor_spec, key, value)
+    # Device and precision first (a CUDA device without CUDA fails before a minutes-long load), and
+    # the CPU rule of every YAML entry point (CLI, node, ovsam-evaluate, startup/fidelity benchmarks): fp16 on a CPU
+    # runs fp32, with one warning (ovsam_ros.runtime.resolve_precision).
+    device = resolve_device(predictor_spec.device)
+    if overrides.get("precision") is not None:
+        asked = "requested"
+    else:
+        asked = "model config" if isinstance(source, dict) else f"model YAML {resolve_config_path(source)}"
+    # measure_cpu_fp16: the fidelity benchmark measures fp16 itself, on whatever device it has.
+    precision = predictor_spec.precision if measure_cpu_fp16 else resolve_precision(
+        predictor_spec.precision, device, source=asked)
     # Cheap input checks before the model load (seconds, minutes for large presets): a
     # vocabulary typo or missing file fails now.
     vocabulary = None if predictor_spec.vocabulary is None else load_vocabulary(
         predictor_spec.vocabulary, max_synonyms=predictor_spec.max_synonyms, names_only=predictor_spec.names_only)
     templates = get_templates(predictor_spec.templates)
-    model = build_model(model_spec)
-    iou_scorer = None
-    if (predictor_spec.sam_iou and model_spec.backend == "torch" and model_spec.sam_checkpoint
-            and not model_spec.ovsam_checkpoint and model.decoder.output_tokens == "reference"):
-        from ovsam_ros.model.checkpoints import load_sam_iou_scorer
+    # Progress lines: what loads, each weight file with its size, each stage (INFO for large models).
+    progress = LoadProgress(logging.INFO if model_spec.large else logging.DEBUG)
+    with _show_load_progress():
+        name = model_spec.preset or (Path(model_spec.ovsam_checkpoint).name if model_spec.ovsam_checkpoint else "tiny")
+        if model_spec.backend != TORCH:
+            what = f"{model_spec.backend} graphs in {model_spec.onnx_dir}"
+        else:
+            files = model_spec.weight_files()
+            total = sum(os.path.getsize(f) for f in files if os.path.isfile(f))
+            what = f"{len(files)} weight file(s), {size_text(total)}" if files else "no weight files (random init)"
+        progress.say("loading model %s on %s in %s: %s", name, device, precision, what)
+        model = build_model(model_spec, progress)
+        iou_scorer = None
+        if (predictor_spec.sam_iou and model_spec.backend == "torch" and model_spec.sam_checkpoint
+                and not model_spec.ovsam_checkpoint and model.decoder.output_tokens == "reference"):
+            from ovsam_ros.model.checkpoints import load_sam_iou_scorer
 
-        iou_scorer = load_sam_iou_scorer(model.cfg.decoder, _expand(model_spec.sam_checkpoint))
-    cache = TextEmbeddingCache(_expand(predictor_spec.text_cache_dir)) if predictor_spec.text_cache_dir else None
-    predictor = OVSAMPredictor(
-        model,
-        vocabulary=vocabulary,
-        device=predictor_spec.device,
-        precision=predictor_spec.precision,
-        top_k=predictor_spec.top_k,
-        templates=templates,
-        text_cache=cache,
-        trained=model_spec.trained,
-        optimize=predictor_spec.optimize,
-        attention=predictor_spec.attention,
-        compile=predictor_spec.compile,
-        compile_cache_dir=predictor_spec.compile_cache_dir,  # resolved by ovsam_ros.model.compile
-        iou_scorer=iou_scorer,
-        clip_ensemble=predictor_spec.clip_ensemble,
-        ensemble_alpha=predictor_spec.ensemble_alpha,
-        ensemble_beta=predictor_spec.ensemble_beta,
-        names_only=predictor_spec.names_only,
-        max_synonyms=predictor_spec.max_synonyms,
-        resize=predictor_spec.resize,
-        everything_multimask=predictor_spec.everything_multimask,
-        roi_box=predictor_spec.roi_box,
-    )
+            sam_file = _expand(model_spec.sam_checkpoint)
+            with progress.stage("SAM IoU scorer (everything mode)", sam_file, short="IoU scorer"):
+                iou_scorer = load_sam_iou_scorer(model.cfg.decoder, sam_file)
+        cache = TextEmbeddingCache(_expand(predictor_spec.text_cache_dir)) if predictor_spec.text_cache_dir else None
+        text = "no vocabulary" if vocabulary is None else (
+            f"vocabulary '{vocabulary.name}' ({len(vocabulary)} classes; "
+            + ("from the text cache, else encoded now" if cache else "encoded now") + ")")
+        with progress.stage("inference path + vocabulary", detail=f"{device}, {precision}, {text}", short="predictor"):
+            predictor = OVSAMPredictor(
+                model,
+                vocabulary=vocabulary,
+                device=str(device),
+                precision=precision,
+                top_k=predictor_spec.top_k,
+                templates=templates,
+                text_cache=cache,
+                trained=model_spec.trained,
+                optimize=predictor_spec.optimize,
+                attention=predictor_spec.attention,
+                compile=predictor_spec.compile,
+                compile_cache_dir=predictor_spec.compile_cache_dir,  # resolved by ovsam_ros.model.compile
+                iou_scorer=iou_scorer,
+                clip_ensemble=predictor_spec.clip_ensemble,
+                ensemble_alpha=predictor_spec.ensemble_alpha,
+                ensemble_beta=predictor_spec.ensemble_beta,
+                names_only=predictor_spec.names_only,
+                max_synonyms=predictor_spec.max_synonyms,
+                resize=predictor_spec.resize,
+                everything_multimask=predictor_spec.everything_multimask,
+                roi_box=predictor_spec.roi_box,
+            )
+        progress.summary(f"model {name}")
     return predictor
+
+
+@contextlib.contextmanager
+def _show_load_progress():
+    """Load progress lines (logger ``ovsam_ros.load``) reach the configured handlers while a
+    model loads, even where the root logger is at WARNING (``ovsam``, ``ovsam-evaluate``): a large
+    model loads for tens of seconds to minutes on a CPU, and silence then looks like a hang.
+    Nothing changes when that logger's level is set (set WARNING to hide the lines) or INFO is
+    already enabled; with no logging configured, Python prints only warnings anyway."""
+    logger = logging.getLogger(LOAD_LOGGER)
+    if logger.level != logging.NOTSET or logger.isEnabledFor(logging.INFO):
+        yield
+        return
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.setLevel(logging.NOTSET)

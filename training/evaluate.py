@@ -260,6 +260,10 @@ def build_eval_predictor(checkpoint: Optional[str], model_yaml: Optional[str], d
 
     if checkpoint:
         clip = os.path.expanduser(clip_weights) if clip_weights else None
+        from ovsam_ros.runtime import resolve_device, resolve_precision
+
+        # the rule of every predictor built from a YAML: fp16 on a CPU runs fp32, saying so
+        precision = resolve_precision(precision, resolve_device(device), source="ovsam-evaluate --checkpoint")
         model = load_ovsam(os.path.expanduser(checkpoint), clip_pretrained=clip)
         return OVSAMPredictor(model, vocabulary=None, device=device, precision=precision,
                               templates=get_templates(templates), trained=True, clip_ensemble=clip_ensemble,

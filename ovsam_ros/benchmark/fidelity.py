@@ -161,7 +161,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.comparison == "precision":
         # Two builds: the inference path rewrites a model in place for its precision.
         fp32 = build_predictor(args.model, device=args.device, precision="fp32", text_cache_dir=None)
-        other = build_predictor(args.model, device=args.device, precision=args.other, text_cache_dir=None)
+        other = build_predictor(args.model, device=args.device, precision=args.other, text_cache_dir=None,
+                                measure_cpu_fp16=True)  # the comparison itself, not a run: no CPU fallback
         report = compare(fp32, other, images, args.grid,
                          title=f"fp32 vs {args.other} ({args.model}, {args.device}): same prompts, both runs optimised")
     else:

@@ -40,7 +40,10 @@ The prompt encoder is not in the reference files (frozen SAM ViT-H one).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import time
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Mapping, Optional, Tuple, Union
@@ -70,6 +73,64 @@ FORMAT_NAME = "ovsam_ros"
 FORMAT_VERSION = 1
 PathLike = Union[str, "os.PathLike[str]"]
 StateDict = Dict[str, torch.Tensor]
+
+
+# ---------------------------------------------------------------------------
+# load progress
+# ---------------------------------------------------------------------------
+#: The logger of model-load progress lines (what is loading, each weight file with its size, each
+#: stage's time): a large model takes tens of seconds to minutes to load on a CPU.
+LOAD_LOGGER = "ovsam_ros.load"
+
+
+def size_text(size: int) -> str:
+    """``"2.6 GB"`` / ``"310 MB"`` / ``"12 kB"`` / ``"80 B"``."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}" if size < 10 * scale else f"{size / scale:.0f} {unit}"
+    return f"{size} B"
+
+
+def file_size_text(path: PathLike) -> str:
+    """:func:`size_text` of a file; ``"missing"`` when ``path`` is not a file."""
+    try:
+        return size_text(os.path.getsize(os.path.expanduser(os.fspath(path))))
+    except OSError:
+        return "missing"
+
+
+class LoadProgress:
+    """Progress lines of one model load: one line as each stage starts (so a slow load is visibly
+    alive) and a summary with every stage's time. ``level``: INFO for large models, DEBUG (the
+    default: quiet) for small ones, which load in well under a second."""
+
+    def __init__(self, level: int = logging.DEBUG) -> None:
+        self.level = level
+        self.log = logging.getLogger(LOAD_LOGGER)
+        self.times: list = []
+        self._start = time.perf_counter()
+
+    def say(self, message: str, *args: Any) -> None:
+        self.log.log(self.level, message, *args)
+
+    @contextlib.contextmanager
+    def stage(self, name: str, path: Optional[PathLike] = None, detail: str = "", short: str = ""):
+        """Log ``name: loading path (size) detail`` now; time the block (``short``: its name in the
+        summary, default ``name``). ``path`` is a weight file."""
+        words = []
+        if path is not None:
+            size = file_size_text(path)
+            words.append(f"loading {path}" + ("" if size == "missing" else f" ({size})"))
+        if detail:
+            words.append(detail)
+        self.say("%s: %s", name, " ".join(words) or "building")
+        start = time.perf_counter()
+        yield
+        self.times.append((short or name, time.perf_counter() - start))
+
+    def summary(self, what: str) -> None:
+        parts = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.times)
+        self.say("%s ready in %.1f s (%s)", what, time.perf_counter() - self._start, parts)
 
 
 # ---------------------------------------------------------------------------
@@ -385,6 +446,10 @@ def read_ovsam_checkpoint(path: PathLike) -> Tuple[OVSAMConfig, StateDict, Dict[
 
 
 __all__ = [
+    "LOAD_LOGGER",
+    "LoadProgress",
+    "file_size_text",
+    "size_text",
     "CheckpointError",
     "CheckpointNotFoundError",
     "UnsafeCheckpointError",
