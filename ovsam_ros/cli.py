@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Export the image encoder and the prompt decoders to ONNX, check them "
                                         "against PyTorch and write a model YAML that runs them.")
     add_export_arguments(export)
+    for command in sub.choices.values():  # `ovsam segment -v` as well as `ovsam -v segment`
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="debug logging (also accepted before the command)")
     return parser
 
 

@@ -95,6 +95,10 @@ def extract_bag_parser() -> argparse.ArgumentParser:
                         help="restrict pseudo-label classes to this vocabulary (default: every label seen)")
     parser.add_argument("--min-score", type=unit_interval, default=0.0, help="drop pseudo-labels scored below this")
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--depth", choices=["error", "keep"], default="error",
+                        help="a topic of depth / 16-bit mono / float frames (16UC1, mono16, 32FC1, compressedDepth): "
+                             "error (default: these are no training images for stage 1; extract the colour topic) "
+                             "or keep (extract them losslessly: 16-bit PNG / 32-bit float TIFF, one channel)")
     return parser
 
 

@@ -61,12 +61,14 @@ from ovsam_ros.model.ovsam import OVSAM
 from .config import dump
 from ovsam_ros.files import atomic_write
 from .data.sampler import RunBatchSampler, steps_per_epoch
+from .parent_watch import stop_with_torchrun_agent
 
 log = logging.getLogger("training")
 
 TRAIN_DEFAULTS: Dict[str, Any] = {
     "epochs": 1,
-    "max_steps": None,  # stop after this many optimizer steps in total (None: epochs x steps/epoch)
+    "max_steps": None,  # the run's optimizer steps (epochs cycled as needed; train.epochs is then ignored);
+    #                     None: epochs x steps/epoch
     "batch_size": 4,  # GLOBAL images per optimizer step (all ranks, all accumulation micro-batches)
     "grad_accum": 1,
     "lr": 1.0e-4,
@@ -139,6 +141,7 @@ class DistEnv:
 
 def setup_distributed(device_spec: str = "auto") -> DistEnv:
     """Read torchrun's environment; init the process group when WORLD_SIZE > 1."""
+    stop_with_torchrun_agent()  # a worker whose torchrun agent dies (kill -9) stops too, before any rendezvous
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -716,9 +719,7 @@ def _log_schedule_change(state: Dict[str, Any], tcfg: Dict[str, Any], total: int
         return
     try:
         old_spe = int(state["data"].get("steps_per_epoch") or spe)
-        old_total = int(old["epochs"]) * old_spe
-        if old.get("max_steps"):
-            old_total = min(old_total, int(old["max_steps"]))
+        old_total = run_length(old, old_spe)
         step = int(state["step"])
         before = float(old["lr"]) * lr_lambda(old, old_total, old_spe)(step)
     except (KeyError, TypeError, ValueError):
@@ -727,6 +728,28 @@ def _log_schedule_change(state: Dict[str, Any], tcfg: Dict[str, Any], total: int
         after = float(tcfg["lr"]) * lr_lambda(tcfg, total, spe)(step)
         log.warning("resume: the cosine schedule now ends at step %d instead of %d; the lr at step %d goes "
                     "from %.3e to %.3e", total, old_total, step, before, after)
+
+
+def run_length(tcfg: Dict[str, Any], spe: int) -> int:
+    """Optimizer steps of a run: ``train.max_steps`` when set (the data cycles through as many
+    epochs as that takes), else ``train.epochs`` x steps per epoch."""
+    if tcfg.get("max_steps"):
+        return int(tcfg["max_steps"])
+    return int(tcfg["epochs"]) * spe
+
+
+def _say_run_length(tcfg: Dict[str, Any], total: int, spe: int, n: int) -> None:
+    """One INFO line when train.max_steps sets the length, one WARNING when the warmup outlasts the run."""
+    if tcfg.get("max_steps") and total != int(tcfg["epochs"]) * spe:
+        log.info("train.max_steps=%d sets the run length: %d optimizer steps = %.2f epochs of %d steps (%d images, "
+                 "batch %d); train.epochs=%s is ignored", total, total, total / spe, spe, n, int(tcfg["batch_size"]),
+                 tcfg["epochs"])
+    warmup = int(tcfg.get("warmup_steps") or 0)
+    if warmup > total:
+        factor = lr_lambda(tcfg, total, spe)
+        peak = float(tcfg["lr"]) * max(factor(k) for k in range(total))
+        log.warning("train.warmup_steps=%d is more than the run's %d steps: the lr never reaches train.lr=%.3g "
+                    "(at most %.3g); lower train.warmup_steps or run longer", warmup, total, float(tcfg["lr"]), peak)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -764,9 +787,9 @@ def run(task: Task, cfg: Dict[str, Any], env: DistEnv, resume_from: Optional[Pat
     spe = steps_per_epoch(n, batch)
     if spe < 1:
         raise ValueError(f"{n} training sample(s) is fewer than one batch of {batch} (train.batch_size)")
-    total = int(tcfg["epochs"]) * spe
-    if tcfg["max_steps"]:
-        total = min(total, int(tcfg["max_steps"]))
+    total = run_length(tcfg, spe)
+    if env.is_main:
+        _say_run_length(tcfg, total, spe, n)
     amp = resolve_amp(tcfg["amp"], env.device)
     scaler = torch.amp.GradScaler("cuda", enabled=(amp == torch.float16))
 
@@ -818,7 +841,9 @@ def run(task: Task, cfg: Dict[str, Any], env: DistEnv, resume_from: Optional[Pat
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                writer = SummaryWriter(str(out / "tb"), purge_step=step if step else None)
+                # TensorBoard hides what an earlier attempt logged after the resumed step (its events
+                # from step + 1 on); the resumed step's own point stays (this run does not log it again)
+                writer = SummaryWriter(str(out / "tb"), purge_step=step + 1 if step else None)
             except ImportError:
                 log.warning("tensorboard is not installed; logging to metrics.jsonl only")
     include_backbone = bool(cfg["model"].get("include_backbone", True))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -37,6 +38,8 @@ from .cli_common import STAGE_COMMANDS, main_wrapper
 from .data.common import write_json
 from .data.datasets import ImageFolderDataset, collate_images
 from .data.feature_cache import BackgroundCacheWriter, TeacherFeatureCache
+from .data.sampler import steps_per_epoch
+from .heartbeat import Heartbeat, duration
 
 log = logging.getLogger("training")
 
@@ -156,16 +159,31 @@ def teacher_identity(tcfg: Dict[str, Any], teacher: nn.Module, dtype: Optional[t
     return ident if dtype is None else f"{ident}:autocast-{str(dtype).replace('torch.', '')}"
 
 
+def _describe_teacher(tc: Dict[str, Any]) -> str:
+    return f"{tc['kind']} ({tc['checkpoint'] if tc.get('checkpoint') else 'no checkpoint: random init'})"
+
+
 class Stage1Task(engine.Task):
     name = "stage1"
+    #: seconds between "teacher still encoding" lines while one teacher call runs
+    heartbeat_s = 30.0
 
     def __init__(self, cfg: Dict[str, Any], env: engine.DistEnv, resume_from: Optional[Path]) -> None:
         self.cfg = cfg
+        tc = cfg["teacher"]
+        images = cfg["data"]["images"]
+        if not images:
+            raise ValueError("data.images is not set: give a folder of training images (--set data.images=DIR)")
+        # The data first: a wrong or empty folder is reported before minutes of model loading.
+        self.dataset = ImageFolderDataset(images, None, seed=int(cfg["seed"]), flip=bool(cfg["data"]["flip"]),
+                                          check_images=bool(cfg["data"]["check_images"]))
+        log.info("stage 1: %d image(s) in %s; building the student (%s) and the teacher %s on %s ...",
+                 len(self.dataset), images, cfg["model"].get("init_checkpoint") or cfg["model"]["preset"],
+                 _describe_teacher(tc), env.device)
         self.model = engine.build_model(cfg["model"], int(cfg["seed"]), resume_from).to(env.device)
         self.trainable = engine.freeze_all_but(self.model, lambda n: n.startswith("sam2clip."))
         self.model.eval()  # frozen parts stay in eval mode; the net switches sam2clip to train
         self.teacher = build_teacher(cfg["teacher"], self.model).to(env.device)
-        tc = cfg["teacher"]
         mcfg = cfg["model"]
         fresh = resume_from is None and not mcfg.get("init_checkpoint") and not mcfg.get("sam2clip_checkpoint")
         self.pos_embed_from_teacher = fresh and init_pos_embed(self.model, self.teacher, tc.get("init_pos_embed", "auto"))
@@ -180,18 +198,49 @@ class Stage1Task(engine.Task):
             self.cache = TeacherFeatureCache(tc["cache_dir"], teacher_identity(tc, self.teacher, self.teacher_dtype),
                                              tc["cache_dtype"])
             self.writer = BackgroundCacheWriter(self.cache)
-        images = cfg["data"]["images"]
-        if not images:
-            raise ValueError("data.images is not set: give a folder of training images (--set data.images=DIR)")
-        self.dataset = ImageFolderDataset(images, self.model.image_size, seed=int(cfg["seed"]),
-                                          flip=bool(cfg["data"]["flip"]), check_images=bool(cfg["data"]["check_images"]),
-                                          cache=self.cache)
+        self.dataset.set_image_size(self.model.image_size)
+        self.dataset.cache = self.cache
         self.collate = collate_images
         self.teacher_runs = 0
         self.cache_hits = 0
 
-    def run_teacher(self, images: torch.Tensor) -> torch.Tensor:
-        """Teacher features [N, C, G, G] in fp32, computed in ``teacher.dtype``, ``teacher.batch_size`` at a time."""
+    def _teacher_name(self) -> str:
+        return f"{self.cfg['teacher']['kind']} ({str(self.teacher_dtype or torch.float32).replace('torch.', '')})"
+
+    def teacher_plan(self, total_steps: int, batch_size: int, budget_s: float = 10.0) -> str:
+        """What the teacher has to do in this run, in one line (logged before the first step):
+        how many images, how many of them the cache already holds (counted for at most ``budget_s``)."""
+        n = len(self.dataset)
+        name = f"stage 1: teacher {self._teacher_name()}"
+        if self.cache is None:
+            return (f"{name} encodes the {batch_size} image(s) of every step ({total_steps * batch_size} encodings "
+                    f"over {total_steps} steps, {n} distinct images; teacher.cache_dir would make it at most "
+                    f"{n * (2 if self.dataset.augment.flip else 1)})")
+        flips = (False, True) if self.dataset.augment.flip else (False,)
+        size = int(self.dataset.image_size or 0)
+        cached = checked = 0
+        t0 = time.perf_counter()
+        for file in self.dataset.files:
+            for flip in flips:
+                cached += self.cache.path(self.cache.key(file, size, flip)).is_file()
+            checked += 1
+            if time.perf_counter() - t0 > budget_s:
+                break
+        entries = "entries (images x 2 flip states)" if len(flips) == 2 else "images"
+        if checked < n:
+            counted = f"{cached} of the first {checked * len(flips)} (of {n * len(flips)}; counting stopped after " \
+                      f"{budget_s:.0f} s)"
+            rest = "the others are encoded as steps first reach them, then read from the cache"
+        else:
+            todo = n * len(flips) - cached
+            counted = f"{cached} of {n * len(flips)}"
+            rest = (f"the other {todo} are encoded as steps first reach them (up to {batch_size} per step), then "
+                    "read from the cache" if todo else "every step reads its targets from the cache")
+        return f"{name}: {counted} {entries} are in the teacher cache {self.cache.root}; {rest}"
+
+    def run_teacher(self, images: torch.Tensor, done: Optional[List[int]] = None) -> torch.Tensor:
+        """Teacher features [N, C, G, G] in fp32, computed in ``teacher.dtype``, ``teacher.batch_size`` at a time
+        (``done[0]`` counts the images finished, for progress lines)."""
         chunk = self.teacher_batch or images.shape[0]
         outs = []
         with torch.no_grad():
@@ -201,7 +250,31 @@ class Stage1Task(engine.Task):
                 else:
                     with torch.autocast(images.device.type, dtype=self.teacher_dtype):
                         outs.append(self.teacher(images[i:i + chunk]).float())
+                if done is not None:
+                    done[0] += outs[-1].shape[0]
         return torch.cat(outs)
+
+    def encode(self, images: torch.Tensor, from_cache: int) -> torch.Tensor:
+        """:meth:`run_teacher`, saying what it does: a line before the first call (with counts) and
+        after it (time per image), and every :attr:`heartbeat_s` while any call runs."""
+        n = int(images.shape[0])
+        first = self.teacher_runs == 0
+        if first:
+            log.info("teacher %s: encoding %d of this step's %d image(s) on %s (the rest from the cache), its first "
+                     "of the run (a SAM ViT-H takes ~0.5 s per image on a GPU, about a minute on a CPU)",
+                     self._teacher_name(), n, n + from_cache, images.device)
+        done = [0]
+        t0 = time.perf_counter()
+        with Heartbeat(log, lambda s: f"teacher {self._teacher_name()}: still encoding, {done[0]} of {n} "
+                                      f"image(s) done after {duration(s)}", self.heartbeat_s):
+            feats = self.run_teacher(images, done)
+        if first:
+            if images.is_cuda:
+                torch.cuda.synchronize(images.device)
+            dt = time.perf_counter() - t0
+            log.info("teacher %s: %d image(s) in %s (%.2f s per image)", self._teacher_name(), n, duration(dt),
+                     dt / max(n, 1))
+        return feats
 
     def prepare(self, batch: Dict[str, Any], env: engine.DistEnv) -> Dict[str, Any]:
         cached = batch["teacher"]
@@ -211,7 +284,7 @@ class Stage1Task(engine.Task):
         self.cache_hits += len(cached) - len(missing)
         if missing:
             idx = torch.tensor(missing, device=batch["images"].device)
-            feats = self.run_teacher(batch["images"].index_select(0, idx))
+            feats = self.encode(batch["images"].index_select(0, idx), len(cached) - len(missing))
             self.teacher_runs += len(missing)
             if self.cache is not None:
                 feats = feats.to(self.cache.dtype).float()  # what the cache will return next time
@@ -259,6 +332,9 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None, quiet: bool = False
                          len(task.dataset), cfg["teacher"]["kind"],
                          str(task.teacher_dtype or torch.float32).replace("torch.", ""),
                          sum(p.numel() for _, p in task.trainable) / 1e6, env.world_size)
+                tcfg = cfg["train"]
+                spe = max(1, steps_per_epoch(len(task.dataset), int(tcfg["batch_size"])))
+                log.info("%s", task.teacher_plan(engine.run_length(tcfg, spe), int(tcfg["batch_size"])))
                 out.mkdir(parents=True, exist_ok=True)
                 write_json(out / "data_report.json",
                            {"images": len(task.dataset), "skipped": task.dataset.skipped.to_dict()}, indent=1)

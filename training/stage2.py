@@ -50,7 +50,7 @@ from ovsam_ros.model.vocabulary import (
 from . import engine
 from .cli_common import STAGE_COMMANDS, main_wrapper
 from .data.coco import CocoInstances
-from .data.common import write_json
+from .data.common import DataError, write_json
 from .data.datasets import ClassFolderDataset, ConcatDataset, DetectionDataset, collate_instances
 from .losses import classification_loss, lowres_iou, mask_losses, sample_points
 
@@ -208,6 +208,52 @@ class Stage2Task(engine.Task):
         self.env = env
         dcfg, lcfg = cfg["data"], cfg["loss"]
         seed = int(cfg["seed"])
+
+        # The data first (annotations, vocabulary, class folders): a wrong path or an empty file
+        # is reported before minutes of model loading. Only the input size waits for the model.
+        if not dcfg["annotations"]:
+            raise ValueError("data.annotations is not set: give a COCO-format instances JSON")
+        self.coco = CocoInstances(
+            dcfg["annotations"], dcfg["images"], dcfg["vocabulary"], keep_splits=dcfg["train_splits"],
+            require_instances=True, unknown_category=dcfg["unknown_category"],
+            missing_images=dcfg["missing_images"], corrupt_images=dcfg["corrupt_images"],
+            self_intersecting=dcfg["self_intersecting"], check_images=bool(dcfg["check_images"]),
+            check_polygons=bool(dcfg["check_polygons"]))
+        if len(self.coco) == 0:
+            raise DataError(f"{dcfg['annotations']}: no image with a usable training instance"
+                            + (f" ({self.coco.skipped.summary()})" if self.coco.skipped else
+                               " (its 'images' / 'annotations' lists are empty)"))
+        full = self.coco.vocab
+        tcfg = cfg["text"]
+        check_synonym_options(tcfg.get("max_synonyms"), tcfg.get("names_only", False))
+        if tcfg.get("names_only"):
+            full = full.names_only()
+        full = full.with_max_synonyms(tcfg.get("max_synonyms"))
+        if full.split is not None and dcfg["train_splits"]:
+            train_idx = [i for i, s in enumerate(full.split) if s in dcfg["train_splits"]]
+        else:
+            train_idx = list(range(len(full)))
+        if not train_idx:
+            raise ValueError(f"no class of vocabulary '{full.name}' is in data.train_splits={dcfg['train_splits']}")
+        class_list = lcfg.get("class_list", "train_splits")
+        if class_list == "all":  # instances stay base-only (keep_splits); the CE runs over every class
+            self.train_vocab = full
+            label_map: Optional[Dict[int, int]] = None
+        elif class_list == "train_splits":
+            self.train_vocab = full.subset(train_idx, name=f"{full.name}:{'+'.join(dcfg['train_splits'] or ['all'])}")
+            label_map = {full_i: j for j, full_i in enumerate(train_idx)}
+        else:
+            raise ValueError(f"loss.class_list must be all or train_splits, got {class_list!r}")
+        cf = dcfg.get("class_folders") or {}
+        self.class_folders = None
+        if cf.get("root"):
+            self.class_folders = ClassFolderDataset(
+                cf["root"], cf.get("vocabulary"), None, seed=seed, scale_range=tuple(cf.get("scale_range") or (1, 1)),
+                unknown_class=cf.get("unknown_class", "error"), check_images=bool(dcfg["check_images"]))
+        log.info("stage 2: %d image(s) / %d instance(s) in %s; building the model (%s) on %s ...", len(self.coco),
+                 self.coco.num_instances, dcfg["annotations"],
+                 cfg["model"].get("init_checkpoint") or cfg["model"]["preset"], env.device)
+
         self.model = engine.build_model(cfg["model"], seed, resume_from).to(env.device)
         tokens = cfg.get("output_tokens")
         if tokens is not None:
@@ -230,35 +276,6 @@ class Stage2Task(engine.Task):
         self.net = Stage2Net(self.model)
         size = self.model.image_size
 
-        if not dcfg["annotations"]:
-            raise ValueError("data.annotations is not set: give a COCO-format instances JSON")
-        self.coco = CocoInstances(
-            dcfg["annotations"], dcfg["images"], dcfg["vocabulary"], keep_splits=dcfg["train_splits"],
-            require_instances=True, unknown_category=dcfg["unknown_category"],
-            missing_images=dcfg["missing_images"], corrupt_images=dcfg["corrupt_images"],
-            self_intersecting=dcfg["self_intersecting"], check_images=bool(dcfg["check_images"]),
-            check_polygons=bool(dcfg["check_polygons"]))
-        full = self.coco.vocab
-        tcfg = cfg["text"]
-        check_synonym_options(tcfg.get("max_synonyms"), tcfg.get("names_only", False))
-        if tcfg.get("names_only"):
-            full = full.names_only()
-        full = full.with_max_synonyms(tcfg.get("max_synonyms"))
-        if full.split is not None and dcfg["train_splits"]:
-            train_idx = [i for i, s in enumerate(full.split) if s in dcfg["train_splits"]]
-        else:
-            train_idx = list(range(len(full)))
-        if not train_idx:
-            raise ValueError(f"no class of vocabulary '{full.name}' is in data.train_splits={dcfg['train_splits']}")
-        class_list = lcfg.get("class_list", "train_splits")
-        if class_list == "all":  # instances stay base-only (keep_splits); the CE runs over every class
-            self.train_vocab = full
-            label_map: Optional[Dict[int, int]] = None
-        elif class_list == "train_splits":
-            self.train_vocab = full.subset(train_idx, name=f"{full.name}:{'+'.join(dcfg['train_splits'] or ['all'])}")
-            label_map = {full_i: j for j, full_i in enumerate(train_idx)}
-        else:
-            raise ValueError(f"loss.class_list must be all or train_splits, got {class_list!r}")
         parts: List[Any] = [DetectionDataset(
             self.coco, size, seed=seed, instances_per_image=int(dcfg["instances_per_image"]),
             box_fraction=float(dcfg["box_fraction"]), scale_range=tuple(dcfg["scale_range"]), flip=bool(dcfg["flip"]),
@@ -266,17 +283,17 @@ class Stage2Task(engine.Task):
             fill_instances=dcfg["fill_instances"])]
         repeats = [1]
         texts = [self.train_vocab]
-        cf = dcfg.get("class_folders") or {}
-        self.class_folders = None
-        if cf.get("root"):
-            self.class_folders = ClassFolderDataset(
-                cf["root"], cf.get("vocabulary"), size, seed=seed, scale_range=tuple(cf.get("scale_range") or (1, 1)),
-                unknown_class=cf.get("unknown_class", "error"), check_images=bool(dcfg["check_images"]))
+        if self.class_folders is not None:
+            self.class_folders.set_image_size(size)
             parts.append(self.class_folders)
             repeats.append(int(cf.get("repeat") or 1))
             texts.append(self.class_folders.vocab)
         self.dataset = parts[0] if len(parts) == 1 else ConcatDataset(parts, repeats)
         self.collate = collate_instances
+        templates = get_templates(cfg["text"]["templates"])
+        log.info("stage 2: text embeddings of %s with %d template(s)%s ...",
+                 " and ".join(f"{len(v)} classes ({v.name})" for v in texts), len(templates),
+                 f" (cache {cfg['text']['cache_dir']})" if cfg["text"]["cache_dir"] else "")
         self.texts = [encode_text(self.model, v, cfg["text"]["templates"], cfg["text"]["cache_dir"], env.device, env)
                       for v in texts]
         self.seed = seed

@@ -34,6 +34,31 @@ class DataError(ValueError):
     """Unusable training / evaluation input; the message names the file and the record."""
 
 
+#: One-channel encodings that hold measurements, not a camera's picture: depth (16UC1 mm, 32FC1 m),
+#: 16-bit mono (IR / range images), other integer or float single-channel data.
+DEPTH_ENCODINGS = frozenset({"16uc1", "16sc1", "32sc1", "32fc1", "64fc1", "mono16", "16uc", "32fc"})
+
+
+def depth_like(encoding: Any, dtype: Any = None, channels: Any = None) -> bool:
+    """Whether a frame is depth / 16-bit mono / float data rather than a colour (or 8-bit grey)
+    picture: by its ROS encoding (``16UC1``, ``mono16``, ``32FC1``, a ``compressedDepth``
+    format), or by what was stored (one channel, not uint8)."""
+    enc = str(encoding or "").lower()
+    if enc in DEPTH_ENCODINGS or "compresseddepth" in enc:
+        return True
+    if channels is not None and dtype is not None:
+        return int(channels) == 1 and str(dtype) != "uint8"
+    return False
+
+
+def colour_topic_hint(topics: Iterable[str] = ()) -> str:
+    """How to choose the colour topic (``topics``: the bag's image topics, if known)."""
+    shown = ", ".join(sorted(topics)[:8])
+    return ("extract the colour camera's topic (an rgb8 / bgr8 / CompressedImage topic such as "
+            "/camera/color/image_raw or /camera/image_raw; `ros2 bag info BAG` lists the topics"
+            + (f"; this bag's image topics: {shown}" if shown else "") + ")")
+
+
 class SkipReport:
     """Counts of skipped records by reason, plus a few examples of each (for the log)."""
 
@@ -108,12 +133,13 @@ def list_images(root: PathLike, recursive: bool = True) -> list:
 def manifest_images(root: PathLike) -> Optional[list]:
     """The image files an ``ovsam-extract-bag`` manifest lists under ``root``; None without one.
 
-    The manifest sits in ``root`` or in its parent (``root`` = ``<out>/images``). When it is
+    The manifest sits in ``root``, in its parent (``root`` = ``<out>/images``) or, for one topic's
+    folder (``root`` = ``<out>/images/<topic>``), in its grandparent. When it is
     there it is the truth: files it does not list (say, from an earlier extraction into the
     same folder) are ignored with a warning, and listed files that are missing are an error.
     """
     root = Path(root)
-    for folder in (root, root.parent):
+    for folder in (root, root.parent, root.parent.parent):
         path = folder / "manifest.json"
         if not path.is_file():
             continue
@@ -125,6 +151,8 @@ def manifest_images(root: PathLike) -> Optional[list]:
             continue  # someone else's manifest.json
         base = folder.resolve()
         top = root.resolve()
+        if folder == root.parent.parent and not (top.parent == (base / str(data["image_root"])).resolve()):
+            continue  # <out>/images/<topic>/ only: a manifest further up is someone else's
         files = []
         for frame in data["frames"]:
             file = base / str(frame.get("file", ""))
@@ -134,6 +162,21 @@ def manifest_images(root: PathLike) -> Optional[list]:
         if missing:
             raise DataError(f"{path} lists {len(missing)} image(s) that are missing, e.g. {missing[0]}; "
                             "re-extract the bag (ovsam-extract-bag --overwrite)")
+        depth: Counter = Counter()
+        for frame in data["frames"]:
+            file = base / str(frame.get("file", ""))
+            if (file == top or top in file.parents) and depth_like(frame.get("encoding"), frame.get("dtype"),
+                                                                   frame.get("channels")):
+                depth[(str(frame.get("topic", "?")), str(frame.get("encoding", "?")))] += 1
+        if depth:
+            what = "; ".join(f"topic {t} ({enc}, {n} frame(s))" for (t, enc), n in sorted(depth.items()))
+            colour = sorted({str(f.get("topic")) for f in data["frames"]
+                             if not depth_like(f.get("encoding"), f.get("dtype"), f.get("channels"))})
+            hint = (f"point data.images at a colour topic's folder under {base / str(data['image_root'])} "
+                    f"(topics: {', '.join(colour)})" if colour else
+                    "re-extract the bag: " + colour_topic_hint())
+            raise DataError(f"{root}: holds depth / 16-bit mono / float frames, not camera pictures: {what} "
+                            f"(per {path}). Training on them teaches the model nothing it will see; {hint}")
         listed = set(files)
         extra = [p for p in list_images(root) if p.resolve() not in listed]
         if extra:

@@ -15,6 +15,7 @@ where a resumed run started.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -49,8 +50,26 @@ def _key(key: Key) -> Tuple[int, int]:
     return 0, int(key)
 
 
+class _SizedLater:
+    """Datasets whose files are listed (and checked) before the model exists: ``image_size=None``
+    at construction, :meth:`set_image_size` once the model says it. A wrong data folder is
+    then reported before minutes of model loading, not after."""
+
+    image_size: Optional[int]
+    augment: Augment
+
+    def set_image_size(self, image_size: int) -> None:
+        self.image_size = int(image_size)
+        self.augment = dataclasses.replace(self.augment, image_size=int(image_size))
+
+    def _size(self) -> int:
+        if not self.image_size:
+            raise RuntimeError(f"{type(self).__name__}: call set_image_size() before loading samples")
+        return self.image_size
+
+
 # ----------------------------------------------------------------------------- stage 1
-class ImageFolderDataset(Dataset):
+class ImageFolderDataset(_SizedLater, Dataset):
     """All images under ``root`` (recursively), resized-longest + padded for the model.
 
     ``check_images=True`` decodes every file once at start-up and skips the
@@ -58,7 +77,7 @@ class ImageFolderDataset(Dataset):
     raises :class:`DataError` naming it when it is loaded.
     """
 
-    def __init__(self, root: Union[str, Sequence[str]], image_size: int, seed: int = 0, flip: bool = False,
+    def __init__(self, root: Union[str, Sequence[str]], image_size: Optional[int], seed: int = 0, flip: bool = False,
                  check_images: bool = False, cache: Optional[TeacherFeatureCache] = None) -> None:
         roots = [root] if isinstance(root, (str, os.PathLike)) else list(root)
         self.files: List[str] = []
@@ -85,7 +104,7 @@ class ImageFolderDataset(Dataset):
             raise DataError(f"no readable images in {roots}")
         self.image_size = image_size
         self.seed = seed
-        self.augment = Augment(image_size, flip=flip)
+        self.augment = Augment(image_size or 0, flip=flip)
         self.cache = cache
 
     def __len__(self) -> int:
@@ -94,13 +113,14 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, key: Key) -> Dict[str, Any]:
         epoch, index = _key(key)
         file = self.files[index]
+        size = self._size()
         rng = sample_seed(self.seed, epoch, index)
         image = read_image(file)
         img, _, params = self.augment(rng, image)
-        item: Dict[str, Any] = {"image": to_model_input(img, self.image_size), "file": file,
+        item: Dict[str, Any] = {"image": to_model_input(img, size), "file": file,
                                 "key": (epoch, index), "teacher": None, "cache_key": None}
         if self.cache is not None:
-            item["cache_key"] = self.cache.key(file, self.image_size, params["flip"])
+            item["cache_key"] = self.cache.key(file, size, params["flip"])
             item["teacher"] = self.cache.get(item["cache_key"])
         return item
 
@@ -202,7 +222,7 @@ class DetectionDataset(Dataset):
         }
 
 
-class ClassFolderDataset(Dataset):
+class ClassFolderDataset(_SizedLater, Dataset):
     """ImageNet-style ``root/<class name or WordNet id>/*.jpg`` for vocabulary expansion.
 
     Each image gives ONE instance: a whole-image box prompt, the folder's class
@@ -215,7 +235,7 @@ class ClassFolderDataset(Dataset):
 
     source = 1
 
-    def __init__(self, root: str, vocabulary: Any, image_size: int, seed: int = 0,
+    def __init__(self, root: str, vocabulary: Any, image_size: Optional[int], seed: int = 0,
                  scale_range: Tuple[float, float] = (1.0, 1.0), flip: bool = False,
                  unknown_class: str = "error", check_images: bool = False) -> None:
         root_path = Path(os.path.expanduser(root))
@@ -252,7 +272,7 @@ class ClassFolderDataset(Dataset):
             log.warning(self.skipped.summary())
         self.image_size = image_size
         self.seed = seed
-        self.augment = Augment(image_size, scale_range, flip)
+        self.augment = Augment(image_size or 0, scale_range, flip)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -261,10 +281,11 @@ class ClassFolderDataset(Dataset):
         epoch, index = _key(key)
         rng = sample_seed(self.seed, epoch, index, 1)
         file, label = self.items[index]
+        size = self._size()
         img, _, _ = self.augment(rng, read_image(file))
         h, w = img.shape[:2]
         return {
-            "image": to_model_input(img, self.image_size),
+            "image": to_model_input(img, size),
             "masks": None,
             "boxes": torch.tensor([[0.0, 0.0, float(w), float(h)]]),
             "points": torch.tensor([[w / 2.0, h / 2.0]]),

@@ -19,9 +19,13 @@ The output folder must be new or empty (``--overwrite`` replaces a previous extr
 everything is written into a staging folder beside it and renamed into place at the end,
 so a failure leaves no half-written output and the manifest lists exactly the files
 there; stage 1 reads the manifest when one is present. Numeric options are checked
-(finite, in range, ``--start`` before ``--end``) before the bag is opened. Depth and other
-16-bit / float images are kept lossless (16-bit PNG, 32-bit float TIFF), mono stays one
-channel; the manifest records each frame's source ``encoding``, ``dtype`` and ``channels``.
+(finite, in range, ``--start`` before ``--end``) before the bag is opened. A topic of depth /
+16-bit mono / float frames (``16UC1``, ``mono16``, ``32FC1``, ``compressedDepth``) is no
+training image: the command refuses it at its first frame, naming the topic and encoding and
+the bag's other image topics (``--depth keep`` / ``depth="keep"``, the library default,
+extracts it anyway); such frames are kept lossless (16-bit PNG, 32-bit float TIFF), mono
+stays one channel; the manifest records each frame's source ``encoding``, ``dtype`` and
+``channels``, and stage 1 refuses a folder of such frames.
 
 A bag cut short (recorder killed, power loss) is read up to the cut
 (:mod:`training.data.bag_recovery`): every complete message is extracted, the loss is
@@ -52,7 +56,7 @@ import numpy as np
 
 
 from ..cli_parsers import extract_bag_parser
-from .common import DataError, SkipReport, write_json
+from .common import DataError, SkipReport, colour_topic_hint, depth_like, write_json
 
 log = logging.getLogger(__name__)
 
@@ -225,16 +229,21 @@ def extract_bag(
     min_score: float = 0.0,
     progress: bool = False,
     overwrite: bool = False,
+    depth: str = "keep",
 ) -> Dict[str, Any]:
     """Extract frames (and optional pseudo-labels); returns the manifest dict (also written to disk).
 
     Everything is written into a staging folder next to ``out`` that replaces ``out`` only
     when the extraction has finished: a failure leaves no half-written output, and the
     manifest always lists exactly the frames in the folder. A non-empty ``out`` needs
-    ``overwrite=True``.
+    ``overwrite=True``. ``depth``: what a topic of depth / 16-bit mono / float frames does:
+    ``"error"`` (:class:`DataError` at its first frame, naming the topic, its encoding and the
+    bag's image topics: what ``ovsam-extract-bag`` does) or ``"keep"`` (extract it losslessly).
     """
     if not topics:
         raise ValueError("give at least one image topic")
+    if depth not in ("error", "keep"):
+        raise ValueError(f"depth must be 'error' or 'keep', got {depth!r}")
     _check_numbers(rate, start, end, min_score)
     if image_format not in ("png", "jpg"):
         raise ValueError(f"image format must be png or jpg, got {image_format!r}")
@@ -249,7 +258,7 @@ def extract_bag(
     staging = prepare_output(final_dir, overwrite)
     try:
         manifest = _extract(bag_path, topics, staging, final_dir, rate, image_format, start, end, labels_topic,
-                            vocabulary, min_score, progress)
+                            vocabulary, min_score, progress, depth)
         publish_output(staging, final_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -257,9 +266,19 @@ def extract_bag(
     return manifest
 
 
+def _depth_refusal(bag_path: Path, topic: str, encoding: str, stored: Optional[str],
+                   available: Dict[str, str]) -> DataError:
+    others = [t for t, ty in available.items() if ty in (IMAGE_TYPE, COMPRESSED_TYPE) and t != topic]
+    return DataError(
+        f"{bag_path}: topic {topic} carries {encoding} frames{f' ({stored})' if stored else ''}: depth / 16-bit "
+        "mono / float data, not camera pictures, so no training images for stage 1. For training images "
+        + colour_topic_hint(others) + ". To extract this topic anyway (lossless 16-bit PNG / float TIFF), "
+        "pass --depth keep")
+
+
 def _extract(bag_path: Path, topics: Sequence[str], out_dir: Path, final_dir: Path, rate: Optional[float],
              image_format: str, start: Optional[float], end: Optional[float], labels_topic: Optional[str],
-             vocabulary: Any, min_score: float, progress: bool) -> Dict[str, Any]:
+             vocabulary: Any, min_score: float, progress: bool, depth: str = "keep") -> Dict[str, Any]:
     import cv2
 
     from .bag_recovery import open_bag
@@ -333,12 +352,19 @@ def _extract(bag_path: Path, topics: Sequence[str], out_dir: Path, final_dir: Pa
             if period is not None and last is not None and 0 <= stamp - last < period:
                 counts[topic]["rate_limited"] += 1
                 continue
+            if depth == "error":  # by the declared encoding first: a compressedDepth frame may not even decode
+                declared = str(msg.encoding) if conn.msgtype == IMAGE_TYPE else f"compressed:{msg.format}"
+                if depth_like(declared):
+                    raise _depth_refusal(bag_path, topic, declared, None, available)
             try:
                 pixels, encoding, suffix = frame_for_file(msg, conn.msgtype, image_format)
             except ValueError as err:
                 skipped.add("undecodable_frame", f"{topic}@{stamp}: {err}")
                 counts[topic]["bad"] += 1
                 continue
+            channels = 1 if pixels.ndim == 2 else int(pixels.shape[2])
+            if depth == "error" and depth_like(encoding, pixels.dtype, channels):
+                raise _depth_refusal(bag_path, topic, encoding, f"{pixels.dtype}, {channels} channel(s)", available)
             last_kept[topic] = stamp
             folder = images_dir / topic_slug(topic)
             folder.mkdir(parents=True, exist_ok=True)
@@ -454,7 +480,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         manifest = extract_bag(args.bag, args.topic, args.out, args.rate, args.format, args.start, args.end,
-                               args.labels_topic, args.vocabulary, args.min_score, args.progress, args.overwrite)
+                               args.labels_topic, args.vocabulary, args.min_score, args.progress, args.overwrite,
+                               depth=args.depth)
     except (DataError, FileNotFoundError, ValueError) as err:
         print(f"ovsam-extract-bag: error: {err}", file=sys.stderr)
         return 2
