@@ -58,6 +58,11 @@ def _add_common(parser: argparse.ArgumentParser, image: bool = True) -> None:
     out.add_argument("-q", "--quiet", action="store_true", help="no table, only errors")
 
 
+# EverythingOptions field -> the flag that sets it (EverythingReport.explain names the flags).
+CLI_FLAGS = {"pred_iou_thresh": "--iou-thresh", "stability_score_thresh": "--stability-thresh",
+             "box_nms_thresh": "--nms-thresh", "min_mask_area": "--min-area", "max_instances": "--max-instances"}
+
+
 def _add_everything_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("everything mode")
     group.add_argument("--points-per-side", type=number(int, min=1, max=256), default=16, help="point grid size (default 16 -> 256 prompts)")
@@ -221,6 +226,9 @@ def run_on_image(args, predictor, image_path: Path, mode: str, prompts=(), text:
     else:
         results = predictor.query(text, max_instances=args.top, min_score=args.min_score,
                                   options=_everything_options(args))
+    report = predictor.last_everything_report if mode != "prompt" else None
+    if report is not None and not results and report.candidates:
+        log.warning("%s: nothing left to show; lower the threshold that removed most", report.explain(CLI_FLAGS))
     if args.baseline != "none":
         results = relabel(predictor, results, args.baseline)
     t2 = time.perf_counter()

@@ -17,7 +17,7 @@ import contextlib
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -64,6 +64,41 @@ class EverythingOptions:
     box_nms_thresh: float = 0.7
     min_mask_area: int = 0
     max_instances: int = 100
+
+
+@dataclass
+class EverythingReport:
+    """What each filter of :meth:`OVSAMPredictor.everything` removed, in order, for one image.
+
+    The CLI, the node and labelling tools say with it why a run kept nothing (a weakly trained
+    model's masks fail SAM's default thresholds) instead of printing 0 instances.
+    """
+
+    options: EverythingOptions
+    candidates: int = 0  # point-grid masks decoded
+    below_pred_iou: int = 0  # predicted IoU <= pred_iou_thresh
+    below_stability: int = 0  # stability < stability_score_thresh
+    too_small: int = 0  # area <= min_mask_area (0: empty masks)
+    duplicates: int = 0  # removed by box NMS (box_nms_thresh)
+    over_max_instances: int = 0
+    kept: int = 0
+
+    def explain(self, names: Optional[Mapping[str, str]] = None) -> str:
+        """One line: how many candidates each filter removed, naming the setting of each filter
+        (``names``: option name per :class:`EverythingOptions` field, e.g. the CLI's flags; default
+        the field names, which are also the node's parameter names)."""
+        o, n = self.options, (lambda field: (names or {}).get(field, field))
+        parts = [f"{count} {what}" for count, what in (
+            (self.below_pred_iou, f"at or below {n('pred_iou_thresh')} {o.pred_iou_thresh:g}"),
+            (self.below_stability, f"below {n('stability_score_thresh')} {o.stability_score_thresh:g}"),
+            (self.too_small, f"of {o.min_mask_area} pixel(s) or fewer ({n('min_mask_area')})"),
+            (self.duplicates, f"overlapping a better mask ({n('box_nms_thresh')} {o.box_nms_thresh:g})"),
+            (self.over_max_instances, f"beyond {n('max_instances')} {o.max_instances}")) if count]
+        text = f"everything mode kept {self.kept} of {self.candidates} candidate mask(s)"
+        return text + (": " + ", ".join(parts) + " removed" if parts else "")
+
+    def to_dict(self) -> dict[str, int]:
+        return {k: v for k, v in self.__dict__.items() if k != "options"}
 
 
 class OVSAMPredictor:
@@ -129,6 +164,7 @@ class OVSAMPredictor:
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         self.top_k = top_k
+        self.last_everything_report: Optional[EverythingReport] = None  # of the last everything() call
         self.templates = tuple(templates)
         self.text_cache = text_cache
         self.mask_threshold = mask_threshold
@@ -518,6 +554,7 @@ class OVSAMPredictor:
         """
         opts = options or EverythingOptions()
         self._require_image()
+        report = self.last_everything_report = EverythingReport(opts)
         height, width = self.original_size
         grid = build_point_grid(opts.points_per_side) * np.array([[width, height]])  # original pixels
         # Candidates stay on the device and only their low-res logits are kept: full-resolution
@@ -532,13 +569,16 @@ class OVSAMPredictor:
             if decoded["iou"].shape[1] == 1 and self.iou_scorer is not None and bool(decoded["iou"].isnan().all()):
                 decoded["iou"] = self._sam_iou(coords, labels).unsqueeze(1)
             decoded = {key: value.flatten(0, 1) for key, value in decoded.items()}
+            report.candidates += int(decoded["iou"].shape[0])
             # The IoU filter needs no full-resolution mask: upsample only the masks that pass it.
             # NaN IoU (no IoU head, no scorer): that filter does not apply.
             passes = decoded["iou"].isnan() | (decoded["iou"] > opts.pred_iou_thresh)
+            report.below_pred_iou += int((~passes).sum())
             decoded = {key: value[passes] for key, value in decoded.items()}
             logits = self._upsample(decoded)["logits"]
             stability = calculate_stability_score(logits, self.mask_threshold, opts.stability_score_offset)
             keep = stability >= opts.stability_score_thresh
+            report.below_stability += int((~keep).sum())
             logits = logits[keep]
             kept["iou"].append(decoded["iou"][keep])
             kept["stability"].append(stability[keep])
@@ -552,11 +592,15 @@ class OVSAMPredictor:
         iou, stability, areas = torch.cat(kept["iou"]), torch.cat(kept["stability"]), torch.cat(kept["area"])
         boxes, embeddings, low_res = torch.cat(kept["box"]), torch.cat(kept["embedding"]), torch.cat(kept["low_res"])
         valid = areas > max(0, opts.min_mask_area)
+        report.too_small = int((~valid).sum())
         if not bool(valid.any()):
             return []
         rank = torch.where(iou.isnan(), stability, iou)
         order = batched_nms(boxes[valid], rank[valid], torch.zeros_like(rank[valid]), opts.box_nms_thresh)
+        report.duplicates = int(valid.sum()) - len(order)
+        report.over_max_instances = max(0, len(order) - opts.max_instances)
         index = torch.nonzero(valid).flatten()[order][: opts.max_instances]
+        report.kept = len(index)
         labels = self._labels(embeddings[index], low_res[index], torch.cat(kept["roi_boxes"])[index])
         boxes, crops = self._host_crops(self.transform.postprocess_masks(low_res[index], self.original_size))
         scores = torch.stack([iou[index], stability[index]]).cpu().numpy()

@@ -92,6 +92,7 @@ class NodeStats:
             self.prompts_on_stamped_frame = 0  # stamped prompts run on the buffered frame they name
             self.prompts_on_newest_frame = 0  # stamped prompts whose frame was gone: newest frame instead
             self.depth_skipped = 0  # frames whose 3D part was skipped (bad / missing depth or CameraInfo)
+            self.everything_empty = 0  # everything/text frames whose thresholds removed every candidate
             self.last_stamp: Optional[tuple[int, int]] = None
             self.last_error = ""
             self.stages = {name: Window(self.window) for name in STAGES}
@@ -148,6 +149,7 @@ class NodeStats:
                 "prompts_on_stamped_frame": self.prompts_on_stamped_frame,
                 "prompts_on_newest_frame": self.prompts_on_newest_frame,
                 "depth_skipped": self.depth_skipped,
+                "everything_empty": self.everything_empty,
                 "processing_rate_hz": rate,
                 "last_stamp": self.last_stamp,
                 "last_error": self.last_error,
@@ -191,7 +193,7 @@ def diagnostic_array(snap: dict[str, Any], *, name: str, stamp: Any, state: str,
     values = [("state", state)]
     for key in ("frames_received", "frames_processed", "frames_dropped", "frames_rejected", "frames_idle",
                 "frames_failed", "prompts_rejected", "qos_incompatible", "zero_stamps", "prompts_on_stamped_frame",
-                "prompts_on_newest_frame", "depth_skipped"):
+                "prompts_on_newest_frame", "depth_skipped", "everything_empty"):
         values.append((key, str(snap[key])))
     values.append(("processing_rate_hz", f"{snap['processing_rate_hz']:.3f}"))
     if snap["last_stamp"] is not None:

@@ -688,9 +688,11 @@ class OVSAMNode(LifecycleNode):
                 r.prompt_index = job.indices[r.prompt_index]
         elif job.mode == "everything":
             results = predictor.everything(options)
+            self._explain_empty_everything(predictor, results)
         else:
             # Candidates from everything mode (more than we return), then the phrase picks.
             candidates = predictor.everything(dataclasses.replace(options, max_instances=max(100, s.max_instances)))
+            self._explain_empty_everything(predictor, candidates)
             clock.add("decode", time.perf_counter() - t0 - self._recognition_s)
             t1 = time.perf_counter()
             text = job.text
@@ -999,6 +1001,16 @@ class OVSAMNode(LifecycleNode):
             self._last_warnings[key] = (message, now, 0)
         else:
             self._last_warnings[key] = (last[0], last[1], last[2] + 1)
+
+    def _explain_empty_everything(self, predictor: Any, results: list) -> None:
+        """Everything mode kept nothing from its candidates: say which threshold removed what
+        (a weakly trained model fails SAM's defaults), at most once per period, and count it."""
+        report = getattr(predictor, "last_everything_report", None)
+        if results or report is None or not report.candidates:
+            return
+        reason = report.explain()
+        self.stats.count("everything_empty")
+        self._warn_once_per("everything", reason + "; lower the parameter that removed most")
 
     @staticmethod
     def _apply_threads(num_threads: int) -> None:
