@@ -37,11 +37,12 @@ def _add_common(parser: argparse.ArgumentParser, image: bool = True) -> None:
         parser.add_argument("image", help="image file (PNG, JPEG, 8/16-bit, grey or colour)")
     group = parser.add_argument_group("model")
     group.add_argument("--model", default="shapes",
-                       help="model YAML: a name in config/models/ (shapes, tiny, rn50x16, convnext_large) or a path "
-                            "(default: shapes, the bundled demo model trained on the synthetic shapes world only; "
-                            "tiny: random weights)")
+                       help="model YAML: a name in config/models/ (shapes, tiny, rn50x16, convnext_large) or a path, "
+                            "or a training run's model.pt (default: shapes, the bundled demo model trained on the "
+                            "synthetic shapes world only; tiny: random weights)")
     group.add_argument("--vocab", default=None,
-                       help="coco | lvis | imagenet21k | a .txt/.json file | 'cup, door handle' (default: the model YAML's)")
+                       help="coco | lvis | imagenet21k | a .txt/.json file | 'cup, door handle' (default: the model YAML's; "
+                            "without one, the classes a stage-2 checkpoint was trained on)")
     group.add_argument("--synonyms", default=None, choices=["all", "names"],
                        help="which texts name a class: every synonym the vocabulary lists (lifts the YAML's max_synonyms "
                             "cap), or the class name alone (the reference's LVIS text); default: the model YAML's")

@@ -4,17 +4,28 @@ A model file names a preset architecture and the LOCAL weight files to load;
 any file left out stays at random init, and :func:`build_model` says so loudly,
 because an untrained recognition head gives meaningless labels.
 
+Paths in a model YAML: ``~`` and ``$VARS`` are expanded; a path that is still relative
+(weight files, ``onnx_dir``, cache folders, a vocabulary file) is read from the YAML's own
+folder, not the current directory, so a YAML works wherever it is launched from. (A dict
+source has no folder: its relative paths are the current directory's.)
+
+Vocabulary: an ``ovsam_checkpoint`` written by stage 2 stores the classes it was trained on;
+when the YAML has no ``predictor.vocabulary`` key and no vocabulary is passed (``--vocab``,
+the node's ``vocabulary`` parameter), the predictor labels with those (one INFO line says
+so). Without either, ``coco``. A checkpoint file (``.pt`` / ``.pth``) can also be passed
+where a YAML is expected: it loads with the predictor defaults below, the same rule.
+
     model:
       preset: rn50x16            # tiny | tiny-convnext | rn50x16 | convnext_large
       overrides: {}              # nested OVSAMConfig fields, e.g. {decoder: {label_token: false}}
-      clip_weights: ~/weights/RN50x16-openai.pt
+      clip_weights: ~/ovsam_weights/RN50x16-openai.pt
       ovsam_checkpoint: null     # an ovsam_ros checkpoint (training output): all weights in one file
-      sam_checkpoint: ~/weights/sam_vit_h_4b8939.pth
-      sam2clip_checkpoint: ~/weights/sam2clip_vith_rn50x16.pth
-      clip2sam_checkpoint: ~/weights/clip2sam_lvis_rn50x16.pth
+      sam_checkpoint: ~/ovsam_weights/sam_vit_h_4b8939.pth
+      sam2clip_checkpoint: ~/ovsam_weights/sam2clip_vith_rn50x16.pth
+      clip2sam_checkpoint: ~/ovsam_weights/clip2sam_lvis_rn50x16.pth
       seed: 0                    # random-init seed for whatever no file provides
     predictor:
-      vocabulary: lvis
+      vocabulary: lvis           # absent: the ovsam_checkpoint's training vocabulary, else coco
       templates: vild
       device: auto
       precision: fp32
@@ -129,9 +140,20 @@ class ModelSpec:
         return total >= LARGE_LOAD_BYTES
 
 
+#: The vocabulary of a model YAML without a ``predictor.vocabulary`` key whose model carries none.
+DEFAULT_VOCABULARY = "coco"
+
+# Fields holding file or folder paths, read relative to the model YAML's folder (load_specs).
+MODEL_PATH_FIELDS = ("clip_weights", "ovsam_checkpoint", "sam_checkpoint", "sam2clip_checkpoint",
+                     "clip2sam_checkpoint", "onnx_dir")
+PREDICTOR_PATH_FIELDS = ("text_cache_dir", "compile_cache_dir")
+#: Suffixes of a checkpoint passed where a model YAML is expected (``--model runs/s2/model.pt``).
+CHECKPOINT_SUFFIXES = (".pt", ".pth")
+
+
 @dataclass
 class PredictorSpec:
-    vocabulary: str = "coco"
+    vocabulary: Optional[str] = DEFAULT_VOCABULARY
     templates: Union[str, list[str]] = "vild"
     device: str = "auto"
     precision: str = "fp32"
@@ -223,23 +245,67 @@ def resolve_config_path(name_or_path: Union[str, Path]) -> Path:
 
 
 def load_specs(source: Union[str, Path, dict[str, Any]]) -> tuple[ModelSpec, PredictorSpec]:
-    """Parse a model YAML (path, bundled name, or already-loaded dict)."""
+    """Parse a model YAML (path, bundled name, or already-loaded dict), or take a checkpoint
+    file (``.pt`` / ``.pth``) as ``{model: {ovsam_checkpoint: <it>}}``.
+
+    A YAML's relative paths are resolved against its folder (module docstring). The returned
+    :class:`PredictorSpec` carries ``vocabulary_given``: whether the source named a vocabulary
+    (:func:`build_predictor` otherwise uses the checkpoint's)."""
+    folder: Optional[Path] = None
     if isinstance(source, dict):
         data, where = source, "model config"
     else:
         path = resolve_config_path(source)
         where = str(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as error:
-            raise ValueError(f"{path}: invalid YAML: {error}") from None
+        if path.suffix.lower() in CHECKPOINT_SUFFIXES:
+            data = {"model": {"ovsam_checkpoint": str(path.resolve())}}
+        else:
+            folder = path.resolve().parent
+            try:
+                data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            except (yaml.YAMLError, UnicodeDecodeError) as error:
+                raise ValueError(f"{path}: invalid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping with 'model' and 'predictor' sections")
     unknown = sorted(set(data) - {"model", "predictor"})
     if unknown:
         raise ValueError(f"{where}: unknown section(s) {unknown}; expected 'model' and 'predictor'")
-    return (
-        _from_mapping(ModelSpec, data.get("model"), f"{where}: model"),
-        _from_mapping(PredictorSpec, data.get("predictor"), f"{where}: predictor"),
-    )
+    model_spec = _from_mapping(ModelSpec, data.get("model"), f"{where}: model")
+    predictor_spec = _from_mapping(PredictorSpec, data.get("predictor"), f"{where}: predictor")
+    predictor_spec.vocabulary_given = "vocabulary" in (data.get("predictor") or {})
+    if folder is not None:
+        for spec, names in ((model_spec, MODEL_PATH_FIELDS), (predictor_spec, PREDICTOR_PATH_FIELDS)):
+            for name in names:
+                setattr(spec, name, _relative_to(folder, getattr(spec, name)))
+        predictor_spec.vocabulary = _vocabulary_file_relative_to(folder, predictor_spec.vocabulary)
+    return model_spec, predictor_spec
+
+
+def _relative_to(folder: Path, value: Any) -> Any:
+    """``value`` (a path setting of a YAML in ``folder``) as the YAML means it: relative paths
+    (after ``~`` / ``$VARS`` expansion) are the YAML folder's. Absolute, ``~``, ``ovsam_ros://``
+    paths, ``null`` and the word ``default`` are kept as written."""
+    if not isinstance(value, str) or not value or value == "default" or value.startswith(PACKAGE_SCHEME):
+        return value
+    expanded = _expand(value)
+    return value if os.path.isabs(expanded) else str(folder / expanded)
+
+
+def _vocabulary_file_relative_to(folder: Path, value: Any) -> Any:
+    """A YAML's ``vocabulary:`` naming a .txt/.json file relative to the YAML's folder (and not a
+    built-in name or inline list): that file. Anything else is kept as written."""
+    if not isinstance(value, str) or not value.strip():
+        return value
+    from ovsam_ros.model.vocabulary import BUILTIN_VOCABULARIES, INLINE_PREFIX, looks_like_path
+
+    text = value.strip()
+    if (text.lower().replace("-", "_") in BUILTIN_VOCABULARIES or text.lower().startswith(INLINE_PREFIX)
+            or not looks_like_path(text) or any(sep in text for sep in (",", ";", "\n"))):
+        return value
+    expanded = _expand(text)
+    if os.path.isabs(expanded):
+        return value
+    return str(folder / expanded)
 
 
 def build_model(spec: ModelSpec, progress: Optional[LoadProgress] = None) -> OVSAM:
@@ -348,10 +414,16 @@ def build_predictor(source: Union[str, Path, dict[str, Any]], synonyms: Optional
     # measure_cpu_fp16: the fidelity benchmark measures fp16 itself, on whatever device it has.
     precision = predictor_spec.precision if measure_cpu_fp16 else resolve_precision(
         predictor_spec.precision, device, source=asked)
-    # Cheap input checks before the model load (seconds, minutes for large presets): a
-    # vocabulary typo or missing file fails now.
-    vocabulary = None if predictor_spec.vocabulary is None else load_vocabulary(
-        predictor_spec.vocabulary, max_synonyms=predictor_spec.max_synonyms, names_only=predictor_spec.names_only)
+    # Vocabulary: one chosen by the YAML or the caller wins; otherwise a stage-2 checkpoint's own
+    # (read with the model below), else the default. Cheap input checks before the model load
+    # (seconds, minutes for large presets): a vocabulary typo or missing file fails now.
+    chosen = getattr(predictor_spec, "vocabulary_given", True) or overrides.get("vocabulary") is not None
+    from_checkpoint = not chosen and bool(model_spec.ovsam_checkpoint) and model_spec.backend == TORCH
+
+    def load(spec: Any):
+        return load_vocabulary(spec, max_synonyms=predictor_spec.max_synonyms, names_only=predictor_spec.names_only)
+
+    vocabulary = None if from_checkpoint or predictor_spec.vocabulary is None else load(predictor_spec.vocabulary)
     templates = get_templates(predictor_spec.templates)
     # Progress lines: what loads, each weight file with its size, each stage (INFO for large models).
     progress = LoadProgress(logging.INFO if model_spec.large else logging.DEBUG)
@@ -365,6 +437,8 @@ def build_predictor(source: Union[str, Path, dict[str, Any]], synonyms: Optional
             what = f"{len(files)} weight file(s), {size_text(total)}" if files else "no weight files (random init)"
         progress.say("loading model %s on %s in %s: %s", name, device, precision, what)
         model = build_model(model_spec, progress)
+        if from_checkpoint:
+            vocabulary = _checkpoint_vocabulary(model, model_spec, predictor_spec, load)
         iou_scorer = None
         if (predictor_spec.sam_iou and model_spec.backend == "torch" and model_spec.sam_checkpoint
                 and not model_spec.ovsam_checkpoint and model.decoder.output_tokens == "reference"):
@@ -403,6 +477,24 @@ def build_predictor(source: Union[str, Path, dict[str, Any]], synonyms: Optional
             )
         progress.summary(f"model {name}")
     return predictor
+
+
+def _checkpoint_vocabulary(model: OVSAM, model_spec: ModelSpec, predictor_spec: PredictorSpec, load):
+    """The vocabulary a checkpoint was trained with (stage 2 stores it), with the YAML's synonym
+    policy; the default vocabulary when the checkpoint has none. Logs which one at INFO."""
+    from ovsam_ros.model.checkpoints import checkpoint_vocabulary
+    from ovsam_ros.model.vocabulary import Vocabulary
+
+    stored = checkpoint_vocabulary(getattr(model, "checkpoint_extra", None))
+    if stored is None:
+        return None if predictor_spec.vocabulary is None else load(predictor_spec.vocabulary)
+    vocabulary = load(Vocabulary.from_saved(stored))
+    shown = ", ".join(vocabulary.classes[:8]) + (f", ... ({len(vocabulary)} classes)" if len(vocabulary) > 8 else "")
+    # On the load-progress logger: shown by the CLI and the node while a model loads (_show_load_progress).
+    logging.getLogger(LOAD_LOGGER).info(
+        "vocabulary: the one %s was trained with ('%s': %s); a vocabulary in the model YAML, --vocab or "
+        "the node's vocabulary parameter replaces it", model_spec.ovsam_checkpoint, vocabulary.name, shown)
+    return vocabulary
 
 
 @contextlib.contextmanager

@@ -702,6 +702,11 @@ class Task:
     def extra_state(self) -> Dict[str, Any]:
         return {}
 
+    def checkpoint_extra(self) -> Dict[str, Any]:
+        """Plain data stored in every model.pt of the run (``extra`` of ``save_ovsam``; stage 2:
+        the vocabulary it trained with, which the predictor then uses by default)."""
+        return {}
+
 
 @dataclass
 class RunInfo:
@@ -861,7 +866,7 @@ def run(task: Task, cfg: Dict[str, Any], env: DistEnv, resume_from: Optional[Pat
                 **task.extra_state(),
             }
             path = ckpt.save(step_now, task.model, state, include_backbone,
-                             {"stage": task.name, "step": step_now, "train_config": cfg})
+                             {"stage": task.name, "step": step_now, "train_config": cfg, **task.checkpoint_extra()})
             log.info("checkpoint %s", path)
         env.barrier()
 
@@ -971,7 +976,7 @@ def run(task: Task, cfg: Dict[str, Any], env: DistEnv, resume_from: Optional[Pat
     final = out / "model.pt"
     if env.is_main:
         save_ovsam(task.model, final, include_backbone=include_backbone,
-                   extra={"stage": task.name, "step": step, "train_config": cfg})
+                   extra={"stage": task.name, "step": step, "train_config": cfg, **task.checkpoint_extra()})
         log.info("final model: %s", final)
     env.barrier()
     return RunInfo(out, final, step, history)

@@ -17,8 +17,9 @@ label; reported per prompt type:
   class with IoU >= 0.5; per split (base / novel).
 
 The predictor is the one robots use (``OVSAMPredictor``), so the numbers are
-what the node will deliver. Base / novel come from the vocabulary's split
-(without a split every class counts as novel).
+what the node will deliver. Base / novel come from the vocabulary's split;
+without a split every class is base (seen in training), the rule stage 2 trains
+with (``classes_seen_in_training``): metrics and the CLIP ensemble's weights agree.
 
     ovsam-evaluate --checkpoint runs/stage2/model.pt --annotations val.json --images data/images \\
         --prompts box point --baselines feature-crop --out runs/stage2/eval.json

@@ -18,6 +18,9 @@ vocabulary expansion), scored against their own vocabulary.
 
 The output ``<output_dir>/model.pt`` is an ``ovsam_ros`` checkpoint: load it
 with ``load_ovsam`` or in a model YAML as ``model: {ovsam_checkpoint: ...}``.
+It (and every step checkpoint's model.pt) stores the run's vocabulary
+(``extra["vocabulary"]``: class names, the synonyms trained on, base/novel
+split); a model YAML without ``predictor.vocabulary`` labels with it.
 
     ovsam-train-stage2 --config stage2_tiny --set model.init_checkpoint=runs/s1/model.pt
     torchrun --nproc_per_node=8 -m training.stage2 --config stage2_coco_rn50x16 ...
@@ -35,6 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from ovsam_ros.model.checkpoints import CHECKPOINT_VOCABULARY_KEY
 from ovsam_ros.model.fingerprint import text_model_id, text_weights_fingerprint
 from ovsam_ros.model.ovsam import OVSAM
 from ovsam_ros.model.vocabulary import (
@@ -235,6 +239,9 @@ class Stage2Task(engine.Task):
             train_idx = list(range(len(full)))
         if not train_idx:
             raise ValueError(f"no class of vocabulary '{full.name}' is in data.train_splits={dcfg['train_splits']}")
+        # Stored in model.pt (checkpoint_extra): every class the data names, with the texts trained on and
+        # the base/novel/unused split (novel classes too: the open-vocabulary head is meant to name them).
+        self.vocabulary = full
         class_list = lcfg.get("class_list", "train_splits")
         if class_list == "all":  # instances stay base-only (keep_splits); the CE runs over every class
             self.train_vocab = full
@@ -297,6 +304,11 @@ class Stage2Task(engine.Task):
         self.texts = [encode_text(self.model, v, cfg["text"]["templates"], cfg["text"]["cache_dir"], env.device, env)
                       for v in texts]
         self.seed = seed
+
+    def checkpoint_extra(self) -> Dict[str, Any]:
+        """The run's vocabulary (``Vocabulary.to_dict``; names, synonyms as trained, split): the
+        predictor's default when a model YAML names this checkpoint and no vocabulary."""
+        return {CHECKPOINT_VOCABULARY_KEY: self.vocabulary.to_dict()}
 
     # ------------------------------------------------------------------ batches
     def prepare(self, batch: Dict[str, Any], env: engine.DistEnv) -> Dict[str, Any]:

@@ -74,7 +74,7 @@ def load_ovsam(
     :func:`build_ovsam`."""
     progress = progress if progress is not None else checkpoints.LoadProgress()
     with progress.stage("OVSAM checkpoint", path, short="checkpoint"):
-        cfg, state, _ = checkpoints.read_ovsam_checkpoint(path)
+        cfg, state, payload = checkpoints.read_ovsam_checkpoint(path)
     has_backbone = any(k.startswith("backbone.") for k in state)
     if has_backbone:
         backbone_cfg = replace(cfg.backbone, pretrained=None)  # weights come from this file
@@ -97,6 +97,8 @@ def load_ovsam(
     logging.getLogger(__name__).info(
         "loaded OVSAM (%s) from %s; CLIP backbone weights from %s", cfg.backbone.model_name, path,
         "the same file" if has_backbone else backbone_cfg.pretrained)
+    # What training stored next to the weights (stage, step, config, stage 2's vocabulary): plain data.
+    model.checkpoint_extra = dict(payload.get("extra") or {})
     return model.to(device).eval()
 
 

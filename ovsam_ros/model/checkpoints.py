@@ -395,6 +395,16 @@ def save_ovsam(
 
 TRAIN_STATE_FORMAT = "ovsam_ros.train_state"
 
+#: Key of ``extra`` holding the vocabulary a stage-2 run trained with (``Vocabulary.to_dict()``):
+#: the predictor's default vocabulary for that checkpoint (``ovsam_ros.loading.build_predictor``).
+CHECKPOINT_VOCABULARY_KEY = "vocabulary"
+
+
+def checkpoint_vocabulary(extra: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The stored training vocabulary of a checkpoint's ``extra`` (None when it has none)."""
+    data = (extra or {}).get(CHECKPOINT_VOCABULARY_KEY)
+    return dict(data) if isinstance(data, Mapping) and isinstance(data.get("classes"), list) and data["classes"] else None
+
 
 def is_train_state_file(path: PathLike) -> bool:
     """Whether ``path`` is a training ``state.pt`` (checked in the zip's pickle bytes, nothing
@@ -454,6 +464,8 @@ __all__ = [
     "CheckpointNotFoundError",
     "UnsafeCheckpointError",
     "TRAIN_STATE_FORMAT",
+    "CHECKPOINT_VOCABULARY_KEY",
+    "checkpoint_vocabulary",
     "is_train_state_file",
     "TINY_TEACHER_KWARGS",
     "apply_state_dict",

@@ -41,6 +41,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import logging
 import os
 import re
 import warnings
@@ -68,6 +69,7 @@ __all__ = [
     "Vocabulary",
     "VocabularyWarning",
     "builtin_names",
+    "classes_seen_in_training",
     "check_synonym_options",
     "check_truncation",
     "classify_spec",
@@ -281,6 +283,12 @@ class Vocabulary:
                               version=str(data.get("version") or ""))
         return vocab.merge_duplicates()
 
+    @classmethod
+    def from_saved(cls, data: Dict[str, Any]) -> "Vocabulary":
+        """Exact inverse of :meth:`to_dict` (no re-cleaning, no merging): a vocabulary stored in a
+        text-embedding file or a stage-2 checkpoint."""
+        return _vocab_from_state(data)
+
     def to_dict(self) -> Dict[str, Any]:
         """This package's JSON format: ``{"name", "version", "classes": [{"id", "name", "synonyms", "split"}]}``."""
         classes = []
@@ -315,7 +323,8 @@ class Vocabulary:
 
         Without a split every class counts as novel (nothing is known to have been seen in
         training), which matches the reference ensemble's default of trusting CLIP on all
-        classes.
+        classes. The classes of a training / evaluation annotation file are never split-less:
+        :func:`classes_seen_in_training` makes every class of a file without splits ``base``.
         """
         if kind not in SPLITS:
             raise ValueError(f"unknown split kind '{kind}'; allowed {SPLITS}")
@@ -475,6 +484,26 @@ def _from_entries(entries: Sequence[Any], name: str, version: str) -> Vocabulary
         ids=None if all(i is None for i in ids) else ids,
         raw_names=None if all(n is None for n in raw_names) else raw_names,
     )
+
+
+def classes_seen_in_training(vocab: Vocabulary, origin: str,
+                             logger: Optional[logging.Logger] = None) -> Vocabulary:
+    """THE rule for the classes of an annotation file without a base/novel split (a plain COCO
+    file: no ``split`` key, no LVIS ``frequency``): every class is ``base``, i.e. seen in
+    training. Stage 2 trains on every class of such a file, and ``ovsam-evaluate`` (data
+    loading, base/novel metrics, the CLIP ensemble's alpha for base classes) and a stage-2
+    checkpoint's stored vocabulary use the same split. Says so once (a warning of ``logger``);
+    a vocabulary with a split is returned unchanged."""
+    if vocab.split is not None:
+        return vocab
+    (logger or logging.getLogger(__name__)).warning(
+        "%s: vocabulary '%s' has no base/novel split: all %d class(es) count as base (seen in training) "
+        "for training, evaluation metrics and the CLIP ensemble; give each category a 'split' "
+        "(base | novel | unused) to hold classes out", origin, vocab.name, len(vocab))
+    return Vocabulary(name=vocab.name, version=vocab.version, classes=list(vocab.classes),
+                      synonyms=[list(s) for s in vocab.synonyms], split=["base"] * len(vocab),
+                      ids=None if vocab.ids is None else list(vocab.ids),
+                      raw_names=None if vocab.raw_names is None else list(vocab.raw_names))
 
 
 # --------------------------------------------------------------------------------------

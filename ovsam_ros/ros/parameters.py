@@ -52,7 +52,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("vocabulary", "",
               "Initial vocabulary: coco | lvis | imagenet21k | a .txt/.json path | 'cup, door handle' | "
               "'inline:cup' (one class). A lone unknown name or a missing file is an error. "
-              "'' = the model YAML's. Change it at runtime with the set_vocabulary service.", when="configure"),
+              "'' = the model YAML's (if it names none: a trained checkpoint's own classes, else coco). Change it at runtime with the set_vocabulary service.", when="configure"),
     ParamSpec("vocabulary_dirs", "",
               "Directories (separated by ':') the set_vocabulary service may read .txt/.json files from; "
               "a bare file name is looked up in them. '' = the package's vocabularies and "

@@ -3,7 +3,9 @@
 :class:`CocoInstances` reads a COCO ``instances_*.json`` (polygon masks and
 RLE, compressed or not, via pycocotools), maps its categories onto a
 :class:`~ovsam_ros.model.vocabulary.Vocabulary` (so the base / novel split
-comes from the vocabulary) and checks every record once, up front:
+comes from the vocabulary; one without a split, e.g. a plain COCO file's own
+categories, makes every class base = seen in training, for training and
+evaluation alike) and checks every record once, up front:
 
 =====================================================  ==========================================
 problem                                                what happens
@@ -17,8 +19,10 @@ image cannot be decoded (``check_images=True``)        ``DataError`` (or counted
                                                        check, the loader's ``DataError`` names
                                                        the file when it is first read
 annotation -> unknown image id / category id           ``DataError`` naming the annotation id
-category not in the vocabulary                         ``DataError`` naming the category
-                                                       (``unknown_category="skip"``: counted)
+category not in the vocabulary                         ``DataError`` naming the category and
+                                                       the file's own classes as the fix
+                                                       (``data.vocabulary=null``;
+                                                       ``unknown_category="skip"``: counted)
 empty or degenerate polygon (< 3 points, odd length,   polygon dropped (counted); the instance is
 non-finite coordinates)                                dropped (counted) if no polygon is left
 self-intersecting polygon                              instance dropped (counted) by default;
@@ -48,7 +52,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ovsam_ros.model.vocabulary import Vocabulary, clean_name, load_vocabulary
+from ovsam_ros.model.vocabulary import Vocabulary, classes_seen_in_training, clean_name, load_vocabulary
 
 from .common import DataError, PathLike, SkipReport, read_image
 
@@ -161,7 +165,7 @@ class CocoInstances:
             the JSON's folder, then its parent's ``images/``).
         vocabulary: anything :func:`load_vocabulary` accepts; default: the
             file's own ``categories`` (a ``split`` key per category gives the
-            base/novel split).
+            base/novel split; without one every class is base).
         keep_splits: keep only instances whose class split is one of these
             (e.g. ``("base",)`` for stage 2); None keeps all.
         require_instances: drop images left without instances (training).
@@ -202,9 +206,6 @@ class CocoInstances:
         self.skipped = SkipReport(str(path))
         self.vocab = self._vocabulary(path, vocabulary)
         self.keep_splits = tuple(keep_splits) if keep_splits else None
-        if self.keep_splits and self.vocab.split is None:
-            log.warning("%s: vocabulary '%s' has no base/novel split; keep_splits=%s keeps every class",
-                        path, self.vocab.name, self.keep_splits)
         self.category_to_label = self._map_categories(path, data["categories"], unknown_category)
 
         records: Dict[Any, ImageRecord] = {}
@@ -268,9 +269,11 @@ class CocoInstances:
 
     def _vocabulary(self, path: Path, vocabulary: Any) -> Vocabulary:
         try:
-            return load_vocabulary(str(path) if vocabulary is None else vocabulary)
+            vocab = load_vocabulary(str(path) if vocabulary is None else vocabulary)
         except (ValueError, FileNotFoundError) as err:
             raise DataError(f"{path}: cannot build the vocabulary: {err}") from err
+        # One rule for training and evaluation: classes without a split are base (seen in training).
+        return classes_seen_in_training(vocab, str(path), log)
 
     def _map_categories(self, path: Path, categories: List[Any], policy: str) -> Dict[Any, Optional[int]]:
         mapping: Dict[Any, Optional[int]] = {}
@@ -291,7 +294,10 @@ class CocoInstances:
                 if policy == "error":
                     raise DataError(
                         f"{path}: category id {cat['id']} ({cat.get('name')!r}) is not in vocabulary "
-                        f"'{self.vocab.name}' ({len(self.vocab)} classes); add it, or set unknown_category='skip'")
+                        f"'{self.vocab.name}' ({len(self.vocab)} classes). To train on this file's own classes, "
+                        "use its categories as the vocabulary: --set data.vocabulary=null (ovsam-evaluate: leave "
+                        f"out --vocabulary). Or add the class to '{self.vocab.name}', or set "
+                        "unknown_category='skip' (drops every instance of a class the vocabulary lacks)")
             mapping[cat["id"]] = index
         return mapping
 
@@ -397,7 +403,9 @@ class CocoInstances:
         return sum(len(r.instances) for r in self.images)
 
     def split_of(self, label: int) -> str:
-        return self.vocab.split[label] if self.vocab.split is not None else "novel"
+        """``base`` / ``novel`` / ``unused``; a file without splits is all ``base``
+        (:func:`~ovsam_ros.model.vocabulary.classes_seen_in_training`, applied at load)."""
+        return self.vocab.split[label] if self.vocab.split is not None else "base"
 
     def load(self, index: int) -> Tuple[np.ndarray, List[np.ndarray]]:
         """(RGB image, one bool mask per instance) of image ``index``, checked against the record."""
