@@ -121,6 +121,13 @@ class ModelSpec:
             self.clip_weights and self.sam2clip_checkpoint and self.clip2sam_checkpoint
         )
 
+    def missing_weight_files(self) -> list[tuple[str, str]]:
+        """(YAML key, expanded path) of every weight file a PyTorch build would read that is not a file."""
+        names = ("ovsam_checkpoint", "clip_weights") if self.ovsam_checkpoint else (
+            "clip_weights", "sam_checkpoint", "sam2clip_checkpoint", "clip2sam_checkpoint")
+        return [(name, _expand(getattr(self, name))) for name in names
+                if getattr(self, name) and not os.path.isfile(_expand(getattr(self, name)))]
+
     def weight_files(self) -> list[str]:
         """The (expanded) weight files a PyTorch build reads."""
         names = ("ovsam_checkpoint", "clip_weights") if self.ovsam_checkpoint else (
@@ -425,6 +432,8 @@ def build_predictor(source: Union[str, Path, dict[str, Any]], synonyms: Optional
 
     vocabulary = None if from_checkpoint or predictor_spec.vocabulary is None else load(predictor_spec.vocabulary)
     templates = get_templates(predictor_spec.templates)
+    if model_spec.backend == TORCH:
+        check_weight_files(model_spec, asked)
     # Progress lines: what loads, each weight file with its size, each stage (INFO for large models).
     progress = LoadProgress(logging.INFO if model_spec.large else logging.DEBUG)
     with _show_load_progress():
@@ -495,6 +504,19 @@ def _checkpoint_vocabulary(model: OVSAM, model_spec: ModelSpec, predictor_spec: 
         "vocabulary: the one %s was trained with ('%s': %s); a vocabulary in the model YAML, --vocab or "
         "the node's vocabulary parameter replaces it", model_spec.ovsam_checkpoint, vocabulary.name, shown)
     return vocabulary
+
+
+def check_weight_files(spec: ModelSpec, where: str = "") -> None:
+    """Every missing weight file in one error, before anything loads (a load would stop at the
+    first, after seconds to minutes); FileNotFoundError naming each YAML key and path."""
+    missing = spec.missing_weight_files()
+    if missing:
+        listed = "; ".join(f"model.{name}: {path}" for name, path in missing)
+        source = f" ({where})" if where and where != "requested" else ""
+        raise FileNotFoundError(
+            f"{len(missing)} weight file(s) of model {spec.preset or 'config'}{source} not found: {listed}. "
+            "Place them there or point the model YAML at them (README, 'Weights'); "
+            "--model shapes runs the bundled demo model without any.")
 
 
 @contextlib.contextmanager

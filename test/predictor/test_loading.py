@@ -1,6 +1,7 @@
 """Model YAMLs: presets, weight files, clear errors, and the loud untrained warning."""
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,6 +40,25 @@ def test_missing_weight_file_is_named(tmp_path):
     missing = tmp_path / "nope" / "sam_vit_h.pth"
     with pytest.raises(FileNotFoundError, match=str(missing)):
         build_predictor({"model": {"preset": "tiny", "sam_checkpoint": str(missing)}})
+
+
+def test_every_missing_weight_file_is_named_at_once_before_anything_loads(tmp_path, monkeypatch):
+    """Before: the first missing file only, after the CLIP load, in open_clip's words."""
+    import ovsam_ros.loading as loading
+
+    monkeypatch.setattr(loading, "build_model", lambda *a, **k: pytest.fail("a model was built"))
+    there = tmp_path / "sam2clip.pth"
+    there.write_bytes(b"x")
+    model = {"preset": "tiny", "clip_weights": str(tmp_path / "clip.pt"), "sam_checkpoint": "~/no/sam.pth",
+             "sam2clip_checkpoint": str(there), "clip2sam_checkpoint": str(tmp_path / "c2s.pth")}
+    with pytest.raises(FileNotFoundError) as error:
+        build_predictor({"model": model})
+    text = str(error.value)
+    assert text.startswith("3 weight file(s) of model tiny")
+    for key, path in (("clip_weights", tmp_path / "clip.pt"), ("sam_checkpoint", Path("~/no/sam.pth").expanduser()),
+                      ("clip2sam_checkpoint", tmp_path / "c2s.pth")):
+        assert f"model.{key}: {path}" in text
+    assert "sam2clip" not in text and "README, 'Weights'" in text
 
 
 def test_untrained_model_warns_loudly(caplog):
