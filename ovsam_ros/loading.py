@@ -121,18 +121,19 @@ class ModelSpec:
             self.clip_weights and self.sam2clip_checkpoint and self.clip2sam_checkpoint
         )
 
-    def missing_weight_files(self) -> list[tuple[str, str]]:
-        """(YAML key, expanded path) of every weight file a PyTorch build would read that is not a file."""
+    def weight_fields(self) -> list[tuple[str, str]]:
+        """(YAML key, expanded path) of every weight file a PyTorch build reads."""
         names = ("ovsam_checkpoint", "clip_weights") if self.ovsam_checkpoint else (
             "clip_weights", "sam_checkpoint", "sam2clip_checkpoint", "clip2sam_checkpoint")
-        return [(name, _expand(getattr(self, name))) for name in names
-                if getattr(self, name) and not os.path.isfile(_expand(getattr(self, name)))]
+        return [(name, _expand(getattr(self, name))) for name in names if getattr(self, name)]
+
+    def missing_weight_files(self) -> list[tuple[str, str]]:
+        """(YAML key, expanded path) of every weight file a PyTorch build would read that is not a file."""
+        return [(name, path) for name, path in self.weight_fields() if not os.path.isfile(path)]
 
     def weight_files(self) -> list[str]:
         """The (expanded) weight files a PyTorch build reads."""
-        names = ("ovsam_checkpoint", "clip_weights") if self.ovsam_checkpoint else (
-            "clip_weights", "sam_checkpoint", "sam2clip_checkpoint", "clip2sam_checkpoint")
-        return [_expand(getattr(self, name)) for name in names if getattr(self, name)]
+        return [path for _, path in self.weight_fields()]
 
     @property
     def large(self) -> bool:

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from segment_anything.utils.amg import build_point_grid
 
 from ovsam_ros.predictor import EverythingOptions, OVSAMPredictor
@@ -70,10 +69,3 @@ def test_ovsam_everything_that_keeps_nothing_says_which_flag_removed_what(tmp_pa
     assert "0 instance(s)" in result.stdout
     assert "everything mode kept 0 of 48 candidate mask(s): 48 at or below --iou-thresh 0.8 removed" in result.stderr
 
-
-@pytest.fixture
-def image() -> np.ndarray:
-    rng = np.random.default_rng(0)
-    frame = rng.integers(0, 60, (300, 500, 3), dtype=np.uint8)
-    frame[80:200, 150:320] = (200, 40, 40)
-    return frame
