@@ -6,6 +6,10 @@ Conventions (REP 103 / REP 118, ``sensor_msgs/CameraInfo``):
   and negative values mean "no measurement" and are ignored;
 * pixel (u, v) = (column, row); ``K = [fx 0 cx; 0 fy cy; 0 0 1]`` maps a camera-frame
   point (x right, y down, z forward) to ``u = fx x / z + cx``, ``v = fy y / z + cy``;
+* a depth image whose median valid depth is implausible for its encoding (32FC1 above
+  100 m: millimetres sent as metres; 16UC1/mono16 below 20 mm: metres sent as
+  millimetres) is used as it is, with one warning per encoding (:class:`DepthRangeCheck`):
+  a guessed unit would turn a publisher's bug into plausible-looking wrong positions;
 * "aligned" means the depth image is on the colour image's pixel grid: a depth
   image of another size is an error (no silent resampling).
 
@@ -17,9 +21,10 @@ band_floor)`` are dropped before the centroid (their mean) and the extent
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -70,19 +75,92 @@ class InstanceGeometry:
     point_count: int  # points used (valid depth, inside the depth band)
 
 
-def depth_to_metres(depth: np.ndarray, encoding: str) -> np.ndarray:
-    """A depth image -> float32 metres with NaN where there is no measurement."""
+def depth_to_metres(depth: np.ndarray, encoding: str,
+                    range_check: Optional["DepthRangeCheck"] = None) -> np.ndarray:
+    """A depth image -> float32 metres with NaN where there is no measurement.
+
+    The values are never rescaled by guesswork; ``range_check`` (default: the module's
+    :data:`DEFAULT_RANGE_CHECK`, which logs) warns once per encoding when they are implausible
+    for the encoding (see :func:`implausible_depth`)."""
     if encoding in MILLIMETRE_ENCODINGS:
         if depth.dtype != np.uint16:
             raise DepthError(f"{encoding} depth must be uint16 millimetres, got {depth.dtype}")
         metres = depth.astype(np.float32) / 1000.0
         metres[depth == 0] = np.nan
-        return metres
-    if encoding in METRE_ENCODINGS:
+    elif encoding in METRE_ENCODINGS:
         metres = np.asarray(depth, dtype=np.float32).copy()
         metres[~np.isfinite(metres) | (metres <= 0)] = np.nan
-        return metres
-    raise DepthError(f"depth encoding {encoding!r} is not supported; use 16UC1 (mm) or 32FC1 (m)")
+    else:
+        raise DepthError(f"depth encoding {encoding!r} is not supported; use 16UC1 or mono16 (mm) or 32FC1 (m)")
+    (range_check or DEFAULT_RANGE_CHECK)(metres, encoding)
+    return metres
+
+
+#: Plausible median depth in metres, per unit of the encoding. A depth camera's scene has a median
+#: between a few centimetres and a few tens of metres (long-range stereo and lidar-projected depth
+#: included). A 32FC1 median above 100 "m" is what millimetres sent as 32FC1 look like (1.5 m ->
+#: 1,500); a 16UC1 median below 20 mm is what whole metres (or another coarse unit) written into a
+#: millimetre image look like (1.5 m -> 1 or 2).
+METRE_MEDIAN_MAX = 100.0
+MILLIMETRE_MEDIAN_MIN = 0.02
+_RANGE_SAMPLE = 4  # every 4th row and column estimate the median (720p: ~1.5 ms instead of ~17 for all)
+
+
+def implausible_depth(depth_m: np.ndarray, encoding: str) -> Optional[str]:
+    """Why ``depth_m`` (metres, NaN = none, as :func:`depth_to_metres` returns it) is implausible for
+    ``encoding``, or None. Decided by the median of the valid pixels (never by a few outliers),
+    estimated on every 4th row and column (on all pixels when that sample has fewer than 100 valid
+    ones):
+
+    * 32FC1 (metres): implausible when the median is above :data:`METRE_MEDIAN_MAX` (100 m);
+    * 16UC1 / mono16 (millimetres): implausible when the median is below
+      :data:`MILLIMETRE_MEDIAN_MIN` (20 mm).
+    """
+    depth_m = np.asarray(depth_m)
+    # A grid over the whole image (a flat stride would sample a few columns only when the width is a
+    # multiple of it).
+    sample = depth_m[::_RANGE_SAMPLE, ::_RANGE_SAMPLE] if depth_m.ndim == 2 else depth_m
+    valid = sample[np.isfinite(sample)]
+    if valid.size < 100:
+        valid = depth_m[np.isfinite(depth_m)]
+    if valid.size == 0:
+        return None
+    median = float(np.median(valid))
+    if encoding in METRE_ENCODINGS and median > METRE_MEDIAN_MAX:
+        return (f"{encoding} depth has a median of {median:,.0f} m: {encoding} is metres (REP 118), so this is "
+                f"most likely millimetres sent as {encoding}; 3D positions come out 1,000 times too far. Publish "
+                "16UC1 millimetres, or divide by 1000 before publishing 32FC1 (the values are used as they are: "
+                "no unit is guessed)")
+    if encoding in MILLIMETRE_ENCODINGS and median < MILLIMETRE_MEDIAN_MIN:
+        return (f"{encoding} depth has a median of {median * 1000:.0f} mm: {encoding} is millimetres (REP 118), so "
+                "this is most likely metres (or another coarse unit) written as whole numbers; 3D positions "
+                "will be wrong. Publish millimetres, or 32FC1 metres (the values are used as they are: no unit "
+                "is guessed)")
+    return None
+
+
+class DepthRangeCheck:
+    """Calls ``warn`` with :func:`implausible_depth`'s reason the first time an encoding's depth is
+    implausible, and stays quiet for that encoding afterwards (a stream does not change units; a
+    warning per frame would flood the log). ``last_problem`` keeps the reason of the last frame
+    checked (None when plausible), for diagnostics."""
+
+    def __init__(self, warn: Optional[Callable[[str], None]] = None) -> None:
+        self.warn = warn or logging.getLogger(__name__).warning
+        self.warned: set[str] = set()
+        self.last_problem: Optional[str] = None
+
+    def __call__(self, depth_m: np.ndarray, encoding: str) -> Optional[str]:
+        self.last_problem = implausible_depth(depth_m, encoding)
+        if self.last_problem is not None and encoding not in self.warned:
+            self.warned.add(encoding)
+            self.warn(self.last_problem)
+        return self.last_problem
+
+
+#: The check :func:`depth_to_metres` uses unless given one: logs through :mod:`logging`, once per
+#: encoding per process.
+DEFAULT_RANGE_CHECK = DepthRangeCheck()
 
 
 def check_pairing(depth_hw: tuple[int, int], image_hw: tuple[int, int], intrinsics: Intrinsics) -> None:
