@@ -9,6 +9,8 @@ import os
 import sys
 from typing import Any, Callable, Dict, Optional, Sequence
 
+from ovsam_ros.disk_space import DiskSpaceError, find_disk_full, free_bytes, size_text
+
 from .config import ConfigError, dump, load_config
 
 log = logging.getLogger("training")
@@ -99,9 +101,26 @@ def main_wrapper(prog: str, description: str, default_config: str, defaults: Dic
             train(cfg, args.resume, args.quiet, overwrite=True)
         else:
             train(cfg, args.resume, args.quiet)
-    except (ValueError, FileNotFoundError) as err:  # DataError, CheckpointError, ConfigError are ValueErrors
+    except (ValueError, FileNotFoundError, DiskSpaceError) as err:  # DataError, CheckpointError, ConfigError: ValueErrors
         if os.environ.get("OVSAM_TRACEBACK"):
             raise
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        # Any other write that met a full disk (metrics, TensorBoard, a teacher cache): one line, not the
+        # chained traceback with the ENOSPC in its middle.
+        full = find_disk_full(err)
+        if full is None or os.environ.get("OVSAM_TRACEBACK"):
+            raise
+        where = full.filename or cfg.get("output_dir") or "."
+        print(f"{prog}: error: no space left on the disk of {where} ({full.strerror or full}); "
+              f"{size_text(_free(where))} free. Free space, then continue with --resume", file=sys.stderr)
+        return 2
     return 0
+
+
+def _free(path: Any) -> Optional[int]:
+    try:
+        return free_bytes(path)
+    except OSError:
+        return None

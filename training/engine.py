@@ -52,8 +52,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ovsam_ros.disk_space import DiskSpaceError, disk_full_error, find_disk_full, free_bytes, size_text
 from ovsam_ros.model.build import load_ovsam
-from ovsam_ros.model.checkpoints import CheckpointError, save_ovsam
+from ovsam_ros.model.checkpoints import CheckpointError, ovsam_payload, save_ovsam, serialized_size
 from ovsam_ros.model.errors import UnsafeCheckpointError
 from ovsam_ros.model.safe_load import safe_torch_load
 from ovsam_ros.model.ovsam import OVSAM
@@ -88,6 +89,9 @@ TRAIN_DEFAULTS: Dict[str, Any] = {
     "prefetch_factor": 4,  # batches each worker loads ahead (num_workers > 0)
     "checkpoint_every": 100,  # optimizer steps; the end of training always checkpoints
     "keep_checkpoints": 2,
+    # At the start, the disk must hold keep_checkpoints + 1 checkpoints (a new one is written before
+    # the oldest goes) and model.pt, sizes measured from the model and optimizer: refuse | warn | off
+    "free_space_check": "refuse",
     "log_every": 10,
     "progress": True,
     "tensorboard": True,
@@ -291,11 +295,17 @@ class CheckpointManager:
         tmp = self.root / f".tmp-{final.name}-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
-        tmp.mkdir()
-        save_ovsam(model, tmp / "model.pt", include_backbone=include_backbone, extra=extra)
-        atomic_write(tmp / "state.pt", lambda fh: torch.save(state, fh))
-        write_marker(tmp)  # last: a folder without a valid marker never counts as a checkpoint
-        _fsync_dir(tmp)
+        try:
+            tmp.mkdir()
+            save_ovsam(model, tmp / "model.pt", include_backbone=include_backbone, extra=extra)
+            atomic_write(tmp / "state.pt", lambda fh: torch.save(state, fh))
+            write_marker(tmp)  # last: a folder without a valid marker never counts as a checkpoint
+            _fsync_dir(tmp)
+        except Exception as error:
+            shutil.rmtree(tmp, ignore_errors=True)  # never counted (no marker); its space is freed now
+            if find_disk_full(error) is None:
+                raise
+            raise self.disk_full(final.name, checkpoint_size(model, state, include_backbone, extra)) from None
         if final.exists():  # re-saving a step (a resumed run reaching it again): replace
             trash = self.root / f".old-{final.name}-{os.getpid()}"
             os.rename(final, trash)
@@ -310,6 +320,80 @@ class CheckpointManager:
             if leftover != tmp:
                 shutil.rmtree(leftover, ignore_errors=True)
         return final
+
+
+    def disk_full(self, name: str, needed: int) -> DiskSpaceError:
+        """The one-line error for a save that ran out of space: what was kept, what to do."""
+        newest = self.latest()
+        kept = (f"The earlier checkpoints are intact (newest: {newest.name})" if newest is not None
+                else "No checkpoint of this run was written yet")
+        return disk_full_error(
+            self.root, f"checkpoint {name}", needed,
+            f"{kept}; with train.keep_checkpoints={self.keep} a run needs room for {self.keep + 1} checkpoints. "
+            "Free space (or lower train.keep_checkpoints, or use another output_dir), then continue with --resume")
+
+
+#: Bytes of a checkpoint folder besides its two files (the completion marker).
+MARKER_BYTES = 1024
+#: AdamW keeps exp_avg + exp_avg_sq (the parameter's size each) and a step counter per parameter;
+#: before the first step the optimizer holds none of it yet. Per-tensor bytes of torch.save's zip
+#: records and pickle: measured 768 B for a parameter's 3 tensors (tiny model); 400 each errs high.
+ADAMW_MOMENTS = 2
+PER_TENSOR_BYTES = 400
+
+
+def checkpoint_size(model: OVSAM, state: Dict[str, Any], include_backbone: bool, extra: Dict[str, Any]) -> int:
+    """Bytes one checkpoint folder takes: ``model.pt`` and ``state.pt`` serialised exactly as
+    :meth:`CheckpointManager.save` writes them (to a byte counter, not the disk)."""
+    return serialized_size(ovsam_payload(model, include_backbone, extra)) + serialized_size(state) + MARKER_BYTES
+
+
+def unstarted_optimizer_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """What ``state.pt`` grows by once ``optimizer`` (AdamW) has stepped: the moments of every
+    trainable parameter it holds no state for yet (all of them before the first step)."""
+    size = 0
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.requires_grad and p not in optimizer.state:
+                size += ADAMW_MOMENTS * p.numel() * p.element_size() + 3 * PER_TENSOR_BYTES
+    return size
+
+
+def space_needed(existing: int, saves: int, keep: int, checkpoint: int, final_model: int) -> Tuple[int, int]:
+    """``(bytes, peak checkpoints)`` a run still needs on its disk: ``saves`` more checkpoints of
+    ``checkpoint`` bytes with ``existing`` complete ones there now, each new one written in full
+    before the oldest beyond ``keep`` is deleted (so ``keep + 1`` at the peak), then
+    ``model.pt`` (``final_model`` bytes) next to the ``keep`` that stay."""
+    peak = min(existing + saves, max(existing, keep) + 1)
+    during_saves = (peak - existing) * checkpoint
+    after = min(existing + saves, keep) if saves else existing
+    return max(during_saves, (after - existing) * checkpoint + final_model, 0), peak
+
+
+def remaining_saves(step: int, total: int, every: int) -> int:
+    """Checkpoints a run from ``step`` to ``total`` writes: every ``every`` steps before the end, and at the end."""
+    periodic = (total - 1) // every - step // every if every and total - 1 > step else 0
+    return max(periodic, 0) + 1
+
+
+#: train.free_space_check values (what a run does when its disk looks too small at the start).
+FREE_SPACE_CHECKS = ("refuse", "warn", "off")
+
+
+def check_free_space(out: Path, needed: int, peak: int, checkpoint: int, keep: int, mode: str) -> Optional[str]:
+    """The message when ``out``'s disk has less than ``needed`` bytes free (None when it fits, or
+    ``mode`` is off); logs the numbers at INFO either way."""
+    if mode == "off":
+        return None
+    free = free_bytes(out)
+    log.info("disk: this run needs about %s more in %s (%d checkpoint(s) of about %s at the peak, and model.pt); "
+             "%s free", size_text(needed), out, peak, size_text(checkpoint), size_text(free))
+    if free >= needed:
+        return None
+    return (f"not enough free space for this run in {out}: it needs about {size_text(needed)} more "
+            f"(with train.keep_checkpoints={keep}, room for {peak} checkpoint(s) of about {size_text(checkpoint)} "
+            f"at once, and model.pt), {size_text(free)} free. Free space, lower train.keep_checkpoints, or use "
+            "another output_dir" + (" (train.free_space_check=warn starts anyway)" if mode == "refuse" else ""))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -421,6 +505,7 @@ SAFE_RESUME_KEYS: Dict[str, str] = {
     "train.epochs": "where the run ends (as train.max_steps; the data order of an epoch does not depend on it)",
     "train.checkpoint_every": "how often it saves",
     "train.keep_checkpoints": "how many saves it keeps",
+    "train.free_space_check": "what happens when the disk looks too small at the start, nothing in the training",
     "train.log_every": "how often it logs",
     "train.progress": "progress bar",
     "train.tensorboard": "TensorBoard events",
@@ -838,6 +923,42 @@ def run(task: Task, cfg: Dict[str, Any], env: DistEnv, resume_from: Optional[Pat
     ckpt = CheckpointManager(out, int(tcfg["keep_checkpoints"]))
     metrics_path = out / "metrics.jsonl"
     writer = None
+    include_backbone = bool(cfg["model"].get("include_backbone", True))
+
+    def train_state(step_now: int, ep: int, sie: int, rngs: List[Any]) -> Dict[str, Any]:
+        return {
+            "format": "ovsam_ros.train_state", "version": 1, "stage": task.name, "step": step_now,
+            "data": {"epoch": ep, "step_in_epoch": sie, "sampler_seed": seed, "seed": seed,
+                     "batch_size": batch, "dataset_len": n, "steps_per_epoch": spe},
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "rng": rngs, "world_size": env.world_size, "config": {k: v for k, v in cfg.items()},
+            **task.extra_state(),
+        }
+
+    def model_extra(step_now: int) -> Dict[str, Any]:
+        return {"stage": task.name, "step": step_now, "train_config": cfg, **task.checkpoint_extra()}
+
+    # Before anything is written: does the disk hold what this run will write? (rank 0 measures, all ranks
+    # refuse together, so no rank waits at a collective for one that stopped)
+    space_mode = tcfg.get("free_space_check", "refuse")
+    if space_mode not in FREE_SPACE_CHECKS:
+        raise ValueError(f"train.free_space_check must be one of {', '.join(FREE_SPACE_CHECKS)}; got {space_mode!r}")
+    problem = None
+    if env.is_main and space_mode != "off":
+        model_bytes = serialized_size(ovsam_payload(task.model, include_backbone, model_extra(step)))
+        state = train_state(step, epoch, step_in_epoch, [rng_state()] * env.world_size)
+        size = model_bytes + serialized_size(state) + MARKER_BYTES + unstarted_optimizer_bytes(optimizer)
+        del state
+        needed, peak = space_needed(len(ckpt.list()), remaining_saves(step, total, int(tcfg["checkpoint_every"] or 0)),
+                                    ckpt.keep, size, model_bytes)
+        problem = check_free_space(out, needed, peak, size, ckpt.keep, space_mode)
+    problem = env.broadcast_object(problem)
+    if problem is not None:
+        if space_mode == "refuse":
+            raise DiskSpaceError(problem, out)
+        if env.is_main:
+            log.warning("%s", problem)
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "config.yaml", lambda fh: fh.write(dump(cfg).encode("utf-8")))
@@ -851,22 +972,12 @@ def run(task: Task, cfg: Dict[str, Any], env: DistEnv, resume_from: Optional[Pat
                 writer = SummaryWriter(str(out / "tb"), purge_step=step + 1 if step else None)
             except ImportError:
                 log.warning("tensorboard is not installed; logging to metrics.jsonl only")
-    include_backbone = bool(cfg["model"].get("include_backbone", True))
 
     def save(step_now: int, ep: int, sie: int) -> None:
         rngs = env.gather_objects(rng_state())
         if env.is_main:
-            state = {
-                "format": "ovsam_ros.train_state", "version": 1, "stage": task.name, "step": step_now,
-                "data": {"epoch": ep, "step_in_epoch": sie, "sampler_seed": seed, "seed": seed,
-                         "batch_size": batch, "dataset_len": n, "steps_per_epoch": spe},
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "rng": rngs, "world_size": env.world_size, "config": {k: v for k, v in cfg.items()},
-                **task.extra_state(),
-            }
-            path = ckpt.save(step_now, task.model, state, include_backbone,
-                             {"stage": task.name, "step": step_now, "train_config": cfg, **task.checkpoint_extra()})
+            path = ckpt.save(step_now, task.model, train_state(step_now, ep, sie, rngs), include_backbone,
+                             model_extra(step_now))
             log.info("checkpoint %s", path)
         env.barrier()
 
@@ -975,8 +1086,11 @@ def run(task: Task, cfg: Dict[str, Any], env: DistEnv, resume_from: Optional[Pat
             writer.close()
     final = out / "model.pt"
     if env.is_main:
-        save_ovsam(task.model, final, include_backbone=include_backbone,
-                   extra={"stage": task.name, "step": step, "train_config": cfg, **task.checkpoint_extra()})
+        try:
+            save_ovsam(task.model, final, include_backbone=include_backbone, extra=model_extra(step))
+        except DiskSpaceError as error:
+            raise DiskSpaceError(f"{error}. The final checkpoint {ckpt.latest()} is complete: free space, then "
+                                 "--resume writes model.pt", out, error.needed, error.free) from None
         log.info("final model: %s", final)
     env.barrier()
     return RunInfo(out, final, step, history)

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ovsam_ros.backends import Backend, register
+from ovsam_ros.export.folder import verify_files
 from ovsam_ros.export.onnx_export import DECODER_INPUTS, DECODER_OUTPUTS, FORMAT, MANIFEST
 from ovsam_ros.model.config import OVSAMConfig
 from ovsam_ros.model.ovsam import ImageFeatures, check_roi_box
@@ -82,7 +83,10 @@ class OnnxOVSAM(nn.Module):
                  manifest: Optional[Dict[str, Any]] = None) -> None:
         super().__init__()
         self.onnx_dir = Path(onnx_dir)
-        self.manifest = manifest or read_manifest_file(self.onnx_dir)
+        if manifest is None:
+            manifest = read_manifest_file(self.onnx_dir)
+            verify_files(self.onnx_dir, manifest)  # (load_onnx_model checked the files before the text tower)
+        self.manifest = manifest
         self.cfg = OVSAMConfig.from_dict(self.manifest["config"])
         self.backbone = text_tower
         self.trained = bool(self.manifest.get("trained", False))
@@ -284,6 +288,7 @@ def load_onnx_model(spec) -> OnnxOVSAM:
 
     onnx_dir = Path(os.path.expandvars(os.path.expanduser(spec.onnx_dir)))
     manifest = read_manifest(spec)
+    verify_files(onnx_dir, manifest)  # every graph and the text tower are the ones this export wrote
     cfg = OVSAMConfig.from_dict(manifest["config"])
     register_tiny_clip_configs()
     clip_weights = os.path.expandvars(os.path.expanduser(spec.clip_weights)) if spec.clip_weights else None

@@ -18,10 +18,16 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 
+#: The model YAML an export writes next to its graphs.
+MODEL_YAML = "model.yaml"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny",
                         help="model YAML (name in config/models/ or path) or preset; its weight files are loaded")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output folder: new, empty, or an earlier export (replaced once the new one is "
+                             "complete); a folder holding other files is refused")
     parser.add_argument("--random-init", action="store_true",
                         help="ignore the YAML's weight files (export the architecture with random weights)")
     parser.add_argument("--input-size", type=int, default=None,
@@ -35,19 +41,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
 
 
-def _write_model_yaml(out: Path, predictor_section: dict, command: str) -> Path:
+def _model_yaml_text(out: Path, predictor_section: dict, command: str) -> str:
+    """The ``model.yaml`` that runs the export in ``out`` (written into the export, listed in its manifest)."""
     import yaml
 
-    path = out / "model.yaml"
     body = yaml.safe_dump({"model": {"backend": "onnx", "onnx_dir": str(out.resolve())},
                            "predictor": predictor_section}, sort_keys=False)
-    path.write_text(
-        f"# Written by: {command}\n"
-        "# Runs the exported graphs with ONNX Runtime. Execution providers, best first, e.g.\n"
-        "#   onnx_providers: [[TensorrtExecutionProvider, {trt_fp16_enable: true, trt_engine_cache_enable: true,\n"
-        "#                     trt_engine_cache_path: /tmp/ovsam_trt}], CUDAExecutionProvider, CPUExecutionProvider]\n"
-        + body, encoding="utf-8")
-    return path
+    return (f"# Written by: {command}\n"
+            "# Runs the exported graphs with ONNX Runtime. Execution providers, best first, e.g.\n"
+            "#   onnx_providers: [[TensorrtExecutionProvider, {trt_fp16_enable: true, trt_engine_cache_enable: true,\n"
+            "#                     trt_engine_cache_path: /tmp/ovsam_trt}], CUDAExecutionProvider, CPUExecutionProvider]\n"
+            + body)
 
 
 def run_from_args(args: argparse.Namespace, command: str) -> int:
@@ -56,10 +60,13 @@ def run_from_args(args: argparse.Namespace, command: str) -> int:
 
     import torch
 
+    from ovsam_ros.export.folder import check_target
     from ovsam_ros.export.onnx_export import export_onnx
     from ovsam_ros.loading import PRESETS, ModelSpec, PredictorSpec, build_model, load_specs, untrained_warning
     from ovsam_ros.model.ovsam import OVSAM
 
+    out = args.out.expanduser().resolve()
+    check_target(out)  # a folder an export did not write is refused before the model loads
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
@@ -84,11 +91,7 @@ def run_from_args(args: argparse.Namespace, command: str) -> int:
         model = build_model(spec)
         trained = spec.trained
     print(f"exporting {args.model} ({model.cfg.backbone.model_name}, {model.image_size}px, "
-          f"{'trained' if trained else 'UNTRAINED'}) to {args.out}", flush=True)
-    manifest = export_onnx(model, args.out, opset=args.opset, multimask=not args.no_multimask,
-                           with_c5=not args.no_c5, text_tower=not args.no_text_tower, trained=trained,
-                           check=not args.no_check, source={"model": str(args.model), "command": command},
-                           log_fn=lambda m: print("  " + m, flush=True))
+          f"{'trained' if trained else 'UNTRAINED'}) to {out}", flush=True)
     section = dataclasses.asdict(pspec)
     if section.get("roi_box", "mask") != "mask":  # e.g. the shapes model's largest_component
         print(f"  note: the ONNX decoder pools the whole mask's box, so the written YAML says roi_box: mask "
@@ -96,11 +99,15 @@ def run_from_args(args: argparse.Namespace, command: str) -> int:
               "a little)",
               flush=True)
         section["roi_box"] = "mask"
-    yaml_path = _write_model_yaml(args.out, section, command)
+    manifest = export_onnx(model, out, opset=args.opset, multimask=not args.no_multimask,
+                           with_c5=not args.no_c5, text_tower=not args.no_text_tower, trained=trained,
+                           check=not args.no_check, source={"model": str(args.model), "command": command},
+                           log_fn=lambda m: print("  " + m, flush=True),
+                           extra_files={MODEL_YAML: _model_yaml_text(out, section, command)})
     for name, file in manifest["files"].items():
-        size = (args.out / file).stat().st_size / 2**20
+        size = (out / file).stat().st_size / 2**20
         print(f"  {file:<26} {size:9.1f} MB")
-    print(f"  manifest.json, and {yaml_path} (use it as --model / the node's model parameter)")
+    print(f"  manifest.json, and {out / MODEL_YAML} (use it as --model / the node's model parameter)")
     check = manifest.get("check")
     if check is not None and not check["ok"]:
         print(f"ovsam export: error: ONNX Runtime disagrees with PyTorch: {check['failures']}", file=sys.stderr)

@@ -48,9 +48,10 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -58,14 +59,14 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
+from ovsam_ros.export import folder
+# The folder's rules (written whole into a temporary sibling, owned, hashed): ovsam_ros.export.folder
+from ovsam_ros.export.folder import FORMAT, FORMAT_VERSION, MANIFEST
 from ovsam_ros.model.ovsam import OVSAM
 from ovsam_ros.model.recognition import DEFAULT_LOGIT_SCALE
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-FORMAT = "ovsam_ros-onnx"
-FORMAT_VERSION = 1
 DEFAULT_OPSET = 17  # RoiAlign-16 (half_pixel = torchvision aligned=True), LayerNormalization-17
 FPN_NAMES = ("fpn0", "fpn1", "fpn2", "fpn3")
 IMAGE_OUTPUTS = ("sam_embedding", *FPN_NAMES)
@@ -217,15 +218,43 @@ def example_decoder_inputs(model: OVSAM, image_outputs: Sequence[torch.Tensor], 
 
 def export_onnx(model: OVSAM, out_dir: Path | str, opset: int = DEFAULT_OPSET, multimask: bool = True,
                 with_c5: bool = True, text_tower: bool = True, trained: bool = False, check: bool = True,
-                source: Optional[Dict[str, Any]] = None, log_fn=None) -> Dict[str, Any]:
-    """Write the graphs, the text tower and ``manifest.json`` to ``out_dir``; returns the manifest.
+                source: Optional[Dict[str, Any]] = None, log_fn=None,
+                extra_files: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
+    """Write the graphs, the text tower, ``extra_files`` (name -> text, e.g. ``model.yaml``) and
+    ``manifest.json`` to ``out_dir``; returns the manifest.
+
+    All of it is written into a temporary sibling folder and renamed into place when complete
+    (:mod:`ovsam_ros.export.folder`): an interrupted export leaves an earlier one intact. An
+    existing ``out_dir`` must be empty or an earlier export (its manifest lists every file in
+    it), else :class:`~ovsam_ros.export.folder.ExportFolderError` before anything is written.
 
     ``check``: run ONNX Runtime (CPU) on new inputs (other N and P than the export
     example) and record the largest differences from PyTorch in the manifest.
     """
     say = log_fn or (lambda _m: None)
-    out = Path(out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir).expanduser().resolve()
+    previous = folder.check_target(out)  # refuse a foreign folder before minutes of work
+    for stale in folder.remove_stale_partials(out):
+        say(f"removed {stale.name} (a partial export left by a killed run)")
+    partial = folder.new_partial(out)
+    try:
+        manifest = _write_export(model, partial, opset, multimask, with_c5, text_tower, trained, check, source,
+                                 say, dict(extra_files or {}))
+        if previous is not None:
+            edited = folder.edited_files(out, previous)
+            say(f"replacing the earlier export in {out}"
+                + (f" (edited since: {', '.join(edited)}; those edits are not kept)" if edited else ""))
+        folder.install(partial, out)
+    finally:
+        if partial.exists():
+            shutil.rmtree(partial, ignore_errors=True)
+    return manifest
+
+
+def _write_export(model: OVSAM, out: Path, opset: int, multimask: bool, with_c5: bool, text_tower: bool,
+                  trained: bool, check: bool, source: Optional[Dict[str, Any]], say,
+                  extra_files: Dict[str, str]) -> Dict[str, Any]:
+    """Every file of an export into the (new, empty) folder ``out``; the manifest last."""
     model = model.to("cpu").float().eval()
     s = model.image_size
     gen = torch.Generator().manual_seed(0)
@@ -281,11 +310,16 @@ def export_onnx(model: OVSAM, out_dir: Path | str, opset: int = DEFAULT_OPSET, m
                          "2": "box top-left", "3": "box bottom-right"},
         "tolerance": TOLERANCE,
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    for name, text in extra_files.items():
+        if name == MANIFEST or "/" in name or name in files.values():
+            raise ValueError(f"extra export file {name!r} clashes with the export's own files")
+        (out / name).write_text(text, encoding="utf-8")
+    manifest["sha256"] = folder.hash_folder(out)  # every file: what the export owns, checked on load
+    folder.write_manifest(out, manifest)
     if check:
         t0 = time.perf_counter()
         manifest["check"] = verify_export(model, out)
-        (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        folder.write_manifest(out, manifest)
         say(f"ONNX Runtime vs PyTorch: {manifest['check']['summary']} ({time.perf_counter() - t0:.1f} s)")
     return manifest
 

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Mapping, Option
 import torch
 from torch import nn
 
+from ovsam_ros.disk_space import disk_full_error, find_disk_full
 from ovsam_ros.files import atomic_write
 
 from .config import OVSAMConfig
@@ -378,6 +379,21 @@ def save_ovsam(
     RN50x16); loading then needs ``cfg.backbone.pretrained`` or ``clip_pretrained``.
     """
     path = os.path.expanduser(os.fspath(path))
+    payload = ovsam_payload(model, include_backbone, extra)
+    try:
+        atomic_write(path, lambda f: torch.save(payload, f))
+    except Exception as error:
+        # A full disk surfaces from torch.save's zip writer as "unexpected pos", the ENOSPC only in its
+        # context: one line naming the folder, the size and the free space instead.
+        if find_disk_full(error) is None:
+            raise
+        raise disk_full_error(os.path.dirname(os.path.abspath(path)), os.path.basename(path),
+                              serialized_size(payload)) from None
+
+
+def ovsam_payload(model: "OVSAM", include_backbone: bool = True,
+                  extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """What :func:`save_ovsam` writes (tensors on the CPU)."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if not include_backbone:
         state = {k: v for k, v in state.items() if not k.startswith("backbone.")}
@@ -390,7 +406,30 @@ def save_ovsam(
     }
     if extra:
         payload["extra"] = dict(extra)
-    atomic_write(path, lambda f: torch.save(payload, f))
+    return payload
+
+
+class _ByteCounter:
+    """A write-only file that keeps nothing but the number of bytes written to it."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        n = memoryview(data).nbytes
+        self.size += n
+        return n
+
+    def flush(self) -> None:
+        pass
+
+
+def serialized_size(obj: Any) -> int:
+    """Exact size of ``torch.save(obj)`` in bytes, found by serialising to a counter (no disk, no copy
+    kept): what a checkpoint will take on disk before it is written."""
+    counter = _ByteCounter()
+    torch.save(obj, counter)
+    return counter.size
 
 
 TRAIN_STATE_FORMAT = "ovsam_ros.train_state"
@@ -482,6 +521,8 @@ __all__ = [
     "read_checkpoint",
     "read_ovsam_checkpoint",
     "reference_clip2sam_to_ours",
+    "ovsam_payload",
     "save_ovsam",
+    "serialized_size",
     "strip_prefix",
 ]

@@ -13,8 +13,11 @@ which is what YAML files and checkpoint files store.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Optional, Tuple, Type, TypeVar
+
+from ovsam_ros.model.value_checks import check_float, check_hint, check_int, shown
 
 # Registered with open_clip at runtime by ``backbone.register_tiny_clip_configs``.
 TINY_RN_CLIP = "ovsam-tiny-rn"
@@ -126,23 +129,37 @@ def _to_plain(value: Any) -> Any:
     return value
 
 
-def _from_plain(cls: Type[C], data: Dict[str, Any], where: str) -> C:
+def _from_plain(cls: Type[C], data: Dict[str, Any], where: str, section: str = "") -> C:
+    """``cls`` from a mapping; ``where`` names the source in errors, ``section`` the dotted key
+    prefix inside it (``decoder.``)."""
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise ValueError(f"{where}: {section.rstrip('.') or 'config'} must be a mapping; got {shown(data)}")
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+        raise ValueError(f"{where}: unknown key(s) {unknown} in {section.rstrip('.') or 'the config'}; "
+                         f"known: {sorted(known)}")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
-        default = getattr(cls(), name) if name not in _NESTED.get(cls, {}) else None
         if name in _NESTED.get(cls, {}):
-            value = _from_plain(_NESTED[cls][name], value, f"{where}.{name}")
-        elif isinstance(value, list) and (isinstance(default, tuple) or default is None):
-            # YAML has no tuples; the dataclasses use them for immutable defaults.
-            value = tuple(value)
+            value = _from_plain(_NESTED[cls][name], value, where, f"{section}{name}.")
+        else:
+            # One wording for every YAML key (value_checks): a string where a number belongs fails
+            # here, naming the key, not later in the model code as a TypeError.
+            try:
+                value = check_hint(f"{section}{name}", value, hints[name])
+            except ValueError as error:
+                raise ValueError(f"{where}: {error}") from None
+            if isinstance(value, list):
+                value = tuple(value)  # YAML has no tuples; the dataclasses use them for immutable defaults
         kwargs[name] = value
-    return cls(**kwargs)
+    if section:
+        return cls(**kwargs)
+    try:  # OVSAMConfig.validate: ranges and consistency
+        return cls(**kwargs)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
 
 
 @dataclass
@@ -170,6 +187,7 @@ class OVSAMConfig:
         return 4 * self.embedding_size
 
     def validate(self) -> None:
+        self._check_ranges()
         if self.image_size % (EMBEDDING_STRIDE * 2) != 0:
             # The stride-32 CLIP stage must tile the padded image exactly.
             raise ValueError(f"image_size must be a multiple of 32, got {self.image_size}")
@@ -185,13 +203,40 @@ class OVSAMConfig:
         if len(self.sam2clip.strides) != 4 or len(self.clip2sam.strides) != 4:
             raise ValueError("OVSAM uses exactly four CLIP stages (strides 4/8/16/32)")
 
+    def _check_ranges(self) -> None:
+        """Sizes are whole numbers >= 1 (a 0 or negative size builds an empty or broken model),
+        scales finite and positive; each error names the key (value_checks wording)."""
+        check_int("image_size", self.image_size, 32)
+        s2c, c2s, dec = self.sam2clip, self.clip2sam, self.decoder
+        for part, name, low in ((s2c, "embed_dim", 1), (s2c, "depth", 1), (s2c, "num_heads", 1),
+                                (s2c, "window_size", 0), (s2c, "out_chans", 1), (c2s, "fpn_channels", 1),
+                                (c2s, "roi_size", 1), (dec, "transformer_dim", 1), (dec, "depth", 1),
+                                (dec, "mlp_dim", 1), (dec, "num_heads", 1), (dec, "num_multimask_outputs", 1),
+                                (dec, "iou_head_depth", 1), (dec, "iou_head_hidden_dim", 1),
+                                (dec, "mask_in_chans", 1), (dec, "label_mlp_depth", 1)):
+            check_int(f"{_SECTION[type(part)]}.{name}", getattr(part, name), low)
+        check_float("sam2clip.mlp_ratio", s2c.mlp_ratio, above=0.0)
+        check_float("clip2sam.finest_scale", c2s.finest_scale, above=0.0)
+        check_float("clip2sam.label_weight", c2s.label_weight)
+        for i in s2c.global_attn_indexes:
+            check_int("sam2clip.global_attn_indexes[]", i, 0, s2c.depth - 1)
+        for key, values in (("sam2clip.strides", s2c.strides), ("clip2sam.strides", c2s.strides),
+                            ("sam2clip.in_channels", s2c.in_channels or ())):
+            for v in values:
+                check_int(f"{key}[]", v, 1)
+        if c2s.roi_level is not None:
+            check_int("clip2sam.roi_level", c2s.roi_level, 0, len(c2s.strides) - 1)
+        if c2s.embed_dim is not None:
+            check_int("clip2sam.embed_dim", c2s.embed_dim, 1)
+
     # -- serialisation ----------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
         return _to_plain(self)
 
     @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "OVSAMConfig":
-        return _from_plain(cls, data, "OVSAMConfig")
+    def from_dict(cls, data: Dict[str, Any], where: str = "OVSAMConfig") -> "OVSAMConfig":
+        """The config a plain mapping describes; ``where`` (a file, ``model.overrides``) starts every error."""
+        return _from_plain(cls, data, where)
 
     # -- presets ----------------------------------------------------------
     @classmethod
@@ -239,3 +284,6 @@ _NESTED: Dict[type, Dict[str, type]] = {
         "decoder": DecoderConfig,
     }
 }
+
+# Section names in error messages (OVSAMConfig._check_ranges).
+_SECTION: Dict[type, str] = {SAM2CLIPConfig: "sam2clip", CLIP2SAMConfig: "clip2sam", DecoderConfig: "decoder"}

@@ -44,6 +44,7 @@ import json
 import logging
 import os
 import re
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -610,15 +611,62 @@ def classify_spec(spec: str) -> Tuple[str, str]:
         return "builtin", key
     if _is_file(text):
         return "file", os.path.expanduser(text)
-    if any(sep in text for sep in _CLASS_SEPARATORS):
+    kind = non_file_kind(os.path.expanduser(text))
+    if kind is None and any(sep in text for sep in _CLASS_SEPARATORS):
         return "inline", text
-    if looks_like_path(text):
+    if kind is not None or looks_like_path(text):
         path = os.path.expanduser(text)
-        what = "is a directory, not a file" if os.path.isdir(path) else "not found"
+        what = f"is {kind}, not a regular file" if kind else "not found"
         bare = not text.startswith(("/", "~", ".")) and not text.lower().endswith((".txt", ".json"))
         hint = f" (a single class with synonyms is written '{INLINE_PREFIX}{text}')" if bare else ""
         raise FileNotFoundError(f"vocabulary file {what}: {path}{hint}")
     raise unknown_vocabulary_error(text)
+
+
+#: What :func:`non_file_kind` calls each kind of file-system entry that is not a regular file.
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _kind_of_mode(mode: int) -> Optional[str]:
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+
+
+def non_file_kind(path: Union[str, Path]) -> Optional[str]:
+    """What ``path`` is when it exists but is not a regular file ("a directory", "a named pipe
+    (FIFO)", "a socket", "a character device", ...); None for a regular file or no entry at all.
+    Only ``stat`` (which follows symlinks): nothing is opened, so a FIFO never blocks."""
+    try:
+        return _kind_of_mode(os.stat(path).st_mode)
+    except (OSError, ValueError):  # missing, a name too long, a NUL byte
+        return None
+
+
+def read_regular_file(path: Path, what: str = "vocabulary file") -> bytes:
+    """The bytes of ``path``, which must be a regular file. Opened without blocking and checked on
+    the open descriptor: a FIFO, socket or device put in the file's place after any earlier check
+    is refused (FileNotFoundError saying what it is), never read or waited on."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {path}") from None
+    except OSError:  # a socket (ENXIO), a directory on some systems, no permission
+        kind = non_file_kind(path)
+        if kind is not None:
+            raise FileNotFoundError(f"{what} is {kind}, not a regular file: {path}") from None
+        raise
+    try:
+        kind = _kind_of_mode(os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    if kind is not None:
+        os.close(fd)
+        raise FileNotFoundError(f"{what} is {kind}, not a regular file: {path}")
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read()  # O_NONBLOCK does not apply to regular files
 
 
 def unknown_vocabulary_error(text: str) -> ValueError:
@@ -675,10 +723,12 @@ def _parse_inline(text: str) -> Vocabulary:
 
 def _load_file(path: Path) -> Vocabulary:
     path = Path(os.path.expanduser(str(path)))
-    if not path.is_file():
-        raise FileNotFoundError(f"vocabulary file not found: {path}")
     suffix = path.suffix.lower()
-    raw = path.read_text(encoding="utf-8-sig")
+    data = read_regular_file(path)
+    try:
+        raw = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"vocabulary file {path} is not UTF-8 text: {exc}") from None
     if suffix == ".json":
         try:
             data = json.loads(raw)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import warnings
 
 import pytest
@@ -527,3 +528,106 @@ def test_long_inline_list_is_not_taken_for_a_path():
     names = ", ".join(f"class {i}" for i in range(10_000))  # far beyond the 255-byte file-name limit
     vocab = load_vocabulary(names)
     assert len(vocab) == 10_000 and vocab.classes[9_999] == "class 9999"
+
+
+# --------------------------------------------------------------------- not a regular file (#24 item 12)
+def _returns_within(fn, seconds=10.0):
+    """``fn()``'s exception (or None) from a daemon thread; fails the test if it is still running
+    after ``seconds`` (a read blocked on a FIFO)."""
+    import threading
+
+    outcome = {}
+
+    def target():
+        try:
+            fn()
+        except BaseException as error:  # noqa: BLE001 - handed to the test
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return thread.is_alive(), outcome.get("error")
+
+
+def _release_fifo(path):
+    """Unblock a reader stuck opening ``path`` (a FIFO): a writer opens and closes it."""
+    import os
+
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        pass
+
+
+def _make(kind, tmp_path):
+    import os
+    import socket
+
+    path = tmp_path / f"classes_{kind}.txt"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(path))
+        sock.close()
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "device":
+        path.symlink_to("/dev/null")
+    elif kind == "link_to_fifo":
+        os.mkfifo(tmp_path / "real_fifo")
+        path.symlink_to(tmp_path / "real_fifo")
+    return path
+
+
+_KIND_WORDS = {"fifo": "a named pipe (FIFO)", "socket": "a socket", "directory": "a directory",
+               "device": "a character device", "link_to_fifo": "a named pipe (FIFO)"}
+
+
+@pytest.mark.parametrize("kind", sorted(_KIND_WORDS))
+@pytest.mark.parametrize("as_path", [False, True], ids=["string", "Path"])
+def test_a_vocabulary_that_is_not_a_regular_file_says_what_it_is(kind, as_path, tmp_path):
+    """Before: a FIFO, socket or device as vocabulary said 'vocabulary file not found' (it exists)."""
+    from pathlib import Path
+
+    path = _make(kind, tmp_path)
+    spec = Path(path) if as_path else str(path)
+    blocked, error = _returns_within(lambda: load_vocabulary(spec))
+    if blocked:
+        _release_fifo(path)
+    assert not blocked, "reading the vocabulary blocked"
+    assert isinstance(error, FileNotFoundError), error
+    message = str(error)
+    assert f"is {_KIND_WORDS[kind]}, not a regular file: {path}" in message
+    assert "not found" not in message
+    if not as_path:  # the node's parameter check reads no file and says the same
+        with pytest.raises(FileNotFoundError, match=re.escape(_KIND_WORDS[kind])):
+            classify_spec(str(path))
+
+
+def test_a_fifo_swapped_in_after_the_check_is_refused_without_blocking(tmp_path, monkeypatch):
+    """The file check and the read are separate steps: a FIFO put in the file's place between
+    them must be refused on the opened descriptor, not waited on (a plain open() blocks until a
+    writer comes)."""
+    import os
+
+    from ovsam_ros.model import vocabulary
+
+    path = tmp_path / "classes.txt"
+    os.mkfifo(path)
+    monkeypatch.setattr(vocabulary, "_is_file", lambda text: True)  # the check saw a regular file
+    blocked, error = _returns_within(lambda: load_vocabulary(str(path)), seconds=5.0)
+    if blocked:
+        _release_fifo(path)
+    assert not blocked, "load_vocabulary blocked on a FIFO"
+    assert isinstance(error, FileNotFoundError) and "a named pipe (FIFO)" in str(error)
+
+
+def test_a_regular_file_still_loads_and_bad_bytes_name_the_file(tmp_path):
+    path = tmp_path / "classes.txt"
+    path.write_text("cup\ndoor handle\n", encoding="utf-8")
+    assert load_vocabulary(str(path)).classes == ["cup", "door handle"]
+    path.write_bytes(b"cup\n\xff\xfe\xfa\n")
+    with pytest.raises(ValueError, match=f"{path} is not UTF-8 text"):
+        load_vocabulary(str(path))
