@@ -53,6 +53,13 @@ def _add_common(parser: argparse.ArgumentParser, image: bool = True) -> None:
                        help="CPU threads for PyTorch (default: PyTorch's choice; 1-2 is fastest for the tiny model)")
     group.add_argument("--baseline", choices=["none", "image-crop", "feature-crop"], default="none",
                        help="re-label the masks with a paper baseline instead of CLIP2SAM")
+    if image:
+        pixels = parser.add_argument_group("input range (the same rule as the node and training)")
+        pixels.add_argument("--input-bits", type=number(int, min=8, max=16), default=16,
+                            help="bits of 16-bit images that hold data: 16 (default), 12 or 10 for machine-vision "
+                                 "cameras (0..2^N-1 is black..white; a 12-bit TIFF read as 16-bit looks black)")
+        pixels.add_argument("--float-max", type=positive_float, default=1.0,
+                            help="float images: the value shown as white (default 1.0; 255 for 0..255 float data)")
     out = parser.add_argument_group("output")
     out.add_argument("--out", type=Path, help="write results as JSON (COCO RLE masks)")
     out.add_argument("--overlay", type=Path, help="write an overlay image (PNG/JPEG)")
@@ -137,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Export the image encoder and the prompt decoders to ONNX, check them "
                                         "against PyTorch and write a model YAML that runs them.")
     add_export_arguments(export)
+    from ovsam_ros.weights.cli import add_arguments as add_weights_arguments
+
+    weights = sub.add_parser("weights", help="download / check the published weight files of a model (rn50x16)",
+                             description="ovsam weights download --model rn50x16: every weight file the model YAML "
+                                         "names, from its publisher or a mirror (resume, sha256, atomic rename). "
+                                         "ovsam weights check --model rn50x16: what is there and what is missing.")
+    add_weights_arguments(weights)
     for command in sub.choices.values():  # `ovsam segment -v` as well as `ovsam -v segment`
         command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                              help="debug logging (also accepted before the command)")
@@ -145,19 +159,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ----------------------------------------------------------------------------- running
 def read_image(path: Path) -> np.ndarray:
-    """Read any image file as an RGB (or grey) array, keeping 16-bit data."""
-    import cv2
+    """Read any image file as an RGB (or grey) array as stored (16-bit and float data kept),
+    upright: the file's EXIF orientation is applied (a phone photo is not segmented sideways)."""
+    from ovsam_ros.image_input import decode_image_file
 
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    image = decode_image_file(path)
     if image is None:
         raise ValueError(f"could not decode image {path} (not an image, or corrupt)")
-    if image.ndim == 3 and image.shape[2] == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    elif image.ndim == 3 and image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
     return image
+
+
+def load_image(path: Path, args: argparse.Namespace) -> np.ndarray:
+    """:func:`read_image` converted to the model's uint8 RGB by the package's range rule
+    (--input-bits, --float-max); a mis-scaled image is warned about."""
+    from ovsam_ros.image_input import to_uint8_rgb
+
+    return to_uint8_rgb(read_image(path), input_bits=getattr(args, "input_bits", 16),
+                        float_max=getattr(args, "float_max", 1.0), source=str(path))
 
 
 def _make_predictor(args: argparse.Namespace):
@@ -185,9 +205,12 @@ def _everything_options(args: argparse.Namespace):
     )
 
 
-def print_table(results, title: str, file=None) -> None:
+def print_table(results, title: str, file=None, empty=()) -> None:
+    """``results``: the objects; ``empty``: results whose mask has no pixel (listed by prompt, not as objects)."""
     file = file or sys.stdout
     print(title, file=file)
+    for r in empty:
+        print(f"  prompt {r.prompt_index}: empty mask (no pixel): not an object", file=file)
     if not results:
         print("  (no instances)", file=file)
         return
@@ -210,11 +233,11 @@ def run_on_image(args, predictor, image_path: Path, mode: str, prompts=(), text:
                  image: Optional[np.ndarray] = None):
     """set_image + one mode + optional baseline relabel + outputs; returns (results, timings)."""
     from ovsam_ros.baselines import relabel
-    from ovsam_ros.results import results_to_json, write_json
+    from ovsam_ros.results import results_to_json, split_empty, write_json
     from ovsam_ros.visualize import draw_overlay, save_rgb
 
     if image is None:
-        image = read_image(image_path)
+        image = load_image(image_path, args)
     t0 = time.perf_counter()
     predictor.set_image(image)
     t1 = time.perf_counter()
@@ -234,15 +257,21 @@ def run_on_image(args, predictor, image_path: Path, mode: str, prompts=(), text:
         results = relabel(predictor, results, args.baseline)
     t2 = time.perf_counter()
     timings = {"encode_image_s": round(t1 - t0, 4), "prompts_and_labels_s": round(t2 - t1, 4)}
+    objects, empty = split_empty(results)
+    if empty:
+        log.warning("%s: prompt(s) %s gave an empty mask (no pixel above the mask threshold): not an object, left "
+                    "out of the results", image_path, ", ".join(str(r.prompt_index) for r in empty))
     if args.out:
         vocab = predictor.vocabulary
+        extra = {"timings": timings, "trained": predictor.trained, "baseline": args.baseline}
+        if report is not None:
+            extra["everything_report"] = report.to_dict()
         write_json(results_to_json(results, image=str(image_path), image_size=predictor.original_size,
                                    vocabulary=vocab.name if vocab else "", mode=mode, query=text,
-                                   extra={"timings": timings, "trained": predictor.trained,
-                                          "baseline": args.baseline}), args.out)
+                                   extra=extra), args.out)
     if args.overlay:
         args.overlay.parent.mkdir(parents=True, exist_ok=True)
-        save_rgb(str(args.overlay), draw_overlay(predictor.image_rgb, results, checked))
+        save_rgb(str(args.overlay), draw_overlay(predictor.image_rgb, objects, checked))
     return results, timings
 
 
@@ -250,14 +279,19 @@ def _run_single(args: argparse.Namespace) -> int:
     mode = {"segment": "prompt", "everything": "everything", "query": "text"}[args.command]
     if mode == "prompt" and not args.prompts:
         raise PromptError("no prompts: give --point, --box or --object")
+    from ovsam_ros.results import split_empty
+
     # Inputs first: a missing or corrupt image must not wait for a model load (minutes for RN50x16).
-    image = read_image(Path(args.image))
+    image = load_image(Path(args.image), args)
     predictor = _make_predictor(args)
     results, timings = run_on_image(args, predictor, Path(args.image), mode, getattr(args, "prompts", ()),
                                     getattr(args, "text", ""), image=image)
     if not args.quiet:
-        print_table(results, f"{args.image}: {len(results)} instance(s) [{mode}] "
-                             f"encode {timings['encode_image_s']:.3f} s, decode+label {timings['prompts_and_labels_s']:.3f} s")
+        objects, empty = split_empty(results)
+        print_table(objects, f"{args.image}: {len(objects)} instance(s)"
+                             f"{f', {len(empty)} empty mask(s)' if empty else ''} [{mode}] "
+                             f"encode {timings['encode_image_s']:.3f} s, decode+label {timings['prompts_and_labels_s']:.3f} s",
+                    empty=empty)
         for path in (args.out, args.overlay):
             if path:
                 print(f"wrote {path}")
@@ -299,6 +333,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def run_offline_demo(args: argparse.Namespace) -> int:
     """Prompts, everything mode and a text query on each bundled sample image (no ROS)."""
+    from ovsam_ros.results import split_empty
+
     out_dir: Path = args.output_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     predictor = _make_predictor(args)
@@ -315,7 +351,7 @@ def run_offline_demo(args: argparse.Namespace) -> int:
     args.top, args.min_score, args.multimask = 3, 0.0, True
     total = 0
     for path in samples:
-        image = read_image(path)
+        image = load_image(path, args)
         h, w = image.shape[:2]
         prompts = [Prompt(points=[[w * 0.5, h * 0.5]], point_labels=[1]),
                    Prompt(box=[w * 0.1, h * 0.1, w * 0.6, h * 0.9]),
@@ -323,10 +359,12 @@ def run_offline_demo(args: argparse.Namespace) -> int:
         for mode, text in (("prompt", ""), ("everything", ""), ("text", "cat")):
             args.out = out_dir / f"{path.stem}_{mode}.json"
             args.overlay = out_dir / f"{path.stem}_{mode}.png"
-            results, timings = run_on_image(args, predictor, path, mode, prompts, text)
-            total += len(results)
-            print_table(results, f"{path.name} [{mode}{': ' + text if text else ''}] {len(results)} instance(s); "
-                                 f"encode {timings['encode_image_s']:.3f} s, decode+label {timings['prompts_and_labels_s']:.3f} s")
+            results, timings = run_on_image(args, predictor, path, mode, prompts, text, image=image)
+            objects, empty = split_empty(results)
+            total += len(objects)
+            print_table(objects, f"{path.name} [{mode}{': ' + text if text else ''}] {len(objects)} instance(s); "
+                                 f"encode {timings['encode_image_s']:.3f} s, decode+label {timings['prompts_and_labels_s']:.3f} s",
+                        empty=empty)
     print(f"demo done: {total} instances over {len(samples)} images; overlays and JSON in {out_dir}/")
     return 0
 
@@ -337,6 +375,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.command == "weights":
+            from ovsam_ros.weights.cli import run_from_args as run_weights
+
+            return run_weights(args)
         if args.command in ("bench", "export"):
             import shlex
 

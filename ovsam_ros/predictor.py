@@ -78,7 +78,8 @@ class EverythingReport:
     candidates: int = 0  # point-grid masks decoded
     below_pred_iou: int = 0  # predicted IoU <= pred_iou_thresh
     below_stability: int = 0  # stability < stability_score_thresh
-    too_small: int = 0  # area <= min_mask_area (0: empty masks)
+    empty: int = 0  # no pixel at all: never an object, whatever min_mask_area says
+    too_small: int = 0  # 0 < area <= min_mask_area
     duplicates: int = 0  # removed by box NMS (box_nms_thresh)
     over_max_instances: int = 0
     kept: int = 0
@@ -91,6 +92,7 @@ class EverythingReport:
         parts = [f"{count} {what}" for count, what in (
             (self.below_pred_iou, f"at or below {n('pred_iou_thresh')} {o.pred_iou_thresh:g}"),
             (self.below_stability, f"below {n('stability_score_thresh')} {o.stability_score_thresh:g}"),
+            (self.empty, "empty (no pixel)"),
             (self.too_small, f"of {o.min_mask_area} pixel(s) or fewer ({n('min_mask_area')})"),
             (self.duplicates, f"overlapping a better mask ({n('box_nms_thresh')} {o.box_nms_thresh:g})"),
             (self.over_max_instances, f"beyond {n('max_instances')} {o.max_instances}")) if count]
@@ -285,9 +287,13 @@ class OVSAMPredictor:
         self._image_rgb: Optional[np.ndarray] = None
 
     @torch.inference_mode()
-    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
-        """Encode ``image`` (any size; 1-4 channels; uint8, uint16 or float) for later queries."""
-        rgb = to_uint8_rgb(image, image_format)
+    def set_image(self, image: np.ndarray, image_format: str = "RGB", *, input_bits: int = 16,
+                  float_max: float = 1.0) -> None:
+        """Encode ``image`` (any size; 1-4 channels; uint8, uint16 or float) for later queries.
+
+        Range rule (``ovsam_ros.image_input``): uint16 holds ``input_bits`` bits (12 for a 12-bit
+        camera), floats are 0..``float_max`` (1.0; 255.0 for 0..255 float data)."""
+        rgb = to_uint8_rgb(image, image_format, input_bits=input_bits, float_max=float_max)
         if min(self.transform.get_input_size(rgb.shape[:2])) < 1:
             raise ValueError(
                 f"image of {rgb.shape[1]}x{rgb.shape[0]} is too elongated for a {self.model.image_size}px model "
@@ -359,6 +365,9 @@ class OVSAMPredictor:
         a single ambiguous click); ``keep="best"`` returns the one with the highest
         predicted IoU, ``keep="all"`` returns every candidate (same prompt_index).
         Results come back in prompt order. An empty prompt list gives [].
+        A prompt whose mask has no pixel (a blank frame, a 1x1 image) still gets its result, so
+        results stay aligned with the prompts, but ``result.empty`` is True and it is NOT an
+        object: outputs leave it out (``ovsam_ros.results.split_empty``).
         ``clip_boxes`` [N, 4] (original pixels, xyxy): the boxes the frozen-CLIP ensemble pools
         instead of each predicted mask's box (the reference evaluation pools ground-truth boxes).
         """
@@ -576,13 +585,22 @@ class OVSAMPredictor:
             report.below_pred_iou += int((~passes).sum())
             decoded = {key: value[passes] for key, value in decoded.items()}
             logits = self._upsample(decoded)["logits"]
+            # A mask without a pixel is no object (its stability is 0 or NaN): counted as empty, not
+            # blamed on the stability threshold.
+            areas = (logits > self.mask_threshold).flatten(1).sum(1)
+            has_pixels = areas > 0
+            empty = int((~has_pixels).sum())
+            if empty:  # (no copy of the full-resolution logits in the usual case)
+                report.empty += empty
+                decoded = {key: value[has_pixels] for key, value in decoded.items()}
+                logits, areas = logits[has_pixels], areas[has_pixels]
             stability = calculate_stability_score(logits, self.mask_threshold, opts.stability_score_offset)
             keep = stability >= opts.stability_score_thresh
             report.below_stability += int((~keep).sum())
             logits = logits[keep]
             kept["iou"].append(decoded["iou"][keep])
             kept["stability"].append(stability[keep])
-            kept["area"].append((logits > self.mask_threshold).flatten(1).sum(1))
+            kept["area"].append(areas[keep])
             kept["box"].append(masks_to_boxes(logits, self.mask_threshold))
             kept["embedding"].append(decoded["embeddings"][keep])
             kept["low_res"].append(decoded["low_res"][keep])
@@ -656,7 +674,8 @@ class OVSAMPredictor:
             raise ValueError("text query is empty")
         if candidates is None:
             candidates = self.everything(options)
-        candidates = [c for c in candidates if c.embedding is not None]
+        # An empty mask is not an object: never a match (everything() returns none; given ones may be).
+        candidates = [c for c in candidates if c.embedding is not None and not c.empty]
         if not candidates:
             return []
         # The phrase as typed ("sofa/couch" keeps both): the synonym policy is for vocabularies.

@@ -57,6 +57,13 @@ class InstanceResult:
         return int(np.count_nonzero(self.crop if full is None else full))
 
     @property
+    def empty(self) -> bool:
+        """True when the mask has no pixel (a blank or tiny image, a prompt on nothing): the
+        predictor still returns it, so results stay one per prompt, but it is NOT an object:
+        its label, score and IoU describe nothing. Outputs leave it out (:func:`split_empty`)."""
+        return self.area == 0
+
+    @property
     def mask_crop(self) -> np.ndarray:
         """The mask inside ``box`` (no full-size mask is built for it)."""
         if self.__dict__.get("_mask") is None:
@@ -84,6 +91,14 @@ def _set_mask(self: InstanceResult, value: Optional[np.ndarray]) -> None:
 # A property on the dataclass field: __init__ assigns through it, so ``mask`` stays the
 # first constructor argument while crop-only results build their full mask lazily.
 InstanceResult.mask = property(_get_mask, _set_mask)  # type: ignore[assignment]
+
+
+def split_empty(results: Sequence[InstanceResult]) -> tuple[list[InstanceResult], list[InstanceResult]]:
+    """(objects, empty): the results with pixels, in order, and those whose mask is empty."""
+    objects, empty = [], []
+    for result in results:
+        (empty if result.empty else objects).append(result)
+    return objects, empty
 
 
 def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -120,8 +135,13 @@ def results_to_json(
     query: str = "",
     extra: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
-    """A JSON-serialisable summary; masks as COCO RLE in the original image frame."""
+    """A JSON-serialisable summary; masks as COCO RLE in the original image frame.
+
+    ``instances`` holds objects only: a result with an empty mask is not one; the indices of
+    the prompts that gave one are listed in ``empty_prompts`` (everything / text mode never
+    return such results)."""
     height, width = image_size
+    results, empty = split_empty(results)
     return {
         "image": image,
         "height": height,
@@ -130,6 +150,7 @@ def results_to_json(
         "query": query,
         "vocabulary": vocabulary,
         **(extra or {}),
+        "empty_prompts": [r.prompt_index for r in empty],
         "instances": [
             {
                 "id": i,

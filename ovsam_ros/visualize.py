@@ -38,13 +38,15 @@ def draw_overlay(
     scale = max(0.35, min(canvas.shape[:2]) / 800)
     thickness = max(1, int(round(2 * scale)))
     for i, result in enumerate(results):
+        if result.empty:  # no pixel: not an object, nothing to draw (and no box at (0, 0))
+            continue
         color = np.array(instance_color(color_key(i)), dtype=np.float32)
         mask = result.mask
         canvas[mask] = (canvas[mask] * (1 - alpha) + color * alpha).astype(np.uint8)
         contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(canvas, contours, -1, tuple(int(c) for c in color), thickness)
     for i, result in enumerate(results):
-        if result.area == 0:
+        if result.empty:
             continue
         color = instance_color(color_key(i))
         x0, y0, x1, y1 = result.box

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import array as array_module
 import sys
-from typing import Any
+from typing import Any, Callable, Optional
 
 import numpy as np
+
+from ovsam_ros.image_input import to_uint8_rgb
 
 # encoding -> (numpy dtype, channels)
 ENCODINGS: dict[str, tuple[np.dtype, int]] = {
@@ -89,6 +91,33 @@ def to_rgb(pixels: np.ndarray, encoding: str) -> np.ndarray:
     if encoding.startswith("bgr"):
         pixels = pixels[:, :, [2, 1, 0]] if pixels.shape[2] == 3 else pixels[:, :, [2, 1, 0, 3]]
     return np.ascontiguousarray(pixels[:, :, :3])
+
+
+def to_model_rgb(
+    pixels: np.ndarray,
+    encoding: str,
+    *,
+    input_bits: int = 16,
+    float_max: float = 1.0,
+    source: str = "camera image",
+    warn: Optional[Callable[[str, str], object]] = None,
+) -> np.ndarray:
+    """Decoded pixels of ``encoding`` -> the (H, W, 3) uint8 RGB image the model takes.
+
+    The range follows the encoding (``ovsam_ros.image_input``): 8-bit encodings as they are;
+    16-bit ones (mono16, 16UC1, rgb16 ...) hold ``input_bits`` bits of data (16; 12 or 10 for
+    machine-vision cameras); 32FC1 is 0..``float_max``. A frame that uses a tiny part of its
+    range is converted and reported through ``warn(source, message)`` (default: logged,
+    rate-limited per ``source``; the node passes an :class:`ovsam_ros.image_input.RangeWarnings`
+    that logs through its ROS logger).
+    Raises ImageConversionError for pixels that are not an image.
+    """
+    try:
+        # Grey stays one channel until it is uint8 (to_uint8_rgb repeats it): 3x less to scale.
+        return to_uint8_rgb(pixels if pixels.ndim == 2 else to_rgb(pixels, encoding), "RGB", input_bits=input_bits, float_max=float_max,
+                            source=source, warn=warn)
+    except ValueError as error:
+        raise ImageConversionError(str(error)) from None
 
 
 def numpy_to_image(pixels: np.ndarray, encoding: str, header: Any = None) -> Any:

@@ -132,8 +132,9 @@ def test_sixteen_bit_grey_image(tmp_path):
         path, out = tmp_path / name, tmp_path / f"{name}.json"
         assert cv2.imwrite(str(path), pixels)
         assert cv2.imread(str(path), cv2.IMREAD_UNCHANGED).dtype == pixels.dtype
+        # --model tiny: the shapes model finds nothing on a grey ramp (empty masks are left out of the JSON)
         assert main(["segment", str(path), "--box", "5,5,40,30", "--point", "20,20", "--out", str(out), "-q",
-                     "--threads", "1"]) == 0
+                     "--threads", "1", "--model", "tiny", "--vocab", "ramp, block"]) == 0
         results.append(json.loads(out.read_text()))
     wide, narrow = results
     assert (wide["width"], wide["height"]) == (64, 48)

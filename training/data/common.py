@@ -91,30 +91,30 @@ class SkipReport:
         return f"{self.source}: skipped {parts}"
 
 
-def read_image(path: PathLike) -> np.ndarray:
+def read_image(path: PathLike, input_bits: int = 16, float_max: float = 1.0) -> np.ndarray:
     """Decode an image file into a contiguous (H, W, 3) uint8 RGB array.
 
-    Grey, 16-bit and RGBA files are converted (``ovsam_ros.image_input.to_uint8_rgb``).
+    The file's EXIF orientation is applied (as the reference's mmcv loader does: a phone JPEG
+    with Orientation=6 is read upright). Grey, 16-bit, float and RGBA files are converted by the
+    package's one range rule (``ovsam_ros.image_input``: ``input_bits`` for 16-bit data, 12 or 10
+    for machine-vision cameras; floats are 0..``float_max``); a folder of images that use a tiny
+    part of their range is warned about (rate-limited, once per folder).
     A missing file raises ``FileNotFoundError``, an undecodable one :class:`DataError`;
     both name the path.
     """
-    import cv2
-
-    from ovsam_ros.image_input import to_uint8_rgb
+    from ovsam_ros.image_input import DEFAULT_RANGE_WARNINGS, decode_image_file, to_uint8_rgb
 
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image file not found: {path}")
-    data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    image = decode_image_file(path)
     if image is None:
         raise DataError(f"{path}: cannot decode image (corrupt, truncated or not an image)")
     try:
-        if image.ndim == 3 and image.shape[2] == 4:
-            return to_uint8_rgb(image, "BGRA")
-        if image.ndim == 3:
-            return to_uint8_rgb(image, "BGR")
-        return to_uint8_rgb(image, "RGB")
+        # The warning names the file; its rate limit is per folder (a dataset of 12-bit frames warns once).
+        folder = os.path.dirname(os.path.abspath(path))
+        return to_uint8_rgb(image, "RGB", input_bits=input_bits, float_max=float_max, source=path,
+                            warn=lambda _, message: DEFAULT_RANGE_WARNINGS(folder, message))
     except ValueError as err:
         raise DataError(f"{path}: unusable image: {err}") from err
 
