@@ -27,7 +27,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["ovsam_ros", "ovsam_ros.*", "training", "training.*"]),
-    package_data={"ovsam_ros": ["data/vocabularies/*.json", "data/samples/*", "data/models/*"],
+    package_data={"ovsam_ros": ["data/vocabularies/*.json", "data/samples/*", "data/models/*", "data/weights/*.yaml"],
                   "training": ["configs/*.yaml"]},
     data_files=DATA_FILES,
     install_requires=[
@@ -43,7 +43,7 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "train": ["tensorboard", "rosbags"],
+        "train": ["tensorboard", "rosbags", "kornia==0.7.1"],
         "export": ["onnx", "onnxruntime"],
         "test": ["pytest", "pytest-timeout"],
     },

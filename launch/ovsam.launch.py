@@ -1,6 +1,8 @@
 """Launch the OVSAM perception node (lifecycle) on a real ROS 2 install.
 
+    ovsam weights download --model rn50x16        # once: the default model's weight files (about 4 GB)
     ros2 launch ovsam_ros ovsam.launch.py camera:=/camera/color/image_raw
+    ros2 launch ovsam_ros ovsam.launch.py model:=shapes   # the bundled demo model (synthetic shapes world only)
     ros2 launch ovsam_ros ovsam.launch.py config:=$(ros2 pkg prefix ovsam_ros)/share/ovsam_ros/config/jetson.yaml
     ros2 launch ovsam_ros ovsam.launch.py namespace:=front model:=rn50x16 device:=cuda precision:=fp16
     ros2 launch ovsam_ros ovsam.launch.py camera:=/front/image_raw image_transport:=compressed
@@ -98,7 +100,10 @@ def generate_launch_description() -> LaunchDescription:
                               description="vision_msgs/Detection2DArray from a detector, each detection a box "
                                           "prompt; empty = <namespace>/detection_prompts"),
         DeclareLaunchArgument("model", default_value="",
-                              description="model YAML name (config/models/) or path; empty = the config's"),
+                              description="model YAML name (config/models/) or path; empty = the config's "
+                                          "(config/ovsam.yaml: rn50x16, the published OVSAM, whose files "
+                                          "`ovsam weights download --model rn50x16` fetches; shapes = the "
+                                          "bundled demo model)"),
         DeclareLaunchArgument("device", default_value="", description="cpu | cuda | cuda:N | auto; empty = the config's"),
         DeclareLaunchArgument("precision", default_value="", description="fp32 | fp16 | bf16; empty = the config's"),
         DeclareLaunchArgument("image_transport", default_value="",

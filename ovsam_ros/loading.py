@@ -183,6 +183,9 @@ class PredictorSpec:
     clip_ensemble: bool = False
     ensemble_alpha: float = 0.1
     ensemble_beta: float = 0.9
+    # Never predict the classes the vocabulary splits 'unused' (COCO's 15 outside the 48/17 split),
+    # as the reference never does (-1000 in its classifier); on in rn50x16_coco.yaml.
+    exclude_unused: bool = False
     # Which texts name a class: names_only = each class's name alone (the reference's LVIS text
     # embeddings); max_synonyms = at most N synonyms per class (null: all). The published LVIS
     # config sets names_only; COCO keeps the reference's per-class synonym lists.
@@ -280,6 +283,7 @@ def load_specs(source: Union[str, Path, dict[str, Any]]) -> tuple[ModelSpec, Pre
         raise ValueError(f"{where}: unknown section(s) {unknown}; expected 'model' and 'predictor'")
     model_spec = _from_mapping(ModelSpec, data.get("model"), f"{where}: model")
     predictor_spec = _from_mapping(PredictorSpec, data.get("predictor"), f"{where}: predictor")
+    _check_values(model_spec, predictor_spec, data, where)
     predictor_spec.vocabulary_given = "vocabulary" in (data.get("predictor") or {})
     if folder is not None:
         for spec, names in ((model_spec, MODEL_PATH_FIELDS), (predictor_spec, PREDICTOR_PATH_FIELDS)):
@@ -287,6 +291,20 @@ def load_specs(source: Union[str, Path, dict[str, Any]]) -> tuple[ModelSpec, Pre
                 setattr(spec, name, _relative_to(folder, getattr(spec, name)))
         predictor_spec.vocabulary = _vocabulary_file_relative_to(folder, predictor_spec.vocabulary)
     return model_spec, predictor_spec
+
+
+def _check_values(model_spec: ModelSpec, predictor_spec: PredictorSpec, data: dict[str, Any], where: str) -> None:
+    """Every key the source sets, by the rules of :mod:`ovsam_ros.model_yaml_values` (errors name the
+    file, key and value); ``model.overrides`` field by field as the config it makes."""
+    from ovsam_ros.model_yaml_values import check_model_values, check_predictor_values
+
+    for spec, values in ((model_spec, check_model_values(data.get("model") or {}, list(PRESETS), where)),
+                         (predictor_spec, check_predictor_values(data.get("predictor") or {}, where))):
+        for key, value in values.items():
+            setattr(spec, key, value)
+    if model_spec.overrides:
+        OVSAMConfig.from_dict(_merge(PRESETS[model_spec.preset_name]().to_dict(), model_spec.overrides),
+                              where=f"{where}: model.overrides")
 
 
 def _relative_to(folder: Path, value: Any) -> Any:
@@ -405,12 +423,14 @@ def build_predictor(source: Union[str, Path, dict[str, Any]], synonyms: Optional
         predictor_spec.names_only = synonyms == "names"
         if synonyms == "all":
             predictor_spec.max_synonyms = None
+    from ovsam_ros.model_yaml_values import check_predictor_values
+
     for key, value in overrides.items():
         if value is None:
             continue
         if not hasattr(predictor_spec, key):
             raise ValueError(f"unknown predictor option {key!r}")
-        setattr(predictor_spec, key, value)
+        setattr(predictor_spec, key, check_predictor_values({key: value})[key])
     # Device and precision first (a CUDA device without CUDA fails before a minutes-long load), and
     # the CPU rule of every YAML entry point (CLI, node, ovsam-evaluate, startup/fidelity benchmarks): fp16 on a CPU
     # runs fp32, with one warning (ovsam_ros.runtime.resolve_precision).
@@ -434,7 +454,7 @@ def build_predictor(source: Union[str, Path, dict[str, Any]], synonyms: Optional
     vocabulary = None if from_checkpoint or predictor_spec.vocabulary is None else load(predictor_spec.vocabulary)
     templates = get_templates(predictor_spec.templates)
     if model_spec.backend == TORCH:
-        check_weight_files(model_spec, asked)
+        check_weight_files(model_spec, asked, source=None if isinstance(source, dict) else source)
     # Progress lines: what loads, each weight file with its size, each stage (INFO for large models).
     progress = LoadProgress(logging.INFO if model_spec.large else logging.DEBUG)
     with _show_load_progress():
@@ -479,6 +499,7 @@ def build_predictor(source: Union[str, Path, dict[str, Any]], synonyms: Optional
                 clip_ensemble=predictor_spec.clip_ensemble,
                 ensemble_alpha=predictor_spec.ensemble_alpha,
                 ensemble_beta=predictor_spec.ensemble_beta,
+                exclude_unused=predictor_spec.exclude_unused,
                 names_only=predictor_spec.names_only,
                 max_synonyms=predictor_spec.max_synonyms,
                 resize=predictor_spec.resize,
@@ -507,17 +528,22 @@ def _checkpoint_vocabulary(model: OVSAM, model_spec: ModelSpec, predictor_spec: 
     return vocabulary
 
 
-def check_weight_files(spec: ModelSpec, where: str = "") -> None:
+def check_weight_files(spec: ModelSpec, where: str = "", source: Union[str, Path, None] = None) -> None:
     """Every missing weight file in one error, before anything loads (a load would stop at the
-    first, after seconds to minutes); FileNotFoundError naming each YAML key and path."""
+    first, after seconds to minutes); FileNotFoundError naming each YAML key and path, and the
+    command that fetches them (``ovsam weights download --model <source>``). ``source``: the model
+    as the user named it (default: the YAML named in ``where``, "model YAML <path>")."""
     missing = spec.missing_weight_files()
     if missing:
+        from ovsam_ros.weights.hint import missing_weights_advice
+
         listed = "; ".join(f"model.{name}: {path}" for name, path in missing)
-        source = f" ({where})" if where and where != "requested" else ""
+        shown = f" ({where})" if where and where != "requested" else ""
+        if source is None and where.startswith("model YAML "):
+            source = where[len("model YAML "):]
         raise FileNotFoundError(
-            f"{len(missing)} weight file(s) of model {spec.preset or 'config'}{source} not found: {listed}. "
-            "Place them there or point the model YAML at them (README, 'Weights'); "
-            "--model shapes runs the bundled demo model without any.")
+            f"{len(missing)} weight file(s) of model {spec.preset or 'config'}{shown} not found: {listed}. "
+            + missing_weights_advice(missing, source))
 
 
 @contextlib.contextmanager

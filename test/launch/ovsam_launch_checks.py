@@ -12,6 +12,9 @@ declares). What is checked depends on them:
   stays inactive (the launch file activates only after a configure); activate works again; a
   frame + a box prompt on the remapped camera give masks on ``<namespace>/ovsam/masks``.
 * ``autostart:=false``: the node stays unconfigured.
+* ``OVSAM_LAUNCH_EXPECT_CONFIGURE_ERROR=1`` in the environment (the default model with an empty
+  weights folder): configure fails, the node stays unconfigured (never activated), and its log has
+  one error naming every missing weight file and the command that fetches them.
 * always: no parameters-file warning in the node's log (the false warning of issue #22 named
   ``/ovsam`` for a node launched in a namespace), each given override is the parameter's value,
   each remap is what the node subscribes, and the node exits 0 on shutdown.
@@ -46,6 +49,10 @@ from ovsam_ros.msg import LabeledMaskArray, PromptArray, PromptBox, Segmentation
 # The launch file's own arguments this file reads (everything given is passed through).
 DEFAULTS = {"namespace": "", "camera": "/camera/image_raw", "autostart": "true"}
 TIMEOUT = float(os.environ.get("OVSAM_LAUNCH_TEST_TIMEOUT", "240"))  # model load on a busy 2-core VM
+# Set by test/ros/test_launch_file.py where configure must fail (the default model without its files).
+EXPECT_CONFIGURE_ERROR = os.environ.get("OVSAM_LAUNCH_EXPECT_CONFIGURE_ERROR") == "1"
+# The published model's files, as its YAML names them (config/models/rn50x16.yaml).
+RN50X16_FILES = ("RN50x16-openai.pt", "sam_vit_h_4b8939.pth", "sam2clip_vith_rn50x16.pth", "clip2sam_lvis_rn50x16.pth")
 
 
 def launch_arguments() -> dict[str, str]:
@@ -115,8 +122,14 @@ class RosTestCase(unittest.TestCase):
 
 
 class TestLaunchedNode(RosTestCase):
-    def test_lifecycle_follows_autostart(self, args):
+    def test_lifecycle_follows_autostart(self, args, proc_output):
         target = node_path(args)
+        if EXPECT_CONFIGURE_ERROR:
+            proc_output.assertWaitFor("configure failed", timeout=TIMEOUT)
+            self.assertEqual(self.state(target), "unconfigured")
+            time.sleep(3.0)  # and nothing activates it afterwards
+            self.assertEqual(self.state(target), "unconfigured")
+            return
         if args["autostart"].lower() not in ("true", "1"):
             self.assertEqual(self.state(target), "unconfigured")
             time.sleep(5.0)  # nothing configures it later either
@@ -162,7 +175,8 @@ class TestLaunchedNode(RosTestCase):
         deadline = time.monotonic() + TIMEOUT
         while name not in self.node.get_node_names() and time.monotonic() < deadline:
             time.sleep(0.2)
-        if args["autostart"].lower() in ("true", "1"):  # topics exist from configure on
+        configures = args["autostart"].lower() in ("true", "1") and not EXPECT_CONFIGURE_ERROR
+        if configures:  # topics exist from configure on
             self.wait_for_state(target, "active")
         overrides = {k: v for k, v in args.items()
                      if k in ("model", "device", "precision", "image_transport", "input_reliability",
@@ -172,7 +186,7 @@ class TestLaunchedNode(RosTestCase):
                                  GetParameters.Request(names=list(overrides)))
             got = {k: (v.integer_value if v.type == 2 else v.string_value) for k, v in zip(overrides, response.values)}
             self.assertEqual(got, {k: int(v) if k == "input_depth" else v for k, v in overrides.items()})
-        if args["autostart"].lower() not in ("true", "1"):
+        if not configures:
             return
         subscribed = {topic for topic, _ in self.node.get_subscriber_names_and_types_by_node(name, namespace)}
         camera = args["camera"].rstrip("/")
@@ -193,3 +207,11 @@ class TestShutdown(unittest.TestCase):
         text = "".join(event.text.decode(errors="replace") for event in proc_output)
         self.assertNotIn("has no section for node", text)
         self.assertNotIn("Traceback", text)
+        if EXPECT_CONFIGURE_ERROR:
+            errors = [line for line in text.splitlines() if "configure failed" in line]
+            self.assertEqual(len(errors), 1, text[-4000:])  # one message, not one per file
+            home = os.path.expanduser("~")
+            for name in RN50X16_FILES:
+                self.assertIn(f"{home}/ovsam_weights/{name}", errors[0])
+            self.assertIn("ovsam weights download --model rn50x16", errors[0])
+            self.assertIn("model:=shapes", errors[0])

@@ -58,7 +58,7 @@ def test_every_missing_weight_file_is_named_at_once_before_anything_loads(tmp_pa
     for key, path in (("clip_weights", tmp_path / "clip.pt"), ("sam_checkpoint", Path("~/no/sam.pth").expanduser()),
                       ("clip2sam_checkpoint", tmp_path / "c2s.pth")):
         assert f"model.{key}: {path}" in text
-    assert "sam2clip" not in text and "README, 'Weights'" in text
+    assert "sam2clip" not in text and "no published source" in text and "--model shapes" in text
 
 
 def test_untrained_model_warns_loudly(caplog):
