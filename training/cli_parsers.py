@@ -51,20 +51,30 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--multimask", action="store_true",
                         help="let the decoder propose 3 masks and keep the best by predicted IoU "
                              "(default: the single trained mask, as in the reference)")
-    parser.add_argument("--clip-ensemble", default="on", choices=["on", "off"],
+    parser.add_argument("--clip-ensemble", default=None, choices=["on", "off"],
                         help="combine the learned labels with the frozen-CLIP branch as the reference evaluation "
-                             "always does (geometric mean, alpha 0.1 base / beta 0.9 novel; default: on)")
+                             "always does (geometric mean, alpha 0.1 base / beta 0.9 novel); default: the model "
+                             "YAML's predictor.clip_ensemble (on in both rn50x16 YAMLs), on for --checkpoint")
     parser.add_argument("--synonyms", default=None, choices=["all", "names"],
                         help="which texts name a class: every synonym the vocabulary lists, or the class name "
                              "alone (the reference's LVIS text); default: the model YAML's (names for rn50x16 "
                              "LVIS, all for rn50x16_coco), all for --checkpoint")
     parser.add_argument("--point-rule", default="reference", choices=list(POINT_RULES),
-                        help="point* prompt: 'reference' = first distance-transform maximum of the mask resized to "
-                             "the model input (the paper's tables); 'centered' = the maximum nearest the centroid "
-                             "of the tied maxima on the original mask")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    parser.add_argument("--templates", default="vild", help="prompt templates: vild | single")
+                        help="point* prompt: 'reference' = first maximum of kornia's distance transform of the mask "
+                             "resized to the model input, as the reference evaluation (the paper's tables; needs "
+                             "kornia, requirements.txt); 'centered' = the maximum of OpenCV's exact transform nearest "
+                             "the centroid of the tied maxima on the original mask")
+    parser.add_argument("--point-clip-box", default="scaled", choices=["scaled", "unscaled"],
+                        help="point* prompts: the ground-truth box the frozen-CLIP ensemble pools. 'scaled' (default) "
+                             "maps it to the model input like every prompt; 'unscaled' reproduces the published "
+                             "point configs, which pool the box in original-image pixels on the resized image's "
+                             "C5 map (Table 1's point* rows; docs/fidelity.md)")
+    parser.add_argument("--device", default=None,
+                        help="default: the model YAML's predictor.device, cpu for --checkpoint")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+                        help="default fp32, the reference evaluation's, whatever the model YAML says")
+    parser.add_argument("--templates", default=None,
+                        help="prompt templates: vild | single; default: the model YAML's, vild for --checkpoint")
     parser.add_argument("--unknown-category", default="error", choices=["error", "skip"])
     parser.add_argument("--out", default=None, help="write the metrics JSON here")
     parser.add_argument("--no-progress", action="store_true")

@@ -2,9 +2,10 @@
 
 Every ground-truth instance is prompted either by its ground-truth box
 (``box``) or by one point at the maximum of its mask's distance transform
-(``point``, the paper's ``*``: the pixel farthest from the mask boundary,
-``cv2.distanceTransform``). For each prompt the model predicts one mask and a
-label; reported per prompt type:
+(``point``, the paper's ``*``: the first maximum of kornia's distance transform
+of the mask resized to the model input, as the reference evaluation computes it;
+``training.data.transforms.reference_point``). For each prompt the model predicts
+one mask and a label; reported per prompt type:
 
 * mask IoU (mean over instances) overall / base classes / novel classes,
 * label accuracy (% of instances whose top-1 label is the ground-truth class),
@@ -17,7 +18,11 @@ label; reported per prompt type:
   class with IoU >= 0.5; per split (base / novel).
 
 The predictor is the one robots use (``OVSAMPredictor``), so the numbers are
-what the node will deliver. Base / novel come from the vocabulary's split;
+what the node will deliver. With ``--model`` it keeps the model YAML's predictor
+settings (templates, CLIP ensemble, synonyms, device, ...) unless a flag names
+one; precision is fp32 unless ``--precision`` says otherwise (the reference
+evaluates in fp32). The settings used are printed before the table and stored
+in the metrics JSON (``settings``). Base / novel come from the vocabulary's split;
 without a split every class is base (seen in training), the rule stage 2 trains
 with (``classes_seen_in_training``): metrics and the CLIP ensemble's weights agree.
 
@@ -57,6 +62,12 @@ def mask_iou(pred: np.ndarray, gt: np.ndarray) -> float:
     return float(np.logical_and(pred, gt).sum() / union)
 
 
+#: Which box the frozen-CLIP ensemble pools for point prompts: ``scaled`` (the ground-truth box mapped to the
+#: model input like every prompt) or ``unscaled`` (the published point configs' quirk: the box in ORIGINAL-image
+#: pixels pooled on the C5 map of the resized image, because their pipeline loads annotations after Resize and
+#: only masks are rescaled; reproduces Table 1's point* rows, see docs/fidelity.md).
+POINT_CLIP_BOXES = ("scaled", "unscaled")
+
 #: IoU at which a text query's best mask counts as finding the object.
 QUERY_HIT_IOU = 0.5
 
@@ -78,7 +89,7 @@ def text_query_hits(predictor, instances: Sequence[Any], masks: Sequence[np.ndar
 def evaluate(predictor, coco: CocoInstances, prompts: Sequence[str] = PROMPT_TYPES,
              baselines: Sequence[str] = (), max_images: Optional[int] = None, multimask: bool = False,
              progress: bool = True, text_queries: bool = False, point_rule: str = "reference",
-             query_options=None) -> Dict[str, Any]:
+             query_options=None, point_clip_box: str = "scaled") -> Dict[str, Any]:
     """Run the protocol; returns the metrics dict (see module doc).
 
     As the reference: instances of classes split ``unused`` (COCO's 15 classes outside the
@@ -87,9 +98,13 @@ def evaluate(predictor, coco: CocoInstances, prompts: Sequence[str] = PROMPT_TYP
     ``point_rule``: ``reference`` (first distance-transform maximum of the mask resized to the
     model input, :func:`reference_point`) or ``centered`` (the maximum nearest the centroid of
     the tied maxima, on the original mask).
+    ``point_clip_box``: see :data:`POINT_CLIP_BOXES` (box prompts always pool the scaled box, as the
+    reference's box path rescales its boxes).
     """
     if point_rule not in POINT_RULES:
         raise ValueError(f"point_rule must be one of {POINT_RULES}, got {point_rule!r}")
+    if point_clip_box not in POINT_CLIP_BOXES:
+        raise ValueError(f"point_clip_box must be one of {POINT_CLIP_BOXES}, got {point_clip_box!r}")
     from ovsam_ros.baselines import relabel
     from ovsam_ros.prompts import Prompt
 
@@ -137,8 +152,11 @@ def evaluate(predictor, coco: CocoInstances, prompts: Sequence[str] = PROMPT_TYP
                     plist.append(Prompt(box=list(box)))
                 else:
                     plist.append(Prompt(points=[list(_point(predictor, m, point_rule))], point_labels=[1]))
+            clip_boxes = np.asarray(gt_boxes, np.float64)
+            if kind == "point" and point_clip_box == "unscaled":
+                clip_boxes = _unscaled_clip_boxes(predictor, clip_boxes, image.shape[:2])
             results = predictor.predict(plist, multimask_output=multimask, keep="best",
-                                        clip_boxes=np.asarray(gt_boxes, np.float32))
+                                        clip_boxes=clip_boxes.astype(np.float32))
             if len(results) != len(plist):
                 raise RuntimeError(f"predictor returned {len(results)} results for {len(plist)} prompts")
             relabeled = {b: relabel(predictor, results, b) for b in baselines}
@@ -186,8 +204,16 @@ def _point(predictor, mask: np.ndarray, rule: str):
         return distance_transform_point(mask)
     oh, ow = mask.shape
     h, w = predictor.transform.get_input_size((oh, ow))
-    x, y = reference_point(mask, (h, w))
+    x, y = reference_point(mask, (h, w), device=getattr(predictor, "device", None))
     return x * ow / w, y * oh / h  # the predictor maps it back to exactly (x, y) input pixels
+
+
+def _unscaled_clip_boxes(predictor, boxes: np.ndarray, shape) -> np.ndarray:
+    """Boxes that the predictor (which maps original -> input pixels) turns into the ORIGINAL numbers in
+    input pixels: the reference point configs' frozen-CLIP box (:data:`POINT_CLIP_BOXES`)."""
+    oh, ow = shape
+    h, w = predictor.transform.get_input_size((oh, ow))
+    return boxes * np.array([ow / w, oh / h, ow / w, oh / h])
 
 
 def _mask_box(m: np.ndarray):
@@ -248,12 +274,18 @@ def format_table(metrics: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def build_eval_predictor(checkpoint: Optional[str], model_yaml: Optional[str], device: str, precision: str,
-                         templates: str, clip_weights: Optional[str] = None, clip_ensemble: bool = True,
-                         synonyms: Optional[str] = None):
+#: What ``--checkpoint`` (no model YAML) evaluates with when no flag says otherwise: the reference
+#: evaluation's templates and frozen-CLIP ensemble, on the CPU.
+CHECKPOINT_DEFAULTS = {"templates": "vild", "clip_ensemble": True, "device": "cpu"}
+
+
+def build_eval_predictor(checkpoint: Optional[str], model_yaml: Optional[str], device: Optional[str] = None,
+                         precision: str = "fp32", templates: Optional[str] = None, clip_weights: Optional[str] = None,
+                         clip_ensemble: Optional[bool] = None, synonyms: Optional[str] = None):
     """The robots' predictor, from an ovsam_ros checkpoint or a model YAML (vocabulary set later).
 
-    ``synonyms``: 'all' | 'names' | None = the model YAML's (all synonyms for a checkpoint)."""
+    ``None`` keeps the model YAML's setting (``device``, ``templates``, ``clip_ensemble``, ``synonyms``:
+    'all' | 'names'); for a checkpoint, :data:`CHECKPOINT_DEFAULTS` (all synonyms)."""
     from ovsam_ros.loading import build_predictor
     from ovsam_ros.model.build import load_ovsam
     from ovsam_ros.model.vocabulary import get_templates
@@ -263,16 +295,58 @@ def build_eval_predictor(checkpoint: Optional[str], model_yaml: Optional[str], d
         clip = os.path.expanduser(clip_weights) if clip_weights else None
         from ovsam_ros.runtime import resolve_device, resolve_precision
 
+        device = device or CHECKPOINT_DEFAULTS["device"]
         # the rule of every predictor built from a YAML: fp16 on a CPU runs fp32, saying so
         precision = resolve_precision(precision, resolve_device(device), source="ovsam-evaluate --checkpoint")
         model = load_ovsam(os.path.expanduser(checkpoint), clip_pretrained=clip)
         return OVSAMPredictor(model, vocabulary=None, device=device, precision=precision,
-                              templates=get_templates(templates), trained=True, clip_ensemble=clip_ensemble,
+                              templates=get_templates(templates or CHECKPOINT_DEFAULTS["templates"]), trained=True,
+                              clip_ensemble=CHECKPOINT_DEFAULTS["clip_ensemble"] if clip_ensemble is None else clip_ensemble,
                               names_only=synonyms == "names")
-    predictor = build_predictor(model_yaml, device=device, precision=precision, clip_ensemble=clip_ensemble,
-                                synonyms=synonyms)
-    predictor.templates = get_templates(templates)
-    return predictor
+    return build_predictor(model_yaml, device=device, precision=precision, clip_ensemble=clip_ensemble,
+                           templates=templates, synonyms=synonyms)
+
+
+def _templates_name(templates: Sequence[str]) -> str:
+    from ovsam_ros.model.vocabulary import TEMPLATE_SETS
+
+    named = [name for name, known in TEMPLATE_SETS.items() if tuple(known) == tuple(templates)]
+    return named[0] if named else f"{len(templates)} custom template(s)"
+
+
+def settings_used(predictor, args, yaml_predictor=None) -> Dict[str, Dict[str, Any]]:
+    """Each setting that changes the numbers: its value and where it came from (a flag, the model YAML,
+    or ovsam-evaluate's own default). ``yaml_predictor``: the model YAML's ``PredictorSpec``."""
+    fallback = "model YAML" if yaml_predictor is not None else "ovsam-evaluate default for --checkpoint"
+
+    def source(flag: str, given: bool) -> str:
+        return flag if given else fallback
+
+    out = {
+        "templates": {"value": _templates_name(predictor.templates), "from": source("--templates", args.templates is not None)},
+        "clip_ensemble": {"value": "on" if predictor.clip_ensemble else "off",
+                          "from": source("--clip-ensemble", args.clip_ensemble is not None)},
+        "synonyms": {"value": "names" if predictor.names_only else "all", "from": source("--synonyms", args.synonyms is not None)},
+        "device": {"value": str(predictor.device), "from": source("--device", args.device is not None)},
+        "precision": {"value": str(predictor.precision),
+                      "from": "--precision, default fp32 = the reference evaluation's"
+                              + (f"; the model YAML says {yaml_predictor.precision}" if yaml_predictor is not None
+                                 and yaml_predictor.precision != args.precision else "")},
+    }
+    if predictor.clip_ensemble:
+        out["ensemble_weights"] = {"value": f"alpha {predictor.ensemble_alpha:g} base, beta {predictor.ensemble_beta:g} novel",
+                                   "from": fallback}
+    for key in ("resize", "roi_box"):
+        value = getattr(predictor.transform, "resize", None) if key == "resize" else getattr(predictor, key, None)
+        if value is not None:
+            out[key] = {"value": str(value), "from": fallback}
+    out["point_rule"] = {"value": args.point_rule, "from": "--point-rule"}
+    out["point_clip_box"] = {"value": args.point_clip_box, "from": "--point-clip-box"}
+    return out
+
+
+def format_settings(settings: Dict[str, Dict[str, Any]]) -> str:
+    return "settings: " + "; ".join(f"{k.replace('_', ' ')} {v['value']} ({v['from']})" for k, v in settings.items())
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -281,11 +355,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         coco = CocoInstances(args.annotations, args.images, args.vocabulary, unknown_category=args.unknown_category)
+        clip_ensemble = None if args.clip_ensemble is None else args.clip_ensemble == "on"
         predictor = build_eval_predictor(args.checkpoint, args.model, args.device, args.precision, args.templates,
-                                         args.clip_weights, clip_ensemble=args.clip_ensemble == "on",
-                                         synonyms=args.synonyms)
+                                         args.clip_weights, clip_ensemble=clip_ensemble, synonyms=args.synonyms)
+        yaml_predictor = None
+        if args.model:
+            from ovsam_ros.loading import load_specs
+
+            yaml_predictor = load_specs(args.model)[1]
         if args.everything_multimask != "auto":
             predictor.everything_multimask = args.everything_multimask == "on"
+        settings = settings_used(predictor, args, yaml_predictor)
+        print(format_settings(settings), flush=True)
         from ovsam_ros.predictor import EverythingOptions
 
         query_options = EverythingOptions(
@@ -293,11 +374,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             stability_score_thresh=args.query_stability_thresh, min_mask_area=args.query_min_area)
         metrics = evaluate(predictor, coco, args.prompts, args.baselines, args.max_images, args.multimask,
                            progress=not args.no_progress, text_queries=args.text_queries,
-                           point_rule=args.point_rule, query_options=query_options)
-    except (DataError, FileNotFoundError, ValueError) as err:
+                           point_rule=args.point_rule, query_options=query_options,
+                           point_clip_box=args.point_clip_box)
+    except (DataError, FileNotFoundError, ValueError, ImportError) as err:
         print(f"ovsam-evaluate: error: {err}", file=sys.stderr)
         return 2
     metrics["checkpoint"] = args.checkpoint or args.model
+    metrics["settings"] = settings
     print(format_table(metrics))
     if args.out:
         write_json(args.out, metrics, indent=1)

@@ -81,6 +81,7 @@ DEFAULTS: Dict[str, Any] = {
         "fill_instances": False,  # fewer instances: repeat them (fresh prompts) up to instances_per_image:
         #                           cycle (the reference: 0,1,2,0,1,2,...) | random (ours) | false
         "box_fraction": 0.5,  # share of box prompts; the rest are one random point inside the mask
+        "box_count": "round",  # round (ours: round(N x box_fraction), 20 of 40) | reference (N // 2 + 1: 21 of 40)
         "scale_range": [0.9, 2.0],  # scale jitter (x resize-longest-side); LVIS reference: [0.1, 2.0]
         "flip": True,
         "min_mask_area": 32,  # pixels after the transform
@@ -287,7 +288,7 @@ class Stage2Task(engine.Task):
             self.coco, size, seed=seed, instances_per_image=int(dcfg["instances_per_image"]),
             box_fraction=float(dcfg["box_fraction"]), scale_range=tuple(dcfg["scale_range"]), flip=bool(dcfg["flip"]),
             min_mask_area=int(dcfg["min_mask_area"]), label_map=label_map,
-            fill_instances=dcfg["fill_instances"])]
+            fill_instances=dcfg["fill_instances"], box_count=str(dcfg["box_count"]))]
         repeats = [1]
         texts = [self.train_vocab]
         if self.class_folders is not None:

@@ -3,6 +3,7 @@
     python -m ovsam_ros.benchmark.fidelity precision              # fp32 vs fp16 (the rn50x16 YAMLs' choice)
     python -m ovsam_ros.benchmark.fidelity precision --other bf16
     python -m ovsam_ros.benchmark.fidelity resize                 # PIL (ours) vs cv2 bilinear (the reference)
+    python -m ovsam_ros.benchmark.fidelity point-rule             # point* prompt: exact EDT vs kornia's (the reference)
 
 Both runs of a comparison get the same images and the same prompts: a grid of point prompts,
 then one box prompt per non-empty point mask (the box of the first run's mask). Per prompt it
@@ -25,7 +26,7 @@ import torch
 from ovsam_ros.cli_types import image_size
 
 #: Comparisons this tool runs.
-COMPARISONS = ("precision", "resize")
+COMPARISONS = ("precision", "resize", "point-rule")
 
 
 @dataclass
@@ -135,11 +136,97 @@ def compare(first, second, images: Sequence[tuple], per_side: int = 5,
     return report
 
 
+def point_rule_masks(count: int, shape: tuple = (480, 640), seed: int = 0) -> List[tuple]:
+    """(kind, bool mask) pairs: thin bars (1-4 px wide, any angle), rotated rectangles and rotated
+    ellipses, in turn (the masks the reference's and the exact point rules disagree on most)."""
+    import math
+
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    kinds = ("thin bar", "rotated rectangle", "rotated ellipse")
+    masks: List[tuple] = []
+    while len(masks) < count:
+        m = np.zeros(shape, np.uint8)
+        kind = kinds[len(masks) % len(kinds)]
+        cx, cy = rng.uniform(0.2 * w, 0.8 * w), rng.uniform(0.2 * h, 0.8 * h)
+        angle = rng.uniform(0, 180)
+        if kind == "thin bar":
+            half = 0.5 * rng.uniform(0.2, 0.9) * w
+            dx, dy = half * math.cos(math.radians(angle)), half * math.sin(math.radians(angle))
+            cv2.line(m, (int(cx - dx), int(cy - dy)), (int(cx + dx), int(cy + dy)), 1, int(rng.integers(1, 5)))
+        elif kind == "rotated rectangle":
+            box = cv2.boxPoints(((cx, cy), (rng.uniform(4, 0.6 * w), rng.uniform(4, 0.6 * h)), angle))
+            cv2.fillPoly(m, [np.round(box).astype(np.int32)], 1)
+        else:
+            axes = (int(rng.uniform(3, 0.4 * w)), int(rng.uniform(3, 0.4 * h)))
+            cv2.ellipse(m, (int(cx), int(cy)), axes, angle, 0, 360, 1, -1)
+        if m.any():
+            masks.append((kind, m.astype(bool)))
+    return masks
+
+
+def reference_center_coords(mask: np.ndarray, img_shape: tuple) -> tuple:
+    """``get_center_coords`` of the reference (HarborYuan/ovsam ``ovsam_preprocessor.py``) for one mask, as
+    written there: mmdet's nearest ``rescale(img_shape)``, kornia on the WHOLE padded mask, ``argmax / w``."""
+    import cv2
+    import torch.nn.functional as F
+
+    from training.data.transforms import _kornia_distance_transform
+
+    distance_transform = _kornia_distance_transform()
+    oh, ow = mask.shape
+    factor = min(max(img_shape) / max(oh, ow), min(img_shape) / min(oh, ow))  # mmcv rescale_size
+    size = (int(ow * float(factor) + 0.5), int(oh * float(factor) + 0.5))
+    m = torch.from_numpy(cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)).bool()[None, None]
+    w = m.shape[-1]
+    mask_dt = distance_transform((~F.pad(m, pad=(1, 1, 1, 1), mode="constant", value=0)).float())[:, :, 1:-1, 1:-1]
+    selected = torch.tensor([mask_dt.argmax() / w, mask_dt.argmax() % w]).long().flip(0)
+    return float(selected[0]), float(selected[1])
+
+
+def point_rule_table(count: int = 200, shape: tuple = (480, 640), input_long_side: int = 1024) -> str:
+    """Same-pixel counts of the point* prompt against the reference's (kornia on the whole mask): the
+    exact-EDT rule used before, and ``training.data.transforms.reference_point`` (kornia, bounding box)."""
+    import time
+
+    from training.data.transforms import exact_edt_point, reference_point  # the evaluation's own rule
+
+    scale = input_long_side / max(shape)
+    input_size = (int(shape[0] * scale + 0.5), int(shape[1] * scale + 0.5))
+    rows: dict = {}
+    seconds = {"reference": 0.0, "after": 0.0}
+    for kind, mask in point_rule_masks(count, shape):
+        t0 = time.perf_counter()
+        ref = np.array(reference_center_coords(mask, input_size))
+        t1 = time.perf_counter()
+        after = np.array(reference_point(mask, input_size))
+        seconds["reference"] += t1 - t0
+        seconds["after"] += time.perf_counter() - t1
+        before = np.array(exact_edt_point(mask, input_size))
+        for name in (kind, "ALL"):
+            rows.setdefault(name, []).append((float(np.hypot(*(before - ref))), float(np.hypot(*(after - ref)))))
+    lines = [f"point* prompt vs the reference's (kornia distance_transform on the whole mask), {count} masks "
+             f"{shape[1]}x{shape[0]} -> input {input_size[1]}x{input_size[0]}",
+             f"{'masks':<18s} {'n':>4s} {'before: same px':>15s} {'median px':>9s} {'max px':>7s} "
+             f"{'after: same px':>14s} {'median px':>9s} {'max px':>7s}"]
+    for name in sorted(rows, key=lambda k: k == "ALL"):
+        d = rows[name]
+        b, a = np.array([x[0] for x in d]), np.array([x[1] for x in d])
+        lines.append(f"{name:<18s} {len(d):>4d} {int((b == 0).sum()):>15d} {np.median(b):>9.1f} {b.max():>7.1f} "
+                     f"{int((a == 0).sum()):>14d} {np.median(a):>9.1f} {a.max():>7.1f}")
+    lines.append(f"(seconds: reference whole-mask {seconds['reference']:.1f}, reference_point {seconds['after']:.1f}; "
+                 "before = OpenCV's exact EDT, first maximum; after = reference_point)")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ovsam_ros.benchmark.fidelity",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("comparison", choices=COMPARISONS,
-                        help="precision: fp32 vs --other on the same weights; resize: PIL (ours) vs cv2 bilinear")
+                        help="precision: fp32 vs --other on the same weights; resize: PIL (ours) vs cv2 bilinear; "
+                             "point-rule: the point* prompt against the reference's kornia rule (no model)")
     parser.add_argument("--model", default="shapes", help="model YAML (default: the bundled trained shapes model)")
     parser.add_argument("--other", default="fp16", choices=["fp16", "bf16"], help="precision compared with fp32")
     parser.add_argument("--device", default="cpu")
@@ -149,12 +236,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="shapes-world scene size (default 640x480; 320x240 shrinks by 0.8 into the shapes "
                              "model's 256 px input, as a 1280x720 frame does into the published model's 1024)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--masks", type=int, default=200, help="point-rule: generated masks (default 200)")
+    parser.add_argument("--point-input", type=int, default=1024, metavar="S",
+                        help="point-rule: model input long side (default 1024, the published model's; the "
+                             "whole-mask reference costs seconds per mask on a CPU there, several times less at 512)")
     parser.add_argument("--input-sizes", type=int, nargs="*", default=[1024], metavar="S",
                         help="resize: also print the input-pixel difference at these model input sizes "
                              "(default 1024, the published model's)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.comparison == "point-rule":
+        print(point_rule_table(args.masks, (args.scene_size[1], args.scene_size[0]), args.point_input))
+        return 0
     from ovsam_ros.loading import build_predictor
 
     images = sample_images(args.scenes, args.scene_size)

@@ -47,3 +47,18 @@ def test_a_real_change_shows_up(images):
     report = compare(predictor, predictor, images, per_side=2, switch=use_cv2)
     assert report.summary()["max_logit_diff"] > 0
     assert isinstance(report, Report)
+
+
+def test_point_rule_table_counts_same_pixels_against_the_reference():
+    """The point-rule comparison: reference_point equals the whole-mask reference on every mask; the old
+    exact-EDT rule does not (its column is the 'before' of docs/fidelity.md)."""
+    pytest.importorskip("kornia")
+    from ovsam_ros.benchmark.fidelity import point_rule_masks, point_rule_table
+
+    kinds = [kind for kind, _ in point_rule_masks(6, (60, 80))]
+    assert kinds == ["thin bar", "rotated rectangle", "rotated ellipse"] * 2
+    table = point_rule_table(6, (60, 80), 128)
+    row = next(line for line in table.splitlines() if line.startswith("ALL"))
+    n, before_same, _, _, after_same, after_median, after_max = row.split()[1:]
+    assert (n, after_same, after_median, after_max) == ("6", "6", "0.0", "0.0")
+    assert int(before_same) < 6

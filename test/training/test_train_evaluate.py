@@ -157,18 +157,20 @@ def test_protocol_scores_known_answers(synth):
         assert doubled[kind]["overall"]["iou"] == 0.5  # intersection / union, not / ground-truth area
 
 
-def test_reference_point_rule_is_the_first_distance_transform_maximum():
-    from training.data.transforms import distance_transform_point, reference_point
+def test_exact_edt_point_is_the_first_exact_distance_transform_maximum():
+    """The rule before kornia (kept for the point-rule benchmark); the reference's own rule, kornia's, is
+    pinned in test_point_rule.py."""
+    from training.data.transforms import distance_transform_point, exact_edt_point
 
     mask = np.zeros((20, 20), bool)
     mask[2:8, 3:13] = True  # rows 2..7, cols 3..12
     # By hand: distance to the nearest background pixel = min(r - 1, 8 - r, c - 2, 13 - c); its maximum 3
     # holds on rows 4-5, cols 5-10; the first in row-major order is (row 4, col 5).
-    assert reference_point(mask, (20, 20)) == (5.0, 4.0)
+    assert exact_edt_point(mask, (20, 20)) == (5.0, 4.0)
     assert distance_transform_point(mask) != (5.0, 4.0)  # our centred rule picks the middle of the plateau
-    # The reference resizes the mask to the model input first (nearest), and works in input pixels.
+    # The mask is resized to the model input first (nearest), and the point is in input pixels.
     big = np.kron(mask, np.ones((2, 2), bool))  # 40 x 40, input 20 x 20
-    assert reference_point(big, (20, 20)) == (5.0, 4.0)
+    assert exact_edt_point(big, (20, 20)) == (5.0, 4.0)
 
 
 def test_unused_classes_are_dropped_and_never_predicted(tmp_path):

@@ -162,6 +162,8 @@ class DetectionDataset(Dataset):
     ``"cycle"`` is the reference's (its data preprocessor tiles the instance
     list and keeps the first N: 3 instances give 14/13/13 prompts); ``"random"``
     (or ``True``, ours) draws the repeats at random; ``False``/``"off"`` does not fill.
+    ``box_count``: how many prompts are boxes (``transforms.BOX_COUNT_RULES``: ``"round"``,
+    ours, or ``"reference"``, 21 of 40).
     """
 
     source = 0
@@ -169,9 +171,11 @@ class DetectionDataset(Dataset):
     def __init__(self, coco: CocoInstances, image_size: int, seed: int = 0, instances_per_image: int = 40,
                  box_fraction: float = 0.5, scale_range: Tuple[float, float] = (1.0, 1.0), flip: bool = False,
                  min_mask_area: int = 32, label_map: Optional[Dict[int, int]] = None,
-                 fill_instances: Union[bool, str] = False) -> None:
+                 fill_instances: Union[bool, str] = False, box_count: str = "round") -> None:
         self.coco = coco
         self.fill_instances = _fill_mode(fill_instances)
+        sample_prompt_kinds(np.random.default_rng(0), 0, box_fraction, box_count)  # a bad rule fails now
+        self.box_count = box_count
         self.image_size = image_size
         self.seed = seed
         self.instances_per_image = int(instances_per_image)
@@ -204,7 +208,7 @@ class DetectionDataset(Dataset):
                 pick = np.concatenate([np.arange(len(labels)),
                                        rng.integers(0, len(labels), self.instances_per_image - len(labels))])
             m, labels = m[pick], labels[pick]
-        is_box = sample_prompt_kinds(rng, len(labels), self.box_fraction)
+        is_box = sample_prompt_kinds(rng, len(labels), self.box_fraction, self.box_count)
         points = random_points_in_masks(rng, m)
         if self.label_map is not None:
             labels = np.array([self.label_map[int(l)] for l in labels], np.int64)

@@ -12,7 +12,7 @@ normalisation (exactly like :class:`~ovsam_ros.model.transforms.ImageTransform`)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -156,28 +156,110 @@ def distance_transform_point(mask: np.ndarray) -> Tuple[float, float]:
     return float(xs[j]), float(ys[j])
 
 
-def reference_point(mask: np.ndarray, input_size: Tuple[int, int]) -> Tuple[float, float]:
-    """The reference evaluation's point prompt, in INPUT pixels (x, y).
+#: The kornia release whose ``distance_transform`` the reference evaluation ran (HarborYuan/ovsam was
+#: published in January 2024 with an unpinned ``pip install kornia``: 0.7.1, whose function is 0.7.0's).
+#: kornia 0.8.2 changed the function's per-step offset (``i * kernel_size // 2`` -> ``i * (kernel_size // 2)``)
+#: and 0.9 its arithmetic, which moves the chosen point; requirements.txt pins this release.
+REFERENCE_KORNIA = "0.7.1"
+_warned_kornia: list = []
 
-    As ``get_center_coords`` in HarborYuan/ovsam: the ground-truth mask is first resized
-    (nearest) to the model input size ``(h, w)`` (long side = model size), padded by one
-    background pixel, distance-transformed, and the FIRST maximum in row-major order is
-    taken. The reference uses kornia's convolutional distance transform (an approximation
-    of the Euclidean one); this uses OpenCV's exact one, so on near-ties the pixel may differ.
+
+def _kornia_distance_transform():
+    """kornia's ``distance_transform`` (imported on first use: kornia imports in ~2 s)."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # kornia 0.7's torch.cuda.amp decorators
+            import kornia
+            from kornia.contrib import distance_transform
+    except ImportError as err:
+        raise ImportError(
+            "the reference point rule (ovsam-evaluate --point-rule reference) runs kornia's distance_transform, as "
+            f"the reference evaluation does: pip install kornia=={REFERENCE_KORNIA} (requirements.txt), or use "
+            "--point-rule centered") from err
+    version = str(getattr(kornia, "__version__", "?"))
+    if not version.startswith(REFERENCE_KORNIA.rsplit(".", 1)[0] + ".") and not _warned_kornia:
+        _warned_kornia.append(version)
+        import logging
+
+        logging.getLogger("training").warning(
+            "kornia %s is installed; the reference evaluation's distance_transform is kornia %s's (0.8.2 changed "
+            "it), so point* prompts may differ from the reference's", version, REFERENCE_KORNIA)
+    return distance_transform
+
+
+def mmcv_rescale_size(old_wh: Tuple[int, int], scale: Tuple[int, int]) -> Tuple[int, int]:
+    """(w, h) of mmcv ``imrescale(img, scale)`` for a tuple ``scale``: the largest size within it."""
+    w, h = int(old_wh[0]), int(old_wh[1])
+    factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
+    return int(w * float(factor) + 0.5), int(h * float(factor) + 0.5)
+
+
+def reference_point(mask: np.ndarray, input_size: Tuple[int, int],
+                    device: Union[str, torch.device, None] = None) -> Tuple[float, float]:
+    """The reference evaluation's point prompt (``get_center_coords`` of HarborYuan/ovsam), INPUT pixels (x, y).
+
+    The steps of the reference: mmdet's ``BitmapMasks.rescale(img_shape)`` (mmcv ``imrescale``, nearest:
+    ``cv2.INTER_NEAREST`` to :func:`mmcv_rescale_size`, which can be one pixel narrower than the image),
+    one background pixel of padding, kornia's ``distance_transform`` (kernel 3, h 0.35, its defaults) of
+    the inverted mask, then the FIRST maximum in row-major order (torch ``argmax``), in the rescaled
+    mask's pixels. An empty rescaled mask gives (0, 0), the reference's argmax of all zeros.
+
+    ``device``: where kornia runs (the predictor's). On CUDA the whole padded mask is transformed, as in
+    the reference. On a CPU only the mask's bounding box plus the one-pixel background ring is: every
+    pixel outside it is background, a source that the transform leaves at 0 and the window of any pixel
+    inside sees as 1 either way, so the values inside are the same (pinned against kornia on the whole
+    mask in ``test/training/test_point_rule.py``) at a fraction of the cost.
     """
+    import cv2
+
+    distance_transform = _kornia_distance_transform()
+    h, w = int(input_size[0]), int(input_size[1])
+    oh, ow = mask.shape[:2]
+    size_wh = mmcv_rescale_size((ow, oh), (h, w))
+    resized = cv2.resize(np.ascontiguousarray(mask, dtype=np.uint8), size_wh, interpolation=cv2.INTER_NEAREST)
+    rows, cols = np.flatnonzero(resized.any(axis=1)), np.flatnonzero(resized.any(axis=0))
+    if rows.size == 0:
+        return 0.0, 0.0
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    y0, x0 = (int(rows[0]), int(cols[0])) if dev.type == "cpu" else (0, 0)
+    y1, x1 = (int(rows[-1]) + 1, int(cols[-1]) + 1) if dev.type == "cpu" else resized.shape
+    region = torch.from_numpy(resized[y0:y1, x0:x1].astype(bool)).to(dev)[None, None]
+    dist = distance_transform((~F.pad(region, (1, 1, 1, 1), mode="constant", value=False)).float())
+    dist = dist[0, 0, 1:-1, 1:-1]
+    flat = int(dist.flatten().argmax())  # torch: the first maximum, row-major
+    return float(x0 + flat % dist.shape[1]), float(y0 + flat // dist.shape[1])
+
+
+def exact_edt_point(mask: np.ndarray, input_size: Tuple[int, int]) -> Tuple[float, float]:
+    """The point rule before kornia (kept to measure the change, ``ovsam_ros.benchmark.fidelity point-rule``):
+    the reference's steps with OpenCV's exact Euclidean distance transform instead of kornia's."""
     import cv2
 
     h, w = int(input_size[0]), int(input_size[1])
     resized = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
-    padded = np.pad(resized, 1)
-    dist = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
-    flat = int(np.argmax(dist))  # numpy's argmax: the first maximum, row-major (like torch's on CPU)
+    dist = cv2.distanceTransform(np.pad(resized, 1), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+    flat = int(np.argmax(dist))
     return float(flat % w), float(flat // w)
 
 
-def sample_prompt_kinds(rng: np.random.Generator, count: int, box_fraction: float) -> np.ndarray:
-    """[count] bool, True = box prompt; exactly round(count * box_fraction) boxes at random positions."""
-    n_box = int(round(count * box_fraction))
+#: How many of N prompts are boxes: ``round`` (ours: exactly round(N x box_fraction), 20 of 40) or
+#: ``reference`` (the reference's stage-2 preprocessor: ``arange(2).repeat_interleave(N // 2 + 1)[:N]``
+#: over the shuffled instances, 0 = box: N // 2 + 1 boxes, 21 of 40; box_fraction must be 0.5).
+BOX_COUNT_RULES = ("round", "reference")
+
+
+def sample_prompt_kinds(rng: np.random.Generator, count: int, box_fraction: float, rule: str = "round") -> np.ndarray:
+    """[count] bool, True = box prompt, at random positions; how many by ``rule`` (:data:`BOX_COUNT_RULES`)."""
+    if rule == "round":
+        n_box = int(round(count * box_fraction))
+    elif rule == "reference":
+        if box_fraction != 0.5:
+            raise ValueError(f"the reference's box count splits prompts in half; box_fraction must be 0.5, got {box_fraction}")
+        n_box = min(count, count // 2 + 1)
+    else:
+        raise ValueError(f"box count rule must be one of {BOX_COUNT_RULES}, got {rule!r}")
     kinds = np.zeros(count, bool)
     if count:
         kinds[rng.permutation(count)[:n_box]] = True
@@ -186,7 +268,10 @@ def sample_prompt_kinds(rng: np.random.Generator, count: int, box_fraction: floa
 
 __all__: Sequence[str] = [
     "Augment",
+    "BOX_COUNT_RULES",
     "distance_transform_point",
+    "exact_edt_point",
+    "mmcv_rescale_size",
     "reference_point",
     "masks_to_boxes_np",
     "pad_masks",
