@@ -2,6 +2,7 @@
 
     python -m ovsam_ros.benchmark.ros_overhead                       # tiny model, 640x480 and 1280x720
     python -m ovsam_ros.benchmark.ros_overhead --frames 50 --json ros_overhead.json
+    python -m ovsam_ros.benchmark.ros_overhead --sizes 1280x720 --presets old defaults   # outputs before/after
 
 Runs ``ovsam-node`` and a client in an :class:`~ovsam_ros.ros.isolation.IsolatedRosGroup`
 (a private network namespace holding only ``lo``, LOCALHOST discovery, its own domain id),
@@ -25,6 +26,14 @@ back, so no frame waits in a queue and none is dropped) and records, per frame:
 The input frame's transport IS inside the overhead figure: the clock starts at the
 image's stamp, set just before the client publishes the frame.
 
+Bytes on the wire: the client takes ``~/masks`` and both instance-ID topics (``~/instance_ids``,
+``sensor_msgs/Image``; ``~/instance_ids/compressed``, PNG ``CompressedImage``) as serialized
+messages and records each one's CDR size per frame (what DDS carries, less its packet headers),
+and the ``mask_encoding`` the masks arrived in. ``--presets`` runs the node once per output
+setting: ``old`` = the outputs before issue #23 (raw mono8 masks, raw mono16 ID image),
+``defaults`` = the node's own defaults (no output parameter set); ``--mask-encoding`` and
+``--instance-ids`` override both.
+
 Medians and p90 over the frames are printed and written as JSON. Numbers depend on the
 CPU and on what else runs on the machine; rerun on a quiet machine for publication.
 """
@@ -33,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import statistics
@@ -59,15 +69,25 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------ client
+def click_points(count: int, w: int, h: int) -> list[tuple[float, float]]:
+    """``count`` click positions: the three classic ones (centre, quarter, three quarters), more on a grid."""
+    if count <= 3:
+        return [(w * 0.5, h * 0.5), (w * 0.25, h * 0.25), (w * 0.75, h * 0.75)][:count]
+    side = math.ceil(math.sqrt(count))
+    grid = [((i + 0.5) * w / side, (j + 0.5) * h / side) for j in range(side) for i in range(side)]
+    return grid[:count]
+
+
 def run_client(out: Path, sizes: Sequence[tuple[int, int]], frames: int, warmup: int, timeout: float,
-               retry_s: float = 3.0) -> None:
+               retry_s: float = 3.0, clicks: int = 3) -> None:
     """Inside the isolated group: drive the node, write per-frame records to ``out``."""
     import threading
 
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-    from sensor_msgs.msg import Image
+    from rclpy.serialization import deserialize_message
+    from sensor_msgs.msg import CompressedImage, Image
     from std_msgs.msg import Header
 
     from diagnostic_msgs.msg import DiagnosticArray
@@ -84,13 +104,27 @@ def run_client(out: Path, sizes: Sequence[tuple[int, int]], frames: int, warmup:
     reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
     cond = threading.Condition()
     received: dict[tuple[int, int], tuple[float, int]] = {}
+    wire: dict[tuple[int, int], dict[str, Any]] = {}  # stamp -> CDR bytes per output, mask encoding
     diagnostics: dict[str, dict[str, str]] = {}
 
-    def on_masks(msg) -> None:
+    def on_masks(data: bytes) -> None:  # serialized: its size is what went over the wire
         t = time.time()
+        msg = deserialize_message(data, LabeledMaskArray)
+        key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
         with cond:
-            received[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = (t, len(msg.instances))
+            wire.setdefault(key, {})["masks_bytes"] = len(data)
+            if msg.instances:
+                wire[key]["mask_encoding"] = msg.instances[0].mask_encoding
+            received[key] = (t, len(msg.instances))
             cond.notify_all()
+
+    def on_ids(msg_type: Any, form: str):
+        def callback(data: bytes) -> None:
+            stamp = deserialize_message(data, msg_type).header.stamp
+            with cond:
+                entry = wire.setdefault((stamp.sec, stamp.nanosec), {})
+                entry["ids_bytes"], entry["ids_form"] = len(data), form
+        return callback
 
     def on_diag(msg) -> None:
         if msg.status and msg.status[0].name.startswith("ovsam"):
@@ -100,7 +134,10 @@ def run_client(out: Path, sizes: Sequence[tuple[int, int]], frames: int, warmup:
                     diagnostics[values["last_stamp"]] = values
                 cond.notify_all()
 
-    node.create_subscription(LabeledMaskArray, "ovsam/masks", on_masks, reliable)
+    node.create_subscription(LabeledMaskArray, "ovsam/masks", on_masks, reliable, raw=True)
+    node.create_subscription(Image, "ovsam/instance_ids", on_ids(Image, "raw"), reliable, raw=True)
+    node.create_subscription(CompressedImage, "ovsam/instance_ids/compressed", on_ids(CompressedImage, "png"),
+                             reliable, raw=True)
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, reliable)
     executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
@@ -119,9 +156,9 @@ def run_client(out: Path, sizes: Sequence[tuple[int, int]], frames: int, warmup:
     records: list[dict[str, Any]] = []
     lost = 0
     for w, h in sizes:
-        # Three persistent clicks per frame, in this frame size's pixels.
-        prompts.send_prompts([Prompt(points=[[w * 0.5, h * 0.5]]), Prompt(points=[[w * 0.25, h * 0.25]]),
-                              Prompt(points=[[w * 0.75, h * 0.75]])], (w, h), persistent=True)
+        # Persistent clicks (three by default), in this frame size's pixels: one instance each.
+        prompts.send_prompts([Prompt(points=[[x, y]]) for x, y in click_points(clicks, w, h)], (w, h),
+                             persistent=True)
         time.sleep(0.5)
         pixels = shapes_frame(3, w, h)
         for i in range(warmup + frames):
@@ -152,7 +189,7 @@ def run_client(out: Path, sizes: Sequence[tuple[int, int]], frames: int, warmup:
                 continue
             stamp = key[0] + key[1] * 1e-9
             rec = {"size": f"{w}x{h}", "instances": n, "e2e_ms": (t_recv - stamp) * 1e3,
-                   "publish_call_ms": (sent - stamp) * 1e3}
+                   "publish_call_ms": (sent - stamp) * 1e3, "key": list(key)}
             for stage in (*MODEL_STAGES, *NODE_STAGES):
                 value = diag.get(f"{stage}_ms_last")
                 rec[f"{stage}_ms"] = float(value) if value not in (None, "-") else 0.0
@@ -160,6 +197,14 @@ def run_client(out: Path, sizes: Sequence[tuple[int, int]], frames: int, warmup:
             rec["input_age_ms"] = float(value) if value not in (None, "-") else float("nan")
             records.append(rec)
             time.sleep(0.05)  # let the node go idle between frames
+    time.sleep(0.5)  # the last ID images (published before the masks, on another topic) are in by now
+    with cond:
+        for rec in records:
+            entry = wire.get(tuple(rec.pop("key")), {})
+            rec["masks_bytes"] = entry.get("masks_bytes", 0)
+            rec["ids_bytes"] = entry.get("ids_bytes", 0)
+            rec["ids_form"] = entry.get("ids_form", "off")
+            rec["mask_encoding"] = entry.get("mask_encoding", "")
     out.write_text(json.dumps({"records": records, "lost_frames": lost}) + "\n", encoding="utf-8")
     # Stop the spinning thread before tearing down rclpy: shutting down under a running
     # executor intermittently killed the process after the records were written.
@@ -190,13 +235,20 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
             "transport_out": _stats([r["e2e_ms"] - r.get("input_age_ms", float("nan")) - r.get("queue_ms", 0.0)
                                      - r["total_ms"] for r in rows]),
         }
+        if "masks_bytes" in rows[0]:  # CDR bytes per frame on ~/masks and the instance-ID topic
+            entry["wire"] = {
+                "mask_encoding": rows[0]["mask_encoding"], "instance_ids": rows[0]["ids_form"],
+                "masks_kb": round(statistics.median(r["masks_bytes"] for r in rows) / 1e3, 2),
+                "ids_kb": round(statistics.median(r["ids_bytes"] for r in rows) / 1e3, 2),
+                "total_kb": round(statistics.median(r["masks_bytes"] + r["ids_bytes"] for r in rows) / 1e3, 2),
+            }
         out[size] = entry
     return out
 
 
 def render(summary: dict[str, Any], command: str) -> str:
-    lines = [f"command: {command}",
-             f"{'frame':<10} {'n':>3} {'masks':>5}  {'e2e med/p90':>16}  {'model med':>10}  {'overhead med/p90':>17}  "
+    lines = [f"command: {command}"] if command else []
+    lines += [f"{'frame':<10} {'n':>3} {'masks':>5}  {'e2e med/p90':>16}  {'model med':>10}  {'overhead med/p90':>17}  "
              f"{'ROS->numpy':>10}  {'publish':>8}  {'transport':>9}  {'in':>5}  {'queue':>5}  {'out':>5}   (ms)"]
     for size, e in summary.items():
         lines.append(
@@ -208,6 +260,22 @@ def render(summary: dict[str, Any], command: str) -> str:
     lines.append("overhead = e2e (image stamp -> LabeledMaskArray received) - model (encode + decode + recognition, "
                  "from the node's per-frame /diagnostics); transport = e2e - the node's total = in (stamp -> node's "
                  "image callback) + queue (callback -> worker) + out (node done -> client callback); medians.")
+    return "\n".join(lines)
+
+
+def render_wire(presets: dict[str, Any]) -> str:
+    """One row per output setting and frame size: what went on the wire, and the node's publish time."""
+    lines = ["| outputs | frame | masks | mask encoding | ~/masks kB | instance ids | ids kB | total kB/frame "
+             "| publish ms (median) | overhead ms (median) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, run in presets.items():
+        for size, e in run["summary"].items():
+            wire = e.get("wire", {})
+            lines.append(f"| {name} | {size} | {e['instances']} | {wire.get('mask_encoding', '?')} "
+                         f"| {wire.get('masks_kb', float('nan')):.1f} | {wire.get('instance_ids', '?')} "
+                         f"| {wire.get('ids_kb', float('nan')):.1f} | {wire.get('total_kb', float('nan')):.1f} "
+                         f"| {e['node_publish']['median_ms']:.2f} | {e['overhead']['median_ms']:.1f} |")
+    lines.append("kB = CDR bytes of the serialized messages (DDS adds its packet headers); masks + the instance-ID "
+                 "topic that carried data. publish = the node's building and publishing of all outputs per frame.")
     return "\n".join(lines)
 
 
@@ -241,14 +309,35 @@ FASTDDS_LARGE_DATA_XML = """<?xml version="1.0" encoding="UTF-8" ?>
 """
 
 
-def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
+# Output settings a run can compare (node parameters over config/ovsam.yaml). "defaults" sets none:
+# whatever the node and its config YAML default to. "old": the outputs before issue #23.
+PRESETS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "old": {"mask_encoding": "raw", "publish_instance_ids": True, "instance_ids_format": "raw"},
+}
+INSTANCE_ID_FORMS = ("off", "raw", "png")
+
+
+def node_overrides(args: argparse.Namespace, preset: str) -> dict[str, Any]:
+    """The preset's output parameters, then --mask-encoding / --instance-ids / --no-instance-ids."""
+    values = dict(PRESETS[preset])
+    if args.mask_encoding:
+        values["mask_encoding"] = args.mask_encoding
+    ids = "off" if args.no_instance_ids else args.instance_ids
+    if ids == "off":
+        values["publish_instance_ids"] = False
+        values.pop("instance_ids_format", None)
+    elif ids:
+        values.update(publish_instance_ids=True, instance_ids_format=ids)
+    return values
+
+
+def run_once(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, Any]:
+    """One node + client run in a private network namespace: the client's records and lost frames."""
     import yaml
 
-    from ovsam_ros.ros.isolation import IsolatedRosGroup, isolation_available, wait_for_line
+    from ovsam_ros.ros.isolation import IsolatedRosGroup, wait_for_line
 
-    ok, why = isolation_available()
-    if not ok:
-        raise RuntimeError(f"the ROS overhead benchmark needs a private network namespace: {why}")
     node_exe = Path(sys.executable).parent / "ovsam-node"
     if not node_exe.exists():
         raise FileNotFoundError(f"{node_exe} missing: install the package (tools/setup.sh) first")
@@ -262,7 +351,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         # and the node's GIL were busy with /diagnostics when a frame or its result arrived).
         config["/**"]["ros__parameters"].update({
             "model": args.model, "num_threads": args.threads, "diagnostics_period": 0.25, "mode": "prompt",
-            "publish_overlay": False, "max_rate_hz": 0.0, "publish_instance_ids": not args.no_instance_ids,
+            "publish_overlay": False, "max_rate_hz": 0.0, **overrides,
         })
         params = tmp / "params.yaml"
         params.write_text(yaml.safe_dump(config))
@@ -279,7 +368,8 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
             wait_for_line(node, "ovsam-node ready (active)", timeout=args.timeout)
             client = group.start([sys.executable, "-m", "ovsam_ros.benchmark.ros_overhead", "--client",
                                   str(records_path), "--frames", str(args.frames), "--warmup", str(args.warmup),
-                                  "--timeout", str(args.timeout), "--sizes", *[f"{w}x{h}" for w, h in args.sizes]],
+                                  "--timeout", str(args.timeout), "--clicks", str(args.clicks),
+                                  "--sizes", *[f"{w}x{h}" for w, h in args.sizes]],
                                  cwd=str(tmp))
             try:
                 lines = wait_for_line(client, "done",
@@ -294,18 +384,40 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                 raise RuntimeError(f"benchmark client failed (exit code {code}):\n" + "\n".join(lines[-30:]) + rest
                                    + "\n--- node output (last 40 lines) ---\n" + "\n".join(node_log.splitlines()[-40:]))
             group.stop(node)
-        data = json.loads(records_path.read_text())
-    records = data["records"]
-    summary = summarize(records)
+        return json.loads(records_path.read_text())
+
+
+def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    from ovsam_ros.ros.isolation import isolation_available
+
+    ok, why = isolation_available()
+    if not ok:
+        raise RuntimeError(f"the ROS overhead benchmark needs a private network namespace: {why}")
+    presets: dict[str, Any] = {}
+    records: list[dict[str, Any]] = []
+    for preset in args.presets:
+        overrides = node_overrides(args, preset)
+        data = run_once(args, overrides)
+        for rec in data["records"]:
+            rec["preset"] = preset
+        records += data["records"]
+        presets[preset] = {"node_parameters": overrides, "summary": summarize(data["records"]),
+                           "lost_frames": data["lost_frames"]}
+    first = presets[args.presets[0]]
     targets = []
-    for size, entry in summary.items():
+    for size, entry in first["summary"].items():
         if size == "1280x720":
             value = entry["overhead"]["median_ms"]
             targets.append({"name": "ros_overhead_720p", "target": "< 10 ms median", "measured_ms": value,
                             "pass": value < 10.0})
-    return {"command": command, "model": args.model, "threads": args.threads, "dds": args.dds,
-            "publish_instance_ids": not args.no_instance_ids, "summary": summary,
-            "lost_frames": data["lost_frames"], "targets": targets, "records": records}
+    defaults = presets.get("defaults", {}).get("summary", {}).get("1280x720")
+    if defaults and defaults["instances"] == 20 and "wire" in defaults:
+        kb = defaults["wire"]["total_kb"]
+        targets.append({"name": "wire_720p_20", "target": "<= 100 kB masks + instance ids per frame (defaults)",
+                        "measured_kb": kb, "pass": kb <= 100.0})
+    return {"command": command, "model": args.model, "threads": args.threads, "dds": args.dds, "clicks": args.clicks,
+            "presets": presets, "summary": first["summary"],
+            "lost_frames": sum(p["lost_frames"] for p in presets.values()), "targets": targets, "records": records}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -320,22 +432,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--dds", choices=["shm", "default"], default="shm",
                         help="shm: Fast DDS profile with a 64 MB shared-memory segment (large-data tuning, default); "
                              "default: the RMW's built-in transports")
-    parser.add_argument("--no-instance-ids", action="store_true",
-                        help="node parameter publish_instance_ids false (no mono16 ID image per frame)")
+    parser.add_argument("--clicks", type=int, default=3,
+                        help="persistent click prompts per frame = instances per frame (default 3; 20 for the "
+                             "issue #23 wire target)")
+    parser.add_argument("--presets", nargs="+", choices=sorted(PRESETS), default=["defaults"],
+                        help="output settings to run, one node each: defaults (the node's own) and/or old "
+                             "(raw masks + raw instance-ID image, the outputs before issue #23)")
+    parser.add_argument("--mask-encoding", choices=["coco_rle", "png", "raw"], default=None,
+                        help="node parameter mask_encoding for every preset")
+    parser.add_argument("--instance-ids", choices=INSTANCE_ID_FORMS, default=None,
+                        help="~/instance_ids for every preset: off, raw (mono16 Image) or png (CompressedImage)")
+    parser.add_argument("--no-instance-ids", action="store_true", help="same as --instance-ids off")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--client", type=Path, default=None, help=argparse.SUPPRESS)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.client is not None:
-        run_client(args.client, args.sizes, args.frames, args.warmup, args.timeout)
+        run_client(args.client, args.sizes, args.frames, args.warmup, args.timeout, clicks=args.clicks)
         return 0
+    if args.clicks < 1:
+        parser.error("--clicks must be >= 1")
     command = shlex.join(["python", "-m", "ovsam_ros.benchmark.ros_overhead", *argv])
     print(f"command: {command}", flush=True)
     report = run(args, command)
-    print(render(report["summary"], command))
+    for name, preset in report["presets"].items():
+        print(f"\noutputs: {name} {preset['node_parameters'] or '(node defaults)'}")
+        print(render(preset["summary"], ""))  # the command heads the output already
+    print("\n" + render_wire(report["presets"]))
     print(f"frames lost by best-effort QoS and re-sent (not timed): {report['lost_frames']}")
     for t in report["targets"]:
-        print(f"target {t['name']}: {t['target']}; measured {t['measured_ms']:.1f} ms -> {'PASS' if t['pass'] else 'MISS'}")
+        measured = f"{t['measured_ms']:.1f} ms" if "measured_ms" in t else f"{t['measured_kb']:.1f} kB"
+        print(f"target {t['name']}: {t['target']}; measured {measured} -> {'PASS' if t['pass'] else 'MISS'}")
     if args.json:
         write_json(report, args.json)
         print(f"wrote {args.json}")

@@ -1,18 +1,21 @@
 """Build and read ovsam_ros messages from numpy masks.
 
-Masks travel cropped to their box as lossless mono8 images; the helpers here
-are the only place that knows that layout, so producers and consumers agree.
+Masks travel cropped to their box, losslessly, in the encoding each ``LabeledMask`` names
+(:mod:`ovsam_ros.ros.mask_codec`: COCO RLE, PNG or a raw mono8 image); the helpers here and
+there are the only place that knows that layout, so producers and consumers agree.
 """
 
 from __future__ import annotations
 
+import array
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from ovsam_ros.results import mask_box
-from ovsam_ros.ros.image_conversion import image_to_numpy, new_image_msg
+from ovsam_ros.ros.image_conversion import new_image_msg
+from ovsam_ros.ros.mask_codec import RAW, check_mask_encoding, decode_mask, decode_mask_crop, encode_crop
 
 
 def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -30,10 +33,12 @@ def labeled_mask_msg(
     predicted_iou: float = float("nan"),
     stability_score: float = float("nan"),
     crop_box: tuple[int, int, int, int] | None = None,
+    mask_encoding: str = RAW,
 ) -> Any:
     """A ``LabeledMask`` for a full-frame boolean ``mask``, or for a mask already cropped to
     its tight box ``crop_box`` = (x_min, y_min, x_max, y_max) (the predictor's crops: no
-    full-frame mask needs to exist).
+    full-frame mask needs to exist). ``mask_encoding``: how the crop travels (``raw``,
+    ``coco_rle``, ``png``; see :mod:`ovsam_ros.ros.mask_codec`).
 
     ``labels`` are (class_index, name, score) candidates, best first; the first
     becomes the instance's label.
@@ -41,6 +46,7 @@ def labeled_mask_msg(
     from ovsam_ros.msg import LabeledMask, LabelScore
     from sensor_msgs.msg import RegionOfInterest
 
+    check_mask_encoding(mask_encoding)
     mask = np.asarray(mask, dtype=bool)
     if crop_box is None:
         x, y, w, h = mask_bbox(mask)
@@ -63,6 +69,11 @@ def labeled_mask_msg(
     msg.predicted_iou = float(predicted_iou)
     msg.stability_score = float(stability_score)
     msg.bbox = RegionOfInterest(x_offset=x, y_offset=y, width=w, height=h, do_rectify=False)
+    msg.mask_encoding = mask_encoding
+    if mask_encoding != RAW:
+        # An array('B') is stored as is by the generated setter (bytes would be copied per element).
+        msg.mask_data = array.array("B", encode_crop(crop, mask_encoding))
+        return msg
     # 0/255 written straight into the message's buffer: one pass over the crop, no temporaries.
     msg.mask, pixels = new_image_msg(crop.shape[0], crop.shape[1], "mono8")
     np.multiply(crop, np.uint8(255), out=pixels, dtype=np.uint8)
@@ -70,16 +81,27 @@ def labeled_mask_msg(
 
 
 def mask_from_msg(instance: Any, height: int, width: int) -> np.ndarray:
-    """Paste a ``LabeledMask``'s cropped mask into a full (height, width) boolean image."""
-    full = np.zeros((height, width), dtype=bool)
-    box = instance.bbox
-    if box.width == 0 or box.height == 0:
-        return full
-    crop = image_to_numpy(instance.mask) > 0
-    if crop.shape != (box.height, box.width):
-        raise ValueError(f"mask of shape {crop.shape} does not match its box {box.width}x{box.height}")
-    full[box.y_offset : box.y_offset + box.height, box.x_offset : box.x_offset + box.width] = crop
-    return full
+    """A ``LabeledMask``'s full (height, width) boolean mask, whatever its ``mask_encoding``
+    (:func:`ovsam_ros.ros.mask_codec.decode_mask`; raises its ``MaskDecodeError``, a ValueError)."""
+    return decode_mask(instance, (height, width))
+
+
+def instance_id_image_from_msg(array: Any) -> np.ndarray:
+    """The node's instance-ID image (``~/instance_ids``, uint16) rebuilt from a ``LabeledMaskArray``:
+    pixel = the track id (wrapped to 1..65535; 0 = tentative, left out) when ``array.tracked``, else
+    ``instance_id + 1``; the first instance owns overlapping pixels. ``~/instance_ids`` is off by
+    default because this gives the same image from ~/masks alone."""
+    from ovsam_ros.robot.tracking import track_id_pixel
+
+    crops, boxes = [], []
+    for instance in array.instances:
+        box = instance.bbox
+        crops.append(decode_mask_crop(instance))
+        boxes.append((box.x_offset, box.y_offset, box.x_offset + box.width, box.y_offset + box.height))
+    values = ([track_id_pixel(int(m.track_id)) for m in array.instances] if array.tracked
+              else [int(m.instance_id) + 1 for m in array.instances])
+    return instance_id_image_from_crops(crops, boxes, int(array.image_height), int(array.image_width),
+                                        values=values)
 
 
 def instance_id_image(masks: Sequence[np.ndarray], height: int, width: int,

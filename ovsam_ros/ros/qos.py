@@ -35,6 +35,10 @@ DETECTION_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=Histo
 DEPTH_QOS = QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST, depth=5,
                        durability=DurabilityPolicy.VOLATILE)
 OUTPUT_DEPTH = 5
+# ~/label_info (vision_msgs/LabelInfo, metadata like CameraInfo): latched, so a subscriber that joins
+# later gets the current vocabulary at once; republished when the vocabulary changes.
+LABEL_INFO_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=1,
+                            durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 def input_qos(reliability: str = "best_effort", depth: int = 1) -> QoSProfile:

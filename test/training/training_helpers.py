@@ -89,8 +89,10 @@ def compressed_msg(store, stamp_ns: int, frame_id: str, rgb: np.ndarray, data: O
                format="png", data=np.frombuffer(data, np.uint8))
 
 
-def labeled_array_msg(store, stamp_ns: int, frame_id: str, shape, instances: Iterable[tuple]):
-    """instances: (mask bool HxW, label, class_index, score)."""
+def labeled_array_msg(store, stamp_ns: int, frame_id: str, shape, instances: Iterable[tuple],
+                      mask_encoding: str = "raw"):
+    """instances: (mask bool HxW, label, class_index, score); masks in ``mask_encoding`` (LabeledMask)."""
+    from ovsam_ros.ros.mask_codec import RAW, encode_crop
     T = store.types
     Header, Time = T["std_msgs/msg/Header"], T["builtin_interfaces/msg/Time"]
     ROI, Arr = T["sensor_msgs/msg/RegionOfInterest"], T["ovsam_ros/msg/LabeledMaskArray"]
@@ -102,12 +104,16 @@ def labeled_array_msg(store, stamp_ns: int, frame_id: str, shape, instances: Ite
         ys, xs = np.nonzero(mask)
         x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
         crop = (mask[y0:y1, x0:x1].astype(np.uint8) * 255)
+        payload = b"" if mask_encoding == RAW else encode_crop(crop > 0, mask_encoding)
+        if payload:  # compressed: the mask travels in mask_data, the image stays empty
+            crop = np.zeros((0, 0), np.uint8)
         m = image_msg(store, stamp_ns, frame_id, np.repeat(crop[:, :, None], 3, 2), "mono8")
         out.append(LM(instance_id=i, prompt_index=-1, label=label, class_index=idx, score=score,
                       alternatives=[LS(label=label, class_index=idx, score=score)], predicted_iou=0.9,
                       stability_score=0.9,
                       bbox=ROI(x_offset=int(x0), y_offset=int(y0), height=int(y1 - y0), width=int(x1 - x0),
-                               do_rectify=False), mask=m,
+                               do_rectify=False), mask_encoding=mask_encoding, mask=m,
+                      mask_data=np.frombuffer(payload, np.uint8),
                       track_id=0, source_id="", source_class_id="", source_score=0.0, has_position=False,
                       centroid=Point(x=0.0, y=0.0, z=0.0), extent_min=Point(x=0.0, y=0.0, z=0.0),
                       extent_max=Point(x=0.0, y=0.0, z=0.0), point_count=0))

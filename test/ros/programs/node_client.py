@@ -60,6 +60,7 @@ class Client:
         self.diagnostics: list = []
         self.node.create_subscription(LabeledMaskArray, f"{ns}/ovsam/masks", self._on_masks, reliable)
         self.node.create_subscription(Image, f"{ns}/ovsam/instance_ids", self._on_ids, reliable)
+        self.node.create_subscription(CompressedImage, f"{ns}/ovsam/instance_ids/compressed", self._on_ids, reliable)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, reliable)
         self.segment = self.node.create_client(Segment, f"{ns}/ovsam/segment")
         self.executor = MultiThreadedExecutor(num_threads=2)
