@@ -5,9 +5,13 @@ belong to THAT frame, not to whatever frame is newest when they arrive. The node
 keeps the last few frames here and looks up the one a stamped prompt names.
 
 Stamps are integer nanoseconds (``sec * 10**9 + nanosec``) so equality is exact.
-``frame_id`` "" in a lookup matches any camera. Entries leave the buffer when it
-is full (oldest first) or when they are older than ``max_age`` seconds by the
-receive clock (monotonic), whichever comes first.
+``frame_id`` "" in a lookup matches any camera. Entries leave the buffer, oldest
+first, when it holds more than ``capacity`` entries, more than ``max_bytes`` (with a
+``size_of`` function; the newest entry always stays, so one frame larger than the
+budget is still usable), or when they are older than ``max_age`` seconds by the
+receive clock (monotonic). Age is checked on every push and lookup and by
+:meth:`StampedBuffer.expire` (the node calls it from a timer), so a burst of large
+frames does not stay in memory until the next stamped prompt.
 
 :meth:`StampedBuffer.find` says what happened, so the caller can count it:
 
@@ -25,7 +29,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Generic, Optional, TypeVar
+from typing import Callable, Generic, Optional, TypeVar
 
 T = TypeVar("T")
 
@@ -60,42 +64,78 @@ class Lookup(Generic[T]):
 class StampedBuffer(Generic[T]):
     """Thread-safe bounded buffer of stamped items (frames, depth images, ...)."""
 
-    def __init__(self, capacity: int = 30, max_age: float = 2.0) -> None:
-        if capacity < 1:
-            raise ValueError(f"capacity must be >= 1, got {capacity}")
-        if not max_age > 0:
-            raise ValueError(f"max_age must be > 0 seconds, got {max_age}")
+    def __init__(self, capacity: int = 30, max_age: float = 2.0, max_bytes: Optional[int] = None,
+                 size_of: Optional[Callable[[T], int]] = None) -> None:
+        _check_limits(capacity, max_age, max_bytes)
         self.capacity, self.max_age = int(capacity), float(max_age)
+        self.max_bytes = None if max_bytes is None else int(max_bytes)
+        self._size_of = size_of
         self._entries: deque[Entry[T]] = deque()
+        self._sizes: deque[int] = deque()  # bytes of each entry (0 without size_of)
+        self._bytes = 0
         self._lock = threading.Lock()
 
-    def configure(self, capacity: int, max_age: float) -> None:
+    def configure(self, capacity: int, max_age: float, max_bytes: Optional[int] = None) -> None:
         """Change the limits (parameters changed at runtime); trims at once."""
-        if capacity < 1 or not max_age > 0:
-            raise ValueError(f"capacity must be >= 1 and max_age > 0, got {capacity}, {max_age}")
+        _check_limits(capacity, max_age, max_bytes)
         with self._lock:
             self.capacity, self.max_age = int(capacity), float(max_age)
-            while len(self._entries) > self.capacity:
-                self._entries.popleft()
+            self.max_bytes = None if max_bytes is None else int(max_bytes)
+            self._trim()
 
     def push(self, stamp: int, frame_id: str, item: T, received: float) -> None:
-        """Add an item; entries are kept in arrival order (stamps may arrive out of order)."""
+        """Add an item; entries are kept in arrival order (stamps may arrive out of order).
+        Entries older than ``max_age`` at ``received`` leave now, not at the next lookup."""
+        size = int(self._size_of(item)) if self._size_of is not None else 0
         with self._lock:
             self._entries.append(Entry(int(stamp), frame_id, item, float(received)))
-            while len(self._entries) > self.capacity:
-                self._entries.popleft()
+            self._sizes.append(size)
+            self._bytes += size
+            self._expire(float(received))
+            self._trim()
+
+    def expire(self, now: float) -> int:
+        """Drop entries older than ``max_age`` at ``now`` (monotonic s); how many left."""
+        with self._lock:
+            before = len(self._entries)
+            self._expire(now)
+            return before - len(self._entries)
+
+    def _pop_oldest(self) -> None:
+        self._entries.popleft()
+        self._bytes -= self._sizes.popleft()
+
+    def _trim(self) -> None:
+        while len(self._entries) > self.capacity:
+            self._pop_oldest()
+        if self.max_bytes is not None:
+            while len(self._entries) > 1 and self._bytes > self.max_bytes:
+                self._pop_oldest()
 
     def _expire(self, now: float) -> None:
         while self._entries and now - self._entries[0].received > self.max_age:
-            self._entries.popleft()
+            self._pop_oldest()
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held, as ``size_of`` counts them (0 without it)."""
+        with self._lock:
+            return self._bytes
+
+    def entries(self) -> list[Entry[T]]:
+        """A copy of the entries, oldest first."""
+        with self._lock:
+            return list(self._entries)
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._sizes.clear()
+            self._bytes = 0
 
     def newest(self, frame_id: str = "", now: Optional[float] = None) -> Optional[Entry[T]]:
         """The most recently received entry (of camera ``frame_id`` unless "")."""
@@ -138,6 +178,15 @@ class StampedBuffer(Generic[T]):
             return Lookup(EXPIRED, detail=f"stamp {_fmt(stamp)} s is older than the {span}")
         return Lookup(MISSING, detail=f"no frame within {tolerance_ns / 1e6:g} ms of stamp {_fmt(stamp)} s "
                                       f"(nearest is {offset / 1e6:+.1f} ms away); {span}")
+
+
+def _check_limits(capacity: int, max_age: float, max_bytes: Optional[int]) -> None:
+    if capacity < 1:
+        raise ValueError(f"capacity must be >= 1, got {capacity}")
+    if not max_age > 0:
+        raise ValueError(f"max_age must be > 0 seconds, got {max_age}")
+    if max_bytes is not None and max_bytes < 1:
+        raise ValueError(f"max_bytes must be >= 1 (or None for no byte limit), got {max_bytes}")
 
 
 def _fmt(stamp: int) -> str:

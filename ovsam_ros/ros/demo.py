@@ -223,6 +223,11 @@ def run_ros_demo(
         Parameter("publish_overlay", value=True),
         Parameter("diagnostics_period", value=1.0),
     ]
+    # The user's own command line names these files: the node may read them (it refuses paths outside
+    # model_dirs / vocabulary_dirs, which is right for parameters anyone on the network can set).
+    for value, dirs in ((model, "model_dirs"), (vocabulary, "vocabulary_dirs")):
+        if value and os.path.isfile(os.path.expanduser(value)):
+            overrides.append(Parameter(dirs, value=os.path.dirname(os.path.realpath(os.path.expanduser(value)))))
     if world:
         # text queries pick among everything-mode masks: a 12 x 12 grid covers every object
         overrides += [Parameter(name, value=value) for name, value in WORLD_EVERYTHING.items()]

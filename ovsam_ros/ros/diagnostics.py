@@ -15,6 +15,9 @@ from typing import Any, Iterable, Optional
 
 # queue: image callback -> worker start (hand-over between threads), not part of "total".
 STAGES = ("queue", "preprocess", "encode", "decode", "recognition", "publish", "total")
+# Counters whose growth since the last message makes an active node WARN (bad input, errors, or
+# depth in the wrong unit: 3D outputs 1,000x off). Empty masks do not: a blank frame has no object.
+WARN_COUNTERS = ("frames_failed", "frames_rejected", "qos_incompatible", "depth_implausible")
 
 
 @dataclass
@@ -87,11 +90,15 @@ class NodeStats:
             self.frames_idle = 0  # nothing to do (prompt mode without prompts)
             self.frames_failed = 0  # inference raised
             self.prompts_rejected = 0
+            self.prompts_over_limit = 0  # prompts past max_prompts / max_prompt_points (also in prompts_rejected)
+            self.results_discarded = 0  # computed, not published: deactivated meanwhile, or older than one published
             self.qos_incompatible = 0  # publishers whose QoS cannot match a subscription
             self.zero_stamps = 0
             self.prompts_on_stamped_frame = 0  # stamped prompts run on the buffered frame they name
             self.prompts_on_newest_frame = 0  # stamped prompts whose frame was gone: newest frame instead
             self.depth_skipped = 0  # frames whose 3D part was skipped (bad / missing depth or CameraInfo)
+            self.depth_implausible = 0  # frames whose depth is implausible for its encoding (mm sent as 32FC1 ...)
+            self.empty_masks = 0  # prompt results without a pixel: not objects, left out of the outputs
             self.everything_empty = 0  # everything/text frames whose thresholds removed every candidate
             self.last_stamp: Optional[tuple[int, int]] = None
             self.last_error = ""
@@ -144,11 +151,15 @@ class NodeStats:
                 "frames_idle": self.frames_idle,
                 "frames_failed": self.frames_failed,
                 "prompts_rejected": self.prompts_rejected,
+                "prompts_over_limit": self.prompts_over_limit,
+                "results_discarded": self.results_discarded,
                 "qos_incompatible": self.qos_incompatible,
                 "zero_stamps": self.zero_stamps,
                 "prompts_on_stamped_frame": self.prompts_on_stamped_frame,
                 "prompts_on_newest_frame": self.prompts_on_newest_frame,
                 "depth_skipped": self.depth_skipped,
+                "depth_implausible": self.depth_implausible,
+                "empty_masks": self.empty_masks,
                 "everything_empty": self.everything_empty,
                 "processing_rate_hz": rate,
                 "last_stamp": self.last_stamp,
@@ -184,16 +195,18 @@ def diagnostic_array(snap: dict[str, Any], *, name: str, stamp: Any, state: str,
     """A ``DiagnosticArray`` with one status for the node, in any lifecycle state.
 
     ERROR with ``error`` (why the last configure failed) while that holds; when active, WARN
-    with ``stale`` (why the input looks dead), or when frames were rejected or failed since
-    ``previous`` (the last published snapshot); OK otherwise.
+    with ``stale`` (why the input looks dead), or when a :data:`WARN_COUNTERS` counter (frames
+    rejected or failed, QoS mismatches, implausible depth) grew since ``previous`` (the last
+    published snapshot); OK otherwise.
     """
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
     status = DiagnosticStatus(name=name, hardware_id="ovsam_ros")
     values = [("state", state)]
     for key in ("frames_received", "frames_processed", "frames_dropped", "frames_rejected", "frames_idle",
-                "frames_failed", "prompts_rejected", "qos_incompatible", "zero_stamps", "prompts_on_stamped_frame",
-                "prompts_on_newest_frame", "depth_skipped", "everything_empty"):
+                "frames_failed", "prompts_rejected", "prompts_over_limit", "results_discarded", "qos_incompatible",
+                "zero_stamps", "prompts_on_stamped_frame", "prompts_on_newest_frame", "depth_skipped",
+                "depth_implausible", "empty_masks", "everything_empty"):
         values.append((key, str(snap[key])))
     values.append(("processing_rate_hz", f"{snap['processing_rate_hz']:.3f}"))
     if snap["last_stamp"] is not None:
@@ -216,7 +229,7 @@ def diagnostic_array(snap: dict[str, Any], *, name: str, stamp: Any, state: str,
         status.level, status.message = DiagnosticStatus.OK, f"{state}"
     elif stale:
         status.level, status.message = DiagnosticStatus.WARN, f"active; {stale}"
-    elif any(snap[k] > (previous or {}).get(k, 0) for k in ("frames_failed", "frames_rejected", "qos_incompatible")):
+    elif any(snap[k] > (previous or {}).get(k, 0) for k in WARN_COUNTERS):
         status.level, status.message = DiagnosticStatus.WARN, f"active; bad input or errors: {snap['last_error']}"
     else:
         status.level, status.message = DiagnosticStatus.OK, "active"

@@ -11,12 +11,11 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ovsam_ros.image_input import to_uint8_rgb
-from ovsam_ros.ros.image_conversion import ImageConversionError, compressed_to_numpy, image_to_numpy, to_rgb
+from ovsam_ros.ros.image_conversion import compressed_to_numpy, image_to_numpy, to_model_rgb
 
 
 @dataclass
@@ -25,6 +24,16 @@ class Frame:
     compressed: bool
     received: float  # time.monotonic() at arrival
     encoded: Any = None  # the predictor's image state once encoded (kept for the newest few frames)
+    seq: int = 0  # arrival order (the node counts from 1): results are published in this order, never back
+
+
+def frame_bytes(frame: Frame) -> int:
+    """The memory a buffered frame holds: its pixel data (headers are noise next to it)."""
+    data = getattr(frame.msg, "data", b"")
+    try:
+        return len(data) * getattr(data, "itemsize", 1)
+    except TypeError:
+        return 0
 
 
 class LatestFrameSlot:
@@ -84,22 +93,23 @@ class LatestFrameSlot:
             return self._frame is not None
 
 
-def decode_frame(msg: Any, compressed: bool) -> np.ndarray:
+def decode_frame(msg: Any, compressed: bool, *, input_bits: int = 16, float_max: float = 1.0,
+                 source: str = "camera image", warn: Optional[Callable[[str, str], object]] = None) -> np.ndarray:
     """Any supported Image / CompressedImage -> (H, W, 3) uint8 RGB; ImageConversionError if unusable.
 
-    mono and 16-bit images are converted (16-bit scaled by 1/257), alpha is
-    dropped, BGR is reordered; lying ``step``/size fields and truncated or
-    corrupt data raise with the reason.
+    The range follows the encoding, never the pixels (:func:`ovsam_ros.image_input.to_uint8_rgb`):
+    8-bit as it is, 16-bit encodings hold ``input_bits`` bits (0..2^N-1 is black..white; a 12-bit
+    camera in mono16 needs ``input_bits=12``), 32FC1 is 0..``float_max``. A frame using a tiny part
+    of its range is converted and reported through ``warn(source, message)``. mono is repeated to
+    RGB, alpha dropped, BGR reordered; lying ``step``/size fields and truncated or corrupt data
+    raise with the reason.
     """
     if compressed:
         pixels, encoding = compressed_to_numpy(msg)
     else:
-        # A view of the message's pixels where possible: to_rgb / to_uint8_rgb copy only when they convert.
+        # A view of the message's pixels where possible: to_model_rgb copies only when it converts.
         pixels, encoding = image_to_numpy(msg, copy=False), msg.encoding
-    try:
-        return to_uint8_rgb(to_rgb(pixels, encoding), "RGB")
-    except ValueError as error:
-        raise ImageConversionError(str(error)) from None
+    return to_model_rgb(pixels, encoding, input_bits=input_bits, float_max=float_max, source=source, warn=warn)
 
 
 def stamp_tuple(header: Any) -> tuple[int, int]:

@@ -5,15 +5,28 @@ topics/services, *activate* starts the worker and enables the publishers,
 *deactivate* stops both, *cleanup* frees the model. ``ovsam-node`` configures
 and activates by itself unless ``--no-autostart``.
 
+This module is the lifecycle shell: parameters, transitions, topics and services,
+diagnostics. What happens to a frame (the worker thread, job selection, inference,
+tracking, publishing and its order) is :mod:`ovsam_ros.ros.frame_pipeline`.
+
 Threads: the image callbacks only store the newest frame (a pending frame that
-is replaced counts as dropped); one worker thread runs inference on the newest
-frame; prompt, text and service callbacks run on a MultiThreadedExecutor in
-their own callback groups and never wait behind inference, except the
+is replaced counts as dropped); one worker thread (never more) runs inference on
+the newest frame; prompt, text and service callbacks run on a MultiThreadedExecutor
+in their own callback groups and never wait behind inference, except the
 ``segment`` service, which needs the model and waits for the current frame.
+*deactivate* returns without waiting for a frame in flight (its result is dropped),
+only for a publish under way; *cleanup* waits for the inference in flight before it
+frees the model.
 
 What a frame is used for, first match wins: one-shot prompts, a one-shot text
 query, persistent prompts, a persistent text query, then parameter ``mode``
 (``everything``; ``text`` with parameter ``query``; ``prompt`` = nothing to do).
+
+Bounds on what one message can cause (anyone on the DDS domain can send one): at
+most ``max_prompts`` prompts per PromptArray / detection message / segment request
+and ``max_prompt_points`` points per prompt (the excess is rejected, counted in
+``prompts_over_limit``, with a warning); files only from ``vocabulary_dirs`` /
+``model_dirs`` for the ``vocabulary`` / ``model`` parameters and ``set_vocabulary``.
 
 Topics (inputs from other nodes relative, so namespaces and remaps work; the rest under the node):
 
@@ -25,10 +38,15 @@ Topics (inputs from other nodes relative, so namespaces and remaps work; the res
 ``detection_prompts``        sub   vision_msgs/Detection2DArray (if vision_msgs is installed)
 ``depth/image``              sub   sensor_msgs/Image 16UC1 (mm) / 32FC1 (m), aligned to ``image``
 ``depth/camera_info``        sub   sensor_msgs/CameraInfo of the depth image
-``~/masks``                  pub   ovsam_ros/LabeledMaskArray (header = the image's)
-``~/instance_ids``           pub   sensor_msgs/Image mono16, pixel = instance_id + 1
+``~/masks``                  pub   ovsam_ros/LabeledMaskArray (header = the image's; ``mask_encoding``)
+``~/instance_ids``           pub   sensor_msgs/Image mono16, pixel = instance_id + 1 (``publish_instance_ids``,
+                                   ``instance_ids_format: raw``)
+``~/instance_ids/compressed``  pub  sensor_msgs/CompressedImage, the same as a 16-bit PNG (``instance_ids_format: png``)
 ``~/overlay``                pub   sensor_msgs/Image rgb8 (``publish_overlay``)
-``~/detections``             pub   vision_msgs/Detection2DArray (if vision_msgs is installed)
+``~/detections``             pub   vision_msgs/Detection2DArray, id = track id (if vision_msgs is installed)
+``~/detections_3d``          pub   vision_msgs/Detection3DArray in the 3D frame (vision_msgs; frames with depth)
+``~/label_info``             pub   vision_msgs/LabelInfo class index -> name (vision_msgs; latched)
+``~/markers``                pub   visualization_msgs/MarkerArray, 3D boxes + labels (``publish_markers``)
 ``~/points``                 pub   sensor_msgs/PointCloud2 (``publish_points``)
 ``/diagnostics``             pub   diagnostic_msgs/DiagnosticArray (every lifecycle state)
 ``~/set_vocabulary``         srv   ovsam_ros/SetVocabulary
@@ -38,6 +56,10 @@ Topics (inputs from other nodes relative, so namespaces and remaps work; the res
 
 Camera QoS (``input_reliability``, ``input_depth``) and output QoS (``output_reliability``)
 are parameters (ovsam_ros.ros.qos).
+
+Camera images: the value range follows the encoding, never the pixels: 16-bit encodings hold
+``input_bits`` bits (12 for a 12-bit camera in mono16), 32FC1 is 0..``float_max``; a frame using
+under 1/16 of its range is converted and warned about (rate-limited per topic).
 """
 
 from __future__ import annotations
@@ -45,11 +67,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import itertools
 import sys
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import rclpy
@@ -57,61 +78,23 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
-import numpy as np
-
-from ovsam_ros.prompts import Prompt, PromptError, check_prompt
-from ovsam_ros.robot.depth3d import (DepthError, Intrinsics, backproject, check_pairing, depth_to_metres,
-                                     instance_geometry, transform_points)
+from ovsam_ros.image_input import RangeWarnings
+from ovsam_ros.prompts import PromptError, check_prompt
 from ovsam_ros.robot.detections import prompts_from_detections
-from ovsam_ros.robot.frame_buffer import MATCHED, PENDING, StampedBuffer, header_stamp_ns
-from ovsam_ros.robot.tracking import CroppedMask, InstanceTracker, Observation
+from ovsam_ros.robot.frame_buffer import header_stamp_ns
 from ovsam_ros.ros import outputs
 from ovsam_ros.ros.diagnostics import NodeStats, StageClock, diagnostic_array, summary_line
-from ovsam_ros.ros.frames import Frame, LatestFrameSlot, decode_frame, stamp_seconds, stamp_tuple
-from ovsam_ros.ros.image_conversion import ImageConversionError, image_to_numpy
+from ovsam_ros.ros.frame_pipeline import FrameOutput, FramePipeline, Job, TextRequest
+from ovsam_ros.ros.frames import Frame, decode_frame, stamp_seconds
+from ovsam_ros.ros.image_conversion import ImageConversionError
+from ovsam_ros.ros.model_access import allowed_model_dirs, resolve_model_request
 from ovsam_ros.ros.param_checks import ParamsFileError, read_params_file, section_warning, unknown_parameters
 from ovsam_ros.ros.parameters import CONFIGURE_TIME, MODES, PARAMETERS, SPECS, NodeSettings, descriptor, validate
-from ovsam_ros.ros.prompt_input import PromptSet, fit_prompts, prompt_from_msg, prompt_set_from_msg
+from ovsam_ros.ros.prompt_input import PromptSet, check_limits, limited_prompt_set, prompt_from_msg
 from ovsam_ros.ros.qos import (COMMAND_QOS, DEPTH_QOS, DETECTION_QOS, DIAGNOSTICS_QOS,  # noqa: F401 (re-exported)
-                               OUTPUT_QOS, SENSOR_QOS, incompatible_qos_callbacks, input_qos, output_qos)
-from ovsam_ros.ros.vocabulary_access import allowed_dirs, resolve_request
-
-STAMPED_QUEUE = 32  # stamped prompt sets waiting for their frame; more and the oldest is dropped, counted
-DEPTH_WAIT = 0.1  # s the worker waits for a depth image stamped like its frame that is still on its way
-ENCODED_FRAMES = 2  # frames whose image encoding is kept, so a late prompt for them skips the encoder
-
-
-@dataclass
-class TextRequest:
-    text: str
-    max_instances: int = 0  # 0 = parameter max_instances
-    min_score: float = 0.0  # 0 = parameter text_min_score
-
-
-@dataclass
-class Job:
-    """What to do with one frame."""
-
-    mode: str  # prompt | everything | text
-    prompts: list[Prompt] = field(default_factory=list)
-    indices: list[int] = field(default_factory=list)  # prompt_index of each prompt in its PromptArray
-    text: Optional[TextRequest] = None
-    rejected: list[str] = field(default_factory=list)
-    prompt_set: Optional[PromptSet] = None  # where the prompts came from (detector sources)
-    persistent: bool = False  # persistent prompts: track ids keyed by prompt, mask feedback
-
-
-@dataclass
-class FrameOutput:
-    """What one processed frame produced (returned by :meth:`OVSAMNode.process_frame` for tests/tools)."""
-
-    mode: str
-    masks: Any  # LabeledMaskArray
-    instance_ids: Any = None
-    overlay: Any = None
-    stages: dict[str, float] = field(default_factory=dict)
-    rejected: list[str] = field(default_factory=list)
-    points: Any = None  # PointCloud2 (publish_points)
+                               LABEL_INFO_QOS, OUTPUT_QOS, SENSOR_QOS, incompatible_qos_callbacks, input_qos,
+                               output_qos)
+from ovsam_ros.ros.vocabulary_access import allowed_dirs, parameter_spec, resolve_request
 
 
 def encode_vocabulary_text(predictor: Any, spec: Any):
@@ -138,38 +121,20 @@ class OVSAMNode(LifecycleNode):
 
         self.predictor: Any = None
         self.last_error = ""  # reason of the last failed transition / request
-        self._predictor_lock = threading.Lock()  # the predictor holds one image: one user at a time
-        self._state_lock = threading.Lock()  # prompts and queries
-        self._oneshot_prompts: Optional[PromptSet] = None
-        self._persistent_prompts: Optional[PromptSet] = None
-        self._oneshot_query: Optional[TextRequest] = None
-        self._persistent_query: Optional[TextRequest] = None
-        self._slot = LatestFrameSlot()
-        self._stop = threading.Event()
-        self._worker: Optional[threading.Thread] = None
+        self.predictor_lock = threading.Lock()  # the predictor holds one image: one user at a time
+        self._predictor_lock = self.predictor_lock  # the name tests and tools know
         self._active = False
-        self._recognition_s = 0.0
-        self._vocab_version = ""
-        self._out_pubs: dict[str, Any] = {}
+        self.vocab_version = ""
+        self.publishers_by_name: dict[str, Any] = {}  # output name -> lifecycle publisher
         self._owned_entities: list[tuple[str, Any]] = []
         self._last_diag = 0.0
         self._last_diag_snapshot: Optional[dict] = None
         self._last_log = time.monotonic()
         self._last_warnings: dict[str, tuple[str, float, int]] = {}
-        # Robot features: frames by stamp, prompts waiting for their frame, depth, tracks.
-        s = self.settings
-        self._frames: StampedBuffer[Frame] = StampedBuffer(s.frame_buffer_size, s.frame_buffer_max_age)
-        self._stamped: deque[tuple[PromptSet, float]] = deque()
-        self._depths: StampedBuffer[Any] = StampedBuffer(10, s.frame_buffer_max_age)
-        self._depth_seen = False
-        self._camera_info: Any = None
-        self._tracker = InstanceTracker(s.tracker_config())
-        self._persistent_generation = 0  # bumps when persistent prompts are replaced (new track keys)
-        self._feedback: dict[int, np.ndarray] = {}  # prompt_index -> low-res logits (prompt_mask_feedback)
-        self._feedback_key: tuple = ()
-        self._tf_buffer: Any = None
-        self._tf_listener: Any = None
-        self._encoded: deque[Frame] = deque()  # frames holding an encoding (newest last)
+        # Mis-scaled camera frames (a 12-bit camera read as 16-bit): one warning per source per 30 s.
+        self.range_warnings = RangeWarnings(period=30.0, emit=self.get_logger().warning)
+        self._frame_seq = itertools.count(1)  # arrival order of camera frames
+        self.pipeline = FramePipeline(self)
         self._last_input = time.monotonic()  # last image received (or activation)
         self._image_topic = ""
         # Diagnostics in EVERY lifecycle state (a failed configure is when they matter most):
@@ -191,7 +156,8 @@ class OVSAMNode(LifecycleNode):
                 self.param_errors[spec.name] = f"parameter {spec.name}: {error}"
                 param = self.declare_parameter(spec.name, spec.default, descriptor(spec), ignore_override=True)
             values[spec.name] = param.value
-            reason = validate(spec.name, param.value)
+        for spec in PARAMETERS:  # after all are declared: vocabulary / model need their *_dirs
+            reason = None if spec.name in self.param_errors else self._check_value(spec.name, values[spec.name], values)
             if reason:
                 self.param_errors[spec.name] = reason
         # rclpy drops overrides nobody declares: a typo ("mdoe") would start the default mode silently.
@@ -208,10 +174,11 @@ class OVSAMNode(LifecycleNode):
         from rcl_interfaces.msg import SetParametersResult
 
         changes = {}
+        current = dataclasses.asdict(self.settings)
         for param in params:
             if param.name not in SPECS:
                 continue
-            reason = validate(param.name, param.value)
+            reason = self._check_value(param.name, param.value, current)
             if reason is None and param.name in CONFIGURE_TIME and self.predictor is not None:
                 reason = f"{param.name} is read when the node is configured; run the cleanup transition first"
             if reason:
@@ -222,26 +189,52 @@ class OVSAMNode(LifecycleNode):
             self.param_errors.pop(name, None)
         return SetParametersResult(successful=True)
 
+    @staticmethod
+    def _check_value(name: str, value: Any, values: dict[str, Any]) -> Optional[str]:
+        """Why ``value`` cannot be used for parameter ``name`` (None: it can). ``vocabulary`` and
+        ``model`` name files: checked against the allow-lists first, unread (``values`` gives the
+        read-only *_dirs); a model file that does not exist yet is left to configure."""
+        if name == "vocabulary" and isinstance(value, str):
+            try:
+                parameter_spec(value, allowed_dirs(values.get("vocabulary_dirs", "")))
+            except (ValueError, OSError) as error:  # refused, not found, unknown name
+                return f"vocabulary: {error}"
+            return None  # the allow-list check covers what validate() would stat
+        reason = validate(name, value)
+        if reason is None and name == "model" and isinstance(value, str):
+            try:
+                resolve_model_request(value, allowed_model_dirs(values.get("model_dirs", "")))
+            except FileNotFoundError:
+                pass  # may be copied there before configure, which says so if not
+            except (ValueError, OSError) as error:
+                return f"model: {error}"
+        return reason
+
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         if self.param_errors:
             return self._fail("configure", "; ".join(self.param_errors.values()))
         s = self.settings
-        self._apply_threads(s.num_threads)
+        _apply_threads(s.num_threads)
+        try:  # files only through the allow-lists, resolved again now (the disk may have changed)
+            model = resolve_model_request(s.model, allowed_model_dirs(s.model_dirs))
+            vocabulary = parameter_spec(s.vocabulary, allowed_dirs(s.vocabulary_dirs))
+        except (ValueError, OSError) as error:
+            return self._fail("configure", _shorten(str(error)))
         try:
             from ovsam_ros.loading import build_predictor
 
             t0 = time.perf_counter()
-            predictor = build_predictor(s.model, vocabulary=s.vocabulary or None, device=s.device or None,
+            predictor = build_predictor(model, vocabulary=vocabulary or None, device=s.device or None,
                                         precision=s.precision or None, top_k=s.top_k,
                                         clip_ensemble={"on": True, "off": False}.get(s.clip_ensemble),
                                         compile=s.compile or None,
                                         synonyms=s.synonyms or None)
         except Exception as error:  # a missing checkpoint, bad YAML, no CUDA, ...
             return self._fail("configure", f"could not load model {s.model!r}: {type(error).__name__}: {error}")
-        self._instrument(predictor)
+        self.pipeline.instrument(predictor)
         self.predictor = predictor
-        self._vocab_version = outputs.vocabulary_version(predictor)
+        self.vocab_version = outputs.vocabulary_version(predictor)
         vocab = predictor.vocabulary
         self.get_logger().info(
             f"model {s.model!r} loaded in {time.perf_counter() - t0:.1f} s on {predictor.device} "
@@ -261,19 +254,38 @@ class OVSAMNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.stats.reset()
         self._last_input = time.monotonic()
-        self._stop.clear()
-        self._slot.reopen()
+        result = super().on_activate(state)  # enables the lifecycle publishers, before anything can publish
+        self.publish_label_info()
+        self.pipeline.reset_markers(self.get_clock().now().to_msg())  # an earlier activation's tracks are gone
+        self.pipeline.start(worker=self._start_worker)  # reuses a worker still finishing an old frame
         self._active = True
-        if self._start_worker:
-            self._worker = threading.Thread(target=self._worker_loop, name="ovsam-worker", daemon=True)
-            self._worker.start()
         self.get_logger().info(f"active: mode {self.settings.mode!r}, waiting for {self.settings.image_transport} "
                                f"images on {self._image_topic}")
-        return super().on_activate(state)  # enables the lifecycle publishers
+        return result
+
+    def publish_label_info(self) -> Any:
+        """~/label_info (latched): the active vocabulary's class index -> name; the message, or None
+        (no vision_msgs, no model, or more classes than LabelInfo's uint16 ids hold: warned)."""
+        predictor, pub = self.predictor, self.publishers_by_name.get("label_info")
+        if predictor is None or pub is None:
+            return None
+        from std_msgs.msg import Header
+
+        vocab = predictor.vocabulary
+        try:
+            msg = outputs.label_info_msg(vocab.classes if vocab else [], Header(stamp=self.get_clock().now().to_msg()))
+        except ValueError as error:
+            self.get_logger().warning(f"~/label_info not published: {error}")
+            return None
+        if msg is not None:
+            pub.publish(msg)  # dropped while inactive; on_activate publishes it again
+        return msg
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        # Prompt: waits for a publish under way (ms), not for the inference in flight, whose result
+        # is dropped when it finishes. After this line nothing is published.
         self._active = False
-        self.stop_worker()
+        self.pipeline.pause()
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -306,35 +318,27 @@ class OVSAMNode(LifecycleNode):
         return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
 
     @property
+    def image_topic(self) -> str:
+        """The camera topic subscribed to (resolved); '' before configure."""
+        return self._image_topic
+
+    @property
     def state_label(self) -> str:
         return self._state_machine.current_state[1]
 
-    def stop_worker(self, timeout: float = 60.0) -> None:
-        self._stop.set()
-        self._slot.close()
-        worker, self._worker = self._worker, None
-        if worker is not None and worker is not threading.current_thread():
-            worker.join(timeout)
-        self._slot.clear()
+    def stop_worker(self, timeout: float = 5.0) -> None:
+        """Stop publishing and the worker thread (node shutdown, process exit); joins it for up to
+        ``timeout`` s. A frame still in flight after that is never published."""
+        self._active = False
+        self.pipeline.shutdown(timeout)
 
     def _release(self) -> None:
         self._destroy_interfaces()
-        with self._predictor_lock:
+        # Waits for the inference in flight: the model is freed, not loaded twice (GPU memory).
+        with self.predictor_lock:
             device = getattr(self.predictor, "device", None)
             self.predictor = None
-        with self._state_lock:
-            self._oneshot_prompts = self._persistent_prompts = None
-            self._oneshot_query = self._persistent_query = None
-            self._stamped.clear()
-        self._frames.clear()
-        self._depths.clear()
-        self._depth_seen, self._camera_info = False, None
-        self._tracker.reset()
-        for frame in self._encoded:
-            frame.encoded = None
-        self._encoded.clear()
-        self._feedback = {}
-        self._tf_buffer = self._tf_listener = None
+            self.pipeline.release()
         gc.collect()
         if device is not None and device.type == "cuda":
             import torch
@@ -345,6 +349,7 @@ class OVSAMNode(LifecycleNode):
     def _create_interfaces(self) -> None:
         from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
         from std_srvs.srv import Trigger
+        from visualization_msgs.msg import MarkerArray
 
         from ovsam_ros.msg import LabeledMaskArray, PromptArray, TextQuery
         from ovsam_ros.srv import Segment, SetVocabulary
@@ -357,12 +362,19 @@ class OVSAMNode(LifecycleNode):
         pubs = {
             "masks": self.create_lifecycle_publisher(LabeledMaskArray, "~/masks", out_qos),
             "instance_ids": self.create_lifecycle_publisher(Image, "~/instance_ids", out_qos),
+            # image_transport's name for the compressed form of ~/instance_ids (republish, rqt find it)
+            "instance_ids_png": self.create_lifecycle_publisher(CompressedImage, "~/instance_ids/compressed",
+                                                                out_qos),
             "overlay": self.create_lifecycle_publisher(Image, "~/overlay", out_qos),
             "points": self.create_lifecycle_publisher(PointCloud2, "~/points", out_qos),
+            "markers": self.create_lifecycle_publisher(MarkerArray, "~/markers", out_qos),
         }
         if outputs.Detection2DArray is not None:
             pubs["detections"] = self.create_lifecycle_publisher(outputs.Detection2DArray, "~/detections", out_qos)
-        self._out_pubs = pubs
+            pubs["detections_3d"] = self.create_lifecycle_publisher(outputs.Detection3DArray, "~/detections_3d",
+                                                                    out_qos)
+            pubs["label_info"] = self.create_lifecycle_publisher(outputs.LabelInfo, "~/label_info", LABEL_INFO_QOS)
+        self.publishers_by_name = pubs
         # ONE camera subscription: subscribing to both would make the camera's compressed plugin
         # encode every frame and interleave raw and lossy frames in the newest-frame slot.
         if s.image_transport == "compressed":
@@ -416,9 +428,9 @@ class OVSAMNode(LifecycleNode):
         for kind, entity in self._owned_entities:
             {"sub": self.destroy_subscription, "srv": self.destroy_service, "timer": self.destroy_timer}[kind](entity)
         self._owned_entities = []
-        for pub in self._out_pubs.values():
+        pubs, self.publishers_by_name = self.publishers_by_name, {}
+        for pub in pubs.values():
             self.destroy_lifecycle_publisher(pub)
-        self._out_pubs = {}
 
     # ------------------------------------------------------------------ inputs
     def _on_image(self, msg: Any) -> None:
@@ -437,23 +449,23 @@ class OVSAMNode(LifecycleNode):
             self.get_logger().warning("image with a zero timestamp: outputs will carry it unchanged",
                                       throttle_duration_sec=10.0)
         self.stats.received(age)
-        frame = Frame(msg, compressed, time.monotonic())
-        s = self.settings
-        if (self._frames.capacity, self._frames.max_age) != (s.frame_buffer_size, s.frame_buffer_max_age):
-            self._frames.configure(s.frame_buffer_size, s.frame_buffer_max_age)
-            self._depths.configure(10, s.frame_buffer_max_age)
-        self._frames.push(header_stamp_ns(msg.header), msg.header.frame_id, frame, frame.received)
-        if self._slot.put(frame):
-            self.stats.dropped()
+        self.pipeline.receive(Frame(msg, compressed, time.monotonic(), seq=next(self._frame_seq)))
 
     def _on_depth(self, msg: Any) -> None:
         if not self._active:
             return
-        self._depth_seen = True
-        self._depths.push(header_stamp_ns(msg.header), msg.header.frame_id, msg, time.monotonic())
+        self.pipeline.receive_depth(msg)
 
     def _on_camera_info(self, msg: Any) -> None:
-        self._camera_info = msg
+        self.pipeline.camera_info = msg
+
+    def _over_limit(self, reasons: list[str], over: int) -> None:
+        """Prompts past max_prompts / max_prompt_points: counted, one warning per message (rate-limited)."""
+        if not over:
+            return
+        self.stats.count("prompts_rejected", reasons[-1], n=over)
+        self.stats.count("prompts_over_limit", n=over)
+        self._warn_once_per("prompt_limit", "; ".join(reasons))
 
     def on_detections(self, msg: Any) -> None:
         """``vision_msgs/Detection2DArray`` (or anything shaped like it): one prompt per detection."""
@@ -463,416 +475,59 @@ class OVSAMNode(LifecycleNode):
             self.stats.count("prompts_rejected", converted.rejected[-1], n=len(converted.rejected))
             for reason in converted.rejected:
                 self._warn_once_per("detection", f"detection rejected: {reason}")
-        if not converted.prompts:
+        # One prompt per detection: max_prompt_points cannot be exceeded, max_prompts can.
+        check = check_limits([0] * min(len(converted.prompts), s.max_prompts), len(converted.prompts),
+                             s.max_prompts, None, what="detection_prompts message")
+        self._over_limit(check.reasons, check.over)
+        keep = check.keep
+        if not keep:
             return
-        self._accept_oneshot(PromptSet(converted.prompts, (0, 0), msg.header.frame_id, False,
-                                       stamp=header_stamp_ns(msg.header), sources=converted.sources,
-                                       indices=converted.indices))
+        self._accept_oneshot(PromptSet([converted.prompts[i] for i in keep], (0, 0), msg.header.frame_id, False,
+                                       stamp=header_stamp_ns(msg.header),
+                                       sources=[converted.sources[i] for i in keep],
+                                       indices=[converted.indices[i] for i in keep]))
 
     def _accept_oneshot(self, prompt_set: PromptSet) -> None:
         """One-shot prompts: stamped ones wait for their frame, unstamped ones take the next frame."""
-        with self._state_lock:
-            if not prompt_set.stamp:
-                self._oneshot_prompts = prompt_set
-                return
-            if len(self._stamped) >= STAMPED_QUEUE:
-                self._stamped.popleft()
-                self.stats.count("prompts_rejected", "stamped prompts waiting for their frame: queue full, "
-                                 "oldest dropped")
-            self._stamped.append((prompt_set, time.monotonic()))
-        self._slot.wake()
+        self.pipeline.accept_oneshot(prompt_set)
 
     def _on_prompts(self, msg: Any) -> None:
-        prompt_set = prompt_set_from_msg(msg)
+        s = self.settings
+        prompt_set, check = limited_prompt_set(msg, s.max_prompts, s.max_prompt_points)
+        self._over_limit(check.reasons, check.over)
         if not prompt_set.persistent:
             if prompt_set.prompts:
                 self._accept_oneshot(prompt_set)
-        else:
-            with self._state_lock:
-                # An empty persistent array clears the persistent prompts.
-                self._persistent_prompts = prompt_set if prompt_set.prompts else None
-                self._persistent_generation += 1
+        else:  # an empty persistent array (or one with no prompt within the limits) clears them
+            self.pipeline.set_persistent(prompt_set if prompt_set.prompts else None)
         kind = "persistent" if prompt_set.persistent else "one-shot"
         self.get_logger().debug(f"{len(prompt_set.prompts)} {kind} prompt(s) for "
                                 f"{prompt_set.source_size[0]}x{prompt_set.source_size[1]}")
 
+    @property
+    def _persistent_prompts(self) -> Optional[PromptSet]:
+        return self.pipeline.board.persistent
+
     def _on_text_query(self, msg: Any) -> None:
-        text = msg.text.strip()
-        request = TextRequest(text, int(msg.max_instances), float(msg.min_score))
-        with self._state_lock:
-            if not text:  # empty text clears the query
-                self._persistent_query = self._oneshot_query = None
-            elif msg.persistent:
-                self._persistent_query = request
-            else:
-                self._oneshot_query = request
+        text = msg.text.strip()  # empty text clears the query
+        self.pipeline.set_query(TextRequest(text, int(msg.max_instances), float(msg.min_score)) if text else None,
+                                bool(msg.persistent))
 
     def _on_clear_prompts(self, request: Any, response: Any) -> Any:
-        with self._state_lock:
-            cleared = sum(x is not None for x in (self._oneshot_prompts, self._persistent_prompts,
-                                                  self._oneshot_query, self._persistent_query))
-            cleared += len(self._stamped)
-            self._oneshot_prompts = self._persistent_prompts = None
-            self._oneshot_query = self._persistent_query = None
-            self._stamped.clear()
-            self._persistent_generation += 1
+        cleared = self.pipeline.board.clear()
         response.success, response.message = True, f"cleared {cleared} prompt set(s)/quer(ies)"
         return response
 
-    # ------------------------------------------------------------------ worker
-    def _worker_loop(self) -> None:
-        next_allowed = 0.0
-        while not self._stop.is_set():
-            rate = self.settings.max_rate_hz
-            if rate > 0:
-                # Sleep BEFORE taking: frames arriving meanwhile replace each other.
-                delay = next_allowed - time.monotonic()
-                if delay > 0 and self._stop.wait(delay):
-                    break
-            frame = self._slot.take(timeout=0.5)
-            if self._stop.is_set():
-                continue
-            try:
-                frame, served = self._serve_stamped(frame)
-                if frame is not None:
-                    self.process_frame(frame)
-                if rate > 0 and (served or frame is not None):
-                    next_allowed = time.monotonic() + 1.0 / rate
-            except Exception as error:  # never let one frame kill the worker
-                reason = _shorten(f"{type(error).__name__}: {error}")
-                self.stats.count("frames_failed", reason)
-                self.get_logger().error(f"frame failed: {reason}", throttle_duration_sec=5.0)
+    # ------------------------------------------------------------------ frames (the pipeline's)
+    def process_frame(self, frame: Frame, prompt_set: Optional[PromptSet] = None) -> Optional[FrameOutput]:
+        """Decode, infer, publish one frame (:meth:`FramePipeline.process_frame`); the worker calls
+        this method, so tools and tests can wrap it."""
+        return self.pipeline.process_frame(frame, prompt_set)
 
     def process_pending(self) -> Optional[FrameOutput]:
         """Serve due stamped prompts and the pending frame now, in this thread (tests and tools
         without the worker); the last output produced, or None."""
-        frame, served = self._serve_stamped(self._slot.take(timeout=0))
-        out = self.process_frame(frame) if frame is not None else None
-        return out if out is not None else (served[-1] if served else None)
-
-    def _serve_stamped(self, frame: Optional[Frame]) -> tuple[Optional[Frame], list[FrameOutput]]:
-        """Run every stamped prompt set whose frame is known: on that frame if still buffered, else
-        on the newest (``frame``, the pending one, if any), counted. Sets whose stamp is newer than
-        every buffered frame wait (up to frame_buffer_max_age). Returns ``frame`` unless a prompt set
-        used it, and the outputs."""
-        with self._state_lock:
-            requests = list(self._stamped)
-            self._stamped.clear()
-        if not requests:
-            return frame, []
-        s = self.settings
-        tolerance = int(round(s.stamp_tolerance * 1e9))
-        waiting, served = [], []
-        for prompt_set, requested in requests:
-            now = time.monotonic()
-            found = self._frames.find(prompt_set.stamp, prompt_set.frame_id, tolerance, now, requested)
-            if found.status == PENDING:
-                waiting.append((prompt_set, requested))
-                continue
-            if found.status == MATCHED:
-                target = found.entry.item
-                self.stats.count("prompts_on_stamped_frame")
-            else:
-                newest = self._frames.newest(prompt_set.frame_id)
-                target = frame if frame is not None else (newest.item if newest is not None else None)
-                reason = f"the frame of stamped prompts is gone ({found.status}: {found.detail})"
-                if target is None:
-                    self.stats.count("prompts_rejected", reason + "; no frame to run them on")
-                    self._warn_once_per("stamped", reason + "; dropped: no frame to run them on")
-                    continue
-                self.stats.count("prompts_on_newest_frame", reason)
-                self._warn_once_per("stamped", reason + "; ran on the newest frame")
-            if target is frame:
-                frame = None  # the pending frame serves these prompts instead of its default job
-            out = self.process_frame(target, prompt_set=prompt_set)
-            if out is not None:
-                served.append(out)
-        if waiting:
-            with self._state_lock:
-                self._stamped.extendleft(reversed(waiting))
-        return frame, served
-
-    def process_frame(self, frame: Frame, prompt_set: Optional[PromptSet] = None) -> Optional[FrameOutput]:
-        """Decode, infer, publish one frame; None if it was unusable or there was nothing to do.
-
-        ``prompt_set``: run these one-shot prompts (a stamped set matched to this frame) instead
-        of the frame's default job."""
-        s = self.settings
-        clock = StageClock()
-        # Since the image callback (thread hand-over; longer for a buffered frame served by stamped prompts).
-        clock.add("queue", max(0.0, time.monotonic() - frame.received))
-        header = frame.msg.header
-        with clock.stage("preprocess"):
-            try:
-                rgb = decode_frame(frame.msg, frame.compressed)
-            except ImageConversionError as error:
-                reason = f"image rejected: {_shorten(str(error))}"
-                self.stats.count("frames_rejected", reason)
-                self._warn_once_per("image", reason)
-                return None
-        image_hw = (int(rgb.shape[0]), int(rgb.shape[1]))
-        job = self._next_job(image_hw, header.frame_id, s, prompt_set)
-        if job is None:
-            self.stats.count("frames_idle")
-            return None
-        results: list = []
-        with self._predictor_lock:
-            predictor = self.predictor
-            if predictor is None:
-                return None
-            self._apply_threads(s.num_threads)
-            predictor.top_k = s.top_k
-            if job.mode != "prompt" or job.prompts:  # all prompts rejected: nothing to encode
-                with clock.stage("encode"):
-                    if frame.encoded is not None and frame.encoded[0] is predictor:
-                        predictor.restore_image_state(frame.encoded[1])  # a late prompt: encoded already
-                    else:
-                        predictor.set_image(rgb)
-                        self._keep_encoding(frame, predictor)
-                results = self._run_job(predictor, job, s, clock)
-            vocab = predictor.vocabulary
-        if job.persistent:
-            self._remember_feedback(results, image_hw, s)
-        with clock.stage("publish"):
-            out = self._publish(results, header, image_hw, job, rgb, vocab.name if vocab else "", s)
-        out.stages = clock.finish()
-        now = self.get_clock().now().nanoseconds * 1e-9
-        stamp = stamp_seconds(header)
-        self.stats.processed(out.stages, stamp_tuple(header), None if stamp == 0.0 else now - stamp, len(results))
-        return out
-
-    def _next_job(self, image_hw: tuple[int, int], frame_id: str, s: NodeSettings,
-                  stamped: Optional[PromptSet] = None) -> Optional[Job]:
-        if stamped is not None:
-            oneshot, persistent, query_once, query = stamped, None, None, None
-        else:
-            with self._state_lock:
-                oneshot, self._oneshot_prompts = self._oneshot_prompts, None
-                persistent = self._persistent_prompts
-                query_once, self._oneshot_query = self._oneshot_query, None
-                query = self._persistent_query
-        prompt_set = oneshot if oneshot is not None else (None if query_once is not None else persistent)
-        if prompt_set is not None:
-            job = Job("prompt", prompt_set=prompt_set, persistent=oneshot is None)
-            if prompt_set.frame_id and frame_id and prompt_set.frame_id != frame_id:
-                job.rejected.append(f"prompts were made for frame {prompt_set.frame_id!r}, the image is "
-                                    f"{frame_id!r}: not applied")
-            else:
-                fitted = fit_prompts(prompt_set, image_hw)
-                job.prompts, job.indices, job.rejected = fitted.prompts, fitted.indices, fitted.rejected
-                if job.persistent and s.prompt_mask_feedback:
-                    job.prompts = self._with_feedback(job.prompts, job.indices, image_hw)
-            if job.rejected:
-                self.stats.count("prompts_rejected", job.rejected[-1], n=len(job.rejected))
-                for reason in job.rejected:
-                    # Persistent prompts would repeat the same warning every frame.
-                    self._warn_once_per("prompt", f"prompt rejected: {reason}", force=oneshot is not None)
-            return job
-        text = query_once or query
-        if text is None and s.mode == "text" and s.query.strip():
-            text = TextRequest(s.query.strip())
-        if text is not None:
-            return Job("text", text=text)
-        if s.mode == "everything":
-            return Job("everything")
-        return None
-
-    def _run_job(self, predictor: Any, job: Job, s: NodeSettings, clock: StageClock) -> list:
-        """Decode + recognition for one job (predictor lock held, image set)."""
-        self._recognition_s = 0.0
-        t0 = time.perf_counter()
-        options = s.everything_options()
-        if job.mode == "prompt":
-            results = predictor.predict(job.prompts, multimask_output=s.multimask_output)
-            for r in results:  # back to the index in the PromptArray the prompt came from
-                r.prompt_index = job.indices[r.prompt_index]
-        elif job.mode == "everything":
-            results = predictor.everything(options)
-            self._explain_empty_everything(predictor, results)
-        else:
-            # Candidates from everything mode (more than we return), then the phrase picks.
-            candidates = predictor.everything(dataclasses.replace(options, max_instances=max(100, s.max_instances)))
-            self._explain_empty_everything(predictor, candidates)
-            clock.add("decode", time.perf_counter() - t0 - self._recognition_s)
-            t1 = time.perf_counter()
-            text = job.text
-            results = predictor.query(text.text, candidates=candidates,
-                                      max_instances=text.max_instances or s.max_instances,
-                                      min_score=text.min_score or s.text_min_score)
-            clock.add("recognition", self._recognition_s + time.perf_counter() - t1)
-            return results
-        clock.add("decode", time.perf_counter() - t0 - self._recognition_s)
-        clock.add("recognition", self._recognition_s)
-        return results
-
-    def _instrument(self, predictor: Any) -> None:
-        """Time the recognition step inside predict()/everything() (they call label_embeddings)."""
-        original = predictor.label_embeddings
-
-        def timed(embeddings):
-            t0 = time.perf_counter()
-            try:
-                return original(embeddings)
-            finally:
-                self._recognition_s += time.perf_counter() - t0
-
-        predictor.label_embeddings = timed
-
-    def _publish(self, results: list, header: Any, image_hw: tuple[int, int], job: Job, rgb: Any,
-                 vocabulary_name: str, s: NodeSettings) -> FrameOutput:
-        query = job.text.text if job.text is not None else ""
-        extras = outputs.FrameExtras()
-        if s.tracking:
-            extras.track_ids = self._track(results, job, header, s)
-        if job.prompt_set is not None and job.prompt_set.sources:
-            extras.sources = [job.prompt_set.source_of(r.prompt_index) for r in results]
-        points = self._frame_3d(results, header, image_hw, s, extras)
-        masks = outputs.labeled_mask_array(results, header, image_hw, mode=job.mode, query=query,
-                                           vocabulary_name=vocabulary_name, vocabulary_version=self._vocab_version,
-                                           extras=extras)
-        out = FrameOutput(mode=job.mode, masks=masks, rejected=job.rejected)
-        pubs = self._out_pubs
-        # Auxiliary outputs first: a consumer that got ~/masks finds the rest already sent.
-        if s.publish_instance_ids:
-            out.instance_ids = outputs.instance_ids_msg(results, header, image_hw, extras.track_ids)
-            if "instance_ids" in pubs:
-                pubs["instance_ids"].publish(out.instance_ids)
-        if s.publish_overlay:
-            checked = [check_prompt(p, image_hw) for p in job.prompts]
-            out.overlay = outputs.overlay_msg(rgb, results, header, checked, extras.track_ids)
-            if "overlay" in pubs:
-                pubs["overlay"].publish(out.overlay)
-        if s.publish_points and points is not None:
-            from std_msgs.msg import Header
-
-            out.points = outputs.points_msg(points, Header(stamp=header.stamp, frame_id=extras.position_frame_id),
-                                            extras.track_ids)
-            if "points" in pubs:
-                pubs["points"].publish(out.points)
-        if "detections" in pubs:
-            pubs["detections"].publish(outputs.detections_msg(results, header))
-        if "masks" in pubs:
-            pubs["masks"].publish(masks)
-        return out
-
-    def _keep_encoding(self, frame: Frame, predictor: Any) -> None:
-        """Remember ``frame``'s encoding; only the newest ENCODED_FRAMES keep theirs (memory)."""
-        frame.encoded = (predictor, predictor.image_state())
-        self._encoded.append(frame)
-        while len(self._encoded) > ENCODED_FRAMES:
-            self._encoded.popleft().encoded = None
-
-    # ------------------------------------------------------------------ tracking, feedback, 3D
-    def _track(self, results: list, job: Job, header: Any, s: NodeSettings) -> list[int]:
-        config = s.tracker_config()
-        if self._tracker.config != config:
-            self._tracker.config = config
-        # Detector-prompted instances are tracked by the detector's box and class (what the detector
-        # vouches for); the others by their mask and OVSAM class.
-        detector_boxes = {}
-        if job.prompt_set is not None and job.prompt_set.sources:
-            for prompt, index in zip(job.prompts, job.indices):
-                source = job.prompt_set.source_of(index)
-                if source is not None and prompt.box is not None:
-                    detector_boxes[index] = (prompt.box, source.class_id)
-        observations = []
-        for r in results:
-            key = ("prompt", self._persistent_generation, r.prompt_index) if job.persistent else None
-            if r.prompt_index in detector_boxes:
-                box, label = detector_boxes[r.prompt_index]
-                x0, y0 = (max(0, int(round(v))) for v in box[:2])
-                x1, y1 = (int(round(v)) for v in box[2:])
-                mask = CroppedMask(np.ones((max(0, y1 - y0), max(0, x1 - x0)), bool), x0, y0)
-            else:
-                x0, y0, x1, y1 = r.box
-                mask = CroppedMask(np.asarray(r.mask_crop, bool), x0, y0)  # no full-frame mask needed
-                label = r.labels[0].class_index if r.labels else -1
-            observations.append(Observation(mask, label, key))
-        stamp = stamp_seconds(header)
-        return self._tracker.update(observations, stamp if stamp > 0 else time.monotonic())
-
-    def _with_feedback(self, prompts: list[Prompt], indices: list[int], image_hw: tuple[int, int]) -> list[Prompt]:
-        """Persistent prompts with their previous low-res mask as mask_input (same prompts and frame size)."""
-        if self._feedback_key != (self._persistent_generation, image_hw):
-            return prompts
-        return [dataclasses.replace(p, mask_input=self._feedback[i]) if i in self._feedback else p
-                for p, i in zip(prompts, indices)]
-
-    def _remember_feedback(self, results: list, image_hw: tuple[int, int], s: NodeSettings) -> None:
-        if not s.prompt_mask_feedback:
-            self._feedback = {}
-            return
-        self._feedback_key = (self._persistent_generation, image_hw)
-        self._feedback = {r.prompt_index: r.low_res_logits for r in results if r.low_res_logits is not None}
-
-    def _frame_3d(self, results: list, header: Any, image_hw: tuple[int, int], s: NodeSettings,
-                  extras: Any) -> Optional[list]:
-        """Per-instance 3D from the depth image stamped like this frame; None (and a counted, logged
-        reason in ``extras.position_status``) when it cannot be done. Never raises: 3D is optional."""
-        if not self._depth_seen:
-            return None  # no depth stream: nothing asked for, nothing to report
-        try:
-            depth_msg = self._depth_for(header, s)
-            info = self._camera_info
-            if info is None:
-                raise DepthError("no CameraInfo received on depth/camera_info")
-            intrinsics = Intrinsics.from_camera_info(info)
-            depth = depth_to_metres(image_to_numpy(depth_msg), depth_msg.encoding)
-            check_pairing(depth.shape, image_hw, intrinsics)
-            if not np.isfinite(depth).any():
-                raise DepthError("the depth image has no valid pixel (all 0 / NaN)")
-            points = [backproject(r.mask, depth, intrinsics) for r in results]
-            frame_id = depth_msg.header.frame_id or header.frame_id
-            note = ""
-            if s.target_frame and s.target_frame != frame_id:
-                points, frame_id, note = self._to_target(points, frame_id, header, s.target_frame)
-            extras.geometry = [instance_geometry(p) for p in points]
-        except (DepthError, ImageConversionError, ValueError) as error:
-            reason = _shorten(f"3D skipped: {error}")
-            self.stats.count("depth_skipped", reason)
-            self._warn_once_per("depth", reason)
-            extras.position_status = reason
-            return None
-        extras.position_frame_id, extras.position_status = frame_id, note
-        return points
-
-    def _depth_for(self, header: Any, s: NodeSettings) -> Any:
-        """The depth image paired with this frame by stamp (waits briefly for one still on its way)."""
-        stamp, tolerance = header_stamp_ns(header), int(round(s.depth_tolerance * 1e9))
-        deadline = time.monotonic() + DEPTH_WAIT
-        while True:
-            found = self._depths.find(stamp, "", tolerance, time.monotonic())
-            if found.status == MATCHED:
-                return found.entry.item
-            if found.status != PENDING or time.monotonic() >= deadline:
-                raise DepthError(f"no depth image within {s.depth_tolerance * 1000:g} ms of the frame: "
-                                 f"{found.detail}")
-            time.sleep(0.005)
-
-    def _to_target(self, points: list, frame_id: str, header: Any, target: str) -> tuple[list, str, str]:
-        """Points into ``target`` via tf2 where it is installed; otherwise unchanged, with the reason."""
-        try:
-            import tf2_ros
-        except ImportError:
-            note = f"target_frame {target!r} ignored: tf2_ros is not installed; 3D is in {frame_id!r}"
-            self._warn_once_per("tf", note)
-            return points, frame_id, note
-        from rclpy.duration import Duration
-        from rclpy.time import Time
-
-        try:
-            if self._tf_buffer is None:
-                self._tf_buffer = tf2_ros.Buffer()
-                self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
-            tf = self._tf_buffer.lookup_transform(target, frame_id, Time.from_msg(header.stamp),
-                                                  timeout=Duration(seconds=0.05)).transform
-        except Exception as error:  # tf2 lookup/extrapolation/connectivity errors
-            note = f"no transform {frame_id!r} -> {target!r} ({type(error).__name__}); 3D is in {frame_id!r}"
-            self._warn_once_per("tf", note)
-            return points, frame_id, note
-        t, q = tf.translation, tf.rotation
-        moved = [transform_points(p, (t.x, t.y, t.z), (q.x, q.y, q.z, q.w)) for p in points]
-        return moved, target, ""
+        return self.pipeline.process_pending()
 
     # ------------------------------------------------------------------ services
     def _on_set_vocabulary(self, request: Any, response: Any) -> Any:
@@ -899,11 +554,12 @@ class OVSAMNode(LifecycleNode):
                 response.message = "the model was unloaded while the vocabulary was encoded"
                 return response
             predictor.set_vocabulary(text)
-            self._vocab_version = outputs.vocabulary_version(predictor)
+            self.vocab_version = outputs.vocabulary_version(predictor)
+        self.publish_label_info()  # latched: late subscribers get the new map
         vocab = predictor.vocabulary
         response.success = True
         response.num_classes = len(vocab)
-        response.vocabulary_name, response.vocabulary_version = vocab.name, self._vocab_version
+        response.vocabulary_name, response.vocabulary_version = vocab.name, self.vocab_version
         response.message = f"{len(vocab)} classes encoded in {time.perf_counter() - t0:.1f} s"
         self.get_logger().info(f"vocabulary {vocab.name!r}: {response.message}")
         return response
@@ -917,10 +573,16 @@ class OVSAMNode(LifecycleNode):
                 raise ValueError(f"node is {self.state_label}, not active")
             if mode not in MODES:
                 raise ValueError(f"mode must be one of {', '.join(MODES)} or empty; got {request.mode!r}")
-            rgb = decode_frame(request.image, False)
+            rgb = decode_frame(request.image, False, input_bits=s.input_bits, float_max=s.float_max,
+                               source="segment service", warn=self.range_warnings)
             image_hw = (int(rgb.shape[0]), int(rgb.shape[1]))
             job = Job(mode)
             if mode == "prompt":
+                check = check_limits([len(p.points) for p in request.prompts[:s.max_prompts]], len(request.prompts),
+                                     s.max_prompts, s.max_prompt_points, what="segment request")
+                if check.over:  # a service answers its caller: refused whole, with the reason
+                    self.stats.count("prompts_over_limit", n=check.over)
+                    raise ValueError(f"refused: {check.message}")
                 job.prompts = [prompt_from_msg(p) for p in request.prompts]
                 for i, prompt in enumerate(job.prompts):
                     check_prompt(prompt, image_hw, i)
@@ -937,7 +599,7 @@ class OVSAMNode(LifecycleNode):
                 results: list = []
                 if job.mode != "prompt" or job.prompts:
                     predictor.set_image(rgb)
-                    results = self._run_job(predictor, job, s, StageClock())
+                    results = self.pipeline.run_job(predictor, job, s, StageClock())
                 vocab = predictor.vocabulary
         except (ValueError, PromptError, ImageConversionError) as error:
             response.message = _shorten(str(error))
@@ -945,7 +607,8 @@ class OVSAMNode(LifecycleNode):
             return response
         response.result = outputs.labeled_mask_array(
             results, request.image.header, image_hw, mode=mode, query=request.text.strip() if mode == "text" else "",
-            vocabulary_name=vocab.name if vocab else "", vocabulary_version=self._vocab_version)
+            vocabulary_name=vocab.name if vocab else "", vocabulary_version=self.vocab_version,
+            mask_encoding=s.mask_encoding)
         response.success, response.message = True, f"{len(results)} instance(s)"
         return response
 
@@ -953,6 +616,7 @@ class OVSAMNode(LifecycleNode):
     def _on_diagnostics_tick(self) -> None:
         period = self.settings.diagnostics_period
         now = time.monotonic()
+        self.pipeline.expire(now)  # a burst leaves memory after frame_buffer_max_age, with no new frame
         if period > 0 and now - self._last_diag >= period:
             self._last_diag = now
             self.publish_diagnostics()
@@ -977,6 +641,8 @@ class OVSAMNode(LifecycleNode):
         extra = [("mode", self.settings.mode), ("image_transport", self.settings.image_transport)]
         if self._image_topic:
             extra.append(("image_topic", self._image_topic))
+        frames = self.pipeline.frames
+        extra += [("frame_buffer_frames", str(len(frames))), ("frame_buffer_bytes", str(frames.nbytes))]
         if predictor is not None:
             vocab = predictor.vocabulary
             extra += [("model", self.settings.model), ("device", str(predictor.device)),
@@ -1002,22 +668,14 @@ class OVSAMNode(LifecycleNode):
         else:
             self._last_warnings[key] = (last[0], last[1], last[2] + 1)
 
-    def _explain_empty_everything(self, predictor: Any, results: list) -> None:
-        """Everything mode kept nothing from its candidates: say which threshold removed what
-        (a weakly trained model fails SAM's defaults), at most once per period, and count it."""
-        report = getattr(predictor, "last_everything_report", None)
-        if results or report is None or not report.candidates:
-            return
-        reason = report.explain()
-        self.stats.count("everything_empty")
-        self._warn_once_per("everything", reason + "; lower the parameter that removed most")
+    warn_once_per = _warn_once_per  # what the frame pipeline calls
 
-    @staticmethod
-    def _apply_threads(num_threads: int) -> None:
-        import torch
 
-        if num_threads > 0 and torch.get_num_threads() != num_threads:
-            torch.set_num_threads(num_threads)
+def _apply_threads(num_threads: int) -> None:
+    import torch
+
+    if num_threads > 0 and torch.get_num_threads() != num_threads:
+        torch.set_num_threads(num_threads)
 
 
 def _shorten(text: str, limit: int = 500) -> str:

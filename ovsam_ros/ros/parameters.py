@@ -24,6 +24,9 @@ MODES = ("prompt", "everything", "text")
 PRECISIONS = ("", "fp32", "fp16", "bf16")
 TRANSPORTS = ("raw", "compressed")
 RELIABILITIES = ("best_effort", "reliable")  # the names ros2 topic --qos-reliability uses
+MASK_ENCODINGS = ("coco_rle", "png", "raw")  # = ovsam_ros.ros.mask_codec.MASK_ENCODINGS (a test pins it)
+INSTANCE_ID_FORMATS = ("png", "raw")
+DETECTION_CLASS_IDS = ("name", "index")  # = ovsam_ros.ros.outputs.DETECTION_CLASS_IDS (a test pins it)
 _DEVICE_RE = re.compile(r"^(|auto|cpu|cuda(:\d+)?|mps)$")
 
 
@@ -37,6 +40,7 @@ class ParamSpec:
     max: Optional[float] = None  # inclusive
     when: str = "runtime"  # "configure": fixed while a model is loaded
     read_only: bool = False  # set at start only (params file, -p, launch); never over the network
+    why: str = ""  # why the range is what it is; appended to a range error
 
     @property
     def type(self) -> type:
@@ -45,19 +49,27 @@ class ParamSpec:
 
 PARAMETERS: tuple[ParamSpec, ...] = (
     # -- model (read at configure) ---------------------------------------------------
-    ParamSpec("model", "shapes",
-              "Model YAML: a name in config/models/ (shapes, tiny, rn50x16, convnext_large) or a path. "
-              "'shapes' is the bundled demo model: it knows only the synthetic shapes world. "
+    ParamSpec("model", "rn50x16",
+              "Model YAML: a name in config/models/ (shapes, tiny, rn50x16, convnext_large), or a model YAML / "
+              ".pt / .pth checkpoint in model_dirs (by path or bare file name; other paths are refused unread). "
+              "'rn50x16' (the default) is the published OVSAM: `ovsam weights download --model rn50x16` fetches "
+              "its files; configure fails naming them while they are missing. 'shapes' is the bundled demo model: it knows only the synthetic shapes world. "
               "'tiny' is a random-init smoke-test model: labels are meaningless.", when="configure"),
     ParamSpec("vocabulary", "",
-              "Initial vocabulary: coco | lvis | imagenet21k | a .txt/.json path | 'cup, door handle' | "
+              "Initial vocabulary: coco | lvis | imagenet21k | a .txt/.json file in vocabulary_dirs (path or bare "
+              "name; other paths are refused unread) | 'cup, door handle' | "
               "'inline:cup' (one class). A lone unknown name or a missing file is an error. "
               "'' = the model YAML's (if it names none: a trained checkpoint's own classes, else coco). Change it at runtime with the set_vocabulary service.", when="configure"),
     ParamSpec("vocabulary_dirs", "",
-              "Directories (separated by ':') the set_vocabulary service may read .txt/.json files from; "
-              "a bare file name is looked up in them. '' = the package's vocabularies and "
+              "Directories (separated by ':') the vocabulary parameter and the set_vocabulary service may read "
+              ".txt/.json files from; a bare file name is looked up in them. '' = the package's vocabularies and "
               "~/.cache/ovsam_ros/vocabularies. Other paths are refused unread. Read-only: set it at start.",
               read_only=True),
+    ParamSpec("model_dirs", "",
+              "Directories (separated by ':') the model parameter may read model YAMLs and checkpoints from; a "
+              "bare file name is looked up in them. Bundled names (shapes, tiny, ...) are always allowed. '' = "
+              "~/ovsam_weights, ~/ovsam_onnx and ~/.cache/ovsam_ros/models. Other paths are refused unread. "
+              "Read-only: set it at start.", read_only=True),
     ParamSpec("device", "", "cpu | cuda | cuda:N | auto; '' = the model YAML's.", when="configure"),
     ParamSpec("precision", "", "fp32 | fp16 | bf16; '' = the model YAML's.", choices=PRECISIONS, when="configure"),
     ParamSpec("clip_ensemble", "",
@@ -87,8 +99,18 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("input_depth", 1, "QoS depth of the camera subscription; 1 = only the newest frame.",
               min=1, max=100, when="configure"),
     ParamSpec("output_reliability", "reliable",
-              "QoS reliability of ~/masks, ~/instance_ids, ~/overlay, ~/detections: reliable matches every "
+              "QoS reliability of the outputs (~/masks, ~/instance_ids[/compressed], ~/overlay, ~/points, "
+              "~/detections[_3d], ~/markers; ~/label_info is always reliable + latched): reliable matches every "
               "subscriber; best_effort never blocks on a slow link.", choices=RELIABILITIES, when="configure"),
+    # -- camera images (next frame) --------------------------------------------------------
+    ParamSpec("input_bits", 16,
+              "Bits of 16-bit images (mono16, 16UC1, rgb16 ...) that hold the picture: 16, or 12 / 10 for "
+              "machine-vision cameras that put 12- / 10-bit data in mono16 (0..2^N-1 is black..white; read as "
+              "16-bit such frames look black). A frame using under 1/16 of the range is warned about "
+              "(rate-limited).", min=8, max=16),
+    ParamSpec("float_max", 1.0,
+              "32FC1 images: the value shown as white (1.0; 255.0 for 0..255 float data); never guessed from "
+              "the pixels.", min=1e-6, max=1e9),
     # -- compute ---------------------------------------------------------------------
     ParamSpec("num_threads", 2,
               "torch CPU threads (process-wide); 0 = PyTorch's default (all cores).", min=0, max=256),
@@ -103,6 +125,17 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("top_k", 5, "Labels reported per instance.", min=1, max=100),
     ParamSpec("max_instances", 20, "Everything/text modes: keep at most this many instances, best first.",
               min=1, max=1000),
+    # -- work one message may cause (anyone on the DDS domain can publish prompts) ----------
+    ParamSpec("max_prompts", 100,
+              "Prompts used from one PromptArray, detection_prompts message or segment request. The prompts "
+              "after the first max_prompts are rejected (a segment request: refused), counted in "
+              "prompts_over_limit, with a warning; never silently truncated. 100 = the usual per-image "
+              "detection cap of detectors (COCO's maxDets); each prompt costs one decoder pass.",
+              min=1, max=1000, why="every prompt costs a decoder pass and a tracked mask"),
+    ParamSpec("max_prompt_points", 64,
+              "Points one prompt may have; a prompt with more is rejected alone, counted in prompts_over_limit. "
+              "Interactive clicks need a handful; the decoder's cost grows with the points.",
+              min=1, max=1000, why="the decoder's attention grows with the points of a prompt"),
     ParamSpec("multimask_output", False,
               "Prompt mode: let the decoder propose 3 masks per prompt and keep the best (ambiguous clicks)."),
     ParamSpec("points_per_side", 16, "Everything mode: point grid size (N x N prompts).", min=1, max=64),
@@ -116,7 +149,25 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("min_mask_area", 0, "Everything mode: drop masks with fewer pixels.", min=0, max=1 << 30),
     ParamSpec("text_min_score", 0.0, "Text mode: drop matches whose query score is below this.", min=0.0, max=1.0),
     # -- outputs ---------------------------------------------------------------------
-    ParamSpec("publish_instance_ids", True, "Publish ~/instance_ids (mono16, pixel = instance_id + 1)."),
+    ParamSpec("mask_encoding", "coco_rle",
+              "How each mask of ~/masks travels (LabeledMask.mask_encoding; every form is lossless): coco_rle "
+              "(COCO RLE of the mask's box, ~1 kB per mask), png (1-bit PNG of the box) or raw (mono8 image of "
+              "the box, 30-60x larger). Python decodes any with ovsam_ros.ros.mask_codec.decode_mask.",
+              choices=MASK_ENCODINGS),
+    ParamSpec("publish_instance_ids", False,
+              "Publish the instance-ID image (pixel = instance_id + 1, or the track id with tracking; 0 = none). "
+              "Off by default: ~/masks holds the same masks (ovsam_ros.ros.messages.instance_id_image_from_msg "
+              "rebuilds this image from it)."),
+    ParamSpec("instance_ids_format", "png",
+              "Form of the instance-ID image: png (lossless 16-bit PNG, sensor_msgs/CompressedImage on "
+              "~/instance_ids/compressed, ~25 kB at 720p) or raw (mono16 sensor_msgs/Image on ~/instance_ids, "
+              "1.8 MB at 720p).", choices=INSTANCE_ID_FORMATS),
+    ParamSpec("detection_class_id", "name",
+              "~/detections and ~/detections_3d: ObjectHypothesis.class_id is the label (name) or the class "
+              "index (index; ~/label_info maps it to the name, background = 65535).", choices=DETECTION_CLASS_IDS),
+    ParamSpec("publish_markers", True,
+              "Publish ~/markers (visualization_msgs/MarkerArray for RViz: each instance's 3D extent and label "
+              "in the depth frame, marker id = track id, deleted when the track ends) when depth gives 3D."),
     ParamSpec("publish_overlay", False, "Publish ~/overlay (rgb8 debug image; costs a few ms per frame)."),
     ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages (in every lifecycle state); 0 = off.",
               min=0.0, max=3600.0),
@@ -126,10 +177,17 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     # -- prompts on the right frame ------------------------------------------------------
     ParamSpec("frame_buffer_size", 30,
               "Recent frames kept so that stamped one-shot prompts and detections run on the frame they "
-              "name (header.stamp); older ones run on the newest frame, counted.", min=1, max=1000),
+              "name (header.stamp); older ones run on the newest frame, counted.", min=1, max=300,
+              why="buffered frames are kept in memory; 300 is 10 s of a 30 Hz camera, far past a detector's delay"),
     ParamSpec("frame_buffer_max_age", 2.0,
               "Seconds a buffered frame stays usable; also how long a prompt stamped newer than every "
-              "buffered frame waits for its frame.", min=0.01, max=3600.0),
+              "buffered frame waits for its frame. Older frames leave the buffer (and memory) at once.",
+              min=0.01, max=10.0,
+              why="buffered frames are kept in memory; a detector answering later is of no use to a moving robot"),
+    ParamSpec("frame_buffer_max_mb", 256,
+              "Memory (MiB of image data) the buffered frames may take together; the oldest leave first, the "
+              "newest always stays. 256 holds 30 frames of a 1080p rgb8 camera (6.2 MB each); a 4K camera "
+              "keeps ~10.", min=1, max=4096, why="buffered frames are kept in memory"),
     ParamSpec("stamp_tolerance", 0.001,
               "Seconds between a prompt's stamp and a buffered frame's stamp that still count as the same "
               "frame.", min=0.0, max=1.0),
@@ -183,10 +241,11 @@ def validate(name: str, value: Any) -> Optional[str]:
     if spec.choices is not None and value not in spec.choices:
         shown = [c or "''" for c in spec.choices]
         return f"{name} must be one of {', '.join(shown)}; got {value!r}"
+    why = f" ({spec.why})" if spec.why else ""
     if spec.min is not None and value < spec.min:
-        return f"{name} must be >= {spec.min}, got {value}"
+        return f"{name} must be >= {spec.min}, got {value}{why}"
     if spec.max is not None and value > spec.max:
-        return f"{name} must be <= {spec.max}, got {value}"
+        return f"{name} must be <= {spec.max}, got {value}{why}"
     if name == "device" and not _DEVICE_RE.match(value):
         return f"device must be '', auto, cpu, cuda or cuda:N; got {value!r}"
     if name == "model" and not value.strip():
@@ -230,9 +289,10 @@ def descriptor(spec: ParamSpec):
 class NodeSettings:
     """A consistent snapshot of every parameter (swapped atomically when one changes)."""
 
-    model: str = "shapes"
+    model: str = "rn50x16"
     vocabulary: str = ""
     vocabulary_dirs: str = ""
+    model_dirs: str = ""
     device: str = ""
     precision: str = ""
     clip_ensemble: str = ""
@@ -242,12 +302,16 @@ class NodeSettings:
     input_reliability: str = "best_effort"
     input_depth: int = 1
     output_reliability: str = "reliable"
+    input_bits: int = 16
+    float_max: float = 1.0
     num_threads: int = 2
     max_rate_hz: float = 0.0
     mode: str = "prompt"
     query: str = ""
     top_k: int = 5
     max_instances: int = 20
+    max_prompts: int = 100
+    max_prompt_points: int = 64
     multimask_output: bool = False
     points_per_side: int = 16
     points_per_batch: int = 64
@@ -256,12 +320,17 @@ class NodeSettings:
     box_nms_thresh: float = 0.7
     min_mask_area: int = 0
     text_min_score: float = 0.0
-    publish_instance_ids: bool = True
+    mask_encoding: str = "coco_rle"
+    publish_instance_ids: bool = False
+    instance_ids_format: str = "png"
+    detection_class_id: str = "name"
+    publish_markers: bool = True
     publish_overlay: bool = False
     diagnostics_period: float = 1.0
     input_timeout: float = 5.0
     frame_buffer_size: int = 30
     frame_buffer_max_age: float = 2.0
+    frame_buffer_max_mb: int = 256
     stamp_tolerance: float = 0.001
     detection_prompt_type: str = "box"
     detection_min_score: float = 0.0

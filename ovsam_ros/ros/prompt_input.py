@@ -11,6 +11,12 @@ Prompts name the image size they were made for. At each frame the node:
 Then each prompt is checked against the frame (:func:`ovsam_ros.prompts.check_prompt`):
 NaN coordinates, points off the image and boxes with no area inside it are
 rejected one by one, keeping the others and their original ``prompt_index``.
+
+Before any of that, when a message arrives, :func:`check_limits` bounds the work it can
+cause (anyone on the DDS domain may publish one): prompts after the first ``max_prompts``
+and prompts with more than ``max_prompt_points`` points are rejected with a reason naming
+the limit and its parameter; the rest keep their ``prompt_index``. The excess is never
+converted, so a 100,000-prompt array costs no more than one at the limit.
 """
 
 from __future__ import annotations
@@ -75,16 +81,65 @@ def source_from_msg(msg: Any) -> Optional[PromptSource]:
     return PromptSource(id=msg.source_id, class_id=msg.source_class_id, score=float(msg.source_score))
 
 
-def prompt_set_from_msg(msg: Any) -> PromptSet:
-    sources = [source_from_msg(p) for p in msg.prompts]
-    return PromptSet(
-        prompts=[prompt_from_msg(p) for p in msg.prompts],
+def prompt_set_from_msg(msg: Any, max_prompts: Optional[int] = None,
+                        max_points: Optional[int] = None) -> PromptSet:
+    """A PromptArray -> PromptSet; with limits, only the prompts :func:`check_limits` keeps (see
+    :func:`limited_prompt_set` for the reasons)."""
+    return limited_prompt_set(msg, max_prompts, max_points)[0]
+
+
+@dataclass
+class LimitCheck:
+    """Which prompts of one message stay within the limits."""
+
+    keep: list[int] = field(default_factory=list)  # positions in the message, in order
+    over: int = 0  # prompts rejected by the limits
+    reasons: list[str] = field(default_factory=list)  # one line per kind of excess
+
+    @property
+    def message(self) -> str:
+        return "; ".join(self.reasons)
+
+
+def check_limits(points_per_prompt: Sequence[int], total: int, max_prompts: Optional[int],
+                 max_points: Optional[int], what: str = "PromptArray") -> LimitCheck:
+    """Apply ``max_prompts`` (first ones kept) and ``max_points`` (per prompt) to one message of
+    ``total`` prompts; ``points_per_prompt`` needs covering only the first ``max_prompts``."""
+    out = LimitCheck()
+    limit = total if max_prompts is None else min(total, int(max_prompts))
+    if total > limit:
+        out.over += total - limit
+        out.reasons.append(f"{what} with {total} prompts: prompts {limit}..{total - 1} rejected "
+                           f"({total - limit} over max_prompts {limit}; parameter max_prompts)")
+    for i in range(limit):
+        n = int(points_per_prompt[i])
+        if max_points is not None and n > max_points:
+            out.over += 1
+            out.reasons.append(f"prompt {i}: {n} points > max_prompt_points {max_points} "
+                               "(parameter max_prompt_points): rejected")
+            continue
+        out.keep.append(i)
+    return out
+
+
+def limited_prompt_set(msg: Any, max_prompts: Optional[int] = None,
+                       max_points: Optional[int] = None) -> tuple[PromptSet, LimitCheck]:
+    """A PromptArray -> (PromptSet of the prompts within the limits, what was rejected and why).
+    Prompts past ``max_prompts`` are never converted."""
+    head = msg.prompts if max_prompts is None else msg.prompts[:max_prompts]
+    check = check_limits([len(p.points) for p in head], len(msg.prompts), max_prompts, max_points)
+    kept = [head[i] for i in check.keep]
+    sources = [source_from_msg(p) for p in kept]
+    prompt_set = PromptSet(
+        prompts=[prompt_from_msg(p) for p in kept],
         source_size=(int(msg.image_width), int(msg.image_height)),
         frame_id=msg.header.frame_id,
         persistent=bool(msg.persistent),
         stamp=int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec),
         sources=sources if any(s is not None for s in sources) else None,
+        indices=None if check.keep == list(range(len(head))) else list(check.keep),
     )
+    return prompt_set, check
 
 
 def scale_factors(source_size: tuple[int, int], frame_hw: tuple[int, int]) -> tuple[float, float]:

@@ -1,4 +1,4 @@
-"""Which vocabulary files the ``set_vocabulary`` service may read.
+"""Which vocabulary files the ``set_vocabulary`` service and the ``vocabulary`` parameter may read.
 
 ROS 2 topics and services are open to every participant of the DDS domain unless SROS2
 is on. A service that loads any path it is given would let any participant make the node
@@ -10,7 +10,8 @@ file-disclosure channel. So the service reads files only from configured directo
 A path outside those directories is refused before the file system is touched: no read,
 and no ``stat`` either (a "not found" vs. "refused" difference would reveal which files
 exist). Symlinks are resolved first, so a link inside an allowed directory that points
-outside is refused too. No ROS imports.
+outside is refused too. The ``vocabulary`` parameter (read at configure, settable over the
+network like any parameter) follows the same rule through :func:`parameter_spec`. No ROS imports.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ovsam_ros.model.vocabulary import (
     unknown_vocabulary_error,
 )
 
-__all__ = ["VocabularyAccessError", "allowed_dirs", "default_dirs", "resolve_request"]
+__all__ = ["VocabularyAccessError", "allowed_dirs", "default_dirs", "inside", "parameter_spec", "resolve_request"]
 
 
 class VocabularyAccessError(PermissionError):
@@ -46,7 +47,8 @@ def allowed_dirs(setting: str) -> list[Path]:
     return [Path(os.path.realpath(os.path.expanduser(str(p).strip()))) for p in parts]
 
 
-def _inside(path: str, dirs: Sequence[Path]) -> bool:
+def inside(path: str, dirs: Sequence[Path]) -> bool:
+    """Whether the resolved ``path`` is one of ``dirs`` or below one."""
     return any(path == str(d) or path.startswith(str(d).rstrip(os.sep) + os.sep) for d in dirs)
 
 
@@ -71,10 +73,10 @@ def resolve_request(text: str, dirs: Sequence[Path]) -> Union[str, Path]:
     if spec and not listed and os.sep not in spec and not spec.startswith("~"):  # a bare file name
         for folder in dirs:
             candidate = folder / spec
-            if _is_file(candidate) and _inside(os.path.realpath(candidate), dirs):
+            if _is_file(candidate) and inside(os.path.realpath(candidate), dirs):
                 return Path(os.path.realpath(candidate))
     real = os.path.realpath(os.path.expanduser(spec)) if spec else ""
-    if spec and (os.path.isabs(os.path.expanduser(spec)) or looks_like_path(spec)) and _inside(real, dirs):
+    if spec and (os.path.isabs(os.path.expanduser(spec)) or looks_like_path(spec)) and inside(real, dirs):
         kind, value = classify_spec(real)  # FileNotFoundError inside the allowed dirs is fine to report
         return Path(value) if kind == "file" else value
     if listed:
@@ -88,3 +90,12 @@ def resolve_request(text: str, dirs: Sequence[Path]) -> Union[str, Path]:
     # A lone unknown name. Not handed to load_vocabulary: it would open a same-named file in
     # the node's working directory.
     raise unknown_vocabulary_error(spec)
+
+
+def parameter_spec(text: str, dirs: Sequence[Path]) -> str:
+    """What to load for the ``vocabulary`` parameter: '' (the model's), the value as given (built-in
+    name, inline list) or the real path of an allowed file. Raises like :func:`resolve_request`."""
+    if not text.strip():
+        return ""
+    resolved = resolve_request(text, dirs)
+    return str(resolved) if isinstance(resolved, Path) else text

@@ -81,3 +81,35 @@ def test_out_of_order_arrival_and_reconfigure():
     assert len(buffer) == 1 and buffer.newest().item == 2
     with pytest.raises(ValueError):
         StampedBuffer(capacity=0)
+
+
+# ----------------------------------------------------------------------------- memory (issue #24 item 8)
+def test_old_frames_expire_when_a_frame_is_pushed_not_only_on_lookup():
+    """Before: only find()/newest() expired entries, so a burst stayed in memory until a stamped
+    prompt looked frames up."""
+    buffer = StampedBuffer(capacity=30, max_age=2.0)
+    camera_30hz(buffer, 20)  # received 100.02 .. 100.65
+    assert len(buffer) == 20
+    buffer.push(stamp_ns(200, 0), "cam", "late", received=105.0)  # 4+ s later: the burst is stale
+    assert len(buffer) == 1 and buffer.newest().item == "late"
+
+
+def test_expire_drops_stale_frames_without_a_push():
+    buffer = StampedBuffer(capacity=30, max_age=2.0)
+    camera_30hz(buffer, 5)
+    assert buffer.expire(now=100.5) == 0 and len(buffer) == 5
+    assert buffer.expire(now=103.0) == 5 and len(buffer) == 0
+
+
+def test_the_buffer_is_bounded_by_bytes_and_keeps_the_newest_frame():
+    buffer = StampedBuffer(capacity=30, max_age=60.0, max_bytes=1000, size_of=len)
+    for i in range(5):
+        buffer.push(stamp_ns(i, 0), "cam", bytes(300), received=float(i))
+    assert len(buffer) == 3 and buffer.nbytes == 900  # 4 x 300 > 1000: the two oldest left
+    assert [e.stamp for e in buffer.entries()] == [stamp_ns(i, 0) for i in (2, 3, 4)]
+    buffer.push(stamp_ns(9, 0), "cam", bytes(5000), received=9.0)  # larger than the budget alone
+    assert len(buffer) == 1 and buffer.nbytes == 5000  # the newest frame is always kept
+    buffer.configure(capacity=30, max_age=60.0, max_bytes=100)
+    assert len(buffer) == 1
+    with pytest.raises(ValueError, match="max_bytes"):
+        StampedBuffer(max_bytes=0, size_of=len)

@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 
 from ovsam_ros.robot.tracking import track_id_pixel
-from ovsam_ros.ros.image_conversion import image_to_numpy
+from ovsam_ros.ros.image_conversion import compressed_to_numpy, image_to_numpy
+from ovsam_ros.ros.mask_codec import MASK_ENCODINGS
 from ovsam_ros.ros.messages import instance_id_image, mask_from_msg
 
 
@@ -47,14 +48,18 @@ def assert_outputs_match(masks_msg: Any, ids_msg: Any, source_header: Any, image
     assert (masks_msg.image_height, masks_msg.image_width) == image_hw
     for i, instance in enumerate(masks_msg.instances):
         assert instance.instance_id == i
-        assert instance.mask.encoding == "mono8"
+        assert instance.mask_encoding in MASK_ENCODINGS
         box = instance.bbox
         assert box.x_offset + box.width <= image_hw[1] and box.y_offset + box.height <= image_hw[0]
     masks = full_masks(masks_msg)
     if ids_msg is not None:
         assert ids_msg.header == source_header
-        assert ids_msg.encoding == "mono16"
-        ids = image_to_numpy(ids_msg)
+        if hasattr(ids_msg, "format"):  # instance_ids_format png: sensor_msgs/CompressedImage
+            assert ids_msg.format.split(";")[0] == "mono16"
+            ids, _ = compressed_to_numpy(ids_msg)
+        else:
+            assert ids_msg.encoding == "mono16"
+            ids = image_to_numpy(ids_msg)
         assert ids.shape == image_hw and ids.dtype == np.uint16
         values = [track_id_pixel(m.track_id) for m in masks_msg.instances] if masks_msg.tracked \
             else [i + 1 for i in range(len(masks))]

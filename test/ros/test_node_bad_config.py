@@ -188,3 +188,89 @@ def test_vocabulary_dirs_cannot_be_changed_at_runtime(make_node, tmp_path):
     node = make_node(active=False)
     result = node.set_parameters([Parameter("vocabulary_dirs", value="/")])[0]
     assert not result.successful and "read-only" in result.reason
+
+
+# ----------------------------------------------------------------------------- parameters that read files (#24 item 11)
+PASSWD_LINE = "root:"  # what /etc/passwd starts with; must never reach a log, a reason or /diagnostics
+
+
+@pytest.fixture
+def passwd():
+    if not os.path.isfile("/etc/passwd"):
+        pytest.skip("no /etc/passwd")
+    return "/etc/passwd"
+
+
+def _spy_model_reads(monkeypatch) -> list:
+    """Records every model source the loader is asked to open."""
+    import ovsam_ros.loading as loading
+
+    opened = []
+    real = loading.load_specs
+    monkeypatch.setattr(loading, "load_specs", lambda source: opened.append(str(source)) or real(source))
+    return opened
+
+
+def test_vocabulary_parameter_follows_the_set_vocabulary_allow_list(make_node, passwd, never_read):
+    from rclpy.parameter import Parameter
+
+    # Before: configure succeeded and the lines of /etc/passwd were published as class labels.
+    node = make_node(active=False, vocabulary=passwd)
+    assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert "refused" in node.last_error and "vocabulary_dirs" in node.last_error
+    assert node.predictor is None and never_read == []
+    # On parameter change (e.g. ros2 param set over the network) too, before anything is read.
+    fresh = make_node(active=False, name="ovsam_vocab_param")
+    result = fresh.set_parameters([Parameter("vocabulary", value=passwd)])[0]
+    assert not result.successful and "refused" in result.reason and "vocabulary_dirs" in result.reason
+    assert never_read == []
+
+
+def test_vocabulary_parameter_inside_vocabulary_dirs_and_builtins_still_work(make_node, tmp_path, never_read):
+    (tmp_path / "warehouse.txt").write_text("pallet\nforklift\n")
+    node = make_node(vocabulary="warehouse.txt", vocabulary_dirs=str(tmp_path))
+    assert node.predictor.vocabulary.classes == ["pallet", "forklift"]
+    assert never_read == [str(tmp_path / "warehouse.txt")]
+    assert make_node(name="ovsam_vocab_inline", vocabulary="cup, plate").predictor.vocabulary.classes == ["cup", "plate"]
+
+
+def test_model_parameter_reads_only_bundled_models_and_model_dirs(make_node, passwd, monkeypatch, tmp_path):
+    from rclpy.parameter import Parameter
+
+    opened = _spy_model_reads(monkeypatch)
+    # Before: configure read /etc/passwd as YAML and put its characters into the error and /diagnostics.
+    node = make_node(active=False, model=passwd, name="ovsam_model_passwd")
+    assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert "refused" in node.last_error and "model_dirs" in node.last_error
+    assert PASSWD_LINE not in node.last_error
+    assert all(PASSWD_LINE not in v for v in values_of_diagnostics(node).values())
+    assert opened == []
+    result = make_node(active=False, name="ovsam_model_param").set_parameters(
+        [Parameter("model", value=passwd)])[0]
+    assert not result.successful and "refused" in result.reason and opened == []
+    # A bare name is a bundled model or a file in model_dirs, never a file in the working directory.
+    (tmp_path / "mine.yaml").write_text("model:\n  preset: tiny\npredictor:\n  text_cache_dir: null\n")
+    monkeypatch.chdir(tmp_path)
+    node = make_node(active=False, model="mine.yaml", name="ovsam_model_cwd")
+    assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert "mine.yaml" in node.last_error and opened == []
+    # In model_dirs, by name or by path: loaded.
+    for model in ("mine.yaml", str(tmp_path / "mine.yaml")):
+        node = make_node(model=model, model_dirs=str(tmp_path), name="ovsam_model_dirs")
+        assert node.predictor is not None and opened[-1] == str(tmp_path / "mine.yaml")
+    assert make_node(model="tiny", name="ovsam_model_bundled").predictor is not None
+
+
+def test_model_dirs_cannot_be_changed_at_runtime(make_node):
+    from rclpy.parameter import Parameter
+
+    node = make_node(active=False, name="ovsam_model_dirs_ro")
+    result = node.set_parameters([Parameter("model_dirs", value="/")])[0]
+    assert not result.successful and "read-only" in result.reason
+
+
+def values_of_diagnostics(node) -> dict:
+    from ovsam_ros.ros.diagnostics import values_of
+
+    status = node.publish_diagnostics().status[0]
+    return {**values_of(node.publish_diagnostics()), "_message": status.message}

@@ -26,7 +26,8 @@ pytestmark = [pytest.mark.ros, pytest.mark.e2e]
 def start_node(ros_group, tmp_path: Path, *args: str, **params):
     """`ovsam-node --params-file <config/ovsam.yaml + params>`; returns once it is active."""
     config = yaml.safe_load((ROOT / "config" / "ovsam.yaml").read_text())
-    config["/**"]["ros__parameters"].update({"num_threads": 1, "diagnostics_period": 0.5, **params})
+    # model: the bundled demo model (the node's default, rn50x16, needs downloaded weight files)
+    config["/**"]["ros__parameters"].update({"num_threads": 1, "diagnostics_period": 0.5, "model": "shapes", **params})
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(config))
     assert NODE.exists(), f"{NODE} missing: run tools/setup.sh (console scripts from setup.py)"
@@ -49,12 +50,13 @@ def load(path: Path, msg_type):
 
 
 def test_images_and_prompts_in_one_process_masks_out_of_another(ros_group, tmp_path):
-    from sensor_msgs.msg import Image
+    from sensor_msgs.msg import CompressedImage, Image
 
     from ovsam_ros.msg import LabeledMaskArray
     from ovsam_ros.srv import Segment
 
-    node = start_node(ros_group, tmp_path, "--namespace", "robot1")
+    # the ID image is off by default; on, it travels as a PNG (instance_ids_format: png)
+    node = start_node(ros_group, tmp_path, "--namespace", "robot1", publish_instance_ids=True)
     out = tmp_path / "out"
     summary = run_client(ros_group, "stream", out, namespace="/robot1")
     assert node.poll() is None
@@ -63,7 +65,7 @@ def test_images_and_prompts_in_one_process_masks_out_of_another(ros_group, tmp_p
     for i in range(3):
         image = load(out / f"image_{i}.bin", Image)
         masks = load(out / f"masks_{i}.bin", LabeledMaskArray)
-        ids = load(out / f"ids_{i}.bin", Image)
+        ids = load(out / f"ids_{i}.bin", CompressedImage)
         # Header verbatim from the source image, masks in its size, ID image agrees with the masks.
         assert_outputs_match(masks, ids, image.header, (image.height, image.width))
         results.append(masks)
@@ -125,9 +127,18 @@ def test_bad_frames_and_prompts_do_not_stop_the_node(ros_group, tmp_path):
 
 
 def test_ovsam_demo_runs_the_ros_pipeline(ros_group, tmp_path):
-    """The untrained tiny model on the bundled photos: runs end to end, says loudly it is untrained."""
-    demo = ros_group.start([str(Path(sys.executable).parent / "ovsam"), "demo", "--frames", "3", "--model", "tiny",
-                            "--scenes", "samples", "--robot-frames", "4", "--output-dir", str(tmp_path / "demo"), "--threads", "1"])
+    """The untrained tiny model on the bundled photos: runs end to end, says loudly it is untrained. The
+    model YAML and vocabulary are the user's own files, outside the node's default model_dirs /
+    vocabulary_dirs: named on the demo's command line, the node may read them."""
+    (tmp_path / "models").mkdir()
+    model = tmp_path / "models" / "my_tiny.yaml"
+    model.write_text((ROOT / "config" / "models" / "tiny.yaml").read_text())
+    (tmp_path / "vocab").mkdir()
+    vocab = tmp_path / "vocab" / "mine.txt"
+    vocab.write_text("cat\ndog\nball\n")
+    demo = ros_group.start([str(Path(sys.executable).parent / "ovsam"), "demo", "--frames", "3", "--model", str(model),
+                            "--vocab", str(vocab), "--scenes", "samples", "--robot-frames", "4",
+                            "--output-dir", str(tmp_path / "demo"), "--threads", "1"])
     lines = wait_for_line(demo, "overlays:", timeout=180)
     assert demo.wait(timeout=30) == 0
     text = "\n".join(lines)
@@ -165,7 +176,7 @@ def test_lifecycle_and_parameters_over_dds_recover_from_a_missing_checkpoint(ros
     broken.write_text("model:\n  preset: tiny\n  ovsam_checkpoint: /nonexistent/ovsam.pth\n"
                       "predictor:\n  text_cache_dir: null\n")
     config = yaml.safe_load((ROOT / "config" / "ovsam.yaml").read_text())
-    config["/**"]["ros__parameters"].update({"num_threads": 1, "model": str(broken)})
+    config["/**"]["ros__parameters"].update({"num_threads": 1, "model": str(broken), "model_dirs": str(tmp_path)})
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(config))
     node = ros_group.start([str(NODE), "--params-file", str(params), "--no-autostart"])

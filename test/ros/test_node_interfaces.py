@@ -157,8 +157,8 @@ def test_humble_rclpy_layout_qos_events_from_qos_event(monkeypatch, make_node, r
 EXPECTED = {
     "subscriptions": {"/image", "/ovsam_names/prompts", "/ovsam_names/text_query", "/depth/image",
                       "/depth/camera_info"},
-    "publishers": {"/ovsam_names/masks", "/ovsam_names/instance_ids", "/ovsam_names/overlay", "/ovsam_names/points",
-                   "/diagnostics"},
+    "publishers": {"/ovsam_names/masks", "/ovsam_names/instance_ids", "/ovsam_names/instance_ids/compressed",
+                   "/ovsam_names/overlay", "/ovsam_names/points", "/ovsam_names/markers", "/diagnostics"},
     "services": {"/ovsam_names/set_vocabulary", "/ovsam_names/segment", "/ovsam_names/clear_prompts"},
 }
 
@@ -176,7 +176,8 @@ def node_names(node) -> dict[str, set[str]]:
 
 def test_inputs_and_services_live_under_the_node(make_node):
     names = node_names(make_node(name="ovsam_names"))
-    names["publishers"].discard("/ovsam_names/detections")  # these two only where vision_msgs is installed
+    for vision in ("detections", "detections_3d", "label_info"):  # these only where vision_msgs is installed
+        names["publishers"].discard(f"/ovsam_names/{vision}")
     names["subscriptions"].discard("/detection_prompts")
     assert names == EXPECTED
 
@@ -186,6 +187,7 @@ def test_readme_topic_and_service_names_are_the_nodes(make_node):
     node = make_node(name="ovsam")
     # + what the node has with image_transport: compressed, or with vision_msgs installed
     names = set().union(*node_names(node).values()) | {"/image/compressed", "/ovsam/detections",
+                                                       "/ovsam/detections_3d", "/ovsam/label_info",
                                                        "/detection_prompts"}
     readme = (ROOT / "README.md").read_text()
     used = set(re.findall(r"(?<![\w/])/ovsam/[a-z_]+", readme))
@@ -215,7 +217,8 @@ def test_diagnostics_in_every_state_error_after_a_failed_configure(make_node, ro
 
     broken = tmp_path / "broken.yaml"
     broken.write_text("model:\n  preset: tiny\n  ovsam_checkpoint: /nonexistent/ovsam.pth\n")
-    node = make_node(active=False, name="ovsam_diag", model=str(broken), diagnostics_period=0.2)
+    node = make_node(active=False, name="ovsam_diag", model=str(broken), diagnostics_period=0.2,
+                     model_dirs=str(tmp_path))  # paths outside model_dirs are refused
     listener = rclpy.create_node("diag_listener", context=ros_context)
     got = []
     listener.create_subscription(DiagnosticArray, "/diagnostics",
