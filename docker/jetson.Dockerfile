@@ -97,7 +97,7 @@ RUN source "${ROS_ROOT}/install/setup.bash" \
     && colcon build --packages-up-to ovsam_ros --cmake-args -DBUILD_TESTING=OFF \
     && rm -rf build log \
     && source /ws/install/setup.bash \
-    && python3 -c "import rclpy, std_msgs.msg, sensor_msgs.msg, vision_msgs.msg, diagnostic_msgs.msg, std_srvs.srv, lifecycle_msgs.msg, rcl_interfaces.msg, tf2_ros, ovsam_ros.msg, ovsam_ros.ros.node, ovsam_ros.ros.node_cli, ovsam_ros.cli, ovsam_ros.export.cli, ovsam_ros.benchmark.cli, training.entry_points; print('ovsam_ros imports OK')" \
+    && python3 -c "import rclpy, std_msgs.msg, sensor_msgs.msg, vision_msgs.msg, visualization_msgs.msg, diagnostic_msgs.msg, std_srvs.srv, lifecycle_msgs.msg, rcl_interfaces.msg, tf2_ros, ovsam_ros.msg, ovsam_ros.ros.node, ovsam_ros.ros.node_cli, ovsam_ros.cli, ovsam_ros.export.cli, ovsam_ros.benchmark.cli, training.entry_points; print('ovsam_ros imports OK')" \
     && ovsam --help > /dev/null
 
 # Every shell (and `docker run ... ros2 launch`) sees ROS and the workspace.

