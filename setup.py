@@ -57,6 +57,7 @@ setup(
             "ovsam-evaluate = training.entry_points:evaluate",
             "ovsam-extract-bag = training.entry_points:extract_bag",
             "ovsam-make-synthetic = training.entry_points:make_synthetic",
+            "ovsam-label = training.entry_points:label",
             "ovsam-bench = ovsam_ros.benchmark.cli:main",
             "ovsam-export = ovsam_ros.export.cli:main",
             "ovsam-node = ovsam_ros.ros.node_cli:main",

@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
                                          "names, from its publisher or a mirror (resume, sha256, atomic rename). "
                                          "ovsam weights check --model rn50x16: what is there and what is missing.")
     add_weights_arguments(weights)
+    # Forwarded whole to ovsam-label (main() dispatches it before parsing); listed here for --help.
+    label = sub.add_parser("label", add_help=False, help="auto-label bags / image folders into a COCO dataset "
+                           "for stage 2 (same as ovsam-label; `ovsam label --help`)")
+    label.add_argument("label_args", nargs=argparse.REMAINDER)
     for command in sub.choices.values():  # `ovsam segment -v` as well as `ovsam -v segment`
         command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                              help="debug logging (also accepted before the command)")
@@ -370,6 +374,11 @@ def run_offline_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    rest = list(sys.argv[1:] if argv is None else argv)
+    if rest[:1] == ["label"]:  # the training-side labeller owns its arguments (ovsam-label)
+        from training.entry_points import label
+
+        return label(rest[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,

@@ -50,3 +50,9 @@ def extract_bag(argv: Optional[Sequence[str]] = None) -> int:
 
 def make_synthetic(argv: Optional[Sequence[str]] = None) -> int:
     return _parse_then_run(synthetic_parser, "training.synthetic", argv)
+
+
+def label(argv: Optional[Sequence[str]] = None) -> int:
+    from .label.cli import label_parser
+
+    return _parse_then_run(label_parser, "training.label.cli", argv)
