@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import pickle
+import re
 import subprocess
 import sys
 import types
@@ -151,6 +152,24 @@ def test_pickle_that_runs_a_command_is_refused_and_never_runs(tmp_path, kind, ti
     # The payload is live: an unrestricted unpickler runs it (the check above can fail).
     torch.load(path, weights_only=False)
     assert marker.exists()
+
+
+@pytest.mark.parametrize("target", [subprocess.Popen, eval], ids=["subprocess.Popen", "builtins.eval"])
+def test_a_code_running_global_is_refused_even_when_nothing_calls_it(tmp_path, target):
+    """A pickle that only NAMES subprocess.Popen or eval (a reference stored as a value, no REDUCE)
+    would come back as an inert stand-in; files from the wild are refused up front instead, naming
+    the global, before anything is unpickled (the pre-check holds in stand-in mode, not only in
+    refuse mode)."""
+    path = tmp_path / "named.pth"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "meta": {"hook": target}}, path)
+    [name] = torch.serialization.get_unsafe_globals_in_checkpoint(path)  # as pickled (Popen: commands.Popen)
+    assert name.endswith(f".{target.__qualname__}")
+    for foreign in ("stand_in", "refuse"):
+        with pytest.raises(UnsafeCheckpointError, match=rf"its pickle references {re.escape(name)}, which can only "
+                                                        "serve to run code"):
+            safe_torch_load(path, foreign=foreign)
+    with pytest.raises(UnsafeCheckpointError, match="Nothing from the file was executed"):
+        load_state_dict_file(path)
 
 
 def test_call_into_a_module_that_is_not_installed_is_refused(tmp_path, monkeypatch):

@@ -143,8 +143,8 @@ def test_any_image_type_is_accepted(predictor):
     grey = rng.integers(0, 256, (40, 70), dtype=np.uint8)
     prompts = [Prompt(points=[[5, 5]]), Prompt(box=[3, 4, 25, 30])]
 
-    def run(frame, image_format="RGB"):
-        predictor.set_image(frame, image_format=image_format)
+    def run(frame, image_format="RGB", **image_range):
+        predictor.set_image(frame, image_format=image_format, **image_range)
         return predictor.predict(prompts)
 
     def same(results, reference):
@@ -157,7 +157,7 @@ def test_any_image_type_is_accepted(predictor):
     reference = run(rgb)
     alpha = rng.integers(0, 256, (50, 30, 1), dtype=np.uint8)
     same(run(rgb.astype(np.float32) / 255), reference)  # float 0..1
-    same(run(rgb.astype(np.float64)), reference)  # float 0..255
+    same(run(rgb.astype(np.float64), float_max=255.0), reference)  # float 0..255, said so
     same(run(np.concatenate([rgb, alpha], axis=2), "RGBA"), reference)  # alpha ignored
     same(run(np.ascontiguousarray(rgb[:, :, ::-1]), "BGR"), reference)
     same(run(rgb.astype(np.uint16) * 257), reference)  # 16-bit: 65535 is white
@@ -287,13 +287,18 @@ def test_synonym_policy_names_what_is_encoded_and_keys_the_cache(tmp_path, monke
             OVSAMPredictor(model, vocabulary=None, **bad)
 
 
+def _region(embedding: np.ndarray) -> InstanceResult:
+    """A one-pixel mask carrying ``embedding`` (an empty mask is no object: query() skips it)."""
+    mask = np.zeros((4, 4), bool)
+    mask[1, 2] = True
+    return InstanceResult(mask=mask, predicted_iou=1, stability_score=1, box=(2, 1, 3, 2), embedding=embedding)
+
+
 def test_text_query_ranks_the_matching_region_first(predictor):
     query_text = predictor.encode_vocabulary(Vocabulary.from_names(["red cup"]), progress=False)
     dog = predictor.text.embeddings[predictor.vocabulary.find("dog"), 0].cpu().numpy()
     cup = query_text.embeddings[0, 0].cpu().numpy()
-    mask = np.zeros((4, 4), bool)
-    candidates = [InstanceResult(mask=mask, predicted_iou=1, stability_score=1, box=(0, 0, 0, 0), embedding=e)
-                  for e in (dog, cup)]
+    candidates = [_region(e) for e in (dog, cup)]
     ranked = predictor.query("red cup", candidates=candidates, max_instances=2)
     assert ranked[0].embedding is candidates[1].embedding
     assert ranked[0].query_score > 0.5 > ranked[1].query_score
@@ -311,8 +316,7 @@ def test_a_query_naming_a_vocabulary_class_does_not_compete_with_it(predictor):
     text = predictor.text
     dog_index = predictor.vocabulary.find("dog")
     dog = text.embeddings[dog_index, 0].cpu().numpy()
-    mask = np.zeros((4, 4), bool)
-    candidate = InstanceResult(mask=mask, predicted_iou=1, stability_score=1, box=(0, 0, 0, 0), embedding=dog)
+    candidate = _region(dog)
     (ranked,) = predictor.query(" Dog ", candidates=[candidate])
     region = torch.as_tensor(dog)[None]
     vocab = class_logits(region, text)[0]  # [classes..., background]
@@ -322,6 +326,28 @@ def test_a_query_naming_a_vocabulary_class_does_not_compete_with_it(predictor):
     want = torch.stack([*others, phrase, vocab[-1]]).softmax(0)[-2]
     assert ranked.query_score == pytest.approx(float(want), rel=1e-5) and ranked.query_score > 0.5
     assert predictor._classes_named_by("red dog") == [] and predictor._classes_named_by("DOG") == [dog_index]
+
+
+def test_a_query_naming_a_class_by_a_synonym_stands_for_that_class(predictor):
+    """"Sofa" is a synonym of COCO's "couch": like the display name, it takes the couch column out of
+    the softmax (with it, the class's max-over-synonyms logit ties the phrase: 0.5 at best). Region:
+    the couch class's own "sofa" text embedding; the score is the documented rule by hand."""
+    from ovsam_ros.model.recognition import class_logits
+
+    text, vocab = predictor.text, predictor.vocabulary
+    couch = vocab.find("couch")
+    assert vocab.classes[couch] == "couch" and "sofa" in vocab.synonyms[couch]
+    sofa = text.embeddings[couch, vocab.synonyms[couch].index("sofa")].cpu().numpy()
+    candidate = _region(sofa)
+    (ranked,) = predictor.query("Sofa", candidates=[candidate])
+    region = torch.as_tensor(sofa)[None]
+    columns = class_logits(region, text)[0]  # [classes..., background]
+    phrase = class_logits(region, predictor.encode_vocabulary(Vocabulary.from_names(["Sofa"]), progress=False),
+                          with_background=False)[0, 0]
+    others = [columns[i] for i in range(len(vocab)) if i != couch]
+    want = torch.stack([*others, phrase, columns[-1]]).softmax(0)[-2]
+    assert ranked.query_score == pytest.approx(float(want), rel=1e-5) and ranked.query_score > 0.5
+    assert predictor._classes_named_by(" SOFA ") == predictor._classes_named_by("couch") == [couch]
 
 
 def test_precision_and_device_options(image):
@@ -446,7 +472,9 @@ def test_everything_with_reference_tokens_filters_by_stability_and_optional_sam_
 
 def test_clip_ensemble_is_the_reference_geometric_mean(image):
     """Labels with clip_ensemble: q^(1-a) p^a for base classes and background, q^(1-b) p^b for novel ones,
-    unused classes excluded, p from CLIP's own attention pool on the box RoIAligned from C5 (hand-written)."""
+    unused classes excluded, p from CLIP's own attention pool on the box RoIAligned from C5 (hand-written).
+    A mask with foreground at SAM's low resolution but none at C5's (the third, 2-pixel box prompt) keeps
+    the learned scores alone, as the reference's open_voc_inference does."""
     from torchvision.ops import roi_align
 
     model = tiny_model()
@@ -456,7 +484,7 @@ def test_clip_ensemble_is_the_reference_geometric_mean(image):
     plain = OVSAMPredictor(model, vocabulary="coco", top_k=80)
     predictor.set_image(image)
     plain.set_image(image)
-    prompts = [Prompt(box=[150, 80, 320, 200]), Prompt(box=[10, 10, 300, 290])]
+    prompts = [Prompt(box=[150, 80, 320, 200]), Prompt(box=[10, 10, 300, 290]), Prompt(box=[440, 0, 442, 2])]
     results = predictor.predict(prompts)
     learned_only = plain.predict(prompts)
     text = predictor.text
@@ -476,6 +504,7 @@ def test_clip_ensemble_is_the_reference_geometric_mean(image):
         assert np.array_equal(r.mask, base_r.mask)  # the ensemble changes labels only
         low = torch.as_tensor(r.low_res_logits)[None, None]
         ys, xs = np.nonzero(r.low_res_logits > 0)  # the box CLIP2SAM pools: the low-res mask's, input pixels
+        assert len(xs)  # every mask here has foreground at SAM's low resolution
         box = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32) * 4
         roi = roi_align(c5, torch.cat([torch.zeros(1), box])[None], output_size=256 // 32, spatial_scale=1 / 32,
                         sampling_ratio=0, aligned=True)
@@ -483,17 +512,24 @@ def test_clip_ensemble_is_the_reference_geometric_mean(image):
             p = logits(model.backbone.clip.visual.attnpool(roi)[0]).softmax(-1)
         q = logits(torch.as_tensor(r.embedding)).softmax(-1)
         nonempty = bool((torch.nn.functional.interpolate(low, size=c5.shape[-2:], mode="bilinear") > 0).any())
-        a, b = (0.1, 0.9) if nonempty else (0.0, 0.0)
-        weight = torch.tensor([a if s == "base" else b for s in split] + [a])
-        g = q ** (1 - weight) * p ** weight
-        g[:-1][torch.tensor([s == "unused" for s in split])] = 0
-        expected = g / g.sum()
+
+        def rule(a, b):
+            weight = torch.tensor([a if s == "base" else b for s in split] + [a])
+            g = q ** (1 - weight) * p ** weight
+            g[:-1][torch.tensor([s == "unused" for s in split])] = 0
+            return g / g.sum()
+
+        expected = rule(0.1, 0.9) if nonempty else rule(0.0, 0.0)  # empty at C5: q alone (the reference's fallback)
         got = {lab.class_index: lab.score for lab in r.labels}
         assert set(got) == {i for i, s in enumerate(split) if s != "unused"}
-        for i, score in got.items():
+        for i, score in got.items():  # absolute for the top scores, relative for the small ones
             assert abs(score - float(expected[i])) < 1e-4, (i, score, float(expected[i]))
+            assert score == pytest.approx(float(expected[i]), rel=1e-3, abs=1e-30), (i, score, float(expected[i]))
         assert r.labels[0].class_index == int(expected[:-1].argmax())
+        if not nonempty:  # CLIP's weight would change this row's scores far beyond the tolerance above
+            with_clip = rule(0.1, 0.9)
+            assert max(abs(float(with_clip[i]) / got[i] - 1) for i in got if got[i] > 1e-30) > 0.5
         checked_nonempty.append(nonempty)
-    assert any(checked_nonempty)
+    assert checked_nonempty == [True, True, False]  # both branches of the rule are checked
     # Labels really changed (the frozen-CLIP branch carries information).
     assert any(r.labels[0].score != b.labels[0].score for r, b in zip(results, learned_only))

@@ -41,16 +41,22 @@ NOT_REACHED: dict = {}
 #: decide CI; the regression floors below still guard them). None: base labels are 69 of 75
 #: objects here, the target 68.
 BORDERLINE: dict = {}
-#: Regression floors of the bundled model on fresh scenes, NOT the targets: about 3/4 of the
-#: values measured on these scenes (and far above chance for labels), so a change that breaks
-#: any stage of the stack (CLIP, SAM2CLIP, decoder, CLIP2SAM, recognition, everything mode)
-#: fails here.
+#: Regression floors of the bundled model on these fresh scenes: ABOVE each target (a floor at or
+#: below an asserted target adds nothing: the target fails first) and below the measured value by
+#: a margin no numerical noise reaches (about 0.03 of mean IoU, i.e. ~3 of the 91 prompts' masks
+#: lost; at least 2 objects for rates). Measured: box IoU 0.897, point IoU 0.888, novel labels
+#: 15 of 16, novel text queries 15 of 16. A change that costs the stack quality fails here while
+#: the targets still pass.
 REGRESSION_FLOORS = {
-    "box_iou": 0.67,
-    "point_iou": 0.66,
-    "box_accuracy_base": 0.69,
-    "box_accuracy_novel": 0.70,
-    "text_query_hit_rate_novel": 0.70,
+    "box_iou": 0.87,
+    "point_iou": 0.86,
+    "box_accuracy_novel": 0.70,  # 12 of 16 (target 0.50)
+    "text_query_hit_rate_novel": 0.80,  # 13 of 16 (target 0.70: 12)
+}
+#: Targets that are their own floor: no value lies between the target and the measured one without
+#: making the floor the measured value itself (flaky).
+NO_FLOOR = {
+    "box_accuracy_base": "69 of 75 base objects measured; the target 0.90 already needs 68",
 }
 
 
@@ -94,6 +100,15 @@ def test_bundled_model_meets_target_on_fresh_scenes(fresh_eval, metric, request)
 def test_bundled_model_keeps_its_measured_quality_on_fresh_scenes(fresh_eval, metric):
     value = fresh_eval[metric]
     assert value is not None and value >= REGRESSION_FLOORS[metric], f"{metric} = {value}"
+
+
+def test_every_floor_can_fail_on_its_own():
+    """Each target either has a floor above it (a floor at or below an asserted target can never
+    fail first) or says why it is its own floor; an unreached target's floor only needs to exist."""
+    assert set(REGRESSION_FLOORS) | set(NO_FLOOR) == set(TARGETS) and not set(REGRESSION_FLOORS) & set(NO_FLOOR)
+    for metric, floor in REGRESSION_FLOORS.items():
+        if metric not in NOT_REACHED:
+            assert floor > TARGETS[metric], f"{metric}: floor {floor} <= target {TARGETS[metric]} guards nothing"
 
 
 def test_text_query_ranks_a_rendered_object_through_the_model(shapes_predictor):
