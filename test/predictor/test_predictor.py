@@ -49,6 +49,29 @@ def test_multimask_keep_all_and_refinement_with_mask_input(predictor, image):
         predictor.predict([Prompt(points=[[200, 120]], mask_input=np.zeros((8, 8)))])
 
 
+def test_best_of_three_never_picks_a_nan_predicted_iou(predictor, image, monkeypatch):
+    """keep="best" takes the highest predicted IoU; a NaN (fp16 overflow, a degenerate mask token) never
+    wins: the decoder's IoU of the best candidate of each prompt is made NaN here, and the pick must be
+    the best of the two others (keep="all" lists what was decoded)."""
+    run_decoder = predictor._run_decoder
+
+    def nan_for_the_best(*args, **kwargs):
+        out = run_decoder(*args, **kwargs)
+        best = out["iou"].argmax(dim=1)
+        out["iou"][torch.arange(len(best)), best] = float("nan")
+        return out
+
+    monkeypatch.setattr(predictor, "_run_decoder", nan_for_the_best)
+    predictor.set_image(image)
+    prompts = [Prompt(points=[[200, 120]]), Prompt(points=[[40, 250]])]
+    everything = predictor.predict(prompts, multimask_output=True, keep="all")
+    best = predictor.predict(prompts, multimask_output=True)
+    for i, chosen in enumerate(best):
+        candidates = [c for c in everything if c.prompt_index == i]
+        assert len(candidates) == 3 and sum(np.isnan(c.predicted_iou) for c in candidates) == 1
+        assert chosen.predicted_iou == max(c.predicted_iou for c in candidates if not np.isnan(c.predicted_iou))
+
+
 def test_bad_prompts_name_the_prompt(predictor, image):
     predictor.set_image(image)
     with pytest.raises(PromptError, match="prompt 1: point .* outside"):
@@ -499,37 +522,53 @@ def test_clip_ensemble_is_the_reference_geometric_mean(image):
 
     split = text.vocab.split
     c5 = predictor.features.clip_features[-1]
-    checked_nonempty = []
-    for r, base_r in zip(results, learned_only):
-        assert np.array_equal(r.mask, base_r.mask)  # the ensemble changes labels only
-        low = torch.as_tensor(r.low_res_logits)[None, None]
-        ys, xs = np.nonzero(r.low_res_logits > 0)  # the box CLIP2SAM pools: the low-res mask's, input pixels
-        assert len(xs)  # every mask here has foreground at SAM's low resolution
-        box = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32) * 4
+
+    def clip_probs(box):  # CLIP's attention pool on the box (model-input pixels) RoIAligned from C5
         roi = roi_align(c5, torch.cat([torch.zeros(1), box])[None], output_size=256 // 32, spatial_scale=1 / 32,
                         sampling_ratio=0, aligned=True)
         with torch.no_grad():
-            p = logits(model.backbone.clip.visual.attnpool(roi)[0]).softmax(-1)
-        q = logits(torch.as_tensor(r.embedding)).softmax(-1)
-        nonempty = bool((torch.nn.functional.interpolate(low, size=c5.shape[-2:], mode="bilinear") > 0).any())
+            return logits(model.backbone.clip.visual.attnpool(roi)[0]).softmax(-1)
 
-        def rule(a, b):
-            weight = torch.tensor([a if s == "base" else b for s in split] + [a])
-            g = q ** (1 - weight) * p ** weight
-            g[:-1][torch.tensor([s == "unused" for s in split])] = 0
-            return g / g.sum()
+    def rule(q, p, a, b):
+        weight = torch.tensor([a if s == "base" else b for s in split] + [a])
+        g = q ** (1 - weight) * p ** weight
+        g[:-1][torch.tensor([s == "unused" for s in split])] = 0
+        return g / g.sum()
 
-        expected = rule(0.1, 0.9) if nonempty else rule(0.0, 0.0)  # empty at C5: q alone (the reference's fallback)
+    def check_scores(r, expected):
         got = {lab.class_index: lab.score for lab in r.labels}
         assert set(got) == {i for i, s in enumerate(split) if s != "unused"}
         for i, score in got.items():  # absolute for the top scores, relative for the small ones
             assert abs(score - float(expected[i])) < 1e-4, (i, score, float(expected[i]))
             assert score == pytest.approx(float(expected[i]), rel=1e-3, abs=1e-30), (i, score, float(expected[i]))
         assert r.labels[0].class_index == int(expected[:-1].argmax())
+        return got
+
+    checked_nonempty = []
+    for r, base_r in zip(results, learned_only):
+        assert np.array_equal(r.mask, base_r.mask)  # the ensemble changes labels only
+        low = torch.as_tensor(r.low_res_logits)[None, None]
+        ys, xs = np.nonzero(r.low_res_logits > 0)  # the box CLIP2SAM pools: the low-res mask's, input pixels
+        assert len(xs)  # every mask here has foreground at SAM's low resolution
+        p = clip_probs(torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32) * 4)
+        q = logits(torch.as_tensor(r.embedding)).softmax(-1)
+        nonempty = bool((torch.nn.functional.interpolate(low, size=c5.shape[-2:], mode="bilinear") > 0).any())
+        # empty at C5: q alone (the reference's fallback)
+        got = check_scores(r, rule(q, p, 0.1, 0.9) if nonempty else rule(q, p, 0.0, 0.0))
         if not nonempty:  # CLIP's weight would change this row's scores far beyond the tolerance above
-            with_clip = rule(0.1, 0.9)
+            with_clip = rule(q, p, 0.1, 0.9)
             assert max(abs(float(with_clip[i]) / got[i] - 1) for i in got if got[i] > 1e-30) > 0.5
         checked_nonempty.append(nonempty)
     assert checked_nonempty == [True, True, False]  # both branches of the rule are checked
+
+    # clip_boxes (original pixels: the evaluation's ground-truth boxes) are pooled where they lie in the
+    # image, mapped to the model's input as segment_anything maps box prompts (ResizeLongestSide).
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    given = np.array([[100, 50, 400, 250]], np.float32)
+    (r,) = predictor.predict(prompts[:1], clip_boxes=given)
+    box = torch.as_tensor(ResizeLongestSide(256).apply_boxes(given, image.shape[:2]), dtype=torch.float32)[0]
+    assert not torch.allclose(box, torch.as_tensor(given[0]))  # a 500 px wide image: the boxes differ
+    check_scores(r, rule(logits(torch.as_tensor(r.embedding)).softmax(-1), clip_probs(box), 0.1, 0.9))
     # Labels really changed (the frozen-CLIP branch carries information).
     assert any(r.labels[0].score != b.labels[0].score for r, b in zip(results, learned_only))
