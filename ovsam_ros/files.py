@@ -31,3 +31,22 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], Any]) -> None:
         except OSError:
             pass
         raise
+
+
+def fsync_path(path: PathLike, directory: bool = False) -> None:
+    """Best-effort fsync of a file, or of a folder so that renames inside it are durable.
+
+    File systems that cannot open or sync (some network mounts) are skipped: durability is a
+    bonus there, never a reason to fail the write that already succeeded.
+    """
+    flags = os.O_RDONLY | (os.O_DIRECTORY if directory and hasattr(os, "O_DIRECTORY") else 0)
+    try:
+        fd = os.open(os.fspath(path), flags)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -60,7 +60,7 @@ from ovsam_ros.model.safe_load import safe_torch_load
 from ovsam_ros.model.ovsam import OVSAM
 
 from .config import dump
-from ovsam_ros.files import atomic_write
+from ovsam_ros.files import atomic_write, fsync_path
 from .data.sampler import RunBatchSampler, steps_per_epoch
 from .parent_watch import stop_with_torchrun_agent
 
@@ -300,7 +300,7 @@ class CheckpointManager:
             save_ovsam(model, tmp / "model.pt", include_backbone=include_backbone, extra=extra)
             atomic_write(tmp / "state.pt", lambda fh: torch.save(state, fh))
             write_marker(tmp)  # last: a folder without a valid marker never counts as a checkpoint
-            _fsync_dir(tmp)
+            fsync_path(tmp, directory=True)
         except Exception as error:
             shutil.rmtree(tmp, ignore_errors=True)  # never counted (no marker); its space is freed now
             if find_disk_full(error) is None:
@@ -313,7 +313,7 @@ class CheckpointManager:
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.rename(tmp, final)
-        _fsync_dir(self.root)
+        fsync_path(self.root, directory=True)
         for old in self.list()[:-self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         for leftover in self.root.glob(".tmp-*"):  # from killed runs
@@ -394,19 +394,6 @@ def check_free_space(out: Path, needed: int, peak: int, checkpoint: int, keep: i
             f"(with train.keep_checkpoints={keep}, room for {peak} checkpoint(s) of about {size_text(checkpoint)} "
             f"at once, and model.pt), {size_text(free)} free. Free space, lower train.keep_checkpoints, or use "
             "another output_dir" + (" (train.free_space_check=warn starts anyway)" if mode == "refuse" else ""))
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 MARKER = "complete.json"
@@ -755,7 +742,7 @@ def clear_previous_run(out: Path, plan: OutputPlan, env: DistEnv) -> None:
         for name in RUN_ENTRIES:
             if os.path.lexists(out / name):
                 os.rename(out / name, trash / name)
-        _fsync_dir(out)
+        fsync_path(out, directory=True)
         for old in out.glob(f"{_TRASH}*"):
             shutil.rmtree(old, ignore_errors=True)
     env.barrier()

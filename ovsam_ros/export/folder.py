@@ -31,6 +31,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional
 
+from ovsam_ros.files import fsync_path
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -167,19 +169,6 @@ def new_partial(out: Path) -> Path:
             continue
 
 
-def _fsync(path: Path, directory: bool = False) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory and hasattr(os, "O_DIRECTORY") else 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def hash_folder(folder: Path) -> Dict[str, str]:
     """sha256 of every file in ``folder`` except the manifest, each fsynced (they are final)."""
     hashes = {}
@@ -188,7 +177,7 @@ def hash_folder(folder: Path) -> Dict[str, str]:
             continue
         if not entry.is_file() or entry.is_symlink():
             raise RuntimeError(f"export folder {folder} holds {entry.name}, which is not a plain file")
-        _fsync(entry)
+        fsync_path(entry)
         hashes[entry.name] = sha256_file(entry)
     return hashes
 
@@ -206,7 +195,7 @@ def write_manifest(folder: Path, manifest: Mapping[str, Any]) -> None:
 def install(partial: Path, out: Path) -> None:
     """Rename the finished ``partial`` folder to ``out``, replacing an earlier export there (checked
     again now: the export took minutes). The earlier one is removed only once the new one is in."""
-    _fsync(partial, directory=True)
+    fsync_path(partial, directory=True)
     check_target(out)
     if os.path.lexists(out) and not os.listdir(out):
         out.rmdir()
@@ -223,7 +212,7 @@ def install(partial: Path, out: Path) -> None:
             os.rename(aside, out)
             raise
         shutil.rmtree(aside, ignore_errors=True)
-    _fsync(out.parent, directory=True)
+    fsync_path(out.parent, directory=True)
 
 
 def verify_files(onnx_dir: Path, manifest: Mapping[str, Any]) -> None:

@@ -163,7 +163,9 @@ def frame_for_file(msg: Any, msgtype: str, image_format: str) -> Tuple[np.ndarra
     return np.ascontiguousarray(pixels.astype(np.float32, copy=False)), encoding, "tiff"
 
 
-def _check_numbers(rate: Optional[float], start: Optional[float], end: Optional[float], min_score: float) -> None:
+def check_numbers(rate: Optional[float], start: Optional[float], end: Optional[float],
+                  min_score: Optional[float] = None) -> None:
+    """The frame-selection options of ovsam-extract-bag and ovsam-label, checked before any bag is read."""
     import math
 
     for name, value in (("--rate", rate), ("--start", start), ("--end", end), ("--min-score", min_score)):
@@ -244,7 +246,7 @@ def extract_bag(
         raise ValueError("give at least one image topic")
     if depth not in ("error", "keep"):
         raise ValueError(f"depth must be 'error' or 'keep', got {depth!r}")
-    _check_numbers(rate, start, end, min_score)
+    check_numbers(rate, start, end, min_score)
     if image_format not in ("png", "jpg"):
         raise ValueError(f"image format must be png or jpg, got {image_format!r}")
     bag_path = Path(os.path.expanduser(bag))

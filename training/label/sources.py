@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from training.data.common import IMAGE_EXTENSIONS, DataError, colour_topic_hint, depth_like
-from training.data.rosbag import COMPRESSED_TYPE, IMAGE_TYPE, make_typestore, topic_slug
+from training.data.rosbag import COMPRESSED_TYPE, IMAGE_TYPE, check_numbers, make_typestore, topic_slug
 
 #: Frame key inside a bag: (topic, bag time ns, n-th message of that topic at that bag time).
 BagKey = Tuple[str, int, int]
@@ -79,21 +79,6 @@ def _slugs(paths: Sequence[Path]) -> List[str]:
         used[base] += 1
         out.append(base if used[base] == 1 else f"{base}_{used[base]}")
     return out
-
-
-def check_numbers(rate: Optional[float], start: Optional[float], end: Optional[float]) -> None:
-    import math
-
-    for name, value in (("--rate", rate), ("--start", start), ("--end", end)):
-        if value is not None and not math.isfinite(float(value)):
-            raise ValueError(f"{name} must be a finite number, got {value}")
-    if rate is not None and rate <= 0:
-        raise ValueError(f"--rate must be > 0 frames per second, got {rate}")
-    for name, value in (("--start", start), ("--end", end)):
-        if value is not None and value < 0:
-            raise ValueError(f"{name} must be >= 0 seconds after the bag start, got {value}")
-    if start is not None and end is not None and start >= end:
-        raise ValueError(f"--start {start} must be before --end {end} (both are seconds after the bag start)")
 
 
 def plan_sources(inputs: Sequence[str], topics: Sequence[str], rate: Optional[float] = None,
