@@ -375,10 +375,15 @@ def run_offline_demo(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     rest = list(sys.argv[1:] if argv is None else argv)
-    if rest[:1] == ["label"]:  # the training-side labeller owns its arguments (ovsam-label)
+    # The training-side labeller owns its arguments (ovsam-label); `ovsam -v label ...` is
+    # `ovsam label -v ...`, as for every other command.
+    leading = 0
+    while leading < len(rest) and rest[leading] in ("-v", "--verbose"):
+        leading += 1
+    if rest[leading : leading + 1] == ["label"]:
         from training.entry_points import label
 
-        return label(rest[1:])
+        return label(rest[leading + 1 :] + (["--verbose"] if leading else []))
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,

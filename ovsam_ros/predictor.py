@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence, Union
@@ -172,6 +173,9 @@ class OVSAMPredictor:
         self.mask_threshold = mask_threshold
         self.max_prompts_per_batch = max_prompts_per_batch
         self.trained = trained  # False: random-init parts, labels are meaningless (callers warn)
+        # Seconds spent naming regions (learned + ensemble logits, top-k), summed over every call:
+        # callers time their own stage by the difference (the node's "recognition" diagnostics).
+        self.recognition_seconds = 0.0
         # SAM's own decoder (model.sam_iou.SAMIoUScorer): predicted IoU for everything() when the
         # OVSAM decoder has no IoU token (the published "reference" token set).
         self.iou_scorer = iou_scorer.to(self.device).eval() if iou_scorer is not None else None
@@ -497,7 +501,16 @@ class OVSAMPredictor:
         Learned classifier only: the frozen-CLIP ensemble needs the masks and boxes too."""
         if self.text is None:
             return [[] for _ in range(embeddings.shape[0])]
-        return self._topk(self._learned_logits(embeddings))
+        with self._recognition_timer():
+            return self._topk(self._learned_logits(embeddings))
+
+    @contextlib.contextmanager
+    def _recognition_timer(self):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.recognition_seconds += time.perf_counter() - t0
 
     def _learned_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         if self._packed_text is not None:
@@ -508,13 +521,14 @@ class OVSAMPredictor:
         """Top-k labels of K regions: embeddings [K, D], low-res mask logits [K, h, w], input-pixel boxes [K, 4]."""
         if self.text is None:
             return [[] for _ in range(embeddings.shape[0])]
-        logits = self._learned_logits(embeddings)
-        if self.clip_ensemble and embeddings.shape[0]:
-            logits = self.ensemble_logits(logits, low_res, roi_boxes)
-        elif self.exclude_unused and self.text.vocab.split:
-            unused = torch.tensor([s == "unused" for s in self.text.vocab.split], device=logits.device)
-            logits[:, : unused.numel()] = logits[:, : unused.numel()].masked_fill(unused, float("-inf"))
-        return self._topk(logits)
+        with self._recognition_timer():
+            logits = self._learned_logits(embeddings)
+            if self.clip_ensemble and embeddings.shape[0]:
+                logits = self.ensemble_logits(logits, low_res, roi_boxes)
+            elif self.exclude_unused and self.text.vocab.split:
+                unused = torch.tensor([s == "unused" for s in self.text.vocab.split], device=logits.device)
+                logits[:, : unused.numel()] = logits[:, : unused.numel()].masked_fill(unused, float("-inf"))
+            return self._topk(logits)
 
     def ensemble_logits(self, learned: torch.Tensor, low_res: torch.Tensor, roi_boxes: torch.Tensor) -> torch.Tensor:
         """Reference ``open_voc_inference``: combine learned logits [K, C+1] with frozen CLIP's.

@@ -157,7 +157,6 @@ class FramePipeline:
         self._encoded: deque[Frame] = deque()  # frames holding an encoding (newest last; predictor lock)
         self._tf_buffer: Any = None
         self._tf_listener: Any = None
-        self._recognition_s = 0.0
         # Publishing gate (module docstring): epoch + arrival order, checked under _output_lock.
         self._output_lock = threading.Lock()
         self._track_lock = threading.Lock()  # tracker + mask feedback: the frame being published, or cleanup
@@ -505,7 +504,8 @@ class FramePipeline:
 
     def run_job(self, predictor: Any, job: Job, s: NodeSettings, clock: StageClock) -> list:
         """Decode + recognition for one job (predictor lock held, image set)."""
-        self._recognition_s = 0.0
+        # predict()/everything() name their regions inside: the predictor sums that time itself.
+        named_before = predictor.recognition_seconds
         t0 = time.perf_counter()
         options = s.everything_options()
         if job.mode == "prompt":
@@ -527,30 +527,19 @@ class FramePipeline:
             # Candidates from everything mode (more than we return), then the phrase picks.
             candidates = predictor.everything(dataclasses.replace(options, max_instances=max(100, s.max_instances)))
             self._explain_empty_everything(predictor, candidates)
-            clock.add("decode", time.perf_counter() - t0 - self._recognition_s)
+            named = predictor.recognition_seconds - named_before
+            clock.add("decode", time.perf_counter() - t0 - named)
             t1 = time.perf_counter()
             text = job.text
             results = predictor.query(text.text, candidates=candidates,
                                       max_instances=text.max_instances or s.max_instances,
                                       min_score=text.min_score or s.text_min_score)
-            clock.add("recognition", self._recognition_s + time.perf_counter() - t1)
+            clock.add("recognition", named + time.perf_counter() - t1)
             return results
-        clock.add("decode", time.perf_counter() - t0 - self._recognition_s)
-        clock.add("recognition", self._recognition_s)
+        named = predictor.recognition_seconds - named_before
+        clock.add("decode", time.perf_counter() - t0 - named)
+        clock.add("recognition", named)
         return results
-
-    def instrument(self, predictor: Any) -> None:
-        """Time the recognition step inside predict()/everything() (they call label_embeddings)."""
-        original = predictor.label_embeddings
-
-        def timed(embeddings):
-            t0 = time.perf_counter()
-            try:
-                return original(embeddings)
-            finally:
-                self._recognition_s += time.perf_counter() - t0
-
-        predictor.label_embeddings = timed
 
     def _explain_empty_everything(self, predictor: Any, results: list) -> None:
         """Everything mode kept nothing from its candidates: say which threshold removed what

@@ -232,7 +232,6 @@ class OVSAMNode(LifecycleNode):
                                         synonyms=s.synonyms or None)
         except Exception as error:  # a missing checkpoint, bad YAML, no CUDA, ...
             return self._fail("configure", f"could not load model {s.model!r}: {type(error).__name__}: {error}")
-        self.pipeline.instrument(predictor)
         self.predictor = predictor
         self.vocab_version = outputs.vocabulary_version(predictor)
         vocab = predictor.vocabulary

@@ -138,3 +138,24 @@ def test_ovsam_label_subcommand_is_ovsam_label(small_bag, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit:
         ovsam_main(["label", "--help"])
     assert exit.value.code == 0 and "usage: ovsam-label" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["-v", "label"], ["--verbose", "label"], ["label", "-v"], ["label", "--verbose"]])
+def test_ovsam_verbose_before_or_after_label_reaches_the_labeller(argv, small_bag, tmp_path, capsys, monkeypatch):
+    """`ovsam -v label ...` is `ovsam label -v ...`, as for every other ovsam command (it was a usage error)."""
+    from ovsam_ros.cli import main as ovsam_main
+    from training.label import cli
+
+    seen = {}
+    parse = cli.label_parser
+
+    def spying_parser():
+        parser = parse()
+        original = parser.parse_args
+        parser.parse_args = lambda args=None, namespace=None: seen.setdefault("args", original(args, namespace))
+        return parser
+
+    monkeypatch.setattr(cli, "label_parser", spying_parser)
+    code = ovsam_main([*argv, str(small_bag), "--topic", "/nope", "--out", str(tmp_path / "o")])
+    assert code == 2 and "no topic '/nope'" in capsys.readouterr().err
+    assert seen["args"].verbose is True

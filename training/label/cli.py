@@ -48,12 +48,14 @@ def label_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="review sample seed")
     p.add_argument("--overwrite", action="store_true", help="delete --out first")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = label_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     from training.data.common import DataError
 
     from .labeller import LabelSettings
