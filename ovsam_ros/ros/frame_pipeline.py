@@ -56,7 +56,8 @@ from ovsam_ros.robot.frame_buffer import MATCHED, PENDING, StampedBuffer, header
 from ovsam_ros.robot.tracking import CroppedMask, InstanceTracker, Observation
 from ovsam_ros.ros import outputs
 from ovsam_ros.ros.diagnostics import StageClock
-from ovsam_ros.ros.frames import Frame, LatestFrameSlot, decode_frame, frame_bytes, stamp_seconds, stamp_tuple
+from ovsam_ros.ros.frames import (Frame, LatestFrameSlot, decode_frame, frame_bytes, message_bytes, stamp_seconds,
+                                  stamp_tuple)
 from ovsam_ros.ros.image_conversion import ImageConversionError, image_to_numpy
 from ovsam_ros.ros.parameters import NodeSettings
 from ovsam_ros.ros.prompt_input import PromptSet, fit_prompts
@@ -146,7 +147,10 @@ class FramePipeline:
         self.slot = LatestFrameSlot()
         self.frames: StampedBuffer[Frame] = StampedBuffer(s.frame_buffer_size, s.frame_buffer_max_age,
                                                           s.frame_buffer_max_mb * MIB, size_of=frame_bytes)
-        self.depths: StampedBuffer[Any] = StampedBuffer(DEPTH_FRAMES, s.frame_buffer_max_age)
+        # Depth images get the same byte budget as the frames (a second one): ten 4K 32FC1 images
+        # are 330 MB, and anything on the domain can publish bigger ones.
+        self.depths: StampedBuffer[Any] = StampedBuffer(DEPTH_FRAMES, s.frame_buffer_max_age,
+                                                        s.frame_buffer_max_mb * MIB, size_of=message_bytes)
         self.depth_seen = False
         self.camera_info: Any = None
         self.tracker = InstanceTracker(s.tracker_config())
@@ -256,7 +260,7 @@ class FramePipeline:
         limits = (s.frame_buffer_size, s.frame_buffer_max_age, s.frame_buffer_max_mb * MIB)
         if (self.frames.capacity, self.frames.max_age, self.frames.max_bytes) != limits:
             self.frames.configure(*limits)
-            self.depths.configure(DEPTH_FRAMES, s.frame_buffer_max_age)
+            self.depths.configure(DEPTH_FRAMES, s.frame_buffer_max_age, s.frame_buffer_max_mb * MIB)
         self.frames.push(header_stamp_ns(frame.msg.header), frame.msg.header.frame_id, frame, frame.received)
         if self.slot.put(frame):
             self.host.stats.dropped()

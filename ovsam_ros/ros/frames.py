@@ -29,7 +29,12 @@ class Frame:
 
 def frame_bytes(frame: Frame) -> int:
     """The memory a buffered frame holds: its pixel data (headers are noise next to it)."""
-    data = getattr(frame.msg, "data", b"")
+    return message_bytes(frame.msg)
+
+
+def message_bytes(msg: Any) -> int:
+    """The pixel data an Image / CompressedImage message holds."""
+    data = getattr(msg, "data", b"")
     try:
         return len(data) * getattr(data, "itemsize", 1)
     except TypeError:

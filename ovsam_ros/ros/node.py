@@ -642,6 +642,9 @@ class OVSAMNode(LifecycleNode):
             extra.append(("image_topic", self._image_topic))
         frames = self.pipeline.frames
         extra += [("frame_buffer_frames", str(len(frames))), ("frame_buffer_bytes", str(frames.nbytes))]
+        depths = self.pipeline.depths
+        if self.pipeline.depth_seen:
+            extra += [("depth_buffer_images", str(len(depths))), ("depth_buffer_bytes", str(depths.nbytes))]
         if predictor is not None:
             vocab = predictor.vocabulary
             extra += [("model", self.settings.model), ("device", str(predictor.device)),

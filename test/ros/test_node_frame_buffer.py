@@ -40,6 +40,30 @@ def test_frames_past_the_byte_budget_leave_the_buffer(make_node):
     assert snap["prompts_on_newest_frame"] == 1 and "expired" in snap["last_error"]
 
 
+def test_depth_images_past_the_byte_budget_leave_their_buffer(make_node):
+    """Depth images are buffered for pairing by stamp (10 at most): before, with no byte cap, ten
+    huge ones from anyone on the domain stayed in memory. Same budget as the frames, newest kept."""
+    import numpy as np
+    from sensor_msgs.msg import Image
+
+    def depth(sec: int, height: int = 240, width: int = 320) -> Image:
+        msg = Image(height=height, width=width, encoding="32FC1", step=width * 4)
+        msg.header.stamp.sec, msg.header.frame_id = sec, "camera_depth_optical_frame"
+        msg.data = np.full((height, width), 1.5, np.float32).tobytes()
+        return msg
+
+    depth_bytes = 240 * 320 * 4  # 307,200: 1 MiB holds 3
+    node = make_node(frame_buffer_max_mb=1)
+    for sec in range(6):
+        node._on_depth(depth(700 + sec))
+    values = values_of(node.publish_diagnostics())
+    assert values["depth_buffer_images"] == "3" and int(values["depth_buffer_bytes"]) == 3 * depth_bytes
+    assert [e.stamp // 10**9 for e in node.pipeline.depths.entries()] == [703, 704, 705]
+    big = depth(800, 1024, 1024)  # 4 MiB, over the budget alone: still kept (the newest always stays)
+    node._on_depth(big)
+    assert [e.stamp // 10**9 for e in node.pipeline.depths.entries()] == [800]
+
+
 def test_a_burst_leaves_memory_once_it_is_older_than_max_age(make_node):
     """Before: frames stayed until a stamped prompt looked them up."""
     node = make_node(frame_buffer_max_age=0.2, diagnostics_period=0.0)
