@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Optional
 
+from ovsam_ros.files import fsync_path
 from ovsam_ros.weights.checksums import file_sha256
 
 CHUNK = 1 << 20
@@ -156,12 +157,7 @@ def finish(fetched: Fetched, dest: Path) -> None:
     os.replace(fetched.part, dest)
     with contextlib.suppress(FileNotFoundError):
         part_paths(dest)[1].unlink()
-    with contextlib.suppress(OSError):  # make the rename durable
-        dir_fd = os.open(dest.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    fsync_path(dest.parent, directory=True)  # make the rename durable
 
 
 def read_small(url: str, timeout: float = 30.0) -> Optional[str]:
