@@ -91,3 +91,30 @@ def test_kill_9_of_a_rank_then_rerun_loses_and_repeats_nothing(reference, world_
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["frames_labelled_this_run"] == 14 - len(done)  # ... and only the rest was labelled
     assert _dataset(out) == _dataset(reference["out"])
+
+
+def test_rank_zero_gives_up_on_a_hung_rank_and_a_rerun_finishes(reference, world_bags, tmp_path):
+    """Before: rank 0 polled forever for the shards of a rank that hangs (torchrun only stops ranks
+    that die). Now it exits 2 after --wait-timeout without progress, naming the rank; the finished
+    shards are kept and a plain rerun finishes the same dataset."""
+    out = tmp_path / "hung"
+    args = label_args(world_bags["bags"], out, "--wait-timeout", "4")
+    cmd = _torchrun(args)
+    cmd[cmd.index("training.label")] = "hang_rank_one"
+    env = subprocess_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(cmd, cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0
+    assert "without any progress from rank(s) [1]" in proc.stderr and "rerun the same command" in proc.stderr
+    assert not (out / "labels.json").exists()
+    kept = _shards(out)
+    assert len(kept) == 4  # rank 0's four shards (round-robin of 7), finished before it gave up
+    proc = run_label(label_args(world_bags["bags"], out))
+    assert "total: 6 frame(s) this run" in proc.stdout  # only rank 1's three shards were redone
+    assert {k: v for k, v in _shards(out).items() if k in kept} == kept
+    assert _dataset(out)["labels"] == _dataset(reference["out"])["labels"]
+
+
+def test_a_negative_wait_timeout_is_refused(world_bags, tmp_path):
+    proc = run_label(label_args(world_bags["bags"], tmp_path / "o", "--wait-timeout", "-1"), check=False)
+    assert proc.returncode == 2 and "--wait-timeout must be" in proc.stderr

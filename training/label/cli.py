@@ -48,6 +48,9 @@ def label_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="review sample seed")
     p.add_argument("--overwrite", action="store_true", help="delete --out first")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--wait-timeout", type=float, default=1800.0,
+                   help="under torchrun: rank 0 gives up (exit 2, finished shards kept) when no other rank finishes "
+                        "a shard for this many seconds (default 1800; 0 waits forever)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -70,7 +73,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        rate=args.rate, start=args.start, end=args.end, vocabulary=args.vocabulary, settings=settings,
                        shard_size=args.shard_size, device=args.device, overwrite=args.overwrite,
                        review_sample=args.review_sample, review_every=args.review_every, seed=args.seed,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, wait_timeout_s=args.wait_timeout)
         summary = run(job)
     except (DataError, FileNotFoundError, ValueError) as err:
         print(f"ovsam-label: error: {err}", file=sys.stderr)

@@ -52,6 +52,9 @@ class LabelJob:
     seed: int = 0
     progress: bool = True
     poll_s: float = 1.0
+    # Rank 0 gives up when no other rank finishes a shard for this long (0: wait forever). torchrun
+    # stops every rank when one dies, but not when one hangs (a stuck GPU, a lost NFS mount).
+    wait_timeout_s: float = 1800.0
 
 
 def model_files(model: str) -> Dict[str, Any]:
@@ -135,6 +138,36 @@ def label_shard(labeller: Labeller, store: ShardStore, sources: Sequence[SourceP
     return len(frames)
 
 
+def _wait_for_ranks(job: LabelJob, store: ShardStore, shards: Sequence[Shard], key: str, runs: Path,
+                    world_size: int) -> None:
+    """Return once every shard is finished and every rank wrote its numbers; raise DataError when
+    nothing moved for ``job.wait_timeout_s`` (naming the unfinished shards' ranks)."""
+    owner = {sh: i % world_size for i, sh in enumerate(shards)}  # shards_of_rank's round-robin
+    seen, since, said = -1, time.monotonic(), 0.0
+    while True:
+        unfinished = [sh for sh in shards if not store.finished(sh, key)]
+        silent = [r for r in range(world_size) if not (runs / f"rank{r}.json").is_file()]
+        if not unfinished and not silent:
+            return
+        done = len(shards) - len(unfinished) + world_size - len(silent)
+        now = time.monotonic()
+        if done != seen:
+            seen, since, said = done, now, 0.0
+        waited = now - since
+        if job.wait_timeout_s and waited > job.wait_timeout_s:
+            ranks = sorted({owner[sh] for sh in unfinished} | set(silent))
+            raise DataError(
+                f"rank 0 waited {waited:.0f} s without any progress from rank(s) {ranks}: {len(unfinished)} shard(s) "
+                f"unfinished, numbers missing from rank(s) {silent}. A rank hangs or died outside torchrun's "
+                f"watch; every finished shard is kept: rerun the same command to go on (--wait-timeout "
+                f"{job.wait_timeout_s:g} s; 0 waits forever)")
+        if waited - said >= 60.0:  # a word a minute, so a long wait is not mistaken for a hang of rank 0
+            said = waited
+            log.warning("rank 0: waiting for %d shard(s) of rank(s) %s (%.0f s without progress)",
+                        len(unfinished), sorted({owner[sh] for sh in unfinished} | set(silent)), waited)
+        time.sleep(job.poll_s)
+
+
 def _bar(total: int, rank: int, enabled: bool):
     if not enabled:
         return None
@@ -155,6 +188,9 @@ def run(job: LabelJob) -> Dict[str, Any]:
         job.settings.check()
         if job.review_sample < 0 or job.review_every < 0:
             raise ValueError("--review-sample and --review-every must be >= 0")
+        if not (job.wait_timeout_s >= 0 and job.wait_timeout_s != float("inf")):
+            raise ValueError(f"--wait-timeout must be a finite number of seconds >= 0 (0 waits forever), "
+                             f"got {job.wait_timeout_s}")
         out = Path(job.out)
         # Rank 0 plans; an error there reaches every rank (each exits with it) instead of a hang.
         box: Any = None
@@ -197,9 +233,7 @@ def run(job: LabelJob) -> Dict[str, Any]:
         if not env.is_main:
             return {"rank": env.rank, **mine_stats}
         # Rank 0: wait for every shard and every rank's numbers (a dead rank makes torchrun stop this one).
-        while not all(store.finished(sh, key) for sh in shards) or not all(
-                (store.root / "runs" / run_id / f"rank{r}.json").is_file() for r in range(env.world_size)):
-            time.sleep(job.poll_s)
+        _wait_for_ranks(job, store, shards, key, store.root / "runs" / run_id, env.world_size)
         ranks = [json.loads((store.root / "runs" / run_id / f"rank{r}.json").read_text()) for r in range(env.world_size)]
         if not mine:  # the classes the labelling ranks used, without loading the model again
             first = store.read_shard(shards[0]) if shards else None
