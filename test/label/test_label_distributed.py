@@ -11,8 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import label_args, run_label
-from label_helpers import ROOT, free_port, subprocess_env
+from label_helpers import ROOT, free_port, label_args, run_label, subprocess_env
 
 
 def _torchrun(args, port=None):
