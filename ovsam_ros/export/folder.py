@@ -51,6 +51,19 @@ class ExportIntegrityError(ValueError):
     """An export folder whose files do not match its manifest's sha256."""
 
 
+class ExportCheckError(RuntimeError):
+    """ONNX Runtime disagreed with PyTorch: the export was kept aside (``folder``), ``--out`` unchanged."""
+
+    def __init__(self, message: str, manifest: Mapping[str, Any], folder: Path) -> None:
+        super().__init__(message)
+        self.manifest, self.folder = manifest, folder
+
+
+def check_failed_folder(out: Path) -> Path:
+    """Where an export whose ORT-vs-PyTorch check failed is kept for a look (never ``out`` itself)."""
+    return out.parent / f"{out.name}.check-failed"
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -242,5 +255,5 @@ def verify_files(onnx_dir: Path, manifest: Mapping[str, Any]) -> None:
 
 
 __all__ = ["ExportFolderError", "ExportIntegrityError", "FORMAT", "FORMAT_VERSION", "MANIFEST", "check_target",
-           "edited_files", "hash_folder", "install", "new_partial", "read_manifest_json", "remove_stale_partials",
+           "edited_files", "hash_folder", "install", "ExportCheckError", "check_failed_folder", "new_partial", "read_manifest_json", "remove_stale_partials",
            "sha256_file", "verify_files", "write_manifest"]

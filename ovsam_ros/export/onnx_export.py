@@ -229,7 +229,10 @@ def export_onnx(model: OVSAM, out_dir: Path | str, opset: int = DEFAULT_OPSET, m
     it), else :class:`~ovsam_ros.export.folder.ExportFolderError` before anything is written.
 
     ``check``: run ONNX Runtime (CPU) on new inputs (other N and P than the export
-    example) and record the largest differences from PyTorch in the manifest.
+    example) and record the largest differences from PyTorch in the manifest. An export that
+    fails it never replaces ``out_dir``: it is installed at ``<out_dir>.check-failed`` for a look
+    and :class:`~ovsam_ros.export.folder.ExportCheckError` is raised (a robot pointed at
+    ``out_dir`` keeps the export it had).
     """
     say = log_fn or (lambda _m: None)
     out = Path(out_dir).expanduser().resolve()
@@ -240,6 +243,16 @@ def export_onnx(model: OVSAM, out_dir: Path | str, opset: int = DEFAULT_OPSET, m
     try:
         manifest = _write_export(model, partial, opset, multimask, with_c5, text_tower, trained, check, source,
                                  say, dict(extra_files or {}))
+        check = manifest.get("check")
+        if check is not None and not check["ok"]:
+            aside = folder.check_failed_folder(out)
+            folder.install(partial, aside)
+            raise folder.ExportCheckError(
+                f"ONNX Runtime disagrees with PyTorch ({check['summary']}; failed: {', '.join(check['failures'])}). "
+                f"{out} is unchanged" + (" (the earlier export is still there)" if previous is not None else "")
+                + f"; the new export is in {aside} for a look (its manifest.json has every difference). "
+                "Exporting again with another --opset, or on the device that will run it, usually helps; "
+                "--no-check installs without comparing.", manifest, aside)
         if previous is not None:
             edited = folder.edited_files(out, previous)
             say(f"replacing the earlier export in {out}"

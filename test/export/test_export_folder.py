@@ -128,6 +128,43 @@ def test_a_failed_export_over_an_earlier_one_changes_nothing(exports, tmp_path, 
     assert sorted(p.name for p in out.parent.iterdir()) == ["out"]  # its partial folder removed
 
 
+def _short_boxes(monkeypatch):
+    """A real ORT-vs-PyTorch disagreement: the ONNX decoder's mask boxes one pixel short on the right."""
+    from ovsam_ros.export.onnx_export import DecoderGraph
+
+    right = DecoderGraph.mask_boxes
+
+    def short(masks):
+        boxes = right(masks)
+        return torch.cat([boxes[..., :2], (boxes[..., 2:3] - 1).clamp(min=0), boxes[..., 3:]], dim=-1)
+
+    monkeypatch.setattr(DecoderGraph, "mask_boxes", staticmethod(short))
+
+
+def test_an_export_failing_its_check_never_replaces_the_earlier_one(exports, tmp_path, monkeypatch, capsys):
+    """Before: an export ORT disagreed with was installed over the earlier (good) export, and only the
+    exit status said so: a robot restarted on that folder ran the wrong graphs."""
+    out = _copy(exports[0], tmp_path / "out")
+    before = _snapshot(out)
+    _short_boxes(monkeypatch)
+    code = cli.main(["export", "--model", str(_source_yaml(tmp_path, 1)), "--out", str(out),
+                     "--no-multimask", "--threads", "2"])
+    err = capsys.readouterr().err
+    assert code == 1 and "ONNX Runtime disagrees with PyTorch" in err and "roi_boxes" in err
+    assert f"{out} is unchanged (the earlier export is still there)" in err
+    assert _snapshot(out) == before
+    aside = tmp_path / "out.check-failed"
+    assert str(aside) in err
+    manifest = json.loads((aside / "manifest.json").read_text())
+    assert manifest["check"]["ok"] is False and "roi_boxes" in manifest["check"]["failures"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "out.check-failed", "tiny_seed1.yaml"]
+    # a passing export then replaces the earlier one as usual; the failed one stays aside until replaced
+    monkeypatch.undo()
+    assert cli.main(["export", "--model", str(_source_yaml(tmp_path, 1)), "--out", str(out),
+                     "--no-multimask", "--threads", "2"]) == 0
+    assert _snapshot(out) != before and json.loads((out / "manifest.json").read_text())["check"]["ok"] is True
+
+
 def test_a_killed_export_leaves_the_earlier_export_as_it_was(exports, tmp_path):
     """A real SIGKILL (no cleanup can run) right after the new image encoder is written."""
     out = _copy(exports[0], tmp_path / "out")

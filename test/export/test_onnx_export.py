@@ -11,6 +11,7 @@ import torch
 
 from ovsam_ros import cli
 from ovsam_ros.export.backend import sam_point_inputs
+from ovsam_ros.export.folder import ExportCheckError
 from ovsam_ros.export.onnx_export import (
     DECODER_INPUTS,
     DECODER_OUTPUTS,
@@ -199,7 +200,9 @@ def test_export_check_fails_on_wrong_roi_boxes(tmp_path, monkeypatch):
         return torch.cat([boxes[..., :2], (boxes[..., 2:3] - 1).clamp(min=0), boxes[..., 3:]], dim=-1)
 
     monkeypatch.setattr(DecoderGraph, "mask_boxes", staticmethod(short))
-    check = export_onnx(tiny(seed=3, output_tokens="reference"), tmp_path, text_tower=False)["check"]
+    with pytest.raises(ExportCheckError) as failed:
+        export_onnx(tiny(seed=3, output_tokens="reference"), tmp_path, text_tower=False)
+    check = failed.value.manifest["check"]
     assert not check["ok"] and "roi_boxes" in check["failures"], check["summary"]
     assert check["roi_box_mismatches_unexplained"] > 0 and "BEYOND" in check["summary"]
     # by hand: a 4x4 logit map whose pixel (row 1, col 3) is +1e-6 (noise) and the rest of column 3 negative
