@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ovsam_ros.cli_types import non_negative_float, positive_float, unit_interval
+from ovsam_ros.cli_types import non_negative_float, number, positive_float, unit_interval
 from ovsam_ros.shapes_world import WORLDS
 
 PROMPT_TYPES = ("box", "point")
@@ -76,6 +76,11 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--templates", default=None,
                         help="prompt templates: vild | single; default: the model YAML's, vild for --checkpoint")
     parser.add_argument("--unknown-category", default="error", choices=["error", "skip"])
+    parser.add_argument("--input-bits", type=number(int, min=8, max=16), default=16,
+                        help="bits of 16-bit images that hold data: 16 (default), 12 or 10 for machine-vision cameras "
+                             "(the training config's data.input_bits, the node's input_bits)")
+    parser.add_argument("--float-max", type=positive_float, default=1.0,
+                        help="float images: the value shown as white (default 1.0; 255 for 0..255 float data)")
     parser.add_argument("--out", default=None, help="write the metrics JSON here")
     parser.add_argument("--no-progress", action="store_true")
     return parser

@@ -116,7 +116,25 @@ def load_config(defaults: Dict[str, Any], config: Optional[str] = None,
     bad = _non_finite(cfg)
     if bad:  # checked before any data is read or any output written
         raise ConfigError(f"{bad[0][0]} must be a finite number, got {bad[0][1]} (NaN and infinities are refused)")
+    problem = _bad_range_option(cfg.get("data"))
+    if problem:
+        raise ConfigError(problem)
     return cfg
+
+
+def _bad_range_option(data: Any) -> Optional[str]:
+    """What is wrong with ``data.input_bits`` / ``data.float_max`` (the node's and the CLI's rule), or None."""
+    if not isinstance(data, dict):
+        return None
+    from ovsam_ros.image_input import check_float_max, check_input_bits
+
+    for key, check in (("input_bits", check_input_bits), ("float_max", check_float_max)):
+        if key in data:
+            try:
+                check(data[key])
+            except ValueError as err:  # "input_bits must be ...": prefixed, it names the config key
+                return f"data.{err}"
+    return None
 
 
 def _non_finite(value: Any, prefix: str = "") -> List[Tuple[str, float]]:

@@ -354,7 +354,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        coco = CocoInstances(args.annotations, args.images, args.vocabulary, unknown_category=args.unknown_category)
+        coco = CocoInstances(args.annotations, args.images, args.vocabulary, unknown_category=args.unknown_category,
+                             input_bits=args.input_bits, float_max=args.float_max)
         clip_ensemble = None if args.clip_ensemble is None else args.clip_ensemble == "on"
         predictor = build_eval_predictor(args.checkpoint, args.model, args.device, args.precision, args.templates,
                                          args.clip_weights, clip_ensemble=clip_ensemble, synonyms=args.synonyms)

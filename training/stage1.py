@@ -65,6 +65,8 @@ DEFAULTS: Dict[str, Any] = {
         "images": None,  # folder (or list of folders) of images, searched recursively
         "flip": False,  # random horizontal flip (the cache keeps one entry per flip state)
         "check_images": False,  # decode every image at start-up, skip (and count) unreadable ones
+        "input_bits": 16,  # bits of 16-bit images that hold data (12 / 10: machine-vision cameras), as the node's
+        "float_max": 1.0,  # float images: the value that is white (255.0 for 0..255 float data)
     },
     "train": {**copy.deepcopy(engine.TRAIN_DEFAULTS), "epochs": 24, "batch_size": 16, "warmup_steps": 500,
               "schedule": "cosine", "grad_clip": 5.0},
@@ -176,7 +178,9 @@ class Stage1Task(engine.Task):
             raise ValueError("data.images is not set: give a folder of training images (--set data.images=DIR)")
         # The data first: a wrong or empty folder is reported before minutes of model loading.
         self.dataset = ImageFolderDataset(images, None, seed=int(cfg["seed"]), flip=bool(cfg["data"]["flip"]),
-                                          check_images=bool(cfg["data"]["check_images"]))
+                                          check_images=bool(cfg["data"]["check_images"]),
+                                          input_bits=cfg["data"].get("input_bits", 16),
+                                          float_max=cfg["data"].get("float_max", 1.0))
         log.info("stage 1: %d image(s) in %s; building the student (%s) and the teacher %s on %s ...",
                  len(self.dataset), images, cfg["model"].get("init_checkpoint") or cfg["model"]["preset"],
                  _describe_teacher(tc), env.device)
@@ -217,12 +221,11 @@ class Stage1Task(engine.Task):
                     f"over {total_steps} steps, {n} distinct images; teacher.cache_dir would make it at most "
                     f"{n * (2 if self.dataset.augment.flip else 1)})")
         flips = (False, True) if self.dataset.augment.flip else (False,)
-        size = int(self.dataset.image_size or 0)
         cached = checked = 0
         t0 = time.perf_counter()
         for file in self.dataset.files:
             for flip in flips:
-                cached += self.cache.path(self.cache.key(file, size, flip)).is_file()
+                cached += self.cache.path(self.dataset.cache_key(file, flip)).is_file()
             checked += 1
             if time.perf_counter() - t0 > budget_s:
                 break

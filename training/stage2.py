@@ -91,6 +91,8 @@ DEFAULTS: Dict[str, Any] = {
         "self_intersecting": "skip",  # skip | keep | error
         "check_polygons": True,  # test polygons for self-intersection (~1-2 min once for all of COCO)
         "check_images": False,  # decode every image at start-up
+        "input_bits": 16,  # bits of 16-bit images that hold data (12 / 10: machine-vision cameras), as the node's
+        "float_max": 1.0,  # float images: the value that is white (255.0 for 0..255 float data)
         "class_folders": {
             "root": None,  # ImageNet-style root/<class>/*.jpg (vocabulary expansion, labels only)
             "vocabulary": None,  # e.g. imagenet21k (folders named by WordNet id); default: folder names
@@ -223,7 +225,8 @@ class Stage2Task(engine.Task):
             require_instances=True, unknown_category=dcfg["unknown_category"],
             missing_images=dcfg["missing_images"], corrupt_images=dcfg["corrupt_images"],
             self_intersecting=dcfg["self_intersecting"], check_images=bool(dcfg["check_images"]),
-            check_polygons=bool(dcfg["check_polygons"]))
+            check_polygons=bool(dcfg["check_polygons"]), input_bits=dcfg.get("input_bits", 16),
+            float_max=dcfg.get("float_max", 1.0))
         if len(self.coco) == 0:
             raise DataError(f"{dcfg['annotations']}: no image with a usable training instance"
                             + (f" ({self.coco.skipped.summary()})" if self.coco.skipped else
@@ -257,7 +260,8 @@ class Stage2Task(engine.Task):
         if cf.get("root"):
             self.class_folders = ClassFolderDataset(
                 cf["root"], cf.get("vocabulary"), None, seed=seed, scale_range=tuple(cf.get("scale_range") or (1, 1)),
-                unknown_class=cf.get("unknown_class", "error"), check_images=bool(dcfg["check_images"]))
+                unknown_class=cf.get("unknown_class", "error"), check_images=bool(dcfg["check_images"]),
+                input_bits=dcfg.get("input_bits", 16), float_max=dcfg.get("float_max", 1.0))
         log.info("stage 2: %d image(s) / %d instance(s) in %s; building the model (%s) on %s ...", len(self.coco),
                  self.coco.num_instances, dcfg["annotations"],
                  cfg["model"].get("init_checkpoint") or cfg["model"]["preset"], env.device)

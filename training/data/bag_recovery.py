@@ -14,6 +14,13 @@ message before the cut:
 * SQLite3: Python's ``sqlite3`` reads the ``messages`` rows in id order; rows on pages that
   are gone are skipped one by one (rosbag2 numbers rows 1..N, so the gap is the loss).
 
+An SQLite bag whose schema, topic table and B-tree survive but whose rows' pages were lost in
+the middle (power loss with rosbag2's ``synchronous=OFF`` writes pages back in any order)
+opens normally and fails only while its messages are read (``apsw.CorruptError``). The
+reader :func:`open_bag` returns for SQLite catches that: what was already yielded stands, the
+rest comes from the same row-by-row recovery, and the report counts the unreadable rows
+("N message(s) unreadable (database corrupt: ...)").
+
 A folder without ``metadata.yaml`` but with exactly one ``.mcap`` / ``.db3`` inside is read
 through that file. The :class:`BagReport` says what was recovered and lost.
 """
@@ -32,6 +39,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["BagReport", "open_bag"]
 
+#: The report's ``problem`` for a bag that opened but whose rows turned out unreadable.
+CORRUPT = "database corrupt"
+
 
 @dataclass
 class BagReport:
@@ -48,6 +58,10 @@ class BagReport:
     def summary(self) -> str:
         if not self.recovered:
             return f"{self.path}: intact ({self.storage})"
+        if self.problem.startswith(CORRUPT):  # opened normally, rows lost in the middle: no cut
+            return (f"{self.path}: damaged {self.storage} bag; recovered every complete message; "
+                    f"{self.lost_messages} message(s) unreadable ({self.problem})"
+                    + "".join(f"; {n}" for n in self.notes))
         lost = []
         if self.lost_messages is not None:
             lost.append(f"{self.lost_messages} message(s) unreadable")
@@ -94,6 +108,9 @@ def open_bag(path: Path) -> Tuple[Any, BagReport]:
         reader = Reader(target)
         reader.open()
         report.storage = "mcap" if any(p.suffix == ".mcap" for p in _inner_files(target)) else "sqlite3"
+        files = _inner_files(target)
+        if report.storage == "sqlite3" and len(files) == 1:
+            return _CheckedSqlite(reader, files[0], report), report
         return reader, report
     except Exception as err:  # a cut bag; anything else fails in recovery too, with both reasons
         first = f"{type(err).__name__}: {err}"
@@ -198,16 +215,17 @@ class _RecoveredSqlite:
             topics = self._db.execute("SELECT id, name, type, serialization_format FROM topics").fetchall()
         except sqlite3.DatabaseError as err:
             raise DataError(f"{file}: the topic table is unreadable ({err}): nothing can be recovered") from err
-        self._rows: List[Tuple[int, int, bytes]] = []
+        # (topic id, stamp, row id): the data is read again when yielded, so memory stays small
+        self._rows: List[Tuple[int, int, int]] = []
         last, misses, max_id = 0, 0, None
         try:
             max_id = self._db.execute("SELECT max(id) FROM messages").fetchone()[0]
         except sqlite3.DatabaseError:
             pass
         try:  # the fast path: an in-order scan until the first bad page
-            for row_id, topic_id, stamp, data in self._db.execute(
+            for row_id, topic_id, stamp, _data in self._db.execute(  # data read: its overflow pages checked
                     "SELECT id, topic_id, timestamp, data FROM messages ORDER BY id"):
-                self._rows.append((int(topic_id), int(stamp), bytes(data)))
+                self._rows.append((int(topic_id), int(stamp), int(row_id)))
                 last = row_id
         except sqlite3.DatabaseError:
             probe = last + 1  # then row by row: pages after the damage may still be readable
@@ -222,7 +240,7 @@ class _RecoveredSqlite:
                     misses += 1
                 else:
                     misses = 0
-                    self._rows.append((int(row[0]), int(row[1]), bytes(row[2])))
+                    self._rows.append((int(row[0]), int(row[1]), probe))
                     last = probe
                 probe += 1
         if max_id is not None:
@@ -231,7 +249,7 @@ class _RecoveredSqlite:
             below = max(0, last - len(self._rows))
             report.notes.append(f"the last page of the message table is gone: at least {below} message(s) "
                                 "below the last readable one are lost, an unknown number after it")
-        self._rows.sort(key=lambda r: r[1])
+        self._rows.sort(key=lambda r: (r[1], r[2]))
         counts: Dict[int, int] = {}
         for topic_id, _, _ in self._rows:
             counts[topic_id] = counts.get(topic_id, 0) + 1
@@ -247,9 +265,86 @@ class _RecoveredSqlite:
                  stop: Optional[int] = None) -> Iterator[Tuple[Any, int, bytes]]:
         by_id = {c.id: c for c in self.connections}
         wanted = {c.id for c in connections} if connections else set(by_id)
-        for topic_id, stamp, data in self._rows:
+        for topic_id, stamp, row_id in self._rows:
             if topic_id in wanted and (start is None or stamp >= start) and (stop is None or stamp < stop):
-                yield by_id[topic_id], stamp, data
+                # read once already (immutable file): only a file changed underneath fails here
+                (data,) = self._db.execute("SELECT data FROM messages WHERE id = ?", (row_id,)).fetchone()
+                yield by_id[topic_id], stamp, bytes(data)
 
     def close(self) -> None:
         self._db.close()
+
+
+class _CheckedSqlite:
+    """``rosbags``' reader of an SQLite bag that opened normally; a row found unreadable while
+    reading (pages lost in the middle) switches to :class:`_RecoveredSqlite` for the rest and
+    counts the unreadable rows in the report."""
+
+    def __init__(self, reader: Any, file: Path, report: BagReport) -> None:
+        self._reader, self._file, self._report = reader, file, report
+        self._recovered: Optional[_RecoveredSqlite] = None
+        self.connections = reader.connections
+        self.message_count = reader.message_count
+        self.start_time = reader.start_time
+
+    def _recover(self, err: Exception) -> _RecoveredSqlite:
+        if self._recovered is None:
+            report = self._report
+            report.recovered, report.problem = True, f"{CORRUPT}: {type(err).__name__}: {err}"
+            # the B-tree opened intact, so the highest row id is readable and the loss exact
+            recovered = _RecoveredSqlite(self._file, report)
+            self._recovered = recovered
+            log.warning("%s", report.summary())
+            if recovered.message_count == 0:
+                raise DataError(f"{report.path}: damaged bag ({report.problem}) with no readable message")
+        return self._recovered
+
+    def messages(self, connections: Collection[Any] = (), start: Optional[int] = None,
+                 stop: Optional[int] = None) -> Iterator[Tuple[Any, int, bytes]]:
+        import apsw
+
+        if self._recovered is not None:  # known damaged: no second trip into the bad pages
+            yield from self._from_recovered(self._recovered, connections, start, stop)
+            return
+        last: Optional[int] = None
+        at_last: Dict[Tuple[str, bytes], int] = {}  # what was yielded at the last stamp
+        try:
+            for conn, stamp, data in self._reader.messages(connections=connections, start=start, stop=stop):
+                if stamp != last:
+                    last, at_last = stamp, {}
+                at_last[(conn.topic, data)] = at_last.get((conn.topic, data), 0) + 1
+                yield conn, stamp, data
+            return
+        except apsw.CorruptError as err:
+            recovered = self._recover(err)
+        # rosbags yields in stamp order, so every row before ``last`` was yielded: go on after it
+        for conn, stamp, data in self._from_recovered(recovered, connections, start, stop):
+            if last is not None and stamp < last:
+                continue
+            if stamp == last and at_last.get((conn.topic, data), 0):
+                at_last[(conn.topic, data)] -= 1
+                continue
+            yield conn, stamp, data
+
+    def _from_recovered(self, recovered: _RecoveredSqlite, connections: Collection[Any], start: Optional[int],
+                        stop: Optional[int]) -> Iterator[Tuple[Any, int, bytes]]:
+        """The recovered rows as rosbags' reader gives them: its connections (the ids of a folder's
+        reader are not the file's topic ids, so matched by topic and type), data decompressed."""
+        ours = {(c.topic, c.msgtype): c for c in (connections or self.connections)}
+        wanted = [c for c in recovered.connections if (c.topic, c.msgtype) in ours]
+        if not wanted:
+            return
+        decompress = None
+        if getattr(self._reader, "compression_mode", None) == "message":  # as rosbags' reader does
+            try:
+                from compression import zstd  # type: ignore[import-not-found]  # Python >= 3.14
+            except ImportError:
+                from backports import zstd  # type: ignore[no-redef]
+            decompress = zstd.decompress
+        for conn, stamp, data in recovered.messages(wanted, start, stop):
+            yield ours[(conn.topic, conn.msgtype)], stamp, decompress(data) if decompress else data
+
+    def close(self) -> None:
+        if self._recovered is not None:
+            self._recovered.close()
+        self._reader.close()

@@ -54,7 +54,7 @@ import numpy as np
 
 from ovsam_ros.model.vocabulary import Vocabulary, classes_seen_in_training, clean_name, load_vocabulary
 
-from .common import DataError, PathLike, SkipReport, read_image
+from .common import DataError, PathLike, SkipReport, range_options, read_image
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +169,9 @@ class CocoInstances:
         keep_splits: keep only instances whose class split is one of these
             (e.g. ``("base",)`` for stage 2); None keeps all.
         require_instances: drop images left without instances (training).
+        input_bits, float_max: how 16-bit and float image files become 8-bit RGB, the package's one
+            range rule (:mod:`ovsam_ros.image_input`; ``input_bits=12`` for a 12-bit camera's PNGs),
+            the same as the node's parameters and the CLI's ``--input-bits`` / ``--float-max``.
     """
 
     def __init__(
@@ -185,7 +188,10 @@ class CocoInstances:
         self_intersecting: str = "skip",
         check_images: bool = False,
         check_polygons: bool = True,
+        input_bits: int = 16,
+        float_max: float = 1.0,
     ) -> None:
+        self.input_bits, self.float_max = range_options(input_bits, float_max)
         for name, value, allowed in (("unknown_category", unknown_category, POLICIES),
                                      ("missing_images", missing_images, POLICIES),
                                      ("corrupt_images", corrupt_images, POLICIES),
@@ -381,7 +387,7 @@ class CocoInstances:
         bad = []
         for key, record in list(records.items()):
             try:
-                image = read_image(record.file)
+                image = read_image(record.file, self.input_bits, self.float_max)
             except (DataError, FileNotFoundError) as err:
                 bad.append(str(err))
                 self.skipped.add("corrupt_image", record.file)
@@ -410,7 +416,7 @@ class CocoInstances:
     def load(self, index: int) -> Tuple[np.ndarray, List[np.ndarray]]:
         """(RGB image, one bool mask per instance) of image ``index``, checked against the record."""
         record = self.images[index]
-        image = read_image(record.file)
+        image = read_image(record.file, self.input_bits, self.float_max)
         if image.shape[:2] != (record.height, record.width):
             raise DataError(f"{record.file}: decoded size {image.shape[1]}x{image.shape[0]} differs from the "
                             f"annotation's {record.width}x{record.height} ({self.annotation_file})")

@@ -19,7 +19,7 @@ import logging
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional, Union
+from typing import Any, Dict, Iterable, Optional, Tuple, Union
 
 import numpy as np
 
@@ -89,6 +89,15 @@ class SkipReport:
             return f"{self.source}: nothing skipped"
         parts = ", ".join(f"{n} {reason}" for reason, n in sorted(self.counts.items()))
         return f"{self.source}: skipped {parts}"
+
+
+def range_options(input_bits: Any = 16, float_max: Any = 1.0) -> Tuple[int, float]:
+    """``(input_bits, float_max)`` checked by the package's range rule (``ovsam_ros.image_input``):
+    an int 8..16 and a finite float > 0, else ValueError naming the option. Datasets check them
+    once when built, so a bad value is not reported as an unusable image at the first sample."""
+    from ovsam_ros.image_input import check_float_max, check_input_bits
+
+    return check_input_bits(input_bits), check_float_max(float_max)
 
 
 def read_image(path: PathLike, input_bits: int = 16, float_max: float = 1.0) -> np.ndarray:

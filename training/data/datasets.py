@@ -16,6 +16,7 @@ where a resumed run started.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -28,7 +29,7 @@ from torch.utils.data import Dataset
 from ovsam_ros.model.vocabulary import Vocabulary, clean_name, load_vocabulary
 
 from .coco import CocoInstances
-from .common import DataError, SkipReport, list_images, manifest_images, read_image, sample_seed
+from .common import DataError, SkipReport, list_images, manifest_images, range_options, read_image, sample_seed
 from .feature_cache import TeacherFeatureCache
 from .transforms import (
     Augment,
@@ -74,11 +75,14 @@ class ImageFolderDataset(_SizedLater, Dataset):
 
     ``check_images=True`` decodes every file once at start-up and skips the
     unreadable ones (counted in :attr:`skipped`); without it an unreadable file
-    raises :class:`DataError` naming it when it is loaded.
+    raises :class:`DataError` naming it when it is loaded. ``input_bits`` / ``float_max``:
+    the range rule for 16-bit / float files (:func:`~training.data.common.read_image`).
     """
 
     def __init__(self, root: Union[str, Sequence[str]], image_size: Optional[int], seed: int = 0, flip: bool = False,
-                 check_images: bool = False, cache: Optional[TeacherFeatureCache] = None) -> None:
+                 check_images: bool = False, cache: Optional[TeacherFeatureCache] = None, input_bits: int = 16,
+                 float_max: float = 1.0) -> None:
+        self.input_bits, self.float_max = range_options(input_bits, float_max)
         roots = [root] if isinstance(root, (str, os.PathLike)) else list(root)
         self.files: List[str] = []
         for r in roots:
@@ -93,7 +97,7 @@ class ImageFolderDataset(_SizedLater, Dataset):
             good = []
             for f in self.files:
                 try:
-                    read_image(f)
+                    read_image(f, self.input_bits, self.float_max)
                     good.append(f)
                 except (DataError, FileNotFoundError):
                     self.skipped.add("corrupt_image", f)
@@ -115,14 +119,24 @@ class ImageFolderDataset(_SizedLater, Dataset):
         file = self.files[index]
         size = self._size()
         rng = sample_seed(self.seed, epoch, index)
-        image = read_image(file)
+        image = read_image(file, self.input_bits, self.float_max)
         img, _, params = self.augment(rng, image)
         item: Dict[str, Any] = {"image": to_model_input(img, size), "file": file,
                                 "key": (epoch, index), "teacher": None, "cache_key": None}
         if self.cache is not None:
-            item["cache_key"] = self.cache.key(file, size, params["flip"])
+            item["cache_key"] = self.cache_key(file, params["flip"])
             item["teacher"] = self.cache.get(item["cache_key"])
         return item
+
+    def cache_key(self, file: str, flip: bool) -> str:
+        """The teacher cache's key for ``file``: another range rule makes other pixels, so other
+        teacher features (the default rule keeps the keys of caches written before it existed)."""
+        if self.cache is None:
+            raise RuntimeError(f"{type(self).__name__}: no teacher cache set")
+        key = self.cache.key(file, self._size(), flip)
+        if (self.input_bits, self.float_max) == (16, 1.0):
+            return key
+        return hashlib.sha256(f"{key}|input_bits={self.input_bits}|float_max={self.float_max!r}".encode()).hexdigest()
 
 
 def collate_images(items: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -234,14 +248,16 @@ class ClassFolderDataset(_SizedLater, Dataset):
     ImageNet-21K joint training. Folder names are looked up in ``vocabulary``
     by id (e.g. ``n01440764`` for ``imagenet21k``) or by name; a folder that is
     not in the vocabulary raises :class:`DataError` (``unknown_class="skip"``:
-    counted skip).
+    counted skip). ``input_bits`` / ``float_max``: the range rule for 16-bit / float files.
     """
 
     source = 1
 
     def __init__(self, root: str, vocabulary: Any, image_size: Optional[int], seed: int = 0,
                  scale_range: Tuple[float, float] = (1.0, 1.0), flip: bool = False,
-                 unknown_class: str = "error", check_images: bool = False) -> None:
+                 unknown_class: str = "error", check_images: bool = False, input_bits: int = 16,
+                 float_max: float = 1.0) -> None:
+        self.input_bits, self.float_max = range_options(input_bits, float_max)
         root_path = Path(os.path.expanduser(root))
         if not root_path.is_dir():
             raise FileNotFoundError(f"class folder root not found: {root_path}")
@@ -265,7 +281,7 @@ class ClassFolderDataset(_SizedLater, Dataset):
             for f in files:
                 if check_images:
                     try:
-                        read_image(f)
+                        read_image(f, self.input_bits, self.float_max)
                     except (DataError, FileNotFoundError):
                         self.skipped.add("corrupt_image", str(f))
                         continue
@@ -286,7 +302,7 @@ class ClassFolderDataset(_SizedLater, Dataset):
         rng = sample_seed(self.seed, epoch, index, 1)
         file, label = self.items[index]
         size = self._size()
-        img, _, _ = self.augment(rng, read_image(file))
+        img, _, _ = self.augment(rng, read_image(file, self.input_bits, self.float_max))
         h, w = img.shape[:2]
         return {
             "image": to_model_input(img, size),

@@ -170,6 +170,7 @@ def _plan_bag(path: Path, slug: str, topics: Sequence[str], rate: Optional[float
                                      bag_time_ns=int(bag_time), occurrence=occurrence, stamp_ns=stamp,
                                      frame_id=str(msg.header.frame_id)))
             counts[topic]["selected"] += 1
+        plan.bag_report = report.to_dict()  # again: damage found while reading (lost pages) is only known now
         plan.counts = {t: dict(c) for t, c in counts.items()}
     finally:
         reader.close()
