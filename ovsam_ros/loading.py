@@ -285,6 +285,7 @@ def load_specs(source: Union[str, Path, dict[str, Any]]) -> tuple[ModelSpec, Pre
     predictor_spec = _from_mapping(PredictorSpec, data.get("predictor"), f"{where}: predictor")
     _check_values(model_spec, predictor_spec, data, where)
     predictor_spec.vocabulary_given = "vocabulary" in (data.get("predictor") or {})
+    predictor_spec.templates_given = "templates" in (data.get("predictor") or {})
     if folder is not None:
         for spec, names in ((model_spec, MODEL_PATH_FIELDS), (predictor_spec, PREDICTOR_PATH_FIELDS)):
             for name in names:
@@ -469,6 +470,9 @@ def build_predictor(source: Union[str, Path, dict[str, Any]], synonyms: Optional
         model = build_model(model_spec, progress)
         if from_checkpoint:
             vocabulary = _checkpoint_vocabulary(model, model_spec, predictor_spec, load)
+        if (model_spec.ovsam_checkpoint and model_spec.backend == TORCH and overrides.get("templates") is None
+                and not getattr(predictor_spec, "templates_given", True)):
+            templates = _checkpoint_templates(model, model_spec) or templates
         iou_scorer = None
         if (predictor_spec.sam_iou and model_spec.backend == "torch" and model_spec.sam_checkpoint
                 and not model_spec.ovsam_checkpoint and model.decoder.output_tokens == "reference"):
@@ -526,6 +530,20 @@ def _checkpoint_vocabulary(model: OVSAM, model_spec: ModelSpec, predictor_spec: 
         "vocabulary: the one %s was trained with ('%s': %s); a vocabulary in the model YAML, --vocab or "
         "the node's vocabulary parameter replaces it", model_spec.ovsam_checkpoint, vocabulary.name, shown)
     return vocabulary
+
+
+def _checkpoint_templates(model: OVSAM, model_spec: ModelSpec) -> Optional[tuple[str, ...]]:
+    """The prompt templates a stage-2 checkpoint's text embeddings were made with (None: an older
+    checkpoint, which keeps the YAML default). Logged at INFO when they differ from that default."""
+    from ovsam_ros.model.checkpoints import checkpoint_templates
+    from ovsam_ros.model.vocabulary import TEMPLATE_SETS
+
+    stored = checkpoint_templates(getattr(model, "checkpoint_extra", None))
+    if stored is not None and stored != tuple(TEMPLATE_SETS[PredictorSpec.templates]):
+        logging.getLogger(LOAD_LOGGER).info(
+            "prompt templates: the %d template(s) %s learned with (predictor.templates in the model YAML or "
+            "--templates replaces them)", len(stored), model_spec.ovsam_checkpoint)
+    return stored
 
 
 def check_weight_files(spec: ModelSpec, where: str = "", source: Union[str, Path, None] = None) -> None:

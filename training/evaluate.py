@@ -288,6 +288,7 @@ def build_eval_predictor(checkpoint: Optional[str], model_yaml: Optional[str], d
     'all' | 'names'); for a checkpoint, :data:`CHECKPOINT_DEFAULTS` (all synonyms)."""
     from ovsam_ros.loading import build_predictor
     from ovsam_ros.model.build import load_ovsam
+    from ovsam_ros.model.checkpoints import checkpoint_templates
     from ovsam_ros.model.vocabulary import get_templates
     from ovsam_ros.predictor import OVSAMPredictor
 
@@ -299,8 +300,11 @@ def build_eval_predictor(checkpoint: Optional[str], model_yaml: Optional[str], d
         # the rule of every predictor built from a YAML: fp16 on a CPU runs fp32, saying so
         precision = resolve_precision(precision, resolve_device(device), source="ovsam-evaluate --checkpoint")
         model = load_ovsam(os.path.expanduser(checkpoint), clip_pretrained=clip)
+        # the templates its text embeddings were trained with, where stage 2 stored them
+        stored = checkpoint_templates(getattr(model, "checkpoint_extra", None))
+        chosen = get_templates(templates) if templates else stored or get_templates(CHECKPOINT_DEFAULTS["templates"])
         return OVSAMPredictor(model, vocabulary=None, device=device, precision=precision,
-                              templates=get_templates(templates or CHECKPOINT_DEFAULTS["templates"]), trained=True,
+                              templates=chosen, trained=True,
                               clip_ensemble=CHECKPOINT_DEFAULTS["clip_ensemble"] if clip_ensemble is None else clip_ensemble,
                               names_only=synonyms == "names")
     return build_predictor(model_yaml, device=device, precision=precision, clip_ensemble=clip_ensemble,
@@ -322,8 +326,15 @@ def settings_used(predictor, args, yaml_predictor=None) -> Dict[str, Dict[str, A
     def source(flag: str, given: bool) -> str:
         return flag if given else fallback
 
+    from ovsam_ros.model.checkpoints import checkpoint_templates
+
+    stored = checkpoint_templates(getattr(predictor.model, "checkpoint_extra", None))
+    yaml_chose = yaml_predictor is not None and getattr(yaml_predictor, "templates_given", True)
+    templates_from = ("the checkpoint (the templates it was trained with)"
+                      if args.templates is None and not yaml_chose and stored == tuple(predictor.templates)
+                      else source("--templates", args.templates is not None))
     out = {
-        "templates": {"value": _templates_name(predictor.templates), "from": source("--templates", args.templates is not None)},
+        "templates": {"value": _templates_name(predictor.templates), "from": templates_from},
         "clip_ensemble": {"value": "on" if predictor.clip_ensemble else "off",
                           "from": source("--clip-ensemble", args.clip_ensemble is not None)},
         "synonyms": {"value": "names" if predictor.names_only else "all", "from": source("--synonyms", args.synonyms is not None)},

@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from ovsam_ros.model.checkpoints import CHECKPOINT_VOCABULARY_KEY
+from ovsam_ros.model.checkpoints import CHECKPOINT_TEMPLATES_KEY, CHECKPOINT_VOCABULARY_KEY
 from ovsam_ros.model.fingerprint import text_model_id, text_weights_fingerprint
 from ovsam_ros.model.ovsam import OVSAM
 from ovsam_ros.model.vocabulary import (
@@ -303,6 +303,7 @@ class Stage2Task(engine.Task):
         self.dataset = parts[0] if len(parts) == 1 else ConcatDataset(parts, repeats)
         self.collate = collate_instances
         templates = get_templates(cfg["text"]["templates"])
+        self.templates = templates
         log.info("stage 2: text embeddings of %s with %d template(s)%s ...",
                  " and ".join(f"{len(v)} classes ({v.name})" for v in texts), len(templates),
                  f" (cache {cfg['text']['cache_dir']})" if cfg["text"]["cache_dir"] else "")
@@ -311,9 +312,9 @@ class Stage2Task(engine.Task):
         self.seed = seed
 
     def checkpoint_extra(self) -> Dict[str, Any]:
-        """The run's vocabulary (``Vocabulary.to_dict``; names, synonyms as trained, split): the
-        predictor's default when a model YAML names this checkpoint and no vocabulary."""
-        return {CHECKPOINT_VOCABULARY_KEY: self.vocabulary.to_dict()}
+        """The run's vocabulary (``Vocabulary.to_dict``; names, synonyms as trained, split) and prompt
+        templates: the predictor's defaults when a model YAML names this checkpoint and neither."""
+        return {CHECKPOINT_VOCABULARY_KEY: self.vocabulary.to_dict(), CHECKPOINT_TEMPLATES_KEY: list(self.templates)}
 
     # ------------------------------------------------------------------ batches
     def prepare(self, batch: Dict[str, Any], env: engine.DistEnv) -> Dict[str, Any]:

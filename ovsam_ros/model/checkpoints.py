@@ -439,10 +439,24 @@ TRAIN_STATE_FORMAT = "ovsam_ros.train_state"
 CHECKPOINT_VOCABULARY_KEY = "vocabulary"
 
 
+#: Key of ``extra`` holding the prompt templates the run's text embeddings were made with (a list
+#: of '{}' strings): CLIP2SAM learned to match embeddings averaged over exactly these, so they are
+#: the predictor's default templates for that checkpoint.
+CHECKPOINT_TEMPLATES_KEY = "text_templates"
+
+
 def checkpoint_vocabulary(extra: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
     """The stored training vocabulary of a checkpoint's ``extra`` (None when it has none)."""
     data = (extra or {}).get(CHECKPOINT_VOCABULARY_KEY)
     return dict(data) if isinstance(data, Mapping) and isinstance(data.get("classes"), list) and data["classes"] else None
+
+
+def checkpoint_templates(extra: Optional[Mapping[str, Any]]) -> Optional[Tuple[str, ...]]:
+    """The prompt templates a stage-2 checkpoint was trained with (None for older checkpoints)."""
+    data = (extra or {}).get(CHECKPOINT_TEMPLATES_KEY)
+    if isinstance(data, (list, tuple)) and data and all(isinstance(t, str) and t.count("{}") == 1 for t in data):
+        return tuple(data)
+    return None
 
 
 def is_train_state_file(path: PathLike) -> bool:
@@ -503,7 +517,9 @@ __all__ = [
     "CheckpointNotFoundError",
     "UnsafeCheckpointError",
     "TRAIN_STATE_FORMAT",
+    "CHECKPOINT_TEMPLATES_KEY",
     "CHECKPOINT_VOCABULARY_KEY",
+    "checkpoint_templates",
     "checkpoint_vocabulary",
     "is_train_state_file",
     "TINY_TEACHER_KWARGS",

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -173,3 +174,49 @@ def test_rn50x16_recipe_takes_your_own_classes():
     assert cfg["data"]["vocabulary"] is None
     recipe = (ROOT / "training" / "configs" / "stage2_coco_rn50x16.yaml").read_text()
     assert "data.vocabulary=null" in recipe
+
+
+# ----------------------------------------------------------------------------- prompt templates
+# stage2_tiny trains with `text.templates: single`; the predictor default is vild (14 templates).
+# CLIP2SAM learned to match text embeddings averaged over the training templates: before, a model YAML
+# naming the checkpoint (or the checkpoint itself as --model, or ovsam-evaluate --checkpoint) labelled
+# against vild-averaged embeddings, which the head never saw.
+def test_checkpoints_store_the_training_templates(ball_run):
+    from ovsam_ros.model.checkpoints import read_ovsam_checkpoint
+    from ovsam_ros.model.vocabulary import SINGLE_TEMPLATES
+
+    step_models = sorted((ball_run["model"].parent / "checkpoints").glob("step-*/model.pt"))
+    for path in [ball_run["model"], *step_models]:
+        assert read_ovsam_checkpoint(path)[2]["extra"]["text_templates"] == list(SINGLE_TEMPLATES), path
+
+
+def test_a_predictor_of_the_checkpoint_uses_the_text_embeddings_it_was_trained_against(ball_run, tmp_path, caplog):
+    from ovsam_ros.loading import build_predictor
+    from ovsam_ros.model.vocabulary import SINGLE_TEMPLATES, VILD_TEMPLATES
+
+    with caplog.at_level(logging.INFO, logger="ovsam_ros.load"):
+        from_yaml = build_predictor(_yaml(tmp_path, ball_run["model"]), vocabulary="ball, cube")
+        as_model = build_predictor(str(ball_run["model"]), device="cpu", text_cache_dir=None)
+    assert from_yaml.templates == SINGLE_TEMPLATES and as_model.templates == SINGLE_TEMPLATES
+    lines = [r.getMessage() for r in caplog.records if "prompt templates" in r.getMessage()]
+    assert len(lines) == 2 and all("the 1 template(s)" in m for m in lines)
+    # the same embeddings stage 2 computed for these classes (independent: the training code's encoder)
+    want = stage2.encode_text(from_yaml.model, from_yaml.vocabulary, "single", None, torch.device("cpu"))
+    torch.testing.assert_close(from_yaml.text.embeddings.cpu(), want.embeddings.cpu())
+    # a YAML or caller naming templates still wins
+    assert build_predictor(_yaml(tmp_path, ball_run["model"], templates="vild")).templates == VILD_TEMPLATES
+    assert build_predictor(_yaml(tmp_path, ball_run["model"]), templates="vild").templates == VILD_TEMPLATES
+
+
+def test_ovsam_evaluate_checkpoint_uses_and_names_the_training_templates(ball_run, tmp_path):
+    out = tmp_path / "metrics.json"
+    base = [sys.executable, "-m", "training.evaluate", "--checkpoint", str(ball_run["model"]),
+            "--annotations", str(ball_run["annotations"]), "--images", str(ball_run["images"]), "--out", str(out)]
+    proc = subprocess.run(base, cwd=str(ROOT), env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    settings = json.loads(out.read_text())["settings"]
+    assert settings["templates"] == {"value": "single", "from": "the checkpoint (the templates it was trained with)"}
+    proc = subprocess.run(base + ["--templates", "vild"], cwd=str(ROOT), env=subprocess_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(out.read_text())["settings"]["templates"] == {"value": "vild", "from": "--templates"}
