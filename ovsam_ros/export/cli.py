@@ -15,11 +15,12 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 
 #: The model YAML an export writes next to its graphs.
 MODEL_YAML = "model.yaml"
+VOCABULARY_FILE = "vocabulary.json"  # a stage-2 checkpoint's own classes, when the source YAML names none
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +53,31 @@ def _model_yaml_text(out: Path, predictor_section: dict, command: str) -> str:
             "#   onnx_providers: [[TensorrtExecutionProvider, {trt_fp16_enable: true, trt_engine_cache_enable: true,\n"
             "#                     trt_engine_cache_path: /tmp/ovsam_trt}], CUDAExecutionProvider, CPUExecutionProvider]\n"
             + body)
+
+
+def _trained_defaults(model: Any, spec: Any, pspec: Any, section: dict, out: Path) -> dict:
+    """A stage-2 checkpoint's own vocabulary and prompt templates, where the source YAML names
+    neither: the PyTorch predictor uses them (ovsam_ros.loading), so the export must too. Written
+    as ``vocabulary.json`` in the export (listed and hashed like its other files) and named in
+    its model.yaml; else the ONNX model would label a fleet's classes from the default (coco)."""
+    import json
+
+    from ovsam_ros.model.checkpoints import checkpoint_templates, checkpoint_vocabulary
+
+    if not spec.ovsam_checkpoint:
+        return {}
+    extra = getattr(model, "checkpoint_extra", None)
+    files = {}
+    stored = checkpoint_vocabulary(extra)
+    if stored is not None and not getattr(pspec, "vocabulary_given", True):
+        files[VOCABULARY_FILE] = json.dumps(stored, indent=1) + "\n"
+        section["vocabulary"] = str(out / VOCABULARY_FILE)
+        print(f"  vocabulary: the {len(stored['classes'])} class(es) {spec.ovsam_checkpoint} was trained with "
+              f"-> {VOCABULARY_FILE}", flush=True)
+    templates = checkpoint_templates(extra)
+    if templates is not None and not getattr(pspec, "templates_given", True):
+        section["templates"] = list(templates)
+    return files
 
 
 def run_from_args(args: argparse.Namespace, command: str) -> int:
@@ -93,6 +119,7 @@ def run_from_args(args: argparse.Namespace, command: str) -> int:
     print(f"exporting {args.model} ({model.cfg.backbone.model_name}, {model.image_size}px, "
           f"{'trained' if trained else 'UNTRAINED'}) to {out}", flush=True)
     section = dataclasses.asdict(pspec)
+    extra_files = _trained_defaults(model, spec, pspec, section, out) if not args.random_init else {}
     if section.get("roi_box", "mask") != "mask":  # e.g. the shapes model's largest_component
         print(f"  note: the ONNX decoder pools the whole mask's box, so the written YAML says roi_box: mask "
               f"(the source YAML's roi_box {section['roi_box']!r} needs the PyTorch backend; labels may differ "
@@ -104,7 +131,7 @@ def run_from_args(args: argparse.Namespace, command: str) -> int:
                                with_c5=not args.no_c5, text_tower=not args.no_text_tower, trained=trained,
                                check=not args.no_check, source={"model": str(args.model), "command": command},
                                log_fn=lambda m: print("  " + m, flush=True),
-                               extra_files={MODEL_YAML: _model_yaml_text(out, section, command)})
+                               extra_files={**extra_files, MODEL_YAML: _model_yaml_text(out, section, command)})
     except ExportCheckError as failed:
         print(f"ovsam export: error: {failed}", file=sys.stderr)
         return 1

@@ -220,3 +220,33 @@ def test_ovsam_evaluate_checkpoint_uses_and_names_the_training_templates(ball_ru
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(out.read_text())["settings"]["templates"] == {"value": "vild", "from": "--templates"}
+
+
+def test_an_onnx_export_of_the_checkpoint_keeps_its_classes_and_templates(ball_run, tmp_path):
+    """Before: the export's model.yaml said `vocabulary: coco` (the PredictorSpec default) for a checkpoint
+    YAML naming no vocabulary, so the Jetson (ONNX) model named COCO classes where the PyTorch one said
+    'ball', and used the 14 vild templates."""
+    pytest.importorskip("onnxruntime")
+    from ovsam_ros import cli
+    from ovsam_ros.loading import build_predictor
+    from ovsam_ros.model.vocabulary import SINGLE_TEMPLATES
+    from ovsam_ros.prompts import Prompt
+
+    out = tmp_path / "onnx"
+    assert cli.main(["export", "--model", str(_yaml(tmp_path, ball_run["model"])), "--out", str(out),
+                     "--no-check", "--no-multimask", "--threads", "2"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "vocabulary.json" in manifest["sha256"]  # owned and checked like the graphs
+    onnx = build_predictor(out / "model.yaml")
+    torch_model = build_predictor(_yaml(tmp_path, ball_run["model"]))
+    assert onnx.vocabulary.classes == torch_model.vocabulary.classes == ["ball"]
+    assert onnx.templates == torch_model.templates == SINGLE_TEMPLATES
+    image = np.asarray(Image.open(ball_run["images"] / "0.png").convert("RGB"))
+    onnx.set_image(image)
+    assert onnx.predict([Prompt(box=[10, 10, 100, 80])])[0].labels[0].name == "ball"
+    # a YAML naming a vocabulary keeps it (no vocabulary.json written)
+    out2 = tmp_path / "onnx_named"
+    assert cli.main(["export", "--model", str(_yaml(tmp_path, ball_run["model"], vocabulary="cup, plate")),
+                     "--out", str(out2), "--no-check", "--no-multimask", "--threads", "2"]) == 0
+    assert not (out2 / "vocabulary.json").exists()
+    assert build_predictor(out2 / "model.yaml").vocabulary.classes == ["cup", "plate"]
