@@ -60,6 +60,8 @@ DEFAULTS: Dict[str, Any] = {
                       "a drawing of a {}.", "there is a {}."],
         "attribute_batches": True,  # also colour-only / shape-only batches when names are "<colour> <shape>"
         "max_val_crops": 600,
+        "input_bits": 16,  # bits of 16-bit images that hold data (12 / 10: machine-vision cameras), as the node's
+        "float_max": 1.0,  # float images: the value that is white (255.0 for 0..255 float data)
     },
     "train": {
         "steps": 1500,
@@ -255,13 +257,14 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None, quiet: bool = False
         raise ValueError("data.annotations is not set: give a COCO-format instances JSON of training scenes")
     trainer = ClipTrainer(cfg["model"]["name"], device)
     t0 = time.time()
-    coco = CocoInstances(dcfg["annotations"], dcfg["images"], keep_splits=["base"], require_instances=True)
+    rule = {"input_bits": dcfg.get("input_bits", 16), "float_max": dcfg.get("float_max", 1.0)}
+    coco = CocoInstances(dcfg["annotations"], dcfg["images"], keep_splits=["base"], require_instances=True, **rule)
     names = coco.vocab.classes
     crops, labels = build_crop_bank(coco, trainer.size, int(cfg["seed"]), int(dcfg["crops_per_instance"]),
                                     dcfg["margin"], progress=not quiet)
     val = None
     if dcfg["val_annotations"]:
-        vcoco = CocoInstances(dcfg["val_annotations"], dcfg["images"])
+        vcoco = CocoInstances(dcfg["val_annotations"], dcfg["images"], **rule)
         if vcoco.vocab.classes != names:
             raise ValueError(f"{dcfg['val_annotations']}: its classes differ from the training JSON's")
         vcrops, vlabels = build_crop_bank(vcoco, trainer.size, int(cfg["seed"]) + 1, 1, [1.3, 1.3],

@@ -14,6 +14,9 @@ import logging
 import sys
 from typing import Optional, Sequence
 
+from ovsam_ros.cli_types import number, positive_float
+from ovsam_ros.image_input import INPUT_BITS_MAX, INPUT_BITS_MIN
+
 
 def label_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -40,6 +43,13 @@ def label_parser() -> argparse.ArgumentParser:
     p.add_argument("--points-per-side", type=int, default=16, help="everything-mode point grid (default 16)")
     p.add_argument("--max-instances", type=int, default=100, help="per frame (default 100)")
     p.add_argument("--shard-size", type=int, default=16, help="frames per shard (the unit of resume; default 16)")
+    p.add_argument("--input-bits", type=number(int, min=INPUT_BITS_MIN, max=INPUT_BITS_MAX), default=None,
+                   help="bits of 16-bit frames (mono16, rgb16, 16-bit PNG / TIFF) that hold the picture: 16 (default), "
+                        "12 or 10 for machine-vision cameras (the node's input_bits). Given, it also labels mono16 "
+                        "topics (refused without it: often IR / range data). Frames are written as the 8-bit "
+                        "PNGs they were labelled on")
+    p.add_argument("--float-max", type=positive_float, default=None,
+                   help="float frames (32-bit TIFF): the value shown as white (default 1.0; 255 for 0..255 data)")
     p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK when CUDA is there) | cpu | cuda")
     p.add_argument("--review-sample", type=int, default=16,
                    help="labelled frames per source on the review contact sheets (random, seeded; default 16)")
@@ -73,7 +83,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        rate=args.rate, start=args.start, end=args.end, vocabulary=args.vocabulary, settings=settings,
                        shard_size=args.shard_size, device=args.device, overwrite=args.overwrite,
                        review_sample=args.review_sample, review_every=args.review_every, seed=args.seed,
-                       progress=not args.no_progress, wait_timeout_s=args.wait_timeout)
+                       progress=not args.no_progress, wait_timeout_s=args.wait_timeout,
+                       input_bits=args.input_bits, float_max=args.float_max)
         summary = run(job)
     except (DataError, FileNotFoundError, ValueError) as err:
         print(f"ovsam-label: error: {err}", file=sys.stderr)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from ovsam_ros.files import atomic_write
-from training.data.common import DataError, write_json
+from training.data.common import DataError, range_options, write_json
 
 from .labeller import Labeller, LabelSettings
 from .merge import LABELS_FILE, REPORT_FILE, merge
@@ -55,6 +55,16 @@ class LabelJob:
     # Rank 0 gives up when no other rank finishes a shard for this long (0: wait forever). torchrun
     # stops every rank when one dies, but not when one hangs (a stuck GPU, a lost NFS mount).
     wait_timeout_s: float = 1800.0
+    # The range rule (ovsam_ros.image_input): bits of 16-bit data that hold the picture, the float value
+    # that is white. None: the default (16 / 1.0). Only a given input_bits labels mono16 topics.
+    input_bits: Optional[int] = None
+    float_max: Optional[float] = None
+
+    def range_rule(self) -> Dict[str, Any]:
+        """The range settings a run records and fingerprints (ValueError for a bad value)."""
+        bits, top = range_options(16 if self.input_bits is None else self.input_bits,
+                                  1.0 if self.float_max is None else self.float_max)
+        return {"input_bits": bits, "float_max": top, "mono16": self.input_bits is not None}
 
 
 def model_files(model: str) -> Dict[str, Any]:
@@ -92,7 +102,7 @@ def _plan(job: LabelJob) -> Dict[str, Any]:
         "inputs": [str(Path(os.path.expanduser(p)).resolve()) for p in job.inputs], "topics": list(job.topics),
         "rate": job.rate, "start": job.start, "end": job.end, "vocabulary": job.vocabulary,
         "label": job.settings.to_dict(), "shard_size": job.shard_size, "model": job.model,
-        "model_files": model_files(job.model),
+        "model_files": model_files(job.model), **job.range_rule(),
     }
     key = fingerprint(settings)
     store = ShardStore(out)
@@ -102,13 +112,15 @@ def _plan(job: LabelJob) -> Dict[str, Any]:
             raise DataError(f"--out {out} holds a labelling run with other settings (or other model files); "
                             "rerun with the same arguments to finish it, or pass --overwrite / another --out")
         return old
-    sources = plan_sources(job.inputs, job.topics, job.rate, job.start, job.end)
+    sources = plan_sources(job.inputs, job.topics, job.rate, job.start, job.end, mono16=settings["mono16"])
     plan = {"fingerprint": key, "settings": settings, "sources": [s.to_dict() for s in sources]}
     store.write_plan(plan)
     return plan
 
 
 def _write_frame_image(path: Path, rgb: Any) -> None:
+    """The converted frame as an 8-bit RGB PNG (what the labels were computed on; stage 2 reads it
+    as it is, whatever its data.input_bits)."""
     import cv2
 
     ok, png = cv2.imencode(".png", rgb[:, :, ::-1])
@@ -118,11 +130,11 @@ def _write_frame_image(path: Path, rgb: Any) -> None:
 
 
 def label_shard(labeller: Labeller, store: ShardStore, sources: Sequence[SourcePlan], shard: Shard, key: str,
-                bar: Any = None) -> int:
+                bar: Any = None, input_bits: int = 16, float_max: float = 1.0) -> int:
     """Label one shard: frames first, then the shard file (atomic) that marks it finished."""
     frames = []
     plan = sources[shard.source]
-    for frame, rgb, why in read_frames(plan, frames_of(sources, shard)):
+    for frame, rgb, why in read_frames(plan, frames_of(sources, shard), input_bits, float_max):
         rec = {"file": frame.file, "topic": frame.topic, "stamp_ns": frame.stamp_ns,
                "bag_time_ns": frame.bag_time_ns, "frame_id": frame.frame_id}
         if rgb is None:
@@ -221,7 +233,9 @@ def run(job: LabelJob) -> Dict[str, Any]:
             bar = _bar(todo, env.rank, job.progress)
             try:
                 for sh in mine:
-                    labelled += label_shard(labeller, store, sources, sh, key, bar)
+                    # the plan's values: every rank converts as rank 0 fingerprinted
+                    labelled += label_shard(labeller, store, sources, sh, key, bar,
+                                            plan["settings"]["input_bits"], plan["settings"]["float_max"])
             finally:
                 if bar is not None:
                     bar.close()

@@ -5,6 +5,13 @@ The selection follows ``ovsam-extract-bag``: image topics (``sensor_msgs/Image``
 stamp falls back to the bag time), ``start`` / ``end`` in seconds after the bag start; cut
 bags are read up to the cut (:func:`training.data.bag_recovery.open_bag`). Planning reads each
 bag once and decodes no pixels, so the plan (and so every shard) is the same whoever runs it.
+
+Pixels become 8-bit RGB by the package's one range rule (:mod:`ovsam_ros.image_input`, the
+node's decode path): 16-bit data holds ``input_bits`` bits, floats are 0..``float_max``.
+Topics of depth / float data (16UC1, 32FC1, compressedDepth ...) are refused, and so are mono16
+topics (raw, or a ``"mono16; png compressed"`` CompressedImage) unless ``mono16`` is set: 16-bit
+mono is a 12-bit machine-vision camera's picture as often as an IR / range image, so it is
+labelled once the user says how many bits hold the picture (``--input-bits``).
 """
 
 from __future__ import annotations
@@ -82,8 +89,11 @@ def _slugs(paths: Sequence[Path]) -> List[str]:
 
 
 def plan_sources(inputs: Sequence[str], topics: Sequence[str], rate: Optional[float] = None,
-                 start: Optional[float] = None, end: Optional[float] = None) -> List[SourcePlan]:
-    """Every input's frames, in input order (bags: in bag order; folders: sorted file names)."""
+                 start: Optional[float] = None, end: Optional[float] = None,
+                 mono16: bool = False) -> List[SourcePlan]:
+    """Every input's frames, in input order (bags: in bag order; folders: sorted file names).
+
+    ``mono16``: label mono16 topics (refused otherwise, naming ``--input-bits``)."""
     check_numbers(rate, start, end)
     paths = [Path(os.path.expanduser(p)) for p in inputs]
     if not paths:
@@ -97,7 +107,7 @@ def plan_sources(inputs: Sequence[str], topics: Sequence[str], rate: Optional[fl
     plans = []
     for p, slug, bag in zip(paths, _slugs(paths), bags):
         if bag:
-            plans.append(_plan_bag(p, slug, topics, rate, start, end))
+            plans.append(_plan_bag(p, slug, topics, rate, start, end, mono16))
         elif p.is_dir():
             plans.append(_plan_folder(p, slug))
         else:
@@ -114,8 +124,34 @@ def _plan_folder(path: Path, slug: str) -> SourcePlan:
     return SourcePlan("folder", str(path.resolve()), slug, frames, {"": {"messages": len(files)}})
 
 
+def declared_encoding(msg: Any, msgtype: str) -> str:
+    """The pixel encoding a message says it carries: ``Image.encoding``, or the part of a
+    ``CompressedImage.format`` before ``;`` (image_transport writes ``"mono16; png compressed"``,
+    ``"16UC1; compressedDepth png"``); ``""`` when a format names none (``"png"``, ``"jpeg"``)."""
+    if msgtype == IMAGE_TYPE:
+        return str(msg.encoding)
+    fmt = str(msg.format)
+    return fmt.split(";", 1)[0].strip() if ";" in fmt else ""
+
+
+def _refusal(path: Path, topic: str, declared: str, encoding: str, available: Dict[str, str],
+             mono16: bool) -> Optional[str]:
+    """Why ``topic``'s frames are no pictures to label, or None (``mono16``: mono16 is labelled)."""
+    is_mono16 = encoding.strip().lower() == "mono16"
+    if (is_mono16 and mono16) or not (is_mono16 or depth_like(encoding) or depth_like(declared)):
+        return None
+    others = [t for t, ty in available.items() if ty in (IMAGE_TYPE, COMPRESSED_TYPE) and t != topic]
+    if is_mono16:
+        return (f"{path}: topic {topic} carries {declared} frames: 16-bit mono is an IR / range / depth image as "
+                "often as a camera's picture. If it is a camera (a 12-bit or 10-bit machine-vision camera), say how "
+                "many of the 16 bits hold the picture with --input-bits (12, 10, or 16 for full-range data); "
+                "otherwise label " + colour_topic_hint(others))
+    return (f"{path}: topic {topic} carries {declared} frames: depth / 16-bit mono / float data, not camera "
+            "pictures, so nothing to label. Label " + colour_topic_hint(others))
+
+
 def _plan_bag(path: Path, slug: str, topics: Sequence[str], rate: Optional[float], start: Optional[float],
-              end: Optional[float]) -> SourcePlan:
+              end: Optional[float], mono16: bool = False) -> SourcePlan:
     from training.data.bag_recovery import open_bag
 
     reader, report = open_bag(path)
@@ -150,10 +186,9 @@ def _plan_bag(path: Path, slug: str, topics: Sequence[str], rate: Optional[float
                 counts[topic]["undeserializable"] += 1
                 continue
             declared = str(msg.encoding) if conn.msgtype == IMAGE_TYPE else f"compressed:{msg.format}"
-            if depth_like(declared):
-                others = [t for t, ty in available.items() if ty in (IMAGE_TYPE, COMPRESSED_TYPE) and t != topic]
-                raise DataError(f"{path}: topic {topic} carries {declared} frames: depth / 16-bit mono / float "
-                                "data, not camera pictures, so nothing to label. Label " + colour_topic_hint(others))
+            why = _refusal(path, topic, declared, declared_encoding(msg, conn.msgtype), available, mono16)
+            if why:
+                raise DataError(why)
             stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
             if stamp == 0:
                 counts[topic]["zero_header_stamp_used_bag_time"] += 1
@@ -177,19 +212,23 @@ def _plan_bag(path: Path, slug: str, topics: Sequence[str], rate: Optional[float
     return plan
 
 
-def read_frames(plan: SourcePlan, frames: Sequence[Frame]) -> Iterator[Tuple[Frame, Optional[np.ndarray], str]]:
-    """(frame, RGB uint8 pixels or None, why not) for ``frames`` of one source, in order."""
+def read_frames(plan: SourcePlan, frames: Sequence[Frame], input_bits: int = 16,
+                float_max: float = 1.0) -> Iterator[Tuple[Frame, Optional[np.ndarray], str]]:
+    """(frame, RGB uint8 pixels or None, why not) for ``frames`` of one source, in order.
+
+    16-bit pixels hold ``input_bits`` bits, float pixels are 0..``float_max`` (the node's rule;
+    a frame that looks mis-scaled is converted and warned about, rate-limited per topic / folder)."""
     if plan.kind == "folder":
         from training.data.common import read_image
 
         for f in frames:
             try:
-                yield f, read_image(f.path), ""
+                yield f, read_image(f.path, input_bits, float_max), ""
             except (DataError, FileNotFoundError) as err:
                 yield f, None, f"undecodable_image: {err}"
         return
+    from ovsam_ros.ros.frames import decode_frame
     from training.data.bag_recovery import open_bag
-    from training.data.rosbag import decode_image_msg
 
     wanted = {f.key(): f for f in frames}
     if not wanted:
@@ -209,7 +248,8 @@ def read_frames(plan: SourcePlan, frames: Sequence[Frame]) -> Iterator[Tuple[Fra
             if key not in wanted:
                 continue
             try:
-                rgb, _ = decode_image_msg(store.deserialize_cdr(raw, conn.msgtype), conn.msgtype)
+                rgb = decode_frame(store.deserialize_cdr(raw, conn.msgtype), conn.msgtype == COMPRESSED_TYPE,
+                                   input_bits=input_bits, float_max=float_max, source=f"{plan.path} {conn.topic}")
                 found[key] = (rgb, "")
             except Exception as err:  # a corrupt frame is a counted skip, never the end of the run
                 found[key] = (None, f"undecodable_frame: {type(err).__name__}: {err}")
