@@ -165,8 +165,12 @@ def no_model_load(monkeypatch):
 def test_inputs_are_checked_before_the_model_loads(argv, message, capsys, no_model_load):
     # Before: '--vocab lvsi' exited 0 labeling every mask "lvsi"; a missing image waited for the model.
     assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
+    captured = capsys.readouterr()
+    assert message in captured.err and "Traceback" not in captured.err
+    # The error is one line on stderr; stdout (the results table) stays empty, so a script reading it
+    # never takes a progress line for a result.
+    assert captured.err.startswith(f"ovsam {argv[0]}: error: ") and captured.err.count("\n") == 1
+    assert captured.out == ""
     assert no_model_load == []
 
 

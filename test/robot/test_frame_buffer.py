@@ -61,6 +61,25 @@ def test_a_stamp_newer_than_every_frame_waits_then_gives_up():
     assert buffer.find(future, "cam", MS, now=100.13, requested=100.09).entry.item == "frame3"
 
 
+def test_a_stamp_newer_than_every_frame_is_missing_after_max_age_while_frames_stay_buffered():
+    """The give-up branch itself: the camera keeps streaming (so frames are buffered, not EMPTY)
+    but the requested stamp (a detector 5 s ahead, clock skew) never arrives. PENDING until the
+    request is max_age old, then exactly MISSING naming the wait; never PENDING forever."""
+    buffer = StampedBuffer(capacity=30, max_age=0.5)
+    stamps = camera_30hz(buffer, 10)  # received 100.02 .. 100.32
+    future = stamps[-1] + 5_000 * MS
+    requested = 100.33
+    assert buffer.find(future, "cam", MS, now=100.34, requested=requested).status == PENDING
+    camera_30hz(buffer, 10, start=100.0 + 10 / 30)  # the stream goes on: received 100.353 .. 100.653
+    pending = buffer.find(future, "cam", MS, now=requested + 0.49, requested=requested)
+    assert pending.status == PENDING and "newer than every" in pending.detail
+    now = requested + 0.51  # the request is older than max_age; the second ten frames are not
+    late = buffer.find(future, "cam", MS, now=now, requested=requested)
+    assert len(buffer) > 0 and all(now - e.received <= 0.5 for e in buffer.entries())
+    assert late.status == MISSING and late.entry is None
+    assert "arrived within 0.5 s" in late.detail and "(10 frames of camera 'cam')" in late.detail
+
+
 def test_frame_id_selects_the_camera_and_empty_matches_any():
     buffer = StampedBuffer()
     buffer.push(stamp_ns(5, 0), "left", "L", received=1.0)

@@ -561,19 +561,50 @@ def test_every_stage_that_ran_has_its_own_time(make_node, mode):
 
 
 def test_prompt_and_parameter_callbacks_do_not_wait_for_inference(make_node):
+    """The worker is held INSIDE inference (the predictor's set_image, under the predictor lock, blocks
+    until the test lets it go), so "every callback returned while inference ran" is a fact, not a
+    wall-clock guess. A callback that waits for the lock never returns while the worker is held: the
+    callbacks run on their own thread, joined with a timeout, and the test fails instead of hanging."""
     from std_srvs.srv import Trigger
 
-    node = make_node(start_worker=True, **{**EVERYTHING, "points_per_side": 16})
-    node._receive(make_image(test_image(240, 320)), False)
-    deadline = time.monotonic() + 10
-    while not node._predictor_lock.locked() and time.monotonic() < deadline:
-        time.sleep(0.001)
-    assert node._predictor_lock.locked()  # the worker is inside inference (~1 s for a 16x16 grid)
-    t0 = time.perf_counter()
-    node._on_prompts(prompts_msg([Prompt(points=[[20, 20]])], persistent=True))
-    node._on_text_query(text_query_msg("cat"))
-    node._on_clear_prompts(Trigger.Request(), Trigger.Response())
-    assert node.set_parameters([Parameter("top_k", value=3)])[0].successful
-    elapsed = time.perf_counter() - t0
-    assert node._predictor_lock.locked(), "inference finished too early to tell"
-    assert elapsed < 0.2
+    node = make_node(start_worker=True, **EVERYTHING)
+    predictor = node.predictor
+    original = predictor.set_image
+    inside, release, left = threading.Event(), threading.Event(), threading.Event()
+
+    def held_set_image(*args, **kwargs):
+        inside.set()
+        release.wait(timeout=60)  # bounded: a broken test must not hang the suite
+        try:
+            return original(*args, **kwargs)
+        finally:
+            left.set()
+
+    done: dict = {}
+
+    def callbacks():
+        try:
+            node._on_prompts(prompts_msg([Prompt(points=[[20, 20]])], persistent=True))
+            node._on_text_query(text_query_msg("cat"))
+            done["clear"] = node._on_clear_prompts(Trigger.Request(), Trigger.Response())
+            done["parameter"] = node.set_parameters([Parameter("top_k", value=3)])[0]
+        except BaseException as error:  # reported below, not lost on the thread
+            done["error"] = error
+
+    predictor.set_image = held_set_image
+    try:
+        node._receive(make_image(test_image(240, 320)), False)
+        assert inside.wait(timeout=30), "the worker never started inference"
+        assert node._predictor_lock.locked()
+        caller = threading.Thread(target=callbacks, daemon=True)
+        caller.start()
+        caller.join(timeout=10)
+        assert not caller.is_alive(), "a prompt/query/parameter callback waited for the inference in progress"
+        assert "error" not in done, done.get("error")
+        assert not left.is_set() and node._predictor_lock.locked()  # inference was still held throughout
+        assert done["clear"].success and done["parameter"].successful
+        assert node.settings.top_k == 3 and node._persistent_prompts is None
+    finally:
+        release.set()
+    assert left.wait(timeout=60)  # the held frame then finishes normally
+    del predictor.set_image

@@ -22,7 +22,7 @@ rclpy = pytest.importorskip("rclpy")
 from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 
 from ovsam_ros.prompts import Prompt  # noqa: E402
 from ovsam_ros.ros.diagnostics import values_of  # noqa: E402
@@ -78,8 +78,6 @@ def test_qos_follows_the_parameters(make_node):
     node = make_node(name="ovsam_qos", input_reliability="reliable", input_depth=3, output_reliability="best_effort")
     sub = image_subscriptions(node)["/image"]
     assert sub.qos_profile.reliability == ReliabilityPolicy.RELIABLE and sub.qos_profile.depth == 3
-    masks = next(p for p in node.publishers if p.topic_name == "/ovsam_qos/masks")
-    assert masks.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
     default = make_node(name="ovsam_qos_default")
     sub = image_subscriptions(default)["/image"]
     assert sub.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT and sub.qos_profile.depth == 1
@@ -87,6 +85,36 @@ def test_qos_follows_the_parameters(make_node):
         command = next(s for s in default.subscriptions if s.topic_name == name)
         assert command.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL
         assert command.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+
+
+def output_publishers(node) -> dict[str, object]:
+    """Every publisher the node made under its own name (rclpy's real objects), by topic suffix."""
+    prefix = f"/{node.get_name()}/"
+    return {p.topic_name[len(prefix):]: p for p in node.publishers if p.topic_name.startswith(prefix)}
+
+
+@pytest.mark.parametrize("reliability", ["best_effort", "reliable"])
+def test_every_output_publisher_follows_output_reliability(make_node, reliability):
+    """Not only ~/masks: a subscriber set up for best effort must match every output. ~/label_info is the
+    exception by design (latched metadata: RELIABLE + TRANSIENT_LOCAL, depth 1, whatever the parameter)."""
+    from ovsam_ros.ros import outputs
+    from ovsam_ros.ros.qos import OUTPUT_DEPTH
+
+    policy = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}[reliability]
+    node = make_node(name=f"ovsam_out_{reliability}", output_reliability=reliability)
+    pubs = output_publishers(node)
+    streams = {"masks", "instance_ids", "instance_ids/compressed", "overlay", "points", "markers"}
+    if outputs.Detection2DArray is not None:  # vision_msgs importable
+        streams |= {"detections", "detections_3d"}
+    assert set(pubs) == streams | ({"label_info"} if outputs.LabelInfo is not None else set())
+    for name in sorted(streams):
+        qos = pubs[name].qos_profile
+        assert (qos.reliability, qos.history, qos.depth, qos.durability) == (
+            policy, HistoryPolicy.KEEP_LAST, OUTPUT_DEPTH, DurabilityPolicy.VOLATILE), name
+    if outputs.LabelInfo is not None:
+        qos = pubs["label_info"].qos_profile
+        assert (qos.reliability, qos.history, qos.depth, qos.durability) == (
+            ReliabilityPolicy.RELIABLE, HistoryPolicy.KEEP_LAST, 1, DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 def test_a_restarted_node_picks_up_a_latched_persistent_prompt(ros_context, make_node):

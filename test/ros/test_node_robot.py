@@ -3,6 +3,7 @@ prompts, track ids, depth to 3D (and bad depth that only skips the 3D part)."""
 
 from __future__ import annotations
 
+import sys
 from types import SimpleNamespace as NS
 
 import numpy as np
@@ -84,6 +85,58 @@ def test_a_prompt_stamped_before_its_frame_arrives_waits_for_it(make_node):
     assert node.stats.snapshot()["prompts_on_stamped_frame"] == 1
 
 
+class ShiftedMonotonic:
+    """The ``time`` module with ``monotonic()`` moved ``shift`` seconds ahead: the node's receive and
+    wait clocks advance without the test sleeping."""
+
+    def __init__(self) -> None:
+        self.shift = 0.0
+
+    def monotonic(self) -> float:
+        import time
+
+        return time.monotonic() + self.shift
+
+    def __getattr__(self, name: str):
+        import time
+
+        return getattr(time, name)
+
+
+def test_a_prompt_stamped_after_every_frame_gives_up_after_max_age_and_runs_on_the_newest(make_node, monkeypatch):
+    """A detector whose clock runs 1 s ahead: the frame its stamp names never comes. The camera keeps
+    streaming (frames stay buffered), so after frame_buffer_max_age the prompts are answered 'missing'
+    and run on the newest frame, counted, instead of waiting forever."""
+    from ovsam_ros.ros import frame_pipeline
+    from ovsam_ros.ros import node as node_module
+
+    clock = ShiftedMonotonic()
+    monkeypatch.setattr(node_module, "time", clock)
+    monkeypatch.setattr(frame_pipeline, "time", clock)
+    node = make_node(frame_buffer_max_age=2.0)
+    node._receive(make_image(test_image(seed=0), stamp=stamp_of(0)), False)
+    assert node.process_pending() is None
+    node._on_prompts(stamped_prompts(30))  # 1 s after frame 0
+    assert node.process_pending() is None  # may still be on its way
+    clock.shift = 1.0
+    node._receive(make_image(test_image(seed=1), stamp=stamp_of(1)), False)
+    assert node.process_pending() is None  # 1 s < max_age: still waiting; frame 1 had nothing to do
+    snap = node.stats.snapshot()
+    assert snap["prompts_on_newest_frame"] == snap["prompts_on_stamped_frame"] == snap["prompts_rejected"] == 0
+    clock.shift = 2.5  # the prompts are 2.5 s old; frame 2 arrives now
+    rgb = test_image(seed=2)
+    msg = make_image(rgb, stamp=stamp_of(2))
+    node._receive(msg, False)
+    assert len(node.pipeline.frames) > 0
+    out = node.process_pending()
+    assert out is not None and out.masks.header == msg.header
+    for mine, reference in zip(full_masks(out.masks), direct_masks(node, rgb), strict=True):
+        assert np.array_equal(mine, reference)
+    snap = node.stats.snapshot()
+    assert snap["prompts_on_newest_frame"] == 1 and snap["prompts_on_stamped_frame"] == 0
+    assert "missing: no frame with stamp" in snap["last_error"] and "arrived within 2 s" in snap["last_error"]
+    assert node.process_pending() is None  # answered once, not again
+
 
 def test_a_stamped_prompt_for_another_camera_leaves_the_frame_to_the_persistent_prompts(make_node):
     """Issue #24 item 7: a one-shot prompt stamped for camera 'other_cam' blanked this camera's frame
@@ -129,18 +182,31 @@ def test_detections_become_box_prompts_and_their_class_comes_back(make_node):
         ("d0", (50.0, 42.5, 60.0, 55.0), ("cup", 0.9)),
         ("bad", (float("nan"), 1.0, 5.0, 5.0), ("door", 0.5)),
         ("d2", (100.0, 30.0, 20.0, 30.0), ("mug", 0.6)),
+        ("d3", (60.0, 70.0, 30.0, 20.0), ("box", float("nan"))),  # a detector that sends no score
     ]))
     out = node.process_pending()
     assert out.masks.header == msg.header
     sources = [(m.prompt_index, m.source_id, m.source_class_id, round(m.source_score, 3)) for m in out.masks.instances]
-    assert sources == [(0, "d0", "cup", 0.9), (2, "d2", "mug", 0.6)]
-    reference = direct_masks(node, rgb, [Prompt(box=[20.0, 15.0, 80.0, 70.0]), Prompt(box=[90.0, 15.0, 110.0, 45.0])])
-    assert all(np.array_equal(a, b) for a, b in zip(full_masks(out.masks), reference))
+    assert sources == [(0, "d0", "cup", 0.9), (2, "d2", "mug", 0.6), (3, "d3", "box", 0.0)]  # NaN travels as 0
+    reference = direct_masks(node, rgb, [Prompt(box=[20.0, 15.0, 80.0, 70.0]), Prompt(box=[90.0, 15.0, 110.0, 45.0]),
+                                         Prompt(box=[45.0, 60.0, 75.0, 80.0])])
+    assert all(np.array_equal(a, b) for a, b in zip(full_masks(out.masks), reference, strict=True))
     assert node.stats.snapshot()["prompts_rejected"] == 1
 
 
-def test_track_ids_are_stable_and_drive_the_instance_id_image(make_node):
-    node = make_node()
+def id_image_pixels(msg) -> np.ndarray:
+    """~/instance_ids decoded by hand: raw mono16 rows, or the 16-bit PNG by OpenCV."""
+    if hasattr(msg, "format"):  # sensor_msgs/CompressedImage
+        import cv2
+
+        return cv2.imdecode(np.frombuffer(bytes(msg.data), np.uint8), cv2.IMREAD_UNCHANGED)
+    rows = np.frombuffer(bytes(msg.data), ">u2" if msg.is_bigendian else "<u2").reshape(msg.height, msg.step // 2)
+    return rows[:, :msg.width]
+
+
+@pytest.mark.parametrize("ids_format", ["raw", "png"])
+def test_track_ids_are_stable_and_drive_the_instance_id_image(make_node, ids_format):
+    node = make_node(publish_instance_ids=True, instance_ids_format=ids_format)
     node._on_prompts(prompt_array_msg(PROMPTS, persistent=True))
     outs = []
     for i in range(3):
@@ -154,8 +220,17 @@ def test_track_ids_are_stable_and_drive_the_instance_id_image(make_node):
     # New persistent prompts: new objects, new ids (never the old ones).
     node._on_prompts(prompt_array_msg(PROMPTS, persistent=True))
     node._receive(make_image(test_image(seed=0), stamp=stamp_of(3)), False)
-    fresh = [m.track_id for m in node.process_pending().masks.instances]
+    out = node.process_pending()
+    fresh = [m.track_id for m in out.masks.instances]
     assert not set(fresh) & set(ids[0])
+    # The fresh ids are not index + 1, so the image shows which rule it follows: each pixel is the track
+    # id of the first mask covering it (hand-built here from the published masks).
+    assert fresh != [i + 1 for i in range(len(fresh))] and 0 not in fresh
+    expected = np.zeros((96, 128), np.uint16)
+    for mask, track_id in zip(full_masks(out.masks), fresh, strict=True):
+        expected[mask & (expected == 0)] = track_id
+    assert set(np.unique(expected)) == {0, *fresh}
+    assert np.array_equal(id_image_pixels(out.instance_ids), expected)
 
 
 def test_everything_mode_keeps_ids_on_a_repeated_frame_and_tracking_can_be_off(make_node):
@@ -304,6 +379,117 @@ def test_without_tf2_a_target_frame_leaves_3d_in_the_camera_frame_with_a_reason(
     assert out.masks.position_frame_id == "camera_depth_optical_frame"
     assert "tf2_ros is not installed" in out.masks.position_status
     assert all(m.has_position for m in out.masks.instances)
+
+
+CAMERA_FRAME, TARGET_FRAME = "camera_depth_optical_frame", "base_link"
+TF_TRANSLATION = (0.5, -0.25, 1.0)
+TF_YAW90 = (0.0, 0.0, np.sqrt(0.5), np.sqrt(0.5))  # x, y, z, w: 90 degrees about z
+
+
+@pytest.fixture
+def tf2_standin(monkeypatch):
+    """A minimal ``tf2_ros`` in sys.modules: Buffer.lookup_transform answers ONE known transform
+    (camera -> base_link: TF_TRANSLATION after a 90-degree yaw) and raises like tf2 for anything else.
+
+    A stand-in because tf2_ros has no wheel for pip (on a robot it comes from apt with ROS), so the
+    node's transform path would otherwise run in neither environment; the transform arithmetic checked
+    here is the node's own, against a hand computation."""
+    import types
+
+    from geometry_msgs.msg import TransformStamped
+
+    module = types.ModuleType("tf2_ros")
+
+    class LookupException(Exception):
+        pass
+
+    class Buffer:
+        made: list = []
+        calls: list = []
+        fail = False
+
+        def __init__(self) -> None:
+            Buffer.made.append(self)
+
+        def lookup_transform(self, target, source, time, timeout=None):
+            Buffer.calls.append((target, source, time.nanoseconds))
+            if Buffer.fail or (target, source) != (TARGET_FRAME, CAMERA_FRAME):
+                raise LookupException(f'"{target}" passed to lookupTransform argument target_frame does not exist')
+            msg = TransformStamped()
+            msg.header.frame_id, msg.child_frame_id = target, source
+            t, q = msg.transform.translation, msg.transform.rotation
+            t.x, t.y, t.z = TF_TRANSLATION
+            q.x, q.y, q.z, q.w = TF_YAW90
+            return msg
+
+    class TransformListener:
+        made: list = []
+
+        def __init__(self, buffer, node) -> None:
+            self.buffer, self.node = buffer, node
+            TransformListener.made.append(self)
+
+    module.Buffer, module.TransformListener, module.LookupException = Buffer, TransformListener, LookupException
+    monkeypatch.setitem(sys.modules, "tf2_ros", module)
+    return module
+
+
+def camera_points_by_hand(mask: np.ndarray, z: float) -> np.ndarray:
+    """Pinhole back-projection of a flat depth (K of depth_msgs: f 100, c (64, 48))."""
+    v, u = np.nonzero(mask)
+    return np.stack([(u - 64.0) * z / 100.0, (v - 48.0) * z / 100.0, np.full(u.shape, z)], axis=1)
+
+
+def test_a_target_frame_moves_3d_by_the_tf2_transform_of_the_frame_stamp(make_node, tf2_standin):
+    node = make_node(target_frame=TARGET_FRAME, publish_points=True)
+    node._on_prompts(prompt_array_msg(PROMPTS, persistent=True))
+    depth, info = depth_msgs(stamp_of(0), np.full((96, 128), 2.0, np.float32))
+    msg, out = feed_with_depth(node, 0, depth, info)
+    assert out.masks.position_frame_id == TARGET_FRAME and out.masks.position_status == ""
+    stamp_ns = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+    assert tf2_standin.Buffer.calls == [(TARGET_FRAME, CAMERA_FRAME, stamp_ns)]  # at the frame's stamp
+    [listener] = tf2_standin.TransformListener.made  # fed by the node's own subscriptions
+    assert listener.node is node and listener.buffer is tf2_standin.Buffer.made[0]
+    # By hand: a 90-degree yaw maps (x, y, z) to (-y, x, z); then the translation.
+    rotation = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    moved_all = []
+    for instance, mask in zip(out.masks.instances, full_masks(out.masks), strict=True):
+        camera = camera_points_by_hand(mask, 2.0)
+        moved = camera @ rotation.T + np.array(TF_TRANSLATION)
+        moved_all.append(moved)
+        c = instance.centroid
+        assert instance.has_position and instance.point_count == len(moved)
+        assert [c.x, c.y, c.z] == pytest.approx(list(moved.mean(axis=0)), abs=1e-6)
+        mean = camera.mean(axis=0)
+        assert [c.x, c.y, c.z] == pytest.approx([-mean[1] + 0.5, mean[0] - 0.25, 3.0], abs=1e-6)
+        lo, hi = np.percentile(moved, 2.0, axis=0), np.percentile(moved, 98.0, axis=0)
+        assert [instance.extent_min.x, instance.extent_min.y, instance.extent_min.z] == pytest.approx(list(lo), abs=1e-6)
+        assert [instance.extent_max.x, instance.extent_max.y, instance.extent_max.z] == pytest.approx(list(hi), abs=1e-6)
+    cloud = out.points
+    assert cloud.header.frame_id == TARGET_FRAME
+    xyz = np.frombuffer(bytes(cloud.data), np.uint8).reshape(-1, cloud.point_step)[:, :12].copy().view("<f4")
+    assert np.allclose(xyz, np.concatenate(moved_all), atol=1e-5)
+    # The next frame reuses the one Buffer (and its listener) and looks up at its own stamp.
+    depth, info = depth_msgs(stamp_of(1), np.full((96, 128), 2.0, np.float32))
+    _, out = feed_with_depth(node, 1, depth, info)
+    assert out.masks.position_frame_id == TARGET_FRAME and len(tf2_standin.Buffer.made) == 1
+    assert len(tf2_standin.Buffer.calls) == 2
+
+
+def test_a_failed_tf2_lookup_leaves_3d_in_the_camera_frame_with_a_reason(make_node, tf2_standin):
+    tf2_standin.Buffer.fail = True
+    node = make_node(target_frame=TARGET_FRAME)
+    node._on_prompts(prompt_array_msg(PROMPTS, persistent=True))
+    depth, info = depth_msgs(stamp_of(0), np.full((96, 128), 2.0, np.float32))
+    _, out = feed_with_depth(node, 0, depth, info)
+    assert out.masks.position_frame_id == CAMERA_FRAME
+    assert out.masks.position_status == (f"no transform {CAMERA_FRAME!r} -> {TARGET_FRAME!r} (LookupException); "
+                                         f"3D is in {CAMERA_FRAME!r}")
+    for instance, mask in zip(out.masks.instances, full_masks(out.masks), strict=True):
+        c = instance.centroid
+        assert instance.has_position
+        assert [c.x, c.y, c.z] == pytest.approx(list(camera_points_by_hand(mask, 2.0).mean(axis=0)), abs=1e-6)
+    assert node.stats.snapshot()["depth_skipped"] == 0  # 3D was still given, in the camera frame
 
 
 def test_depth_in_the_wrong_unit_is_used_as_it_is_but_said_counted_and_warned(make_node):

@@ -112,6 +112,21 @@ def test_detections_3d_carry_extent_centroid_and_track_id():
     assert msg.detections[1].bbox.size.y == 0.0  # a flat extent stays flat in the detection
 
 
+def test_a_detection_without_a_finite_score_gives_source_score_zero():
+    """LabeledMask.source_score is a float a consumer compares; NaN (a detector's hypothesis without a
+    score, or no hypothesis at all: PromptSource's default) travels as 0.0, finite scores as sent."""
+    from ovsam_ros.robot.detections import PromptSource
+
+    sources = [PromptSource("d0", "cup", float("nan")), PromptSource("d1", "", 0.25), None]
+    msg = _roundtrip(outputs.labeled_mask_array(RESULTS, _header(), HW, mode="prompt",
+                                                extras=FrameExtras(sources=sources)))
+    got = [(m.source_id, m.source_class_id, m.source_score) for m in msg.instances]
+    assert got == [("d0", "cup", 0.0), ("d1", "", 0.25), ("", "", 0.0)]
+    inf = _roundtrip(outputs.labeled_mask_array(RESULTS[:1], _header(), HW, mode="prompt",
+                                                extras=FrameExtras(sources=[PromptSource("d", "", float("inf"))])))
+    assert inf.instances[0].source_score == 0.0
+
+
 def test_no_3d_detections_without_depth():
     _vision()
     assert outputs.detections_3d_msg(RESULTS, _header(), FrameExtras()) is None
