@@ -17,7 +17,7 @@ from typing import Any, Iterable, Optional
 STAGES = ("queue", "preprocess", "encode", "decode", "recognition", "publish", "total")
 # Counters whose growth since the last message makes an active node WARN (bad input, errors, or
 # depth in the wrong unit: 3D outputs 1,000x off). Empty masks do not: a blank frame has no object.
-WARN_COUNTERS = ("frames_failed", "frames_rejected", "qos_incompatible", "depth_implausible")
+WARN_COUNTERS = ("frames_failed", "frames_rejected", "qos_incompatible", "depth_implausible", "tf_unavailable")
 
 
 @dataclass
@@ -98,6 +98,7 @@ class NodeStats:
             self.prompts_on_newest_frame = 0  # stamped prompts whose frame was gone: newest frame instead
             self.depth_skipped = 0  # frames whose 3D part was skipped (bad / missing depth or CameraInfo)
             self.depth_implausible = 0  # frames whose depth is implausible for its encoding (mm sent as 32FC1 ...)
+            self.tf_unavailable = 0  # frames whose 3D stayed in the camera frame: no target_frame transform
             self.empty_masks = 0  # prompt results without a pixel: not objects, left out of the outputs
             self.everything_empty = 0  # everything/text frames whose thresholds removed every candidate
             self.last_stamp: Optional[tuple[int, int]] = None
@@ -159,6 +160,7 @@ class NodeStats:
                 "prompts_on_newest_frame": self.prompts_on_newest_frame,
                 "depth_skipped": self.depth_skipped,
                 "depth_implausible": self.depth_implausible,
+                "tf_unavailable": self.tf_unavailable,
                 "empty_masks": self.empty_masks,
                 "everything_empty": self.everything_empty,
                 "processing_rate_hz": rate,
@@ -196,7 +198,7 @@ def diagnostic_array(snap: dict[str, Any], *, name: str, stamp: Any, state: str,
 
     ERROR with ``error`` (why the last configure failed) while that holds; when active, WARN
     with ``stale`` (why the input looks dead), or when a :data:`WARN_COUNTERS` counter (frames
-    rejected or failed, QoS mismatches, implausible depth) grew since ``previous`` (the last
+    rejected or failed, QoS mismatches, implausible depth, no target_frame transform) grew since ``previous`` (the last
     published snapshot); OK otherwise.
     """
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -206,7 +208,7 @@ def diagnostic_array(snap: dict[str, Any], *, name: str, stamp: Any, state: str,
     for key in ("frames_received", "frames_processed", "frames_dropped", "frames_rejected", "frames_idle",
                 "frames_failed", "prompts_rejected", "prompts_over_limit", "results_discarded", "qos_incompatible",
                 "zero_stamps", "prompts_on_stamped_frame", "prompts_on_newest_frame", "depth_skipped",
-                "depth_implausible", "empty_masks", "everything_empty"):
+                "depth_implausible", "tf_unavailable", "empty_masks", "everything_empty"):
         values.append((key, str(snap[key])))
     values.append(("processing_rate_hz", f"{snap['processing_rate_hz']:.3f}"))
     if snap["last_stamp"] is not None:

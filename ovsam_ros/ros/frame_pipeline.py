@@ -707,6 +707,7 @@ class FramePipeline:
         except ImportError:
             note = f"target_frame {target!r} ignored: tf2_ros is not installed; 3D is in {frame_id!r}"
             self.host.warn_once_per("tf", note)
+            self.host.stats.count("tf_unavailable", note)
             return points, frame_id, note
         from rclpy.duration import Duration
         from rclpy.time import Time
@@ -720,6 +721,7 @@ class FramePipeline:
         except Exception as error:  # tf2 lookup/extrapolation/connectivity errors
             note = f"no transform {frame_id!r} -> {target!r} ({type(error).__name__}); 3D is in {frame_id!r}"
             self.host.warn_once_per("tf", note)
+            self.host.stats.count("tf_unavailable", note)
             return points, frame_id, note
         t, q = tf.translation, tf.rotation
         moved = [transform_points(p, (t.x, t.y, t.z), (q.x, q.y, q.z, q.w)) for p in points]

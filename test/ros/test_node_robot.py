@@ -379,6 +379,7 @@ def test_without_tf2_a_target_frame_leaves_3d_in_the_camera_frame_with_a_reason(
     assert out.masks.position_frame_id == "camera_depth_optical_frame"
     assert "tf2_ros is not installed" in out.masks.position_status
     assert all(m.has_position for m in out.masks.instances)
+    assert node.stats.snapshot()["tf_unavailable"] == 1
 
 
 CAMERA_FRAME, TARGET_FRAME = "camera_depth_optical_frame", "base_link"
@@ -490,6 +491,21 @@ def test_a_failed_tf2_lookup_leaves_3d_in_the_camera_frame_with_a_reason(make_no
         assert instance.has_position
         assert [c.x, c.y, c.z] == pytest.approx(list(camera_points_by_hand(mask, 2.0).mean(axis=0)), abs=1e-6)
     assert node.stats.snapshot()["depth_skipped"] == 0  # 3D was still given, in the camera frame
+    # counted per frame and a WARN: the robot asked for base_link and gets camera coordinates
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from ovsam_ros.ros.diagnostics import values_of
+
+    array = node.publish_diagnostics()
+    assert values_of(array)["tf_unavailable"] == "1" and array.status[0].level == DiagnosticStatus.WARN
+    feed_with_depth(node, 1, *depth_msgs(stamp_of(1), np.full((96, 128), 2.0, np.float32)))
+    assert node.stats.snapshot()["tf_unavailable"] == 2
+    assert node.publish_diagnostics().status[0].level == DiagnosticStatus.WARN  # grew since the last report
+    tf2_standin.Buffer.fail = False  # the transform appears: nothing more counted, OK again
+    _, out = feed_with_depth(node, 2, *depth_msgs(stamp_of(2), np.full((96, 128), 2.0, np.float32)))
+    assert out.masks.position_frame_id == TARGET_FRAME
+    array = node.publish_diagnostics()
+    assert values_of(array)["tf_unavailable"] == "2" and array.status[0].level == DiagnosticStatus.OK
 
 
 def test_depth_in_the_wrong_unit_is_used_as_it_is_but_said_counted_and_warned(make_node):
