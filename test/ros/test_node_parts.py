@@ -122,3 +122,16 @@ def test_world_camera_can_skip_to_a_scene_with_a_novel_object(ros_context):
         assert camera.prepare_next() is not None and camera.publish_next()[0] == scenes[expected + 1][0]
     finally:
         camera.destroy_node()
+
+
+def test_a_prompt_message_carries_a_non_finite_source_score_as_zero():
+    """prompt_array_msg (tools, detectors that build PromptArrays in Python) follows the output rule:
+    a source without a finite score sends 0.0 (the message field's 'no score'), finite ones as given."""
+    pytest.importorskip("rclpy")
+    from ovsam_ros.robot.detections import PromptSource
+    from ovsam_ros.ros.prompt_input import prompt_array_msg
+
+    sources = [PromptSource("a", "cup", float("nan")), PromptSource("b", "cup", float("-inf")),
+               PromptSource("c", "cup", 0.75), None]
+    msg = prompt_array_msg([Prompt(points=[[1.0, 2.0]])] * 4, sources=sources)
+    assert [(p.source_id, p.source_score) for p in msg.prompts] == [("a", 0.0), ("b", 0.0), ("c", 0.75), ("", 0.0)]
