@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from label_helpers import typestore_with_ovsam, write_bag
+from label_helpers import image_msg, typestore_with_ovsam, write_bag
 from ovsam_ros.image_input import to_uint8_rgb
 from training.label.cli import main
 from training.label.runner import LabelJob, run
@@ -32,18 +32,6 @@ def _picture(seed: int) -> np.ndarray:
 
 def _to12(v8: np.ndarray) -> np.ndarray:
     return np.round(v8.astype(np.float64) * 4095 / 255).astype(np.uint16)
-
-
-def _image16(store, stamp: int, pixels: np.ndarray, encoding: str):
-    """A little-endian 16-bit sensor_msgs/Image (``pixels`` laid out as ``encoding`` says)."""
-    T = store.types
-    header = T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=stamp // 10**9,
-                                                                          nanosec=stamp % 10**9), frame_id="cam")
-    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
-    data = np.ascontiguousarray(pixels.astype("<u2")).reshape(-1).view(np.uint8)
-    return T["sensor_msgs/msg/Image"](header=header, height=pixels.shape[0], width=pixels.shape[1],
-                                      encoding=encoding, is_bigendian=0, step=pixels.shape[1] * channels * 2,
-                                      data=data)
 
 
 def _png16(store, stamp: int, bgr16: np.ndarray):
@@ -66,8 +54,8 @@ def bag12(tmp_path_factory):
     grey8 = cv2.cvtColor(_picture(1), cv2.COLOR_RGB2GRAY)
     rgb8, png8 = _picture(2), _picture(3)
     sent = {"/cam/mono16": _to12(grey8), "/cam/rgb16": _to12(rgb8), "/cam/png16": _to12(png8)}
-    messages = [("/cam/mono16", STAMP, _image16(store, STAMP, sent["/cam/mono16"], "mono16")),
-                ("/cam/rgb16", STAMP, _image16(store, STAMP, sent["/cam/rgb16"], "rgb16")),
+    messages = [("/cam/mono16", STAMP, image_msg(store, STAMP, "cam", sent["/cam/mono16"], "mono16")),
+                ("/cam/rgb16", STAMP, image_msg(store, STAMP, "cam", sent["/cam/rgb16"], "rgb16")),
                 ("/cam/png16", STAMP, _png16(store, STAMP, sent["/cam/png16"][:, :, ::-1]))]
     types = {"/cam/mono16": "sensor_msgs/msg/Image", "/cam/rgb16": "sensor_msgs/msg/Image",
              "/cam/png16": "sensor_msgs/msg/CompressedImage"}

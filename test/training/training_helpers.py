@@ -63,16 +63,21 @@ def typestore_with_ovsam():
 
 
 def image_msg(store, stamp_ns: int, frame_id: str, rgb: np.ndarray, encoding: str = "rgb8"):
+    """A little-endian sensor_msgs/Image of ``rgb`` (H, W, 3 RGB, or H, W grey for mono) in ``encoding``.
+
+    ``rgb``'s dtype is the encoding's (uint8 for ``rgb8``, uint16 for ``rgb16`` / ``mono16``); ``bgr*``
+    encodings get the channels reversed, ``mono*`` ones the first channel of a colour array."""
     Image = store.types["sensor_msgs/msg/Image"]
     Header = store.types["std_msgs/msg/Header"]
     Time = store.types["builtin_interfaces/msg/Time"]
-    pixels = rgb[:, :, ::-1] if encoding == "bgr8" else rgb
-    if encoding == "mono8":
+    pixels = rgb[:, :, ::-1] if encoding.startswith("bgr") and rgb.ndim == 3 else rgb
+    if encoding.startswith("mono") and pixels.ndim == 3:
         pixels = rgb[:, :, 0]
     channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+    pixels = np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("<"))  # is_bigendian=0
     return Image(header=Header(stamp=Time(sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9), frame_id=frame_id),
                  height=rgb.shape[0], width=rgb.shape[1], encoding=encoding, is_bigendian=0,
-                 step=rgb.shape[1] * channels, data=np.ascontiguousarray(pixels).reshape(-1).view(np.uint8))
+                 step=rgb.shape[1] * channels * pixels.itemsize, data=pixels.reshape(-1).view(np.uint8))
 
 
 def compressed_msg(store, stamp_ns: int, frame_id: str, rgb: np.ndarray, data: Optional[bytes] = None):

@@ -7,7 +7,7 @@ that stage 1 trains on directly, plus a manifest::
 
     <out>/images/<topic>/<stamp_ns>.png
     <out>/manifest.json     {"frames": [{topic, stamp_ns, stamp, frame_id, file, width, height, encoding,
-                                          bag_time_ns}, ...], "counts": {...}}
+                                          channels, dtype, bag_time_ns}, ...], "counts": {...}}
 
 With ``--labels-topic`` the ``ovsam_ros/msg/LabeledMaskArray`` messages a running
 node recorded become COCO pseudo-labels (``<out>/pseudo_labels.json``) for the
@@ -19,12 +19,17 @@ The output folder must be new or empty (``--overwrite`` replaces a previous extr
 everything is written into a staging folder beside it and renamed into place at the end,
 so a failure leaves no half-written output and the manifest lists exactly the files
 there; stage 1 reads the manifest when one is present. Numeric options are checked
-(finite, in range, ``--start`` before ``--end``) before the bag is opened. A topic of depth /
-16-bit mono / float frames (``16UC1``, ``mono16``, ``32FC1``, ``compressedDepth``) is no
-training image: the command refuses it at its first frame, naming the topic and encoding and
-the bag's other image topics (``--depth keep`` / ``depth="keep"``, the library default,
-extracts it anyway); such frames are kept lossless (16-bit PNG, 32-bit float TIFF), mono
-stays one channel; the manifest records each frame's source ``encoding``, ``dtype`` and
+(finite, in range, ``--start`` before ``--end``) before the bag is opened. Raw Images and
+CompressedImages follow one rule: 8-bit colour becomes BGR in ``--format``, 8-bit mono stays one
+channel, 16-bit colour (``rgb16``, or a 16-bit PNG such as ``"rgb16; png compressed"``: a 12-bit
+camera) is kept lossless as a 16-bit PNG whatever ``--format`` says, so stage 1 / 2 apply
+``data.input_bits`` when they read it. A topic of depth / 16-bit mono / float frames (``16UC1``,
+``mono16``, ``32FC1``, ``compressedDepth``; for a CompressedImage, what its format declares before
+``;``, e.g. ``"16UC1; png compressed"``, or what it decodes to) is no training image: the command
+refuses it at its first frame, naming the topic and encoding and the bag's other image topics
+(``--depth keep`` / ``depth="keep"``, the library default, extracts it anyway); such frames are
+kept lossless (16-bit PNG, 32-bit float TIFF), mono stays one channel; the manifest records each
+frame's source ``encoding`` (``compressed:<format>`` for a CompressedImage), ``dtype`` and
 ``channels``, and stage 1 refuses a folder of such frames.
 
 A bag cut short (recorder killed, power loss) is read up to the cut
@@ -117,45 +122,47 @@ def _stamp_ns(header: Any) -> int:
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
-def decode_image_msg(msg: Any, msgtype: str) -> Tuple[np.ndarray, str]:
-    """(uint8 RGB pixels, source encoding) of an Image or CompressedImage message."""
-    from ovsam_ros.image_input import to_uint8_rgb
-    from ovsam_ros.ros.image_conversion import compressed_to_numpy, image_to_numpy
+def declared_encoding(msg: Any, msgtype: str) -> str:
+    """The pixel encoding a message says it carries: ``Image.encoding``, or the part of a
+    ``CompressedImage.format`` before ``;`` (image_transport writes ``"rgb16; png compressed bgr16"``,
+    ``"mono16; png compressed"``, ``"16UC1; compressedDepth png"``); ``""`` when a format names none
+    (``"png"``, ``"jpeg"``). ovsam-extract-bag and ovsam-label decide "depth, refused" by it."""
+    if msgtype == IMAGE_TYPE:
+        return str(msg.encoding)
+    fmt = str(msg.format)
+    return fmt.split(";", 1)[0].strip() if ";" in fmt else ""
 
-    if msgtype == COMPRESSED_TYPE:
-        pixels, encoding = compressed_to_numpy(msg)
-        fmt = "BGRA" if encoding.startswith("bgra") else ("BGR" if encoding.startswith("bgr") else "RGB")
-        return to_uint8_rgb(pixels, fmt), f"compressed:{msg.format}"
-    pixels = image_to_numpy(msg)
-    enc = str(msg.encoding)
-    if pixels.ndim == 3:
-        fmt = {3: "BGR", 4: "BGRA"}[pixels.shape[2]] if enc.startswith("bgr") else ({3: "RGB", 4: "RGBA"}[pixels.shape[2]])
-    else:
-        fmt = "RGB"
-    return to_uint8_rgb(pixels, fmt), enc
+
+def source_encoding(msg: Any, msgtype: str) -> str:
+    """What the manifest records as a frame's ``encoding``: ``Image.encoding`` or ``compressed:<format>``."""
+    return str(msg.encoding) if msgtype == IMAGE_TYPE else f"compressed:{msg.format}"
 
 
 def frame_for_file(msg: Any, msgtype: str, image_format: str) -> Tuple[np.ndarray, str, str]:
     """(pixels as cv2 writes them, source encoding, file suffix) of one frame.
 
-    8-bit colour becomes BGR in ``image_format``; 8-bit mono stays one channel. Depth and
-    other 16-bit / float data are kept lossless whatever ``image_format`` says: 16-bit
-    (``16UC1``, ``mono16``, ``rgb16`` ...) as a 16-bit PNG, 32-bit float (``32FC1``) as a
-    32-bit float TIFF. (Before, 16UC1 depth became 8-bit RGB: 3500 mm -> 14.)
+    One rule for raw Images and CompressedImages (decoded with their own bit depth and channels):
+    8-bit colour becomes BGR in ``image_format``; 8-bit mono stays one channel. Depth and other
+    16-bit / float data are kept lossless whatever ``image_format`` says: 16-bit (``16UC1``,
+    ``mono16``, ``rgb16``, a 16-bit PNG CompressedImage ...) as a 16-bit PNG, 32-bit float
+    (``32FC1``) as a 32-bit float TIFF. (Before, 16UC1 depth became 8-bit RGB: 3500 mm -> 14, and
+    a 12-bit ``rgb16; png compressed`` frame an 8-bit picture 16x too dark.)
     """
-    from ovsam_ros.ros.image_conversion import image_to_numpy
+    from ovsam_ros.image_input import to_uint8_rgb
+    from ovsam_ros.ros.image_conversion import compressed_to_numpy, image_to_numpy
 
+    encoding = source_encoding(msg, msgtype)
     if msgtype == COMPRESSED_TYPE:
-        rgb, encoding = decode_image_msg(msg, msgtype)
-        return np.ascontiguousarray(rgb[:, :, ::-1]), encoding, image_format
-    pixels = image_to_numpy(msg)
-    encoding = str(msg.encoding)
+        pixels, _ = compressed_to_numpy(msg)  # cv2.imdecode: BGR(A) or mono, the file's own dtype
+        bgr = True
+    else:
+        pixels = image_to_numpy(msg)
+        bgr = encoding.startswith("bgr")
     if pixels.dtype == np.uint8 and pixels.ndim == 3:
-        rgb, _ = decode_image_msg(msg, msgtype)
-        return np.ascontiguousarray(rgb[:, :, ::-1]), encoding, image_format
-    if pixels.ndim == 3:  # 16-bit colour: cv2 wants BGR(A) order
-        if not encoding.startswith("bgr"):
-            pixels = pixels[:, :, [2, 1, 0, 3][:pixels.shape[2]]]
+        order = ("BGR" if bgr else "RGB") + ("A" if pixels.shape[2] == 4 else "")
+        return np.ascontiguousarray(to_uint8_rgb(pixels, order)[:, :, ::-1]), encoding, image_format
+    if pixels.ndim == 3 and not bgr:  # 16-bit / float colour: cv2 wants BGR(A) order
+        pixels = pixels[:, :, [2, 1, 0, 3][:pixels.shape[2]]]
     if pixels.dtype == np.uint8:
         return np.ascontiguousarray(pixels), encoding, image_format
     if pixels.dtype == np.uint16:
@@ -268,6 +275,12 @@ def extract_bag(
     return manifest
 
 
+def _cut(text: Any, limit: int = 80) -> str:
+    """A string from the bag for a message, cut to ``limit`` characters (anyone can write any format string)."""
+    text = str(text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _depth_refusal(bag_path: Path, topic: str, encoding: str, stored: Optional[str],
                    available: Dict[str, str]) -> DataError:
     others = [t for t, ty in available.items() if ty in (IMAGE_TYPE, COMPRESSED_TYPE) and t != topic]
@@ -355,9 +368,11 @@ def _extract(bag_path: Path, topics: Sequence[str], out_dir: Path, final_dir: Pa
                 counts[topic]["rate_limited"] += 1
                 continue
             if depth == "error":  # by the declared encoding first: a compressedDepth frame may not even decode
-                declared = str(msg.encoding) if conn.msgtype == IMAGE_TYPE else f"compressed:{msg.format}"
-                if depth_like(declared):
-                    raise _depth_refusal(bag_path, topic, declared, None, available)
+                declared, source = declared_encoding(msg, conn.msgtype), source_encoding(msg, conn.msgtype)
+                if depth_like(declared) or depth_like(source):
+                    detail = None if conn.msgtype == IMAGE_TYPE else f"CompressedImage format {_cut(msg.format)!r}"
+                    raise _depth_refusal(bag_path, topic, declared if depth_like(declared) else _cut(source), detail,
+                                         available)
             try:
                 pixels, encoding, suffix = frame_for_file(msg, conn.msgtype, image_format)
             except ValueError as err:
@@ -366,7 +381,7 @@ def _extract(bag_path: Path, topics: Sequence[str], out_dir: Path, final_dir: Pa
                 continue
             channels = 1 if pixels.ndim == 2 else int(pixels.shape[2])
             if depth == "error" and depth_like(encoding, pixels.dtype, channels):
-                raise _depth_refusal(bag_path, topic, encoding, f"{pixels.dtype}, {channels} channel(s)", available)
+                raise _depth_refusal(bag_path, topic, _cut(encoding), f"{pixels.dtype}, {channels} channel(s)", available)
             last_kept[topic] = stamp
             folder = images_dir / topic_slug(topic)
             folder.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from training.data.common import IMAGE_EXTENSIONS, DataError, colour_topic_hint, depth_like
-from training.data.rosbag import COMPRESSED_TYPE, IMAGE_TYPE, check_numbers, make_typestore, topic_slug
+from training.data.rosbag import (COMPRESSED_TYPE, IMAGE_TYPE, check_numbers, declared_encoding, make_typestore,
+                                  topic_slug)
 
 #: Frame key inside a bag: (topic, bag time ns, n-th message of that topic at that bag time).
 BagKey = Tuple[str, int, int]
@@ -122,16 +123,6 @@ def _plan_folder(path: Path, slug: str) -> SourcePlan:
     frames = [Frame(source=-1, file=f"{slug}/{f.relative_to(path).with_suffix('.png').as_posix()}", path=str(f))
               for f in files]
     return SourcePlan("folder", str(path.resolve()), slug, frames, {"": {"messages": len(files)}})
-
-
-def declared_encoding(msg: Any, msgtype: str) -> str:
-    """The pixel encoding a message says it carries: ``Image.encoding``, or the part of a
-    ``CompressedImage.format`` before ``;`` (image_transport writes ``"mono16; png compressed"``,
-    ``"16UC1; compressedDepth png"``); ``""`` when a format names none (``"png"``, ``"jpeg"``)."""
-    if msgtype == IMAGE_TYPE:
-        return str(msg.encoding)
-    fmt = str(msg.format)
-    return fmt.split(";", 1)[0].strip() if ";" in fmt else ""
 
 
 def _refusal(path: Path, topic: str, declared: str, encoding: str, available: Dict[str, str],
