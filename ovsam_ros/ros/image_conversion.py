@@ -188,13 +188,40 @@ def set_uint8_data(msg: Any, pixels: np.ndarray) -> None:
     _store_data(msg, data)
 
 
+def compressed_size(data: bytes) -> Optional[tuple[int, int]]:
+    """(width, height) a compressed image's header claims, read without decoding the pixels
+    (Pillow reads only the header on open); None when Pillow does not know the format (OpenCV
+    then decodes it under its own limit of 2^30 pixels). A header past Pillow's own
+    decompression-bomb limit (2 x ``PIL.Image.MAX_IMAGE_PIXELS``, 179 Mpx: below MAX_PIXELS)
+    raises :class:`ImageConversionError`."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                return int(image.size[0]), int(image.size[1])
+    except Image.DecompressionBombError as error:
+        raise ImageConversionError(f"compressed image exceeds the pixel limit (not decoded): {error}") from None
+    except Exception:  # not an image Pillow knows, or a broken header: OpenCV has the last word
+        return None
+
+
 def compressed_to_numpy(msg: Any) -> tuple[np.ndarray, str]:
     """Decode a ``sensor_msgs/CompressedImage`` (JPEG/PNG) to (pixels, encoding)."""
     import cv2
 
-    raw = np.frombuffer(bytes(msg.data), dtype=np.uint8)
-    if raw.size == 0:
+    data = bytes(msg.data)
+    if not data:
         raise ImageConversionError("compressed image has no data")
+    size = compressed_size(data)  # before decoding: a 1 MB PNG can claim 40,000 x 40,000 pixels
+    if size is not None and size[0] * size[1] > MAX_PIXELS:
+        raise ImageConversionError(f"compressed image of {size[0]}x{size[1]} pixels exceeds the limit of "
+                                   f"{MAX_PIXELS} (not decoded)")
+    raw = np.frombuffer(data, dtype=np.uint8)
     decoded = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
     if decoded is None:
         raise ImageConversionError(f"could not decode compressed image (format {msg.format!r}, {raw.size} bytes)")

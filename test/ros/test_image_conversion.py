@@ -117,3 +117,49 @@ def test_compressed_png_and_corrupt_data():
         compressed_to_numpy(CompressedImage(format="jpeg", data=b"\xff\xd8garbage"))
     with pytest.raises(ImageConversionError, match="no data"):
         compressed_to_numpy(CompressedImage(format="jpeg", data=b""))
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A valid PNG header (IHDR) claiming width x height grey pixels, with one tiny IDAT: what a
+    decompression bomb looks like before decoding (a real 20,000 x 20,000 zero PNG is ~400 kB)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("pillow_limit", ["default", "off"])
+@pytest.mark.parametrize("width, height", [(16385, 16384), (40000, 40000), (70000, 70000)])
+def test_a_compressed_image_claiming_too_many_pixels_is_refused_before_decoding(width, height, pillow_limit,
+                                                                                 monkeypatch):
+    """Anything on the DDS domain can send a small PNG whose header claims gigapixels: before, it went
+    to cv2.imdecode, bounded only by OpenCV's 2^30 pixels (3 GiB of BGR). Now the header is read first
+    (Pillow, no pixels) and the frame refused, cv2 never called: by Pillow's decompression-bomb limit
+    (179 Mpx), or, where an application turned that off, by the raw-image limit MAX_PIXELS."""
+    import cv2
+    from PIL import Image
+    from sensor_msgs.msg import CompressedImage
+
+    from ovsam_ros.ros.image_conversion import MAX_PIXELS, compressed_size
+
+    data = _png_claiming(width, height)
+    assert len(data) < 200 and width * height > MAX_PIXELS
+    if pillow_limit == "off":
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+        assert compressed_size(data) == (width, height)  # the header's claim, read without decoding
+        expected = f"{width}x{height} pixels exceeds the limit of {MAX_PIXELS}"
+    else:
+        expected = "exceeds the pixel limit"
+    calls = []
+    monkeypatch.setattr(cv2, "imdecode", lambda *a: calls.append(a))
+    with pytest.raises(ImageConversionError, match=expected):
+        compressed_to_numpy(CompressedImage(format="png", data=data))
+    assert calls == []
+    # at the limit the header passes (the decode then fails on the tiny IDAT: a clear error, no bomb)
+    monkeypatch.undo()
+    with pytest.raises(ImageConversionError, match="could not decode"):
+        compressed_to_numpy(CompressedImage(format="png", data=_png_claiming(64, 64)))
