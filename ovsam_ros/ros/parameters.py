@@ -187,7 +187,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("frame_buffer_max_mb", 256,
               "Memory (MiB of image data) the buffered frames may take together; the oldest leave first, the "
               "newest always stays. 256 holds 30 frames of a 1080p rgb8 camera (6.2 MB each); a 4K camera "
-              "keeps ~10.", min=1, max=4096, why="buffered frames are kept in memory"),
+              "keeps ~10. The depth images kept for pairing get a second budget of this size.", min=1, max=4096, why="buffered frames are kept in memory"),
     ParamSpec("stamp_tolerance", 0.001,
               "Seconds between a prompt's stamp and a buffered frame's stamp that still count as the same "
               "frame.", min=0.0, max=1.0),
