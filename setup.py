@@ -41,6 +41,7 @@ setup(
         "pycocotools",
         "pyyaml",
         "tqdm",
+        "pillow",  # a CompressedImage's size read from its header before decoding (also torchvision's)
     ],
     extras_require={
         "train": ["tensorboard", "rosbags", "kornia==0.7.1"],

@@ -73,7 +73,7 @@ RUN python3 -m pip install --index-url "${PYPI_INDEX_URL}" --only-binary=:all: -
                 | tr '[:upper:]' '[:lower:]' | sed 's/[_.]/-/g' | paste -sd'|' -)" \
     && if grep -E "^(${names}) " /tmp/pip-check.txt | grep -v 'requires huggingface-hub, which is not installed'; then \
          echo "requirements-jetson.txt misses the dependencies above"; exit 1; fi \
-    && python3 -c "import torch, torchvision, cv2, numpy, open_clip, segment_anything, timm, pycocotools.mask, yaml, tqdm, rosbags.rosbag2, onnx, ml_dtypes, safetensors.torch, ftfy, regex; print('numpy', numpy.__version__, 'cv2', cv2.__version__, 'open_clip', open_clip.__version__, 'timm', timm.__version__)"
+    && python3 -c "import torch, torchvision, cv2, numpy, open_clip, segment_anything, timm, pycocotools.mask, yaml, tqdm, rosbags.rosbag2, apsw, backports.zstd, PIL.Image, onnx, ml_dtypes, safetensors.torch, ftfy, regex; print('numpy', numpy.__version__, 'cv2', cv2.__version__, 'open_clip', open_clip.__version__, 'timm', timm.__version__)"
 
 # The ROS build of the base images has vision_msgs; another base gets it from source into this
 # workspace, the way those images build it (the rviz plugin is skipped).

