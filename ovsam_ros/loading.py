@@ -470,6 +470,8 @@ def build_predictor(source: Union[str, Path, dict[str, Any]], synonyms: Optional
         model = build_model(model_spec, progress)
         if from_checkpoint:
             vocabulary = _checkpoint_vocabulary(model, model_spec, predictor_spec, load)
+        if model_spec.ovsam_checkpoint and model_spec.backend == TORCH:
+            _say_what_the_checkpoint_is(model, model_spec, None if from_checkpoint else vocabulary)
         if (model_spec.ovsam_checkpoint and model_spec.backend == TORCH and overrides.get("templates") is None
                 and not getattr(predictor_spec, "templates_given", True)):
             templates = _checkpoint_templates(model, model_spec) or templates
@@ -530,6 +532,26 @@ def _checkpoint_vocabulary(model: OVSAM, model_spec: ModelSpec, predictor_spec: 
         "vocabulary: the one %s was trained with ('%s': %s); a vocabulary in the model YAML, --vocab or "
         "the node's vocabulary parameter replaces it", model_spec.ovsam_checkpoint, vocabulary.name, shown)
     return vocabulary
+
+
+def _say_what_the_checkpoint_is(model: OVSAM, model_spec: ModelSpec, vocabulary: Any) -> None:
+    """One INFO line where a chosen vocabulary replaces the classes a stage-2 checkpoint was trained
+    with (a params file's `vocabulary: coco` silently defeats a fleet model otherwise), and a warning
+    for a stage-1 checkpoint: its decoder and label head were never trained (stage 1 distils the
+    adapter only), so its names are meaningless."""
+    from ovsam_ros.model.checkpoints import checkpoint_vocabulary
+
+    extra = getattr(model, "checkpoint_extra", None) or {}
+    started = ((extra.get("train_config") or {}).get("model") or {}) if isinstance(extra.get("train_config"), dict) else {}
+    if extra.get("stage") == "stage1" and not started.get("clip2sam_checkpoint") and not started.get("init_checkpoint"):
+        logging.getLogger(LOAD_LOGGER).warning(
+            "%s is a stage-1 checkpoint: the SAM2CLIP adapter is trained, the label head (CLIP2SAM) is not: "
+            "labels are meaningless until stage 2 trains it (README, Training)", model_spec.ovsam_checkpoint)
+    stored = checkpoint_vocabulary(extra)
+    if stored is not None and vocabulary is not None:
+        logging.getLogger(LOAD_LOGGER).info(
+            "vocabulary '%s' (%d classes) replaces the %d class(es) %s was trained with (leave the vocabulary "
+            "unset to use those)", vocabulary.name, len(vocabulary), len(stored["classes"]), model_spec.ovsam_checkpoint)
 
 
 def _checkpoint_templates(model: OVSAM, model_spec: ModelSpec) -> Optional[tuple[str, ...]]:

@@ -34,7 +34,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
                         help="vocabulary spec (default: the JSON's categories, base/novel from their 'split')")
     parser.add_argument("--prompts", nargs="+", default=list(PROMPT_TYPES), choices=PROMPT_TYPES)
     parser.add_argument("--baselines", nargs="*", default=[], choices=["image-crop", "feature-crop"])
-    parser.add_argument("--max-images", type=int, default=None)
+    parser.add_argument("--max-images", type=number(int, min=1), default=None,
+                        help="evaluate only the first N images of the file (default: all)")
     parser.add_argument("--text-queries", action="store_true",
                         help="also query every class present in an image by name (everything-mode masks) and "
                              "report the hit rate (best mask IoU >= 0.5 with an instance of that class)")

@@ -364,6 +364,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = evaluate_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.out and os.path.isdir(args.out):  # before minutes of evaluation, not after
+        print(f"ovsam-evaluate: error: --out {args.out} is a folder; give the metrics JSON's file name "
+              f"(e.g. {os.path.join(args.out, 'metrics.json')})", file=sys.stderr)
+        return 2
     try:
         coco = CocoInstances(args.annotations, args.images, args.vocabulary, unknown_category=args.unknown_category,
                              input_bits=args.input_bits, float_max=args.float_max)
