@@ -14,12 +14,16 @@ Arguments: config (parameters YAML), namespace, camera (image topic; its
 ``/compressed`` sibling is remapped too), depth_image / depth_camera_info / detection_prompts
 (the other inputs; empty = not remapped: ``depth/image`` etc. in the namespace), model / device / precision / image_transport /
 input_reliability / input_depth / output_reliability (override the config when not
-empty), autostart (configure, then activate once configure succeeded).
+empty), autostart (configure once, then activate if that configure succeeded; after that the
+lifecycle is the operator's). A config that is not a readable file, or an override of the wrong
+type, stops the launch with one line naming the argument (exit status 1).
 
 Needs launch and launch_ros (a ROS 2 install). ``ros2 launch ovsam_ros ovsam.launch.py --show-args``
 lists every argument. Without them, start the node with
 its console script: ``ovsam-node --params-file config/ovsam.yaml --ros-args -r image:=/camera/image_raw``.
 """
+
+import os
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
@@ -41,13 +45,49 @@ OVERRIDES = {"model": str, "device": str, "precision": str, "image_transport": s
              "input_reliability": str, "input_depth": int, "output_reliability": str}
 
 
+class LaunchArgumentError(ValueError):
+    """A launch argument the node cannot start with; launch prints the message and exits 1."""
+
+
+def _params_file(context) -> str:
+    """The ``config`` argument, checked: launch_ros only warns about a missing file and starts the node
+    on built-in defaults, which a robot then runs with unnoticed."""
+    path = LaunchConfiguration("config").perform(context)
+    if not path.strip():
+        raise LaunchArgumentError("launch argument config is empty: give a parameters YAML (config/ovsam.yaml)")
+    if not os.path.exists(path):
+        raise LaunchArgumentError(f"launch argument config: parameters file {path!r} does not exist")
+    if not os.path.isfile(path):
+        raise LaunchArgumentError(f"launch argument config: {path!r} is not a regular file")
+    if not os.access(path, os.R_OK):
+        raise LaunchArgumentError(f"launch argument config: parameters file {path!r} is not readable")
+    return path
+
+
+def _override(name: str, kind: type, value: str):
+    try:
+        return kind(value)
+    except ValueError:
+        expected = {int: "an integer", float: "a number"}.get(kind, kind.__name__)
+        raise LaunchArgumentError(f"launch argument {name}: expected {expected}, got {value!r}") from None
+
+
+def _activate_after_configure(context, node):
+    # The launch's own configure just ended (the handler is gone now): activate only if it succeeded.
+    if context.locals.event.goal_state != "inactive":
+        return []
+    return [EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
+                                        transition_id=Transition.TRANSITION_ACTIVATE))]
+
+
 def _node_and_lifecycle(context, *args, **kwargs):
+    params_file = _params_file(context)
     camera = LaunchConfiguration("camera").perform(context).rstrip("/")
     overrides = {}
     for name, kind in OVERRIDES.items():
         value = LaunchConfiguration(name).perform(context).strip()
         if value:  # empty: keep the config file's value
-            overrides[name] = kind(value)
+            overrides[name] = _override(name, kind, value)
     remappings = [("image", camera), ("image/compressed", camera + "/compressed")]
     for argument, topic in INPUTS.items():
         value = LaunchConfiguration(argument).perform(context).strip()
@@ -60,7 +100,7 @@ def _node_and_lifecycle(context, *args, **kwargs):
         namespace=LaunchConfiguration("namespace"),
         output="screen",
         arguments=["--no-autostart"],  # the lifecycle is driven below
-        parameters=[LaunchConfiguration("config"), overrides],
+        parameters=[params_file, overrides],
         remappings=remappings,
     )
     autostart = IfCondition(LaunchConfiguration("autostart"))
@@ -68,15 +108,14 @@ def _node_and_lifecycle(context, *args, **kwargs):
         event=ChangeState(lifecycle_node_matcher=matches_action(node), transition_id=Transition.TRANSITION_CONFIGURE),
         condition=autostart,
     )
-    # Activate only when a CONFIGURE reached inactive: with goal_state alone, every return to
-    # inactive (an operator's deactivate) would re-activate the node at once.
+    # Once, for the configure emitted below: an operator's later configure (after deactivate / cleanup)
+    # must leave the node inactive, and a failed first configure must not arm an activate for later.
     activate = RegisterEventHandler(
         OnStateTransition(
             target_lifecycle_node=node,
             start_state="configuring",
-            goal_state="inactive",
-            entities=[EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
-                                                  transition_id=Transition.TRANSITION_ACTIVATE))],
+            entities=[OpaqueFunction(function=_activate_after_configure, args=[node])],
+            handle_once=True,
         ),
         condition=autostart,
     )

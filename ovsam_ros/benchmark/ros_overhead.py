@@ -127,7 +127,7 @@ def run_client(out: Path, sizes: Sequence[tuple[int, int]], frames: int, warmup:
         return callback
 
     def on_diag(msg) -> None:
-        if msg.status and msg.status[0].name.startswith("ovsam"):
+        if msg.status and msg.status[0].hardware_id == "ovsam_ros":  # name: "<fully qualified name>: ovsam"
             values = values_of(msg)
             with cond:
                 if "last_stamp" in values:

@@ -16,12 +16,14 @@ frames does not stay in memory until the next stamped prompt.
 :meth:`StampedBuffer.find` says what happened, so the caller can count it:
 
 * ``matched``: an entry within ``tolerance`` of the stamp (nearest one);
-* ``pending``: the stamp is newer than every buffered entry of that camera and the
-  request is younger than ``max_age``: the frame may still be on its way; ask again;
+* ``pending``: the stamp is newer than every buffered entry of that camera, or nothing of
+  that camera is buffered, and the request (``requested``) is younger than ``max_age``: the
+  frame may still be on its way; ask again. Once the request is ``max_age`` old: ``missing``;
 * ``expired``: the stamp is older than the oldest buffered entry (it left the buffer);
 * ``missing``: inside the buffered range but no entry within tolerance (the frame
   never reached us, e.g. dropped by best-effort DDS, or the stamp was made up);
-* ``empty``: nothing buffered for that camera.
+* ``empty``: nothing buffered for that camera, for a lookup without ``requested`` (the depth
+  pairing, which has its own short wait for an image newer than every buffered one).
 """
 
 from __future__ import annotations
@@ -152,15 +154,22 @@ class StampedBuffer(Generic[T]):
         """The entry nearest ``stamp`` within ``tolerance_ns``, or why there is none.
 
         ``requested``: when the request was made (monotonic); a request for a
-        stamp newer than everything buffered stays PENDING until it is
-        ``max_age`` old.
+        stamp newer than everything buffered, or made while nothing of that camera
+        is buffered, stays PENDING until it is ``max_age`` old, then MISSING.
         """
         with self._lock:
             self._expire(now)
             entries = [e for e in self._entries if not frame_id or e.frame_id == frame_id]
         camera = f"camera {frame_id!r}" if frame_id else "any camera"
         if not entries:
-            return Lookup(EMPTY, detail=f"no frame of {camera} is buffered")
+            if requested is None:
+                return Lookup(EMPTY, detail=f"no frame of {camera} is buffered")
+            # A request that can wait: its frame may still come (a slow or triggered camera, a pause
+            # longer than max_age), as for a stamp newer than every buffered frame.
+            if now - requested < self.max_age:
+                return Lookup(PENDING, detail=f"no frame of {camera} is buffered yet")
+            return Lookup(MISSING, detail=f"no frame with stamp {_fmt(stamp)} s arrived within {self.max_age:g} s; "
+                                         f"no frame of {camera} is buffered")
         best = min(entries, key=lambda e: abs(e.stamp - stamp))
         offset = best.stamp - stamp
         if abs(offset) <= tolerance_ns:

@@ -9,8 +9,12 @@ keep the track of that key whatever the IoU.
 
 * A new instance starts a new track with a new id; ids start at 1 and are
   never reused, so an id that disappeared never comes back on another object.
-* A track unmatched for more than ``lifetime`` seconds expires; until then it can
-  be matched again (an object hidden for a few frames keeps its id).
+* A track ends when a processed frame does not match it and it has not been matched for
+  more than ``lifetime`` seconds; until then it can be matched again (an object hidden for a
+  few frames keeps its id). Matching comes first: the time between two processed frames is
+  never "unseen" time, so a slow pipeline (CPU everything mode, ~2 s per frame) keeps ids.
+  The velocity prediction spans the whole gap (constant velocity): at a steady slow rate the
+  velocity is measured over gaps of the same length, so it predicts the next one.
 * A track is reported (``track_id != 0``) from its ``min_hits``-th hit on; before
   that its instances get 0 ("tentative").
 * Partial occlusion: an instance much smaller than a track (< :data:`PARTIAL_AREA` of
@@ -229,7 +233,7 @@ class InstanceTracker:
             # older frame is fine: stamped prompts may run on a frame from a moment ago.
             self.reset()
         self.last_time = t if self.last_time is None else max(self.last_time, t)
-        self.tracks = [tr for tr in self.tracks if self.last_time - tr.last_seen <= cfg.lifetime]
+        # No expiry here: a track last seen > lifetime ago (frames that far apart) may match first.
         assigned: dict[int, Track] = {}
         # 1. Keyed observations (persistent prompts) keep their key's track (the oldest free one).
         by_key: dict[Hashable, list[Track]] = {}
@@ -275,12 +279,14 @@ class InstanceTracker:
                 partial.add(i)
         # 3. Update matched tracks, start new ones.
         ids = []
+        seen = {id(tr) for tr in assigned.values()}
         for i, obs in enumerate(observations):
             tr = assigned.get(i)
             if tr is None:
                 tr = Track(self.next_id, obs.mask, obs.label, obs.key, t)
                 self.next_id += 1
                 self.tracks.append(tr)
+                seen.add(id(tr))
             elif i in partial:
                 # A partly hidden view: keep the full mask, moved on by the prediction; keep the velocity.
                 dx, dy = tr.shift_at(t)
@@ -302,6 +308,8 @@ class InstanceTracker:
                     tr.mask, tr.label, tr.last_seen = obs.mask, obs.label, t
                 tr.hits += 1
             ids.append(tr.id if tr.hits >= cfg.min_hits else 0)
+        # 4. End the tracks this frame did not see that were last seen more than lifetime ago.
+        self.tracks = [tr for tr in self.tracks if id(tr) in seen or self.last_time - tr.last_seen <= cfg.lifetime]
         return ids
 
     @property

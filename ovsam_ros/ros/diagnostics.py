@@ -18,6 +18,12 @@ STAGES = ("queue", "preprocess", "encode", "decode", "recognition", "publish", "
 # Counters whose growth since the last message makes an active node WARN (bad input, errors, or
 # depth in the wrong unit: 3D outputs 1,000x off). Empty masks do not: a blank frame has no object.
 WARN_COUNTERS = ("frames_failed", "frames_rejected", "qos_incompatible", "depth_implausible", "tf_unavailable")
+# An age (receive / publish time - header.stamp) further than this from 0 says the stamp is on another
+# clock (a bag replayed without use_sim_time, an unsynced host) or hostile: one such stamp would own the
+# window's mean for 100 frames, so it is counted in ``stamps_implausible`` and kept out of the windows.
+MAX_PLAUSIBLE_AGE_S = 60.0
+# A finalized node is alive but will never process a frame again: a supervisor must restart it.
+FINALIZED_MESSAGE = "finalized: this node will not process frames again; restart it"
 
 
 @dataclass
@@ -94,6 +100,7 @@ class NodeStats:
             self.results_discarded = 0  # computed, not published: deactivated meanwhile, or older than one published
             self.qos_incompatible = 0  # publishers whose QoS cannot match a subscription
             self.zero_stamps = 0
+            self.stamps_implausible = 0  # ages past MAX_PLAUSIBLE_AGE_S: counted, not averaged
             self.prompts_on_stamped_frame = 0  # stamped prompts run on the buffered frame they name
             self.prompts_on_newest_frame = 0  # stamped prompts whose frame was gone: newest frame instead
             self.depth_skipped = 0  # frames whose 3D part was skipped (bad / missing depth or CameraInfo)
@@ -114,6 +121,8 @@ class NodeStats:
             self.frames_received += 1
             if age_s is None:
                 self.zero_stamps += 1
+            elif abs(age_s) > MAX_PLAUSIBLE_AGE_S:
+                self.stamps_implausible += 1
             else:
                 self.input_age.add(age_s)
 
@@ -135,8 +144,8 @@ class NodeStats:
             for name, seconds in stages.items():
                 if name in self.stages:
                     self.stages[name].add(seconds)
-            if result_age_s is not None:
-                self.result_age.add(result_age_s)
+            if result_age_s is not None and abs(result_age_s) <= MAX_PLAUSIBLE_AGE_S:
+                self.result_age.add(result_age_s)  # an implausible stamp was counted on receipt
             self.instances.add(float(instances))
             self._processed_times.append(time.monotonic())
 
@@ -156,6 +165,7 @@ class NodeStats:
                 "results_discarded": self.results_discarded,
                 "qos_incompatible": self.qos_incompatible,
                 "zero_stamps": self.zero_stamps,
+                "stamps_implausible": self.stamps_implausible,
                 "prompts_on_stamped_frame": self.prompts_on_stamped_frame,
                 "prompts_on_newest_frame": self.prompts_on_newest_frame,
                 "depth_skipped": self.depth_skipped,
@@ -196,7 +206,9 @@ def diagnostic_array(snap: dict[str, Any], *, name: str, stamp: Any, state: str,
                      error: str = "", stale: Optional[str] = None) -> Any:
     """A ``DiagnosticArray`` with one status for the node, in any lifecycle state.
 
-    ERROR with ``error`` (why the last configure failed) while that holds; when active, WARN
+    ERROR with ``error`` (why the last configure failed) while that holds, and when finalized (the
+    process lives on but will never process a frame: it needs a restart); OK when unconfigured or
+    inactive (an operator's choice, or not started yet); when active, WARN
     with ``stale`` (why the input looks dead), or when a :data:`WARN_COUNTERS` counter (frames
     rejected or failed, QoS mismatches, implausible depth, no target_frame transform) grew since ``previous`` (the last
     published snapshot); OK otherwise.
@@ -207,7 +219,7 @@ def diagnostic_array(snap: dict[str, Any], *, name: str, stamp: Any, state: str,
     values = [("state", state)]
     for key in ("frames_received", "frames_processed", "frames_dropped", "frames_rejected", "frames_idle",
                 "frames_failed", "prompts_rejected", "prompts_over_limit", "results_discarded", "qos_incompatible",
-                "zero_stamps", "prompts_on_stamped_frame", "prompts_on_newest_frame", "depth_skipped",
+                "zero_stamps", "stamps_implausible", "prompts_on_stamped_frame", "prompts_on_newest_frame", "depth_skipped",
                 "depth_implausible", "tf_unavailable", "empty_masks", "everything_empty"):
         values.append((key, str(snap[key])))
     values.append(("processing_rate_hz", f"{snap['processing_rate_hz']:.3f}"))
@@ -227,6 +239,8 @@ def diagnostic_array(snap: dict[str, Any], *, name: str, stamp: Any, state: str,
     if error:
         values.append(("configure_error", error))
         status.level, status.message = DiagnosticStatus.ERROR, f"{state}: configure failed: {error}"
+    elif state == "finalized":
+        status.level, status.message = DiagnosticStatus.ERROR, FINALIZED_MESSAGE
     elif state != "active":
         status.level, status.message = DiagnosticStatus.OK, f"{state}"
     elif stale:

@@ -40,6 +40,7 @@ then ``~/masks`` (a consumer that got the masks finds the rest already sent).
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 import time
 from collections import deque
@@ -74,6 +75,17 @@ class TextRequest:
     text: str
     max_instances: int = 0  # 0 = parameter max_instances
     min_score: float = 0.0  # 0 = parameter text_min_score
+
+    def problem(self) -> Optional[str]:
+        """Why this query cannot be used (a NaN or out-of-range threshold), or None. Nothing is
+        clamped: NaN or a negative score would keep every match, 5 would keep none, silently."""
+        if not math.isfinite(self.min_score) or not 0.0 <= self.min_score <= 1.0:
+            return f"text query {self.text[:80]!r}: min_score must be in 0..1 (0 = the node's text_min_score), " \
+                   f"got {self.min_score!r}"
+        if self.max_instances < 0:
+            return f"text query {self.text[:80]!r}: max_instances must be >= 0 (0 = the node's max_instances), " \
+                   f"got {self.max_instances}"
+        return None
 
 
 @dataclass
@@ -480,23 +492,25 @@ class FramePipeline:
                 persistent = board.persistent
                 query_once, board.oneshot_query = board.oneshot_query, None
                 query = board.persistent_query
-        prompt_set = oneshot if oneshot is not None else (None if query_once is not None else persistent)
-        if prompt_set is not None:
-            job = Job("prompt", prompt_set=prompt_set, persistent=oneshot is None)
-            if prompt_set.frame_id and frame_id and prompt_set.frame_id != frame_id:
-                job.rejected.append(f"prompts were made for frame {prompt_set.frame_id!r}, the image is "
-                                    f"{frame_id!r}: not applied")
-            else:
-                fitted = fit_prompts(prompt_set, image_hw)
-                job.prompts, job.indices, job.rejected = fitted.prompts, fitted.indices, fitted.rejected
-                if job.persistent and s.prompt_mask_feedback:
-                    job.prompts = self._with_feedback(job.prompts, job.indices, image_hw)
-            if job.rejected:
-                self.host.stats.count("prompts_rejected", job.rejected[-1], n=len(job.rejected))
-                for reason in job.rejected:
-                    # Persistent prompts would repeat the same warning every frame.
-                    self.host.warn_once_per("prompt", f"prompt rejected: {reason}", force=oneshot is not None)
-            return job
+        if oneshot is not None:
+            job = self._prompt_job(oneshot, False, image_hw, frame_id, s)
+            if job.prompts or stamped is not None:
+                return job
+            # None of the one-shot prompts applies (another camera, another aspect ratio, all
+            # outside): they are rejected and counted, and the frame runs what it would have run
+            # without them. With nothing else to run, the empty result answers the request.
+            fallback = self._default_job(image_hw, frame_id, s, persistent, query_once, query)
+            if fallback is None:
+                return job
+            fallback.rejected = job.rejected + fallback.rejected
+            return fallback
+        return self._default_job(image_hw, frame_id, s, persistent, query_once, query)
+
+    def _default_job(self, image_hw: tuple[int, int], frame_id: str, s: NodeSettings, persistent: Optional[PromptSet],
+                     query_once: Optional[TextRequest], query: Optional[TextRequest]) -> Optional[Job]:
+        """The job after one-shot prompts: one-shot query, persistent prompts, persistent query, mode."""
+        if persistent is not None and query_once is None:
+            return self._prompt_job(persistent, True, image_hw, frame_id, s)
         text = query_once or query
         if text is None and s.mode == "text" and s.query.strip():
             text = TextRequest(s.query.strip())
@@ -505,6 +519,25 @@ class FramePipeline:
         if s.mode == "everything":
             return Job("everything")
         return None
+
+    def _prompt_job(self, prompt_set: PromptSet, persistent: bool, image_hw: tuple[int, int], frame_id: str,
+                    s: NodeSettings) -> Job:
+        """Prompts fitted to this frame; the rejected ones counted and warned about."""
+        job = Job("prompt", prompt_set=prompt_set, persistent=persistent)
+        if prompt_set.frame_id and frame_id and prompt_set.frame_id != frame_id:
+            job.rejected.append(f"prompts were made for frame {prompt_set.frame_id!r}, the image is "
+                                f"{frame_id!r}: not applied")
+        else:
+            fitted = fit_prompts(prompt_set, image_hw)
+            job.prompts, job.indices, job.rejected = fitted.prompts, fitted.indices, fitted.rejected
+            if persistent and s.prompt_mask_feedback:
+                job.prompts = self._with_feedback(job.prompts, job.indices, image_hw)
+        if job.rejected:
+            self.host.stats.count("prompts_rejected", job.rejected[-1], n=len(job.rejected))
+            for reason in job.rejected:
+                # Persistent prompts would repeat the same warning every frame.
+                self.host.warn_once_per("prompt", f"prompt rejected: {reason}", force=not persistent)
+        return job
 
     def run_job(self, predictor: Any, job: Job, s: NodeSettings, clock: StageClock) -> list:
         """Decode + recognition for one job (predictor lock held, image set)."""
@@ -560,7 +593,7 @@ class FramePipeline:
         """Track and build one frame's output messages (under _track_lock; nothing is sent here)."""
         query = job.text.text if job.text is not None else ""
         if s.tracking:
-            extras.track_ids = self._track(results, job, header, s)
+            extras.track_ids = self._track(results, job, header, image_hw, s)
         if job.prompt_set is not None and job.prompt_set.sources:
             extras.sources = [job.prompt_set.source_of(r.prompt_index) for r in results]
         masks = outputs.labeled_mask_array(results, header, image_hw, mode=job.mode, query=query,
@@ -610,7 +643,7 @@ class FramePipeline:
             self._encoded.popleft().encoded = None
 
     # ------------------------------------------------------------------ tracking, feedback, 3D
-    def _track(self, results: list, job: Job, header: Any, s: NodeSettings) -> list[int]:
+    def _track(self, results: list, job: Job, header: Any, image_hw: tuple[int, int], s: NodeSettings) -> list[int]:
         config = s.tracker_config()
         if self.tracker.config != config:
             self.tracker.config = config
@@ -627,9 +660,10 @@ class FramePipeline:
             key = ("prompt", self.board.generation, r.prompt_index) if job.persistent else None
             if r.prompt_index in detector_boxes:
                 box, label = detector_boxes[r.prompt_index]
-                x0, y0 = (max(0, int(round(v))) for v in box[:2])
-                x1, y1 = (int(round(v)) for v in box[2:])
-                mask = CroppedMask(np.ones((max(0, y1 - y0), max(0, x1 - x0)), bool), x0, y0)
+                # The box as the prompt path uses it (clipped to the image, corners ordered): a detector
+                # box of 1e6 x 1e6 px must not become a 1e12-pixel array.
+                x0, y0, x1, y1 = (int(round(float(v))) for v in check_prompt(Prompt(box=box), image_hw).box)
+                mask = CroppedMask(np.ones((y1 - y0, x1 - x0), bool), x0, y0)
             else:
                 x0, y0, x1, y1 = r.box
                 mask = CroppedMask(np.asarray(r.mask_crop, bool), x0, y0)  # no full-frame mask needed

@@ -509,8 +509,13 @@ class OVSAMNode(LifecycleNode):
 
     def _on_text_query(self, msg: Any) -> None:
         text = msg.text.strip()  # empty text clears the query
-        self.pipeline.set_query(TextRequest(text, int(msg.max_instances), float(msg.min_score)) if text else None,
-                                bool(msg.persistent))
+        request = TextRequest(text, int(msg.max_instances), float(msg.min_score)) if text else None
+        problem = request.problem() if request is not None else None
+        if problem:  # refused whole: a query already set stays
+            self.stats.count("prompts_rejected", problem)
+            self._warn_once_per("text_query", f"text query rejected: {problem}")
+            return
+        self.pipeline.set_query(request, bool(msg.persistent))
 
     def _on_clear_prompts(self, request: Any, response: Any) -> Any:
         cleared = self.pipeline.board.clear()
@@ -652,7 +657,8 @@ class OVSAMNode(LifecycleNode):
                       ("vocabulary", f"{vocab.name} ({len(vocab)} classes)" if vocab else "")]
         # A failed configure leaves the node unconfigured with a reason: that is an ERROR until fixed.
         error = self.last_error if state == "unconfigured" else ""
-        array = diagnostic_array(snap, name=f"{self.get_name()}: ovsam", stamp=self.get_clock().now().to_msg(),
+        # The fully qualified name (diagnostic_updater's use_fqn): /front/ovsam and /rear/ovsam stay two entries.
+        array = diagnostic_array(snap, name=f"{self.get_fully_qualified_name()}: ovsam", stamp=self.get_clock().now().to_msg(),
                                  state=state, extra=extra, previous=self._last_diag_snapshot, error=error,
                                  stale=self.input_silence())
         self._last_diag_snapshot = snap

@@ -9,8 +9,9 @@ Launch arguments are passed through to the package's launch file unchanged (ever
 declares). What is checked depends on them:
 
 * ``autostart`` true (default): the node reaches *active*; after an operator's deactivate it
-  stays inactive (the launch file activates only after a configure); activate works again; a
-  frame + a box prompt on the remapped camera give masks on ``<namespace>/ovsam/masks``.
+  stays inactive, and after the operator's cleanup + configure too (the launch file activates once,
+  after its own configure); activate works again; a frame + a box prompt on the remapped camera
+  give masks on ``<namespace>/ovsam/masks``.
 * ``autostart:=false``: the node stays unconfigured.
 * ``OVSAM_LAUNCH_EXPECT_CONFIGURE_ERROR=1`` in the environment (the default model with an empty
   weights folder): configure fails, the node stays unconfigured (never activated), and its log has
@@ -138,6 +139,11 @@ class TestLaunchedNode(RosTestCase):
         self.assertEqual(self.wait_for_state(target, "active"), "active")
         # An operator pauses the node: the launch file must not activate it again.
         self.assertTrue(self.transition(target, Transition.TRANSITION_DEACTIVATE))
+        time.sleep(3.0)
+        self.assertEqual(self.state(target), "inactive")
+        # ... and reconfigures it ("after that the lifecycle is yours"): configure must not activate it.
+        self.assertTrue(self.transition(target, Transition.TRANSITION_CLEANUP))
+        self.assertTrue(self.transition(target, Transition.TRANSITION_CONFIGURE))
         time.sleep(3.0)
         self.assertEqual(self.state(target), "inactive")
         self.assertTrue(self.transition(target, Transition.TRANSITION_ACTIVATE))

@@ -132,3 +132,37 @@ def test_the_buffer_is_bounded_by_bytes_and_keeps_the_newest_frame():
     assert len(buffer) == 1
     with pytest.raises(ValueError, match="max_bytes"):
         StampedBuffer(max_bytes=0, size_of=len)
+
+
+def test_a_stamped_request_on_an_empty_buffer_waits_like_one_newer_than_every_frame():
+    """A slow or triggered camera, or a pause longer than max_age: nothing is buffered when a detector's
+    answer comes. Before: EMPTY at once (dropped); now PENDING until the request is max_age old."""
+    buffer = StampedBuffer(capacity=30, max_age=0.5)
+    stamps = camera_30hz(buffer, 3)  # received 100.02 .. 100.087
+    future = stamps[-1] + 2_000 * MS
+    requested = 101.0  # every frame is older than max_age by now
+    first = buffer.find(future, "cam", MS, now=requested, requested=requested)
+    assert len(buffer) == 0 and first.status == PENDING and first.entry is None
+    assert first.detail == "no frame of camera 'cam' is buffered yet"
+    assert buffer.find(future, "cam", MS, now=requested + 0.49, requested=requested).status == PENDING
+    late = buffer.find(future, "cam", MS, now=requested + 0.5, requested=requested)
+    assert late.status == MISSING and late.entry is None
+    assert late.detail == ("no frame with stamp 102.066666667 s arrived within 0.5 s; "
+                           "no frame of camera 'cam' is buffered")
+    # The frame arrives while the request waits: matched.
+    buffer.push(future, "cam", "late frame", received=requested + 0.3)
+    assert buffer.find(future, "cam", MS, now=requested + 0.31, requested=requested).entry.item == "late frame"
+
+
+def test_a_request_for_one_camera_waits_while_only_another_camera_is_buffered():
+    buffer = StampedBuffer(capacity=30, max_age=0.5)
+    stamps = camera_30hz(buffer, 3, frame_id="left")
+    assert buffer.find(stamps[1], "right", MS, now=100.1, requested=100.1).status == PENDING
+    assert buffer.find(stamps[1], "right", MS, now=100.6, requested=100.1).status == MISSING
+
+
+def test_a_lookup_without_a_request_time_on_an_empty_buffer_is_empty_at_once():
+    """The depth pairing looks up without ``requested`` (it has its own short deadline): unchanged."""
+    buffer = StampedBuffer(capacity=30, max_age=0.5)
+    found = buffer.find(stamp_ns(100, 0), "", MS, now=100.0)
+    assert found.status == EMPTY and found.detail == "no frame of any camera is buffered"

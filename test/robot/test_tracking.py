@@ -156,3 +156,60 @@ def test_cropped_mask_area_counts_the_current_crop():
     mask.crop = np.ones((2, 5), bool)  # a replaced crop is counted again, not the cached count
     assert mask.area == 10
     assert CroppedMask(np.zeros((0, 0), bool), 0, 0).area == 0
+
+
+# Frames processed more than track_lifetime apart (CPU everything mode: ~2 s per frame). Before, the gap
+# between two processed frames counted as "unseen": every frame expired every track before matching.
+def square_at(x: int, y: int = 40, size: int = 40) -> CroppedMask:
+    return CroppedMask(np.ones((size, size), bool), x, y)
+
+
+def test_frames_two_seconds_apart_keep_the_ids_of_objects_seen_in_every_frame():
+    tracker = InstanceTracker(TrackerConfig(lifetime=1.0))
+    rng = np.random.default_rng(3)
+    ids = []
+    for i in range(5):
+        masks = [square_at(20), square_at(150), square_at(260, size=30)]
+        order = rng.permutation(3)  # instance order changes from frame to frame
+        got = tracker.update([Observation(masks[k]) for k in order], t=50.0 + 2.0 * i)
+        ids.append([got[list(order).index(k)] for k in range(3)])
+    assert ids == [ids[0]] * 5 and sorted(ids[0]) == [1, 2, 3]
+    assert sorted(tracker.live_ids) == [1, 2, 3]
+
+
+def test_keyed_tracks_keep_their_id_across_long_gaps():
+    tracker = InstanceTracker(TrackerConfig(lifetime=1.0))
+    keys = [("prompt", 0, 0), ("prompt", 0, 1)]
+    ids = [tracker.update([Observation(square_at(20 + 7 * i), key=k) for k in keys], t=2.5 * i) for i in range(4)]
+    assert ids == [[1, 2]] * 4
+
+
+def test_a_track_ends_only_when_a_processed_frame_misses_it_after_lifetime():
+    tracker = InstanceTracker(TrackerConfig(lifetime=1.0))
+    other = square_at(200)
+    assert tracker.update([Observation(square_at(20)), Observation(other)], 0.0) == [1, 2]
+    # Missed by a frame 0.5 s later (< lifetime): kept; back 2 s after it was last seen: same id.
+    assert tracker.update([Observation(other)], 0.5) == [2]
+    assert tracker.update([Observation(square_at(20)), Observation(other)], 2.0) == [1, 2]
+    # Missed by a frame 2 s later (> lifetime): ended at that frame, a new id when it comes back.
+    assert tracker.update([Observation(other)], 4.0) == [2] and sorted(tracker.live_ids) == [2]
+    assert tracker.update([Observation(square_at(20)), Observation(other)], 4.1) == [3, 2]
+
+
+def run_slow_mover(tracker: InstanceTracker) -> list[int]:
+    """A 40-px square at 15 px/s: seen at 0 s and 1 s, then processed every 2 s (30 px per frame)."""
+    ids = [tracker.update([Observation(square_at(x))], t)[0] for x, t in ((20, 0.0), (35, 1.0))]
+    return ids + [tracker.update([Observation(square_at(35 + 30 * k))], 1.0 + 2.0 * k)[0] for k in range(1, 5)]
+
+
+def test_the_velocity_prediction_spans_a_long_gap(monkeypatch):
+    """Frame to frame, unshifted, the square overlaps itself by IoU 10/70 < 0.3; the constant-velocity
+    prediction over the whole 2 s gap (30 px) keeps its id. Without prediction it would get new ids."""
+    from ovsam_ros.robot import tracking
+
+    assert shifted_iou(square_at(35), square_at(65)) < 0.3 <= shifted_iou(square_at(20), square_at(35))
+    tracker = InstanceTracker(TrackerConfig(lifetime=1.0, iou_threshold=0.3))
+    assert run_slow_mover(tracker) == [1] * 6
+    assert tracker.tracks[0].velocity == pytest.approx((15.0, 0.0))
+    monkeypatch.setattr(tracking.Track, "shift_at", lambda self, t: (0, 0))
+    assert run_slow_mover(InstanceTracker(TrackerConfig(lifetime=1.0, iou_threshold=0.3))) == [1, 1, 2, 3, 4, 5]

@@ -56,8 +56,7 @@ class ReferenceTracker:
         if self.last_time is not None and t < self.last_time - max(1.0, 2.0 * cfg.lifetime):
             self.tracks, self.last_time = [], None
         self.last_time = t if self.last_time is None else max(self.last_time, t)
-        self.tracks = [tr for tr in self.tracks if self.last_time - tr.last_seen <= cfg.lifetime]
-        assigned, free = {}, list(self.tracks)
+        assigned, free = {}, list(self.tracks)  # every track may match; expiry comes after matching
         for i, (_, _, key) in enumerate(observations):  # keyed: the first free track with that key
             if key is not None:
                 for tr in free:
@@ -88,13 +87,14 @@ class ReferenceTracker:
                 taken.add(j)
                 if not ordinary:
                     partial.add(i)
-        ids = []
+        ids, seen = [], list(assigned.values())
         for i, (pixels, label, key) in enumerate(observations):
             tr = assigned.get(i)
             if tr is None:
                 tr = RefTrack(self.next_id, pixels, label, key, t)
                 self.next_id += 1
                 self.tracks.append(tr)
+                seen.append(tr)
             elif i in partial:
                 self.partial_matches += 1
                 tr.pixels = moved(tr.pixels, *tr.shift(t))
@@ -113,6 +113,9 @@ class ReferenceTracker:
                     tr.pixels, tr.label, tr.last_seen = pixels, label, t
                 tr.hits += 1
             ids.append(tr.id if tr.hits >= cfg.min_hits else 0)
+        # A track ends when this frame did not see it and it was last seen more than lifetime ago.
+        self.tracks = [tr for tr in self.tracks
+                       if any(tr is s for s in seen) or self.last_time - tr.last_seen <= cfg.lifetime]
         return ids
 
 

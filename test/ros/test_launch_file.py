@@ -73,3 +73,35 @@ def test_show_args_lists_every_declared_argument(prefix_python, tmp_path):
     for name in ("camera", "depth_image", "depth_camera_info", "detection_prompts", "namespace", "autostart"):
         block = shown.stdout[shown.stdout.index(f"'{name}':"):]
         assert block.split("\n")[1].strip(), f"{name} has no description"
+
+
+BAD_ARGUMENTS = {
+    # launch_ros only warned "Parameter file path is not a file" and ran the node on built-in defaults
+    "missing_config": (["config:={tmp}/nowhere.yaml"], "launch argument config: parameters file '{tmp}/nowhere.yaml' "
+                                                       "does not exist"),
+    "config_is_a_directory": (["config:={tmp}"], "launch argument config: '{tmp}' is not a regular file"),
+    "blank_config": (["config:= "], "launch argument config is empty"),  # (ros2 launch refuses "config:=")
+    # int('abc') crashed launch with "invalid literal for int()", naming no argument
+    "input_depth_not_an_integer": (["input_depth:=abc"], "launch argument input_depth: expected an integer, got 'abc'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ARGUMENTS))
+def test_bad_launch_arguments_stop_the_launch_with_one_line(case, prefix_python, ros_group, tmp_path):
+    """No node starts; `ros2 launch` exits non-zero with one error line naming the argument (and the path)."""
+    python, overlay = prefix_python
+    from install_prefix import ros2_command
+
+    arguments, expected = BAD_ARGUMENTS[case]
+    arguments = [a.format(tmp=tmp_path) for a in arguments]
+    launch = ros_group.start([*ros2_command(python), "launch", "ovsam_ros", "ovsam.launch.py", "model:=tiny",
+                              *arguments], env=overlay, cwd=str(tmp_path))
+    try:
+        out, _ = launch.communicate(timeout=120)
+    finally:
+        ros_group.stop(launch)
+    text = out.decode(errors="replace")
+    assert launch.returncode == 1, text[-3000:]
+    errors = [line for line in text.splitlines() if "[ERROR]" in line]
+    assert len(errors) == 1 and expected.format(tmp=tmp_path) in errors[0], text[-3000:]
+    assert "ovsam_node" not in text and "Traceback" not in text, text[-3000:]  # no process was started

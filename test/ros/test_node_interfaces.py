@@ -250,7 +250,7 @@ def test_diagnostics_in_every_state_error_after_a_failed_configure(make_node, ro
     listener = rclpy.create_node("diag_listener", context=ros_context)
     got = []
     listener.create_subscription(DiagnosticArray, "/diagnostics",
-                                 lambda m: got.extend(s for s in m.status if s.name.startswith("ovsam_diag")), 10)
+                                 lambda m: got.extend(s for s in m.status if s.name == "/ovsam_diag: ovsam"), 10)
     try:
         # unconfigured, nothing tried yet: published, OK
         assert spin_until(ros_context, [node, listener], lambda: len(got) > 0)

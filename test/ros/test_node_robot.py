@@ -138,11 +138,18 @@ def test_a_prompt_stamped_after_every_frame_gives_up_after_max_age_and_runs_on_t
     assert node.process_pending() is None  # answered once, not again
 
 
-def test_a_stamped_prompt_for_another_camera_leaves_the_frame_to_the_persistent_prompts(make_node):
+def test_a_stamped_prompt_for_another_camera_leaves_the_frame_to_the_persistent_prompts(make_node, monkeypatch):
     """Issue #24 item 7: a one-shot prompt stamped for camera 'other_cam' blanked this camera's frame
     (published with 0 instances). The persistent box must still run on it; the other camera's
-    prompt, with no frame of that camera to run on, is rejected and counted."""
-    node = make_node()
+    prompt waits for a frame of its camera (frame_buffer_max_age), then, none having come, is
+    rejected and counted."""
+    from ovsam_ros.ros import frame_pipeline
+    from ovsam_ros.ros import node as node_module
+
+    clock = ShiftedMonotonic()
+    monkeypatch.setattr(node_module, "time", clock)
+    monkeypatch.setattr(frame_pipeline, "time", clock)
+    node = make_node(frame_buffer_max_age=2.0)
     box = Prompt(box=[20.0, 15.0, 80.0, 70.0])
     node._on_prompts(prompt_array_msg([box], persistent=True))
     rgb = test_image(seed=2)
@@ -155,8 +162,13 @@ def test_a_stamped_prompt_for_another_camera_leaves_the_frame_to_the_persistent_
     assert [m.prompt_index for m in out.masks.instances] == [0]
     assert np.array_equal(full_masks(out.masks)[0], direct_masks(node, rgb, [box])[0])
     snap = node.stats.snapshot()
-    assert snap["prompts_rejected"] == 1 and "other_cam" in snap["last_error"]
+    assert snap["prompts_rejected"] == 0 and len(node.pipeline.board.stamped) == 1  # waiting for other_cam
     assert snap["frames_processed"] == 1
+    clock.shift = 2.5  # no frame of other_cam came within frame_buffer_max_age
+    assert node.process_pending() is None
+    snap = node.stats.snapshot()
+    assert snap["prompts_rejected"] == 1 and "other_cam" in snap["last_error"]
+    assert "arrived within 2 s" in snap["last_error"] and len(node.pipeline.board.stamped) == 0
 
 
 def detection_array(stamp, boxes):
@@ -625,3 +637,93 @@ def test_a_late_prompt_for_a_frame_already_encoded_skips_the_encoder(make_node):
         node.process_pending()
     encoded = {e.stamp: e.item.encoded is not None for e in node.pipeline.frames.entries()}
     assert list(encoded.values()) == [False, False, True, True]  # frames 0..3: the newest two keep theirs
+
+
+# ----------------------------------------------------------------------------- probe fixes (slow frames,
+# huge detections, stamped prompts before any frame)
+def test_persistent_prompt_track_ids_survive_frames_more_than_track_lifetime_apart(make_node):
+    """CPU everything mode at 640x480 takes ~2 s per frame. Before, every track expired in the gap
+    between two processed frames (track_lifetime 1 s): every frame got new ids."""
+    node = make_node(track_lifetime=1.0)
+    node._on_prompts(prompt_array_msg(PROMPTS, persistent=True))
+    ids = []
+    for i in range(3):
+        node._receive(make_image(test_image(seed=i % 2), stamp=(T0 + 2 * i, 0)), False)  # 2 s apart
+        ids.append([m.track_id for m in node.process_pending().masks.instances])
+    assert ids[0] == ids[1] == ids[2] and len(set(ids[0])) == 2 and 0 not in ids[0]
+
+
+def test_everything_mode_track_ids_survive_frames_more_than_track_lifetime_apart(make_node):
+    node = make_node(mode="everything", points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                     track_lifetime=1.0)
+    rgb = test_image(seed=3)
+    runs = []
+    for i in range(3):
+        node._receive(make_image(rgb, stamp=(T0 + 3 * i, 0)), False)  # 3 s apart
+        runs.append([m.track_id for m in node.process_pending().masks.instances])
+    assert runs[0] and runs[0] == runs[1] == runs[2]
+
+
+def test_a_detection_with_a_huge_box_is_clipped_like_a_prompt_and_the_frame_is_served(make_node):
+    """A 1e6 x 1e6 px detection made the tracker build a 233 GiB array (MemoryError: the frame failed,
+    the good detection lost with it). Its box is clipped to the image as the prompt path clips it."""
+    node = make_node(tracking=True)
+    rgb = test_image(seed=5)
+    msg = make_image(rgb, stamp=stamp_of(7))
+    node._receive(msg, False)
+    node.process_pending()
+    node.on_detections(detection_array(stamp_of(7), [
+        ("huge", (50.0, 40.0, 1e6, 1e6), ("wall", 0.8)),
+        ("d0", (50.0, 42.5, 60.0, 55.0), ("cup", 0.9)),
+    ]))
+    out = node.process_pending()
+    assert out is not None and out.masks.header == msg.header
+    assert node.stats.snapshot()["frames_failed"] == 0
+    assert [(m.source_id, m.source_class_id) for m in out.masks.instances] == [("huge", "wall"), ("d0", "cup")]
+    reference = direct_masks(node, rgb, [Prompt(box=[0.0, 0.0, 128.0, 96.0]), Prompt(box=[20.0, 15.0, 80.0, 70.0])])
+    assert all(np.array_equal(a, b) for a, b in zip(full_masks(out.masks), reference, strict=True))
+    ids = [m.track_id for m in out.masks.instances]
+    assert 0 not in ids and len(set(ids)) == 2
+    # What the tracker keeps for the huge detection: the whole image, not the detector's box.
+    crops = sorted((tr.mask.x, tr.mask.y, *tr.mask.crop.shape) for tr in node.pipeline.tracker.tracks)
+    assert crops == [(0, 0, 96, 128), (20, 15, 55, 60)]
+
+
+def test_a_stamped_prompt_that_arrives_before_any_frame_waits_for_it(make_node, monkeypatch):
+    """A slow or triggered camera: no frame for longer than frame_buffer_max_age, then the detector's
+    answer comes before the frame it names. Before, it was dropped at once ('no frame of that camera')."""
+    from ovsam_ros.ros import frame_pipeline
+    from ovsam_ros.ros import node as node_module
+
+    clock = ShiftedMonotonic()
+    monkeypatch.setattr(node_module, "time", clock)
+    monkeypatch.setattr(frame_pipeline, "time", clock)
+    node = make_node(frame_buffer_max_age=2.0)
+    node._receive(make_image(test_image(seed=0), stamp=stamp_of(0)), False)
+    assert node.process_pending() is None
+    clock.shift = 3.0  # the camera pauses: frame 0 leaves the buffer
+    node.pipeline.expire(clock.monotonic())
+    assert len(node.pipeline.frames) == 0
+    node._on_prompts(stamped_prompts(90))
+    assert node.process_pending() is None
+    clock.shift = 4.5  # 1.5 s later (< max_age) the frame arrives
+    rgb = test_image(seed=4)
+    msg = make_image(rgb, stamp=stamp_of(90))
+    node._receive(msg, False)
+    out = node.process_pending()
+    assert out is not None and out.masks.header == msg.header
+    for mine, reference in zip(full_masks(out.masks), direct_masks(node, rgb), strict=True):
+        assert np.array_equal(mine, reference)
+    snap = node.stats.snapshot()
+    assert snap["prompts_on_stamped_frame"] == 1 and snap["prompts_rejected"] == 0
+    # A frame that never comes: answered MISSING once the request is max_age old, dropped and counted.
+    clock.shift = 10.0
+    node.pipeline.expire(clock.monotonic())
+    node._on_prompts(stamped_prompts(300))
+    assert node.process_pending() is None and node.stats.snapshot()["prompts_rejected"] == 0
+    clock.shift = 12.1
+    assert node.process_pending() is None
+    snap = node.stats.snapshot()
+    assert snap["prompts_rejected"] == 1 and "arrived within 2 s" in snap["last_error"]
+    assert "no frame of that camera to run them on" in snap["last_error"]
+    assert len(node.pipeline.board.stamped) == 0

@@ -81,7 +81,7 @@ class Client:
             self.ids[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = msg
 
     def _on_diag(self, msg) -> None:
-        if msg.status and msg.status[0].name.startswith("ovsam"):
+        if msg.status and msg.status[0].hardware_id == "ovsam_ros":  # name: "<fully qualified node name>: ovsam"
             with self.cond:
                 self.diagnostics.append(values_of(msg))
                 self.cond.notify_all()
