@@ -550,7 +550,7 @@ def _say_what_the_checkpoint_is(model: OVSAM, model_spec: ModelSpec, vocabulary:
     stored = checkpoint_vocabulary(extra)
     if stored is not None and vocabulary is not None:
         logging.getLogger(LOAD_LOGGER).info(
-            "vocabulary '%s' (%d classes) replaces the %d class(es) %s was trained with (leave the vocabulary "
+            "vocabulary '%s' (%d classes) replaces the %d class(es) stored in %s (its training vocabulary; leave the vocabulary "
             "unset to use those)", vocabulary.name, len(vocabulary), len(stored["classes"]), model_spec.ovsam_checkpoint)
 
 

@@ -134,6 +134,8 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
               "train.threads=null"]
     if args.clip_weights:
         common.append(f"model.clip_weights={args.clip_weights}")
+    else:  # a timing run: a random CLIP is fine here (training refuses it otherwise)
+        common.append("model.random_clip=true")
     if args.image_size:
         common.append(f"model.overrides.image_size={args.image_size}")
     results: Dict[str, Dict[str, Any]] = {}

@@ -119,7 +119,65 @@ def load_config(defaults: Dict[str, Any], config: Optional[str] = None,
     problem = _bad_range_option(cfg.get("data"))
     if problem:
         raise ConfigError(problem)
+    problem = _bad_count(cfg)
+    if problem:
+        raise ConfigError(problem)
+    problem = bad_train_value(cfg)
+    if problem:
+        raise ConfigError(problem)
     return cfg
+
+
+#: train.free_space_check's choices (training.engine.FREE_SPACE_CHECKS; a test pins them equal).
+FREE_SPACE_CHOICES = ("refuse", "warn", "off")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def bad_train_value(cfg: Dict[str, Any]) -> Optional[str]:
+    """What is wrong with the values every run reads before it trains (seed, train.lr, batch_size,
+    max_steps / epochs, free_space_check), naming the key; None when nothing is. Checked when the
+    config is loaded, so a typo fails before any output folder is touched."""
+    if "seed" in cfg and not (_is_int(cfg["seed"]) and cfg["seed"] >= 0):
+        return f"seed must be an integer >= 0, got {cfg['seed']!r}"
+    tcfg = cfg.get("train")
+    if not isinstance(tcfg, dict):
+        return None
+    lr = tcfg.get("lr", 1.0)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        return f"train.lr must be a number > 0, got {lr!r}"
+    if "batch_size" in tcfg and not (_is_int(tcfg["batch_size"]) and tcfg["batch_size"] >= 1):
+        return f"train.batch_size must be an integer >= 1 (images per optimizer step), got {tcfg['batch_size']!r}"
+    steps = tcfg.get("max_steps")
+    if steps is not None and not (_is_int(steps) and steps >= 1):
+        return f"train.max_steps must be an integer >= 1, or null to train for train.epochs, got {steps!r}"
+    if steps is None and "epochs" in tcfg and not (_is_int(tcfg["epochs"]) and tcfg["epochs"] >= 1):
+        return f"train.epochs must be an integer >= 1 (or set train.max_steps), got {tcfg['epochs']!r}"
+    if "free_space_check" in tcfg and tcfg["free_space_check"] not in FREE_SPACE_CHOICES:
+        return (f"train.free_space_check must be one of {', '.join(FREE_SPACE_CHOICES)}, "
+                f"got {tcfg['free_space_check']!r}")
+    return None
+
+
+#: Counts without which a stage-2 loss is undefined (0 sampled points: the mask loss is 0/0) or a step
+#: trains on nothing (0 prompts per image); each must be a whole number >= 1.
+POSITIVE_COUNTS = (("loss", "num_points"), ("data", "instances_per_image"))
+
+
+def _bad_count(cfg: Dict[str, Any]) -> Optional[str]:
+    """What is wrong with a :data:`POSITIVE_COUNTS` key of ``cfg`` (the first), or None."""
+    for section, key in POSITIVE_COUNTS:
+        part = cfg.get(section)
+        if not isinstance(part, dict) or key not in part:
+            continue
+        value = part[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            why = ("the mask loss averages over these points: 0 makes it undefined (NaN)" if key == "num_points"
+                   else "0 prompts per image trains on nothing")
+            return f"{section}.{key} must be a whole number >= 1, got {value!r} ({why})"
+    return None
 
 
 def _bad_range_option(data: Any) -> Optional[str]:

@@ -143,17 +143,42 @@ class DistEnv:
         return out
 
 
-def setup_distributed(device_spec: str = "auto") -> DistEnv:
-    """Read torchrun's environment; init the process group when WORLD_SIZE > 1."""
+#: Device types training runs on (the predictor's rule, ovsam_ros.runtime.resolve_device, decides the rest).
+TRAIN_DEVICE_TYPES = ("cpu", "cuda")
+
+
+def training_device(device_spec: Any, option: str = "train.device") -> torch.device:
+    """``device_spec`` as a device, or ValueError naming ``option``: the predictor's rule
+    (:func:`ovsam_ros.runtime.resolve_device`: auto, cpu, cuda, cuda:N; CUDA asked for without
+    one is an error, not a CPU fallback), and only the device types training supports."""
+    from ovsam_ros.runtime import resolve_device
+
+    spec = str(device_spec).strip() if device_spec is not None else "auto"
+    try:
+        device = resolve_device(spec)
+    except ValueError as err:
+        why = "not a device name" if str(err).startswith("invalid device") else str(err)
+        raise ValueError(f"{option}={spec!r}: {why}; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in TRAIN_DEVICE_TYPES:
+        raise ValueError(f"{option}={spec!r}: training runs on {' or '.join(TRAIN_DEVICE_TYPES)} only; "
+                         "use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"{option}={spec!r}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                         f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    return device
+
+
+def setup_distributed(device_spec: str = "auto", option: str = "train.device") -> DistEnv:
+    """Read torchrun's environment; init the process group when WORLD_SIZE > 1. ``option``: how the
+    caller names the device setting (``train.device``, ``--device``), for the error a bad one gives."""
     stop_with_torchrun_agent()  # a worker whose torchrun agent dies (kill -9) stops too, before any rendezvous
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    want_cuda = device_spec in ("auto", "cuda") and torch.cuda.is_available() or device_spec.startswith("cuda:")
-    if device_spec == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but CUDA is not available")
-    if want_cuda:
-        device = torch.device(device_spec if device_spec.startswith("cuda:") and world == 1 else f"cuda:{local}")
+    wanted = training_device(device_spec, option)
+    if wanted.type == "cuda":
+        # under torchrun each rank takes its LOCAL_RANK's GPU; a single process takes the one named
+        device = wanted if wanted.index is not None and world == 1 else torch.device(f"cuda:{local}")
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
@@ -163,6 +188,7 @@ def setup_distributed(device_spec: str = "auto") -> DistEnv:
 
 
 def teardown_distributed(env: DistEnv) -> None:
+    release_output_lock(env)  # the end of a run (of a failed one too): the output folder is free again
     if env.distributed and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
@@ -331,6 +357,51 @@ class CheckpointManager:
             self.root, f"checkpoint {name}", needed,
             f"{kept}; with train.keep_checkpoints={self.keep} a run needs room for {self.keep + 1} checkpoints. "
             "Free space (or lower train.keep_checkpoints, or use another output_dir), then continue with --resume")
+
+
+class TrainingDiverged(ValueError):
+    """A non-finite loss, gradient or weight: the run stops, and nothing non-finite is saved."""
+
+
+def _resume_hint(ckpt: "CheckpointManager") -> str:
+    latest = ckpt.latest()
+    if latest is None:
+        return ("No checkpoint of this run was written before it; start again with a lower train.lr "
+                "(--overwrite)")
+    # --resume restores the optimizer's lr schedule; the weights alone start a run with a new lr
+    return (f"The last complete checkpoint is {latest} (step {_step_of(latest)}): continue from its weights with "
+            f"a lower lr: --set model.init_checkpoint={latest / 'model.pt'} --set train.lr=<lower> and a new "
+            "--output-dir (a --resume keeps the checkpoint's train.lr)")
+
+
+def diverged_message(stage: str, step: int, total: int, lr: float, ckpt: "CheckpointManager",
+                     bad: Dict[str, float]) -> str:
+    """The one line a diverged run stops with: the step, what is non-finite, the lr, where to continue."""
+    what = ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))
+    kind = "gradient norm" if set(bad) == {"grad_norm"} else "loss term(s)"
+    return (f"{stage}: training diverged at step {step} of {total}: non-finite {kind} {what} (lr {lr:.3e}). "
+            f"The run stopped before this step changed the weights; no model.pt was written. {_resume_hint(ckpt)}")
+
+
+def non_finite_tensors(model: nn.Module) -> List[str]:
+    """Names of the model's floating-point parameters / buffers that hold NaN or infinity."""
+    return [name for name, t in model.state_dict().items()
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def check_finite_weights(model: nn.Module, what: str, ckpt: "CheckpointManager") -> None:
+    """Refuse (:class:`TrainingDiverged`) to save ``what`` from a model with non-finite weights."""
+    bad = non_finite_tensors(model)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise TrainingDiverged(f"not saving {what}: {len(bad)} weight tensor(s) hold NaN or infinity ({shown}). "
+                               f"{_resume_hint(ckpt)}")
+
+
+def metrics_line(record: Dict[str, Any]) -> str:
+    """``record`` as one line of strict JSON: a non-finite number is written as null (JSON has no NaN)."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+    return json.dumps(clean, allow_nan=False)
 
 
 #: Bytes of a checkpoint folder besides its two files (the completion marker).
@@ -720,7 +791,17 @@ def decide_output_dir(out: Path, cfg: Dict[str, Any], resume: Optional[str], res
                       overwrite: bool, env: DistEnv, defaults: Optional[Dict[str, Any]] = None) -> OutputPlan:
     """:func:`plan_output_dir` as rank 0 sees it, on every rank (so all refuse or all go on together,
     even where the ranks' file systems differ); raises :class:`RunFolderError` on a refusal."""
-    plan = plan_output_dir(out, cfg, resume, resume_from, overwrite, defaults)
+    plan = None
+    if env.is_main:  # the lock first: checked and used by one run at a time
+        release_output_lock(env)
+        fd, busy = lock_output_dir(out, note_holder=False)
+        if fd is not None:
+            _LOCKS[id(env)] = fd
+        plan = OutputPlan(error=busy) if busy else plan_output_dir(out, cfg, resume, resume_from, overwrite, defaults)
+        if plan.error:
+            release_output_lock(env)
+        elif fd is not None:  # (a refused run leaves the folder's files as they were, the lock file too)
+            note_lock_holder(fd)
     plan = env.broadcast_object(plan)
     if plan.error:
         raise RunFolderError(plan.error)
@@ -746,6 +827,112 @@ def clear_previous_run(out: Path, plan: OutputPlan, env: DistEnv) -> None:
         for old in out.glob(f"{_TRASH}*"):
             shutil.rmtree(old, ignore_errors=True)
     env.barrier()
+
+
+def _started(out: Path) -> bool:
+    """Whether a run in ``out`` got anywhere: a logged step, a checkpoint or a final model."""
+    ckpt = out / "checkpoints"
+    if (out / "model.pt").exists() or (ckpt.is_dir() and any(ckpt.iterdir())):
+        return True
+    try:
+        return any(line.strip() for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines())
+    except OSError:
+        return False
+
+
+def _move_entries(src: Path, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in RUN_ENTRIES:
+        if os.path.lexists(src / name):
+            os.rename(src / name, dest / name)
+
+
+@contextlib.contextmanager
+def replacing_previous_run(out: Path, plan: OutputPlan, env: DistEnv) -> Iterator[None]:
+    """Wrap a run so that one failing before its first logged step leaves ``out`` as it found it.
+
+    When ``plan.clear``, rank 0 moves the previous run's files (:data:`RUN_ENTRIES`) into
+    ``<out>/.overwritten-<pid>/`` (renames) and deletes them once the new run logged its first step
+    (or when it ends), or puts them back
+    when it failed before logging a step (a config / data / disk-space error), after removing what
+    the failed run wrote (config.yaml, data_report.json, tb/), so the corrected command is not refused
+    as "already holds a training run". A new folder gets the same cleanup; a resumed run's files are
+    never removed. A run that failed after logging steps keeps its files (and the old ones are gone)."""
+    out = Path(out)
+    fresh = plan.clear or not run_folder_contents(out)
+    aside: Optional[Path] = None
+    if env.is_main and plan.clear:
+        log.warning("%s", plan.note)
+        for old in out.glob(f"{_TRASH}*"):  # left by a killed run
+            shutil.rmtree(old, ignore_errors=True)
+        aside = out / f"{_TRASH}{os.getpid()}"
+        _move_entries(out, aside)
+        fsync_path(out, directory=True)
+    env.barrier()
+    try:
+        yield
+    except BaseException:
+        if env.is_main and fresh and not _started(out):
+            failed = out / f"{_TRASH}failed-{os.getpid()}"
+            _move_entries(out, failed)
+            if aside is not None:
+                for entry in aside.iterdir():
+                    os.rename(entry, out / entry.name)
+                log.warning("the run failed before its first step: the previous run in %s is back as it was", out)
+            for folder in (failed, aside):
+                if folder is not None:
+                    shutil.rmtree(folder, ignore_errors=True)
+        elif aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+#: ``<out>/.lock``: held (fcntl.flock) by rank 0 for the life of a run; the kernel drops it when the
+#: process ends, however it ends.
+LOCK_FILE = ".lock"
+_LOCKS: Dict[int, int] = {}  # id(DistEnv) -> descriptor of the run's lock file
+
+
+def lock_output_dir(out: Path, note_holder: bool = True) -> Tuple[Optional[int], Optional[str]]:
+    """Take the exclusive lock on ``out`` (created if missing): ``(descriptor, None)``, or ``(None, one
+    line naming the folder and the PID of the run holding it)``. Closing the descriptor releases it.
+    ``note_holder``: write this PID into the lock file now (else :func:`note_lock_holder` later)."""
+    import fcntl
+
+    out = Path(out)
+    if os.path.lexists(out) and not out.is_dir():
+        return None, f"output folder {out} exists and is not a folder; choose another --output-dir"
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        try:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+        except OSError:
+            holder = ""
+        os.close(fd)
+        return None, (f"output folder {out} is in use by another training run ({holder or 'PID unknown'}); two runs "
+                "in one folder would mix their files. Wait for it to finish, or choose another --output-dir")
+    if note_holder:
+        note_lock_holder(fd)
+    return fd, None
+
+
+def note_lock_holder(fd: int) -> None:
+    """Write this process's PID and host into the held lock file (what a refused run names)."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode(), 0)
+
+
+def release_output_lock(env: DistEnv) -> None:
+    """Drop the output-folder lock of the run ``env`` belongs to (its end, failed or not)."""
+    fd = _LOCKS.pop(id(env), None)
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)  # closing the only descriptor releases the flock
 
 
 # ----------------------------------------------------------------------------- task protocol
@@ -962,6 +1149,7 @@ def run(task: Task, cfg: Dict[str, Any], env: DistEnv, resume_from: Optional[Pat
 
     def save(step_now: int, ep: int, sie: int) -> None:
         rngs = env.gather_objects(rng_state())
+        check_finite_weights(task.model, f"checkpoint step {step_now}", ckpt)  # every rank: all stop together
         if env.is_main:
             path = ckpt.save(step_now, task.model, train_state(step_now, ep, sie, rngs), include_backbone,
                              model_extra(step_now))
@@ -978,6 +1166,7 @@ def run(task: Task, cfg: Dict[str, Any], env: DistEnv, resume_from: Optional[Pat
             bar = None
 
     history: List[Dict[str, Any]] = []
+    empty_steps = 0  # optimizer steps whose global batch held no instance (stage 2)
     autocast = (lambda: torch.autocast(env.device.type, dtype=amp)) if amp is not None else contextlib.nullcontext
     log_every = max(1, int(tcfg["log_every"]))
     every = int(tcfg["checkpoint_every"] or 0)
@@ -1013,22 +1202,39 @@ def run(task: Task, cfg: Dict[str, Any], env: DistEnv, resume_from: Optional[Pat
                         scaler.scale(loss_sum * (env.world_size / denom)).backward()
                     for k, v in parts.items():
                         sums[k] = sums.get(k, 0.0) + v.detach().float()
+                # The loss terms of all ranks, before the optimizer step: a non-finite one stops the run
+                # here, on every rank alike, before it reaches the weights (.tolist() waits for the GPU).
+                names = sorted(sums)
+                vec = torch.stack([torch.as_tensor(sums[k], device=env.device).float() for k in names]) \
+                    if names else torch.zeros(0, device=env.device)
+                terms = dict(zip(names, (env.all_reduce_sum(vec) / denom).tolist()))
+                lr_now = optimizer.param_groups[0]["lr"]
+                bad = {k: v for k, v in terms.items() if not math.isfinite(v)}
+                if bad:
+                    raise TrainingDiverged(diverged_message(task.name, step + 1, total, lr_now, ckpt, bad))
                 scaler.unscale_(optimizer)
                 clip = float(tcfg["grad_clip"] or 0.0)
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+                if not scaler.is_enabled() and not math.isfinite(float(grad_norm)):
+                    # fp16's grad scaler skips such a step and lowers its scale (normal); without it
+                    # AdamW would write the non-finite gradient into the weights
+                    raise TrainingDiverged(diverged_message(task.name, step + 1, total, lr_now, ckpt,
+                                                            {"grad_norm": float(grad_norm)}))
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
                 step += 1
                 step_in_epoch += 1
 
-                names = sorted(sums)
-                vec = torch.stack([torch.as_tensor(sums[k], device=env.device).float() for k in names]) \
-                    if names else torch.zeros(0, device=env.device)
-                vec = env.all_reduce_sum(vec) / denom
-                record = {"step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                record = {"step": step, "epoch": epoch, "lr": lr_now,
                           "grad_norm": float(grad_norm), "count": global_count}
-                record.update({k: float(v) for k, v in zip(names, vec.tolist())})  # .tolist() waits for the GPU
+                record.update(terms)
+                if global_count == 0 and env.is_main:
+                    empty_steps += 1
+                    if empty_steps == 1 or empty_steps % log_every == 0:
+                        log.warning("[%s] step %d trained on nothing: its batch held 0 instances (%d such step(s) "
+                                    "so far; data_report.json counts what the data lost)", task.name, step,
+                                    empty_steps)
                 now = time.perf_counter()
                 step_s, t_step = now - t_step, now
                 # throughput: global images per second of wall time, and the share spent waiting for data
@@ -1040,10 +1246,13 @@ def run(task: Task, cfg: Dict[str, Any], env: DistEnv, resume_from: Optional[Pat
                 history.append(record)
                 if env.is_main:
                     with open(metrics_path, "a", encoding="utf-8") as fh:
-                        fh.write(json.dumps(record) + "\n")
+                        fh.write(metrics_line(record) + "\n")
+                    if len(history) == 1:  # the new run has started: the run it replaces goes now, not at the end
+                        for old in out.glob(f"{_TRASH}*"):
+                            shutil.rmtree(old, ignore_errors=True)
                     if writer is not None:
                         for k, v in record.items():
-                            if k not in ("step", "epoch"):
+                            if k not in ("step", "epoch") and math.isfinite(v):
                                 writer.add_scalar(f"{task.name}/{k}", v, step)
                     if bar is not None:
                         bar.update(1)
@@ -1073,6 +1282,7 @@ def run(task: Task, cfg: Dict[str, Any], env: DistEnv, resume_from: Optional[Pat
             writer.close()
     final = out / "model.pt"
     if env.is_main:
+        check_finite_weights(task.model, "model.pt", ckpt)
         try:
             save_ovsam(task.model, final, include_backbone=include_backbone, extra=model_extra(step))
         except DiskSpaceError as error:
@@ -1139,7 +1349,48 @@ MODEL_DEFAULTS: Dict[str, Any] = {
     "sam2clip_checkpoint": None,  # reference SAM2CLIP neck
     "clip2sam_checkpoint": None,  # reference CLIP2SAM head
     "include_backbone": True,  # store frozen CLIP weights in saved checkpoints
+    # A preset whose CLIP has published weights (rn50x16, convnext_large) without clip_weights is refused:
+    # a random frozen CLIP makes a useless model. true: train on a random CLIP anyway (tests, benchmarks)
+    "random_clip": False,
 }
+
+
+def published_clip(model_name: str) -> bool:
+    """Whether open_clip knows published weights for ``model_name`` (RN50x16: openai; the tiny
+    test models: none). The rule ``resolve_quick_gelu`` uses for what real weights look like."""
+    import open_clip
+
+    return bool(open_clip.list_pretrained_tags_by_model(model_name))
+
+
+def check_clip_weights(mcfg: Dict[str, Any], resume_from: Optional[Path] = None) -> None:
+    """Refuse (ValueError) a preset build whose CLIP has published weights when ``model.clip_weights`` is
+    not set, unless ``model.random_clip: true``. A checkpoint (init_checkpoint, --resume) brings its
+    own CLIP, or :func:`load_ovsam` asks for the file itself."""
+    if resume_from is not None or mcfg.get("init_checkpoint") or mcfg.get("clip_weights"):
+        return
+    from ovsam_ros.loading import PRESETS
+
+    preset = mcfg.get("preset") or "tiny"
+    if preset not in PRESETS:
+        return  # ModelSpec.config() names the unknown preset
+    name = PRESETS[preset]().backbone.model_name
+    random_ok = mcfg.get("random_clip", False)
+    if not isinstance(random_ok, bool):
+        raise ValueError(f"model.random_clip must be true or false, got {random_ok!r}")
+    if random_ok or not published_clip(name):
+        return
+    from ovsam_ros.resources import model_config_dir
+    from ovsam_ros.weights.hint import download_command
+
+    folder = model_config_dir()
+    fetch = (f"Fetch them with `{download_command(preset)}`, then " if folder is not None
+             and (folder / f"{preset}.yaml").is_file() else "Give them: ")
+    raise ValueError(
+        f"model.clip_weights is not set: preset {preset!r} trains on a frozen open_clip {name}, which needs its "
+        f"published weights; without them the CLIP stays random and the trained model is useless. {fetch}"
+        f"--set model.clip_weights=<local {name} weights file> (or model.random_clip=true to train on a random "
+        "CLIP on purpose: tests, timing)")
 
 
 def build_model(mcfg: Dict[str, Any], seed: int, resume_from: Optional[Path] = None) -> OVSAM:
@@ -1153,6 +1404,7 @@ def build_model(mcfg: Dict[str, Any], seed: int, resume_from: Optional[Path] = N
         return os.path.expanduser(mcfg[key]) if mcfg.get(key) else None
 
     clip = path("clip_weights")
+    check_clip_weights(mcfg, resume_from)
     if resume_from is not None:
         return load_ovsam(resume_from / "model.pt", clip_pretrained=clip)
     if mcfg.get("init_checkpoint"):

@@ -327,21 +327,22 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None, quiet: bool = False
         if state is not None:
             engine.check_resume(state, cfg, resume_from, DEFAULTS)
         plan = engine.decide_output_dir(out, cfg, resume, resume_from, overwrite, env, DEFAULTS)
+        engine.check_clip_weights(cfg["model"], resume_from)  # before minutes of data and model loading
         task = Stage1Task(cfg, env, resume_from)
         try:
-            engine.clear_previous_run(out, plan, env)  # only now: a config that fails to load keeps the old run
-            if env.is_main:
-                log.info("stage 1: %d images, teacher %s (%s), student SAM2CLIP %.2fM trainable params, world size %d",
-                         len(task.dataset), cfg["teacher"]["kind"],
-                         str(task.teacher_dtype or torch.float32).replace("torch.", ""),
-                         sum(p.numel() for _, p in task.trainable) / 1e6, env.world_size)
-                tcfg = cfg["train"]
-                spe = max(1, steps_per_epoch(len(task.dataset), int(tcfg["batch_size"])))
-                log.info("%s", task.teacher_plan(engine.run_length(tcfg, spe), int(tcfg["batch_size"])))
-                out.mkdir(parents=True, exist_ok=True)
-                write_json(out / "data_report.json",
-                           {"images": len(task.dataset), "skipped": task.dataset.skipped.to_dict()}, indent=1)
-            info = engine.run(task, cfg, env, resume_from, state)
+            with engine.replacing_previous_run(out, plan, env):  # only now: a config that fails to load keeps the old run
+                if env.is_main:
+                    log.info("stage 1: %d images, teacher %s (%s), student SAM2CLIP %.2fM trainable params, world size %d",
+                             len(task.dataset), cfg["teacher"]["kind"],
+                             str(task.teacher_dtype or torch.float32).replace("torch.", ""),
+                             sum(p.numel() for _, p in task.trainable) / 1e6, env.world_size)
+                    tcfg = cfg["train"]
+                    spe = max(1, steps_per_epoch(len(task.dataset), int(tcfg["batch_size"])))
+                    log.info("%s", task.teacher_plan(engine.run_length(tcfg, spe), int(tcfg["batch_size"])))
+                    out.mkdir(parents=True, exist_ok=True)
+                    write_json(out / "data_report.json",
+                               {"images": len(task.dataset), "skipped": task.dataset.skipped.to_dict()}, indent=1)
+                info = engine.run(task, cfg, env, resume_from, state)
         finally:
             task.close()  # every queued teacher-cache write reaches the disk
         if env.is_main:

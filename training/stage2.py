@@ -227,10 +227,8 @@ class Stage2Task(engine.Task):
             self_intersecting=dcfg["self_intersecting"], check_images=bool(dcfg["check_images"]),
             check_polygons=bool(dcfg["check_polygons"]), input_bits=dcfg.get("input_bits", 16),
             float_max=dcfg.get("float_max", 1.0))
-        if len(self.coco) == 0:
-            raise DataError(f"{dcfg['annotations']}: no image with a usable training instance"
-                            + (f" ({self.coco.skipped.summary()})" if self.coco.skipped else
-                               " (its 'images' / 'annotations' lists are empty)"))
+        if self.coco.num_instances == 0:  # refused before minutes of model loading, each reason counted
+            raise DataError(self.coco.unusable_message())
         full = self.coco.vocab
         tcfg = cfg["text"]
         check_synonym_options(tcfg.get("max_synonyms"), tcfg.get("names_only", False))
@@ -436,20 +434,22 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None, quiet: bool = False
         if state is not None:
             engine.check_resume(state, cfg, resume_from, DEFAULTS)
         plan = engine.decide_output_dir(out, cfg, resume, resume_from, overwrite, env, DEFAULTS)
+        engine.check_clip_weights(cfg["model"], resume_from)  # before minutes of data and model loading
         task = Stage2Task(cfg, env, resume_from)
-        engine.clear_previous_run(out, plan, env)  # only now: a config that fails to load keeps the old run
-        if env.is_main:
-            log.info("stage 2: %d images / %d instances (%d training classes: %s), %.2fM trainable params, "
-                     "world size %d", len(task.coco), task.coco.num_instances, len(task.train_vocab),
-                     ", ".join(task.train_vocab.classes[:8]) + (" ..." if len(task.train_vocab) > 8 else ""),
-                     sum(p.numel() for _, p in task.trainable) / 1e6, env.world_size)
-            out.mkdir(parents=True, exist_ok=True)
-            report = {"detection": task.coco.stats(), "train_vocabulary": task.train_vocab.to_dict()}
-            if task.class_folders is not None:
-                report["class_folders"] = {"images": len(task.class_folders),
-                                           "skipped": task.class_folders.skipped.to_dict()}
-            write_json(out / "data_report.json", report, indent=1)
-        return engine.run(task, cfg, env, resume_from, state)
+        with engine.replacing_previous_run(out, plan, env):  # only now: a config that fails to load keeps the old run
+            if env.is_main:
+                log.info("stage 2: %d images / %d instances (%d training classes: %s), %.2fM trainable params, "
+                         "world size %d", len(task.coco), task.coco.num_instances, len(task.train_vocab),
+                         ", ".join(task.train_vocab.classes[:8]) + (" ..." if len(task.train_vocab) > 8 else ""),
+                         sum(p.numel() for _, p in task.trainable) / 1e6, env.world_size)
+                out.mkdir(parents=True, exist_ok=True)
+                detection = task.dataset.parts[0] if isinstance(task.dataset, ConcatDataset) else task.dataset
+                report = {"detection": detection.stats(), "train_vocabulary": task.train_vocab.to_dict()}
+                if task.class_folders is not None:
+                    report["class_folders"] = {"images": len(task.class_folders),
+                                               "skipped": task.class_folders.skipped.to_dict()}
+                write_json(out / "data_report.json", report, indent=1)
+            return engine.run(task, cfg, env, resume_from, state)
     finally:
         engine.teardown_distributed(env)
 

@@ -70,9 +70,10 @@ def test_box_fraction_and_instance_cap(coco):
 
 def test_min_mask_area_drops_small_instances(coco):
     small = DetectionDataset(coco, 256, seed=0, min_mask_area=1)
-    large = DetectionDataset(coco, 256, seed=0, min_mask_area=10**6)
     assert sum(small[(0, i)]["labels"].numel() for i in range(len(coco))) > 0
-    assert sum(large[(0, i)]["labels"].numel() for i in range(len(coco))) == 0
+    # every mask under the bound at every scale: refused up front, not trained on nothing
+    with pytest.raises(DataError, match="below data.min_mask_area 1000000"):
+        DetectionDataset(coco, 256, seed=0, min_mask_area=10**6)
 
 
 def test_augment_keeps_image_and_masks_aligned():

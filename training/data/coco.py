@@ -29,6 +29,10 @@ self-intersecting polygon                              instance dropped (counted
                                                        ``self_intersecting="keep"`` keeps it
                                                        (still counted), ``"error"`` raises
 RLE whose size differs from the image's                ``DataError`` naming the annotation
+polygon whose coordinates all lie in 0..1 on an image  instance dropped (counted as
+larger than 16 px (normalised, not pixels)             ``polygon_coordinates_look_normalised``)
+mask that decodes to no pixel (all-zero RLE, polygon   instance dropped (counted as
+outside the image)                                     ``mask_empty_after_decoding``)
 zero-area or non-finite bbox                           instance dropped (counted)
 crowd regions (``iscrowd=1``)                          dropped (counted), as in the reference
 instance of a class outside ``keep_splits``            dropped (counted), e.g. novel classes
@@ -61,6 +65,14 @@ log = logging.getLogger(__name__)
 POLICIES = ("error", "skip")
 
 
+#: A polygon whose coordinates all lie in 0..1 on an image with a side above this many pixels was
+#: written in normalised coordinates (YOLO / some exporters), not COCO's pixels.
+NORMALISED_MIN_SIDE = 16
+
+#: Skip reasons of masks that hold no usable pixel (the refusal of a dataset left without instances names them).
+EMPTY_MASK_REASONS = ("polygon_coordinates_look_normalised", "mask_empty_after_decoding")
+
+
 @dataclass
 class Instance:
     ann_id: Any
@@ -68,6 +80,7 @@ class Instance:
     segmentation: Any  # validated COCO segmentation (polygons or RLE dict)
     bbox: Optional[Tuple[float, float, float, float]]  # x, y, w, h (original pixels) or None
     area: float = 0.0
+    mask_area: Optional[int] = None  # pixels of the decoded mask (original size); None: not measured
 
     def box_xyxy(self) -> Tuple[float, float, float, float]:
         assert self.bbox is not None
@@ -130,6 +143,26 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
     return mask_utils.decode(rle).astype(bool)
 
 
+def segmentation_area(segmentation: Any, height: int, width: int) -> int:
+    """Pixels of a validated COCO segmentation's mask at the image's size (pycocotools, from the RLE;
+    the mask itself is not decoded)."""
+    from pycocotools import mask as mask_utils
+
+    if isinstance(segmentation, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation.get("counts"), list):
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    else:
+        counts = segmentation["counts"]
+        rle = {"size": segmentation["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    return int(mask_utils.area(rle))
+
+
+def looks_normalised(polygons: Sequence[Sequence[float]], height: int, width: int) -> bool:
+    """Whether every coordinate lies in 0..1 on an image too big for that to be pixels."""
+    return max(height, width) > NORMALISED_MIN_SIDE and all(0.0 <= v <= 1.0 for p in polygons for v in p)
+
+
 def _finite_numbers(values: Sequence[Any]) -> bool:
     try:
         return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
@@ -169,6 +202,9 @@ class CocoInstances:
         keep_splits: keep only instances whose class split is one of these
             (e.g. ``("base",)`` for stage 2); None keeps all.
         require_instances: drop images left without instances (training).
+        check_masks: measure every mask's pixel area once (pycocotools, no decode); masks without a
+            pixel and polygons in normalised 0..1 coordinates are dropped (counted), and
+            :attr:`Instance.mask_area` is set.
         input_bits, float_max: how 16-bit and float image files become 8-bit RGB, the package's one
             range rule (:mod:`ovsam_ros.image_input`; ``input_bits=12`` for a 12-bit camera's PNGs),
             the same as the node's parameters and the CLI's ``--input-bits`` / ``--float-max``.
@@ -190,6 +226,7 @@ class CocoInstances:
         check_polygons: bool = True,
         input_bits: int = 16,
         float_max: float = 1.0,
+        check_masks: bool = True,
     ) -> None:
         self.input_bits, self.float_max = range_options(input_bits, float_max)
         for name, value, allowed in (("unknown_category", unknown_category, POLICIES),
@@ -243,6 +280,8 @@ class CocoInstances:
                             "(set missing_images='skip' to train on the rest)")
         missing_ids = {e["id"] for e in data["images"] if isinstance(e, dict)} - set(records)
 
+        self.check_masks = bool(check_masks)
+        self.num_annotations = len(data["annotations"])
         for ann in data["annotations"]:
             self._add_annotation(path, ann, records, missing_ids, self_intersecting, check_polygons)
 
@@ -364,6 +403,9 @@ class CocoInstances:
                                  ann["id"])
                 if self_intersecting == "skip":
                     return
+            if self.check_masks and looks_normalised(polys, record.height, record.width):
+                self.skipped.add("polygon_coordinates_look_normalised", ann["id"])
+                return
             seg = polys
         elif isinstance(seg, dict):
             size, counts = seg.get("size"), seg.get("counts")
@@ -381,7 +423,18 @@ class CocoInstances:
         else:
             self.skipped.add("no_segmentation", ann["id"])
             return
-        record.instances.append(Instance(ann["id"], int(label), seg, bbox, float(ann.get("area", 0.0) or 0.0)))
+        mask_area = None
+        if self.check_masks:
+            try:
+                mask_area = segmentation_area(seg, record.height, record.width)
+            except Exception as err:  # pycocotools' own errors (e.g. an undecodable compressed RLE string)
+                raise DataError(f"{where} (image {record.file}): segmentation cannot be decoded: "
+                                f"{type(err).__name__}: {err}") from None
+            if mask_area == 0:
+                self.skipped.add("mask_empty_after_decoding", ann["id"])
+                return
+        record.instances.append(Instance(ann["id"], int(label), seg, bbox, float(ann.get("area", 0.0) or 0.0),
+                                         mask_area))
 
     def _check_images(self, records: Dict[Any, ImageRecord], policy: str) -> None:
         bad = []
@@ -399,6 +452,30 @@ class CocoInstances:
         if bad and policy == "error":
             raise DataError(f"{self.annotation_file}: {len(bad)} unreadable image(s):\n  " + "\n  ".join(bad[:5])
                             + ("\n(set corrupt_images='skip' to drop them)"))
+
+    def unusable_message(self, usable: Optional[int] = None, more: Optional[SkipReport] = None,
+                         notes: Optional[Dict[str, str]] = None) -> str:
+        """One line for a file left without a usable training instance: how many of its annotations are
+        usable (``usable``, default: :attr:`num_instances`), each skip reason with its count (``more``:
+        a user's own further skips; ``notes``: how to show a reason), and the likely cause."""
+        notes = notes or {}
+        merged = dict(self.skipped.counts)
+        for reason, n in (more.counts.items() if more is not None else ()):
+            merged[reason] = merged.get(reason, 0) + n
+        counts = {r: n for r, n in sorted(merged.items()) if not r.startswith("image_without")}
+        if not self.num_annotations:
+            return (f"{self.annotation_file}: no annotation to train on (its 'annotations' list is empty"
+                    f"{'' if self.images or not self.skipped else ', or ' + self.skipped.summary()})")
+        reasons = ", ".join(f"{n} {notes.get(r, r)}" for r, n in counts.items()) or "none skipped"
+        usable = self.num_instances if usable is None else usable
+        text = f"{self.annotation_file}: {usable} of {self.num_annotations} instances usable for training: {reasons}"
+        if counts.get("polygon_coordinates_look_normalised"):
+            text += ("; the polygons' coordinates all lie in 0..1, so the file likely holds normalised "
+                     "coordinates: COCO polygons are in pixels (x times the image width, y times its height)")
+        if counts.get("mask_empty_after_decoding"):
+            text += ("; masks that decode to no pixel are all-zero RLEs or polygons outside their image "
+                     "(check the images' width/height)")
+        return text
 
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -152,6 +153,9 @@ def collate_images(items: List[Dict[str, Any]]) -> Dict[str, Any]:
 # ----------------------------------------------------------------------------- stage 2
 FILL_MODES = ("off", "cycle", "random")
 
+#: Skip reason of instances whose mask is below data.min_mask_area at every scale the augmentation draws.
+BELOW_MIN_AREA = "below_min_mask_area"
+
 
 def _fill_mode(value: Union[bool, str, None]) -> str:
     if value is None or value is False:
@@ -197,18 +201,68 @@ class DetectionDataset(Dataset):
         self.min_mask_area = int(min_mask_area)
         self.augment = Augment(image_size, scale_range, flip)
         self.label_map = label_map  # full-vocabulary index -> training-vocabulary index
+        if self.instances_per_image < 1:
+            raise ValueError(f"data.instances_per_image must be >= 1, got {instances_per_image!r}")
+        # Masks that stay under min_mask_area at every scale never train: dropped here and counted
+        # (the rest can still lose one in a sample drawn at a smaller scale). The coco object is not changed.
+        self.skipped = SkipReport(str(getattr(coco, "annotation_file", "")))
+        self.usable: List[List[bool]] = []
+        self.indices: List[int] = []
+        for i, record in enumerate(coco.images):
+            flags = [not self.never_big_enough(record, inst) for inst in record.instances]
+            for inst, ok in zip(record.instances, flags):
+                if not ok:
+                    self.skipped.add(BELOW_MIN_AREA, getattr(inst, "ann_id", None))
+            self.usable.append(flags)
+            if any(flags) or not flags:  # an image the file gives no instance stays, as before
+                self.indices.append(i)
+            else:
+                self.skipped.add("image_without_usable_instances", record.file)
+        usable = sum(sum(f) for f in self.usable)
+        if usable == 0:
+            notes = {BELOW_MIN_AREA: f"below data.min_mask_area {self.min_mask_area} px at every scale of "
+                                     f"data.scale_range {list(self.augment.scale_range)} (input size {image_size})"}
+            if hasattr(coco, "unusable_message"):
+                raise DataError(coco.unusable_message(0, self.skipped, notes))
+            raise DataError(f"no usable training instance: {self.skipped.summary()}")
+        if self.skipped:
+            log.warning("%s", self.skipped.summary())
+
+    def never_big_enough(self, record: Any, inst: Any) -> bool:
+        """Whether an instance's mask stays under ``min_mask_area`` pixels even at the largest scale jitter."""
+        area = getattr(inst, "mask_area", None)
+        if area is None or self.min_mask_area <= 1:
+            return False
+        scale = self.image_size / max(record.height, record.width) * self.augment.scale_range[1]
+        # an upper bound: the scaled area plus a one-pixel band around it (the resize's rounding), as for a square
+        return area * scale * scale + 4 * math.sqrt(area) * scale + 4 < self.min_mask_area
+
+    def stats(self) -> Dict[str, Any]:
+        """The annotation file's :meth:`CocoInstances.stats` with this dataset's own drops merged in."""
+        stats = self.coco.stats()
+        counts = stats["skipped"]["counts"]
+        for reason, n in self.skipped.counts.items():
+            counts[reason] = counts.get(reason, 0) + n
+        stats["skipped"]["counts"] = dict(sorted(counts.items()))
+        stats["skipped"]["examples"].update({k: list(v) for k, v in self.skipped.examples.items()})
+        stats["images"] = len(self.indices)
+        stats["instances"] = sum(sum(f) for f in self.usable)
+        return stats
 
     def __len__(self) -> int:
-        return len(self.coco)
+        return len(self.indices)
 
     def __getitem__(self, key: Key) -> Dict[str, Any]:
         epoch, index = _key(key)
         rng = sample_seed(self.seed, epoch, index)
-        record = self.coco.images[index]
-        image, masks = self.coco.load(index)
+        source = self.indices[index]
+        record = self.coco.images[source]
+        image, masks = self.coco.load(source)
+        flags = self.usable[source]
+        masks = [mask for mask, ok in zip(masks, flags) if ok]
         masks_np = np.stack(masks) if masks else np.zeros((0, record.height, record.width), bool)
         img, m, _ = self.augment(rng, image, masks_np)
-        labels = np.array([inst.label for inst in record.instances], np.int64)
+        labels = np.array([inst.label for inst, ok in zip(record.instances, flags) if ok], np.int64)
         keep = m.reshape(m.shape[0], -1).sum(1) >= max(1, self.min_mask_area)
         m, labels = m[keep], labels[keep]
         if len(labels) > self.instances_per_image:

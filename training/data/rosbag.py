@@ -48,6 +48,7 @@ without a matching frame, unlabeled or low-score instances are counted skips
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -62,6 +63,7 @@ import numpy as np
 
 from ..cli_parsers import extract_bag_parser
 from .common import DataError, SkipReport, colour_topic_hint, depth_like, write_json
+from .output_folder import check_out_not_input, check_replaceable
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,8 @@ COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 LABELS_TYPE = "ovsam_ros/msg/LabeledMaskArray"
 OUR_MESSAGES = ("LabelScore", "LabeledMask", "LabeledMaskArray")
 MANIFEST_FORMAT = "ovsam_ros.bag_extraction/1"
+#: What an extraction writes into --out: --overwrite replaces a folder holding only these.
+EXTRACTION_ENTRIES = ("images", "manifest.json", "pseudo_labels.json")
 
 
 def _msg_dirs() -> List[Path]:
@@ -195,7 +199,9 @@ def prepare_output(out_dir: Path, overwrite: bool) -> Path:
     """
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"--out {out_dir} exists and is not a folder")
-    if out_dir.is_dir() and not overwrite:
+    if overwrite:  # only an earlier extraction (or an empty folder) is replaced; checked again at the end
+        check_replaceable(out_dir, "ovsam-extract-bag", "manifest.json", is_extraction, EXTRACTION_ENTRIES)
+    elif out_dir.is_dir():
         entries = sorted(p.name for p in out_dir.iterdir())
         if entries:
             shown = ", ".join(entries[:5]) + (f" ... ({len(entries)} entries)" if len(entries) > 5 else "")
@@ -209,8 +215,19 @@ def prepare_output(out_dir: Path, overwrite: bool) -> Path:
     return staging
 
 
+def is_extraction(folder: Path) -> bool:
+    """Whether ``folder`` holds an ovsam-extract-bag output (its manifest says so)."""
+    try:
+        data = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT
+
+
 def publish_output(staging: Path, out_dir: Path) -> None:
-    """Put the finished ``staging`` folder in place of ``out_dir`` (renames, same file system)."""
+    """Put the finished ``staging`` folder in place of ``out_dir`` (renames, same file system). ``out_dir``
+    is checked again (the extraction took a while): only an earlier extraction or an empty folder is replaced."""
+    check_replaceable(out_dir, "ovsam-extract-bag", "manifest.json", is_extraction, EXTRACTION_ENTRIES)
     old = None
     if out_dir.exists():
         old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
@@ -263,7 +280,8 @@ def extract_bag(
         from ovsam_ros.model.vocabulary import load_vocabulary
 
         load_vocabulary(vocabulary)
-    final_dir = Path(out)
+    final_dir = Path(os.path.expanduser(out))
+    check_out_not_input(final_dir, [bag_path])
     staging = prepare_output(final_dir, overwrite)
     try:
         manifest = _extract(bag_path, topics, staging, final_dir, rate, image_format, start, end, labels_topic,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 import uuid
@@ -23,10 +22,12 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ovsam_ros.files import atomic_write
 from training.data.common import DataError, range_options, write_json
+from training.data.output_folder import check_out_not_input, check_replaceable, remove_folder
 
 from .labeller import Labeller, LabelSettings
 from .merge import LABELS_FILE, REPORT_FILE, merge
 from .shards import STATE_DIR, Shard, ShardStore, fingerprint, frames_of, make_shards, shards_of_rank
+from .input_state import describe_inputs, input_changes
 from .sources import SourcePlan, plan_sources, read_frames
 
 log = logging.getLogger(__name__)
@@ -84,20 +85,50 @@ def model_files(model: str) -> Dict[str, Any]:
     return files
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
+#: What an ovsam-label run writes into --out: --overwrite replaces a folder holding only these.
+LABEL_ENTRIES = (STATE_DIR, "images", LABELS_FILE, REPORT_FILE, "manifest.json", "run_summary.json", "review")
+
+
+def _is_label_run(out: Path) -> bool:
+    return (out / STATE_DIR / "plan.json").is_file()
+
+
+def _check_out(out: Path, inputs: Sequence[str], overwrite: bool) -> None:
+    """Refuse an --out that is (in) an input, or that --overwrite may not replace. Deletes nothing."""
+    check_out_not_input(out, inputs)
+    if os.path.lexists(out) and not out.is_dir():
         raise DataError(f"--out {out} exists and is not a folder")
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    if out.is_dir() and any(out.iterdir()) and not (out / STATE_DIR / "plan.json").is_file():
-        raise DataError(f"--out {out} is not empty and holds no ovsam-label run; choose another folder or pass "
-                        "--overwrite (deletes it)")
+    if overwrite:
+        check_replaceable(out, "ovsam-label", f"{STATE_DIR}/plan.json", _is_label_run, LABEL_ENTRIES)
+    elif out.is_dir() and any(out.iterdir()) and not _is_label_run(out):
+        raise DataError(f"--out {out} is not empty and holds no ovsam-label run; choose another folder (or an "
+                        "earlier ovsam-label run's with --overwrite, which replaces it)")
+
+
+def _check_job(job: LabelJob) -> None:
+    """Every argument a plan depends on, checked before anything in --out is touched."""
+    if isinstance(job.shard_size, bool) or not isinstance(job.shard_size, int) or job.shard_size < 1:
+        raise ValueError(f"--shard-size must be >= 1 frame, got {job.shard_size}")
+    if not job.inputs:
+        raise ValueError("give at least one bag or image folder")
+    for p in job.inputs:
+        if not os.path.lexists(os.path.expanduser(p)):
+            raise FileNotFoundError(f"input not found: {p}")
+    if job.vocabulary:
+        from ovsam_ros.model.vocabulary import load_vocabulary
+
+        if len(load_vocabulary(job.vocabulary)) == 0:
+            raise ValueError(f"--vocabulary {job.vocabulary}: no classes in it")
 
 
 def _plan(job: LabelJob) -> Dict[str, Any]:
-    """Rank 0: the plan (new, or the one on disk when the same job runs again)."""
+    """Rank 0: the plan (new, or the one on disk when the same job runs again on unchanged inputs).
+
+    Every argument and input is checked (and, for a new plan, every input read) before an
+    --overwrite removes the earlier run."""
     out = Path(job.out)
-    _check_out(out, job.overwrite)
+    _check_job(job)
+    _check_out(out, job.inputs, job.overwrite)
     settings = {
         "inputs": [str(Path(os.path.expanduser(p)).resolve()) for p in job.inputs], "topics": list(job.topics),
         "rate": job.rate, "start": job.start, "end": job.end, "vocabulary": job.vocabulary,
@@ -106,14 +137,27 @@ def _plan(job: LabelJob) -> Dict[str, Any]:
     }
     key = fingerprint(settings)
     store = ShardStore(out)
-    old = store.read_plan()
+    inputs_now = describe_inputs(settings["inputs"])
+    old = None if job.overwrite else store.read_plan()
     if old is not None:
         if old.get("fingerprint") != key:
             raise DataError(f"--out {out} holds a labelling run with other settings (or other model files); "
                             "rerun with the same arguments to finish it, or pass --overwrite / another --out")
+        if "input_state" not in old:
+            log.warning("%s: planned by an older ovsam-label that did not record its inputs; a changed input "
+                        "cannot be detected (use --overwrite to plan again)", store.plan_file)
+        else:
+            problem = input_changes(old["input_state"], inputs_now)
+            if problem:
+                raise DataError(f"{problem} since the run in {out} was planned: its plan would label stale "
+                                "frames. Use a new --out, or --overwrite to start over")
         return old
     sources = plan_sources(job.inputs, job.topics, job.rate, job.start, job.end, mono16=settings["mono16"])
-    plan = {"fingerprint": key, "settings": settings, "sources": [s.to_dict() for s in sources]}
+    if job.overwrite and os.path.lexists(out) and any(out.iterdir()):
+        log.warning("--overwrite: replacing the earlier ovsam-label run in %s", out)
+        remove_folder(out)
+    plan = {"fingerprint": key, "settings": settings, "sources": [s.to_dict() for s in sources],
+            "input_state": inputs_now}
     store.write_plan(plan)
     return plan
 
@@ -195,7 +239,7 @@ def run(job: LabelJob) -> Dict[str, Any]:
     from ovsam_ros.loading import build_predictor
     from training.engine import setup_distributed
 
-    env = setup_distributed(job.device)
+    env = setup_distributed(job.device, option="--device")
     try:
         job.settings.check()
         if job.review_sample < 0 or job.review_every < 0:
