@@ -173,6 +173,7 @@ class FramePipeline:
         self._encoded: deque[Frame] = deque()  # frames holding an encoding (newest last; predictor lock)
         self._tf_buffer: Any = None
         self._tf_listener: Any = None
+        self._stamped_fallback = False  # serve_stamped -> process_frame: the pending frame may run its own job
         # Publishing gate (module docstring): epoch + arrival order, checked under _output_lock.
         self._output_lock = threading.Lock()
         self._track_lock = threading.Lock()  # tracker + mask feedback: the frame being published, or cleanup
@@ -390,9 +391,15 @@ class FramePipeline:
                     continue
                 stats.count("prompts_on_newest_frame", reason)
                 self.host.warn_once_per("stamped", reason + "; ran on the newest frame")
-            if target is frame:
+            on_pending = target is frame
+            if on_pending:
                 frame = None  # the pending frame serves these prompts instead of its default job
-            out = self.host.process_frame(target, prompt_set=prompt_set)
+            # ... unless none of them applies to it: then it runs its default job (one frame only)
+            self._stamped_fallback = on_pending
+            try:
+                out = self.host.process_frame(target, prompt_set=prompt_set)
+            finally:
+                self._stamped_fallback = False
             if out is not None:
                 served.append(out)
         if waiting:
@@ -426,7 +433,7 @@ class FramePipeline:
                 host.warn_once_per("image", reason)
                 return None
         image_hw = (int(rgb.shape[0]), int(rgb.shape[1]))
-        job = self._next_job(image_hw, header.frame_id, s, prompt_set)
+        job = self._next_job(image_hw, header.frame_id, s, prompt_set, fallback=self._stamped_fallback)
         if job is None:
             stats.count("frames_idle")
             return None
@@ -482,7 +489,9 @@ class FramePipeline:
         return True
 
     def _next_job(self, image_hw: tuple[int, int], frame_id: str, s: NodeSettings,
-                  stamped: Optional[PromptSet] = None) -> Optional[Job]:
+                  stamped: Optional[PromptSet] = None, fallback: bool = False) -> Optional[Job]:
+        """The frame's job. ``stamped``: a stamped prompt set matched to this frame; ``fallback``: the
+        frame is the pending one, which runs its own job if none of the set's prompts applies."""
         board = self.board
         if stamped is not None:
             oneshot, persistent, query_once, query = stamped, None, None, None
@@ -494,16 +503,17 @@ class FramePipeline:
                 query = board.persistent_query
         if oneshot is not None:
             job = self._prompt_job(oneshot, False, image_hw, frame_id, s)
-            if job.prompts or stamped is not None:
+            if job.prompts or (stamped is not None and not fallback):
                 return job
             # None of the one-shot prompts applies (another camera, another aspect ratio, all
             # outside): they are rejected and counted, and the frame runs what it would have run
             # without them. With nothing else to run, the empty result answers the request.
-            fallback = self._default_job(image_hw, frame_id, s, persistent, query_once, query)
-            if fallback is None:
+            other = (self._next_job(image_hw, frame_id, s) if stamped is not None
+                     else self._default_job(image_hw, frame_id, s, persistent, query_once, query))
+            if other is None:
                 return job
-            fallback.rejected = job.rejected + fallback.rejected
-            return fallback
+            other.rejected = job.rejected + other.rejected
+            return other
         return self._default_job(image_hw, frame_id, s, persistent, query_once, query)
 
     def _default_job(self, image_hw: tuple[int, int], frame_id: str, s: NodeSettings, persistent: Optional[PromptSet],

@@ -88,3 +88,26 @@ def test_text_request_problems():
     assert TextRequest("cup").problem() is None and TextRequest("cup", 3, 0.5).problem() is None
     assert "max_instances must be >= 0" in TextRequest("cup", -1, 0.5).problem()
     assert "min_score" in TextRequest("cup", 0, float("nan")).problem()
+
+
+@pytest.mark.parametrize("size, why", [((640, 640), "aspect ratios differ"), ((0, 0), "outside")])
+def test_a_stamped_set_that_cannot_apply_leaves_its_frame_to_the_persistent_prompts(make_node, size, why):
+    """A stamped PromptArray matched to the pending frame took that frame's job even when every prompt in
+    it was rejected (another aspect ratio, all off the image): the frame came back empty and the
+    persistent prompts skipped it."""
+    from builtin_interfaces.msg import Time
+
+    node = make_node()
+    node._on_prompts(prompt_array_msg(PERSISTENT, persistent=True))
+    rgb = test_image(seed=4)
+    msg = make_image(rgb, stamp=(300, 0))
+    node._receive(msg, False)
+    prompts = ONESHOT if size != (0, 0) else [Prompt(points=[[500.0, 10.0]])]
+    node._on_prompts(prompt_array_msg(prompts, size, stamp=Time(sec=300), frame_id=msg.header.frame_id))
+    out = node.process_pending()
+    assert out is not None and out.masks.header == msg.header
+    assert [m.prompt_index for m in out.masks.instances] == [0, 1]
+    for mine, reference in zip(full_masks(out.masks), direct_masks(node, rgb, PERSISTENT), strict=True):
+        assert np.array_equal(mine, reference)
+    assert len(out.rejected) == 1 and why in out.rejected[0]
+    assert node.stats.snapshot()["prompts_on_stamped_frame"] == 1
