@@ -67,9 +67,25 @@ def merge(base: Dict[str, Any], update: Dict[str, Any], where: str = "") -> Dict
             out[key] = merge(out[key], value, path)
         elif isinstance(out.get(key), dict) and out[key] and value is not None:
             raise ConfigError(f"config key {path!r} is a section; got {value!r}")
+        elif isinstance(out.get(key), bool) and _boolean_look_alike(value):
+            # bool("false") is True: a quoted "false" or a 0/1 would silently mean something else
+            raise ConfigError(f"config key {path!r} takes true or false (a YAML boolean, unquoted), got {value!r}")
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+_BOOLEAN_WORDS = {"true", "false", "yes", "no", "on", "off", "y", "n"}
+
+
+def _boolean_look_alike(value: Any) -> bool:
+    """A value given for a true/false key that is not a YAML boolean but reads like one: a quoted
+    word ("false"), or a number. (Other strings pass: a few keys also take named modes.)"""
+    if isinstance(value, bool) or value is None:
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    return isinstance(value, str) and value.strip().lower() in _BOOLEAN_WORDS
 
 
 def parse_override(text: str) -> Dict[str, Any]:

@@ -69,3 +69,17 @@ def test_training_commands_report_bad_input_cleanly(tmp_path, capsys):
     assert code == 2 and "missing.json" in capsys.readouterr().err
     code = stage1.main(["--set", f"data.images={tmp_path}", "--output-dir", str(tmp_path / "out1"), "--quiet"])
     assert code == 2 and "contains no images" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override", ['data.flip="false"', "data.flip=0", 'model.include_backbone="no"',
+                                      "train.tensorboard='off'"])
+def test_a_true_false_key_refuses_a_quoted_word_or_a_number(override):
+    """Probe finding: `data.flip: "false"` (quoted) turned flipping ON (bool("false") is True)."""
+    from training import stage2
+
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"config key '{key}' takes true or false"):
+        load_config(stage2.DEFAULTS, "stage2_tiny", [override])
+    assert load_config(stage2.DEFAULTS, "stage2_tiny", [f"{key}=false"])
+    # a key that also takes named modes keeps them
+    assert load_config(stage2.DEFAULTS, "stage2_tiny", ["data.fill_instances=cycle"])["data"]["fill_instances"] == "cycle"
