@@ -106,6 +106,13 @@ def main_wrapper(prog: str, description: str, default_config: str, defaults: Dic
             raise
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if os.environ.get("OVSAM_TRACEBACK"):
+            raise
+        # Ctrl-C: what is on disk and how to go on, not a traceback from wherever the loop was.
+        print(f"{prog}: stopped (Ctrl-C). The complete checkpoints in {cfg.get('output_dir')}/checkpoints are "
+              f"kept: the same command with --resume continues from the newest", file=sys.stderr)
+        return 130
     except Exception as err:
         # Any other write that met a full disk (metrics, TensorBoard, a teacher cache): one line, not the
         # chained traceback with the ENOSPC in its middle.

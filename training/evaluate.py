@@ -401,6 +401,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.out:
         write_json(args.out, metrics, indent=1)
         print(f"metrics written to {os.path.abspath(args.out)}")
+    evaluated = sum(p["overall"]["count"] for p in metrics["prompts"].values())
+    if evaluated == 0:  # a table of "-" with exit 0 reads like a result
+        skipped = ", ".join(f"{k}: {v}" for k, v in metrics["skipped"].items()) or "none"
+        print(f"ovsam-evaluate: error: no instance was evaluated ({metrics['images']} image(s); skipped: "
+              f"{skipped}); check the annotations' masks, crowd flags and --max-images", file=sys.stderr)
+        return 2
     return 0
 
 
