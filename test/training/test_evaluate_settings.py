@@ -67,7 +67,9 @@ def test_shapes_model_is_evaluated_with_its_own_settings(synth, monkeypatch):
     import training.evaluate as evaluate_module
 
     seen = {}
-    monkeypatch.setattr(evaluate_module, "evaluate", lambda predictor, *a, **k: seen.setdefault("p", predictor) and {})
+    one_instance = {"prompts": {"box": {"overall": {"count": 1}}}, "skipped": {}, "images": 1}
+    monkeypatch.setattr(evaluate_module, "evaluate",
+                        lambda predictor, *a, **k: seen.setdefault("p", predictor) and one_instance)
     monkeypatch.setattr(evaluate_module, "format_table", lambda metrics: "")
     assert main(["--model", "shapes", "--annotations", str(synth["val"]), "--images", str(synth["images"]),
                  "--no-progress"]) == 0
