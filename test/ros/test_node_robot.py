@@ -103,16 +103,22 @@ class ShiftedMonotonic:
         return getattr(time, name)
 
 
-def test_a_prompt_stamped_after_every_frame_gives_up_after_max_age_and_runs_on_the_newest(make_node, monkeypatch):
-    """A detector whose clock runs 1 s ahead: the frame its stamp names never comes. The camera keeps
-    streaming (frames stay buffered), so after frame_buffer_max_age the prompts are answered 'missing'
-    and run on the newest frame, counted, instead of waiting forever."""
+def shifted_node_clock(monkeypatch) -> ShiftedMonotonic:
+    """Give the node and its frame pipeline a :class:`ShiftedMonotonic` clock (for this test)."""
     from ovsam_ros.ros import frame_pipeline
     from ovsam_ros.ros import node as node_module
 
     clock = ShiftedMonotonic()
     monkeypatch.setattr(node_module, "time", clock)
     monkeypatch.setattr(frame_pipeline, "time", clock)
+    return clock
+
+
+def test_a_prompt_stamped_after_every_frame_gives_up_after_max_age_and_runs_on_the_newest(make_node, monkeypatch):
+    """A detector whose clock runs 1 s ahead: the frame its stamp names never comes. The camera keeps
+    streaming (frames stay buffered), so after frame_buffer_max_age the prompts are answered 'missing'
+    and run on the newest frame, counted, instead of waiting forever."""
+    clock = shifted_node_clock(monkeypatch)
     node = make_node(frame_buffer_max_age=2.0)
     node._receive(make_image(test_image(seed=0), stamp=stamp_of(0)), False)
     assert node.process_pending() is None
@@ -143,12 +149,7 @@ def test_a_stamped_prompt_for_another_camera_leaves_the_frame_to_the_persistent_
     (published with 0 instances). The persistent box must still run on it; the other camera's
     prompt waits for a frame of its camera (frame_buffer_max_age), then, none having come, is
     rejected and counted."""
-    from ovsam_ros.ros import frame_pipeline
-    from ovsam_ros.ros import node as node_module
-
-    clock = ShiftedMonotonic()
-    monkeypatch.setattr(node_module, "time", clock)
-    monkeypatch.setattr(frame_pipeline, "time", clock)
+    clock = shifted_node_clock(monkeypatch)
     node = make_node(frame_buffer_max_age=2.0)
     box = Prompt(box=[20.0, 15.0, 80.0, 70.0])
     node._on_prompts(prompt_array_msg([box], persistent=True))
@@ -692,12 +693,7 @@ def test_a_detection_with_a_huge_box_is_clipped_like_a_prompt_and_the_frame_is_s
 def test_a_stamped_prompt_that_arrives_before_any_frame_waits_for_it(make_node, monkeypatch):
     """A slow or triggered camera: no frame for longer than frame_buffer_max_age, then the detector's
     answer comes before the frame it names. Before, it was dropped at once ('no frame of that camera')."""
-    from ovsam_ros.ros import frame_pipeline
-    from ovsam_ros.ros import node as node_module
-
-    clock = ShiftedMonotonic()
-    monkeypatch.setattr(node_module, "time", clock)
-    monkeypatch.setattr(frame_pipeline, "time", clock)
+    clock = shifted_node_clock(monkeypatch)
     node = make_node(frame_buffer_max_age=2.0)
     node._receive(make_image(test_image(seed=0), stamp=stamp_of(0)), False)
     assert node.process_pending() is None
